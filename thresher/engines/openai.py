@@ -1,0 +1,117 @@
+"""Engine for any OpenAI-compatible server: vLLM, llama-server, Ollama, a hosted API, or another thresher.
+
+Speaks the Chat Completions protocol over httpx. Next-token probabilities come from `logprobs`/`top_logprobs`
+when the server returns them; otherwise `ProbabilitiesUnavailable` tells the caller to generate and parse instead.
+The API key, if any, is read from THRESHER_OPENAI_API_KEY (or OPENAI_API_KEY) and never stored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import httpx
+
+from thresher.engines import ChatParams, Chunk, EngineError, ProbabilitiesUnavailable, normalise
+
+
+class OpenAIEngine:
+    def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
+                 timeout: float = 600) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise EngineError(f"openai engine needs an http(s) URL, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        key = api_key or os.environ.get("THRESHER_OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        if model is None:
+            model = self._first_model()
+        self.model_id = model
+        self.version = f"{model}@{self.base_url}"
+
+    def _first_model(self) -> str:
+        try:
+            r = self._client.get("/models")
+            r.raise_for_status()
+            return r.json()["data"][0]["id"]
+        except (httpx.HTTPError, KeyError, IndexError, ValueError) as e:
+            raise EngineError(f"could not list models at {self.base_url}/models ({e}); name one as URL#MODEL") from e
+
+    def _body(self, messages: Sequence[dict[str, str]], params: ChatParams) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model_id,
+            "messages": list(messages),
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+        }
+        if params.stop:
+            body["stop"] = params.stop
+        if params.seed is not None:
+            body["seed"] = params.seed
+        return body
+
+    def stream_chat(self, messages: Sequence[dict[str, str]], params: ChatParams) -> Iterator[Chunk]:
+        body = self._body(messages, params) | {"stream": True, "stream_options": {"include_usage": True}}
+        finish: str | None = None
+        usage: dict[str, int] = {}
+        try:
+            with self._client.stream("POST", "/chat/completions", json=body) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise EngineError(f"{self.base_url} answered {r.status_code}: {r.text[:500]}")
+                for line in r.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    event = json.loads(data)
+                    if event.get("usage"):
+                        usage = event["usage"]
+                    for choice in event.get("choices") or []:
+                        text = (choice.get("delta") or {}).get("content")
+                        if text:
+                            yield Chunk(text=text)
+                        finish = choice.get("finish_reason") or finish
+        except httpx.HTTPError as e:
+            raise EngineError(f"request to {self.base_url} failed: {e}") from e
+        yield Chunk(
+            finish_reason=finish or "stop",
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+        )
+
+    def next_token_probs(
+        self, messages: Sequence[dict[str, str]], choices: Sequence[str], prefix: str = ""
+    ) -> dict[str, float]:
+        msgs = list(messages)
+        if prefix:
+            # Ask the model to continue a started assistant turn (vLLM's continue_final_message).
+            msgs.append({"role": "assistant", "content": prefix})
+        body = self._body(msgs, ChatParams(max_tokens=1, temperature=0.0)) | {"logprobs": True, "top_logprobs": 20}
+        if prefix:
+            body |= {"continue_final_message": True, "add_generation_prompt": False}
+        try:
+            r = self._client.post("/chat/completions", json=body)
+        except httpx.HTTPError as e:
+            raise EngineError(f"request to {self.base_url} failed: {e}") from e
+        if r.status_code >= 400:
+            raise ProbabilitiesUnavailable(f"{self.base_url} refused a logprobs request ({r.status_code})")
+        try:
+            top = r.json()["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise ProbabilitiesUnavailable(f"{self.base_url} returned no logprobs") from e
+        scores = dict.fromkeys(choices, 0.0)
+        for entry in top:
+            token = entry["token"].strip()
+            if token in scores:
+                scores[token] += math.exp(entry["logprob"])
+        return normalise(scores)
+
+    def count_tokens(self, messages: Sequence[dict[str, str]]) -> int:
+        # Remote servers do not expose their tokenizer; four characters a token is the usual estimate.
+        return sum(len(m["content"]) for m in messages) // 4 + 4 * len(messages)

@@ -1,0 +1,130 @@
+"""Engine for any Hugging Face model or local directory, with transformers on CPU or GPU.
+
+This is also how a GGUF file is loaded for training (dequantised to full precision). Decoding is a plain loop over
+the KV cache, so stop strings, seeds and closing the stream mid-reply behave exactly as in the other engines.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from thresher.engines import ChatParams, Chunk, EngineError, file_version, normalise, split_stop
+
+
+class TransformersEngine:
+    def __init__(self, target: str, n_ctx: int = 2048) -> None:
+        path = Path(target)
+        try:
+            if target.endswith(".gguf"):
+                if not path.is_file():
+                    raise EngineError(f"no GGUF file at {path}")
+                self.tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+                self.model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+                self.model_id = path.name.removesuffix(".gguf")
+                self.version = file_version(path)
+            else:
+                self.tokenizer = AutoTokenizer.from_pretrained(target)
+                self.model = AutoModelForCausalLM.from_pretrained(target)
+                self.model_id = path.name if path.is_dir() else target
+                commit = getattr(self.model.config, "_commit_hash", None)
+                self.version = f"{self.model_id}@{commit[:12]}" if commit else self.model_id
+        except EngineError:
+            raise
+        except Exception as e:  # transformers raises many kinds; the user needs the reason, not the type
+            raise EngineError(f"transformers could not load {target!r}: {e}") from e
+        self.model.eval()
+        self.n_ctx = n_ctx
+        self._lock = threading.Lock()  # one forward pass at a time: the model is shared across requests
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = eos if isinstance(eos, list) else [eos]
+        self._eos = {i for i in [*eos_ids, self.tokenizer.eos_token_id] if i is not None}
+
+    def _ids(self, messages: Sequence[dict[str, str]], prefix: str = "") -> list[int]:
+        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text + prefix, add_special_tokens=False)["input_ids"]
+
+    def count_tokens(self, messages: Sequence[dict[str, str]]) -> int:
+        return len(self._ids(messages))
+
+    def stream_chat(self, messages: Sequence[dict[str, str]], params: ChatParams) -> Iterator[Chunk]:
+        ids = self._ids(messages)
+        budget = min(params.max_tokens, self.n_ctx - len(ids))
+        if budget <= 0:
+            raise EngineError(f"the prompt has {len(ids)} tokens; the context holds {self.n_ctx}")
+        gen = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
+        out: list[int] = []
+        emitted = ""
+        finish, hit = "length", False
+        with self._lock, torch.inference_mode():
+            past = None
+            step_input = torch.tensor([ids])
+            for _ in range(budget):
+                res = self.model(input_ids=step_input, past_key_values=past, use_cache=True)
+                past = res.past_key_values
+                token = _sample(res.logits[0, -1].float(), params, gen)
+                if token in self._eos:
+                    finish = "stop"
+                    break
+                out.append(token)
+                step_input = torch.tensor([[token]])
+                text = self.tokenizer.decode(out, skip_special_tokens=True)
+                if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                    continue
+                safe, hit, _held = split_stop(text, params.stop)
+                if len(safe) > len(emitted):
+                    yield Chunk(text=safe[len(emitted):])
+                    emitted = safe
+                if hit:
+                    finish = "stop"
+                    break
+        if not hit:
+            # Flush text held back for a stop string that never came.
+            text = self.tokenizer.decode(out, skip_special_tokens=True)
+            if len(text) > len(emitted):
+                yield Chunk(text=text[len(emitted):])
+        yield Chunk(finish_reason=finish, prompt_tokens=len(ids), completion_tokens=len(out))
+
+    def next_token_probs(
+        self, messages: Sequence[dict[str, str]], choices: Sequence[str], prefix: str = ""
+    ) -> dict[str, float]:
+        ids = self._ids(messages, prefix)
+        base_text = self.tokenizer.decode(ids)
+        seqs = {}
+        for c in choices:
+            full = self.tokenizer(base_text + c, add_special_tokens=False)["input_ids"]
+            # Tokenise the choice in context, so "7" after "Rating: " gets the token the model would emit.
+            seqs[c] = full[len(ids):] if full[: len(ids)] == ids else self.tokenizer(c, add_special_tokens=False)[
+                "input_ids"
+            ]
+            if not seqs[c]:
+                raise EngineError(f"choice {c!r} is empty after tokenisation")
+        scores: dict[str, float] = {}
+        with self._lock, torch.inference_mode():
+            res = self.model(input_ids=torch.tensor([ids]), use_cache=True)
+            first = torch.log_softmax(res.logits[0, -1].float(), -1)
+            for c, seq in seqs.items():
+                logp = first[seq[0]].item()
+                if len(seq) > 1:
+                    past = copy.deepcopy(res.past_key_values)
+                    more = self.model(input_ids=torch.tensor([seq[:-1]]), past_key_values=past, use_cache=True)
+                    lps = torch.log_softmax(more.logits[0].float(), -1)
+                    logp += sum(lps[i, t].item() for i, t in enumerate(seq[1:]))
+                scores[c] = float(torch.tensor(logp).exp())
+        return normalise(scores)
+
+
+def _sample(logits: torch.Tensor, params: ChatParams, gen: torch.Generator) -> int:
+    if params.temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / params.temperature, -1)
+    if params.top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < params.top_p  # always keeps the most likely token
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs, 1, generator=gen))

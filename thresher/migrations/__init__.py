@@ -1,0 +1,1 @@
+"""Alembic migrations for the thresher store; `thresher.store.Store.migrate` runs them in order."""

@@ -1,0 +1,107 @@
+"""The FastAPI app: the chat page, the OpenAI-compatible /v1 API, admin routes and /healthz.
+
+Thin over the library: routes validate and format; `thresher.chat.ChatService` and `thresher.store.Store` do the
+work. `create_app` takes an engine and a store so tests can hand in their own; otherwise both come from settings
+when the app starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from thresher.chat import ChatService
+from thresher.config import Settings
+from thresher.conversation import utcnow
+from thresher.engines import Engine
+from thresher.engines import load as load_engine
+from thresher.server.guard import ApiError, RateLimiter
+from thresher.store import Store
+
+log = logging.getLogger("thresher.server")
+
+
+@dataclass
+class Runtime:
+    """Everything a request handler needs, hung on app.state.rt."""
+
+    settings: Settings
+    store: Store
+    engine: Engine
+    chat: ChatService
+    limiter: RateLimiter
+    salt: str
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.model_name or self.engine.model_id
+
+
+def end_idle(store: Store, idle_minutes: float) -> list[str]:
+    return store.end_idle(utcnow() - timedelta(minutes=idle_minutes))
+
+
+async def _idle_loop(rt: Runtime) -> None:
+    period = max(1.0, min(60.0, rt.settings.idle_timeout_minutes * 60 / 4))
+    while True:
+        await asyncio.sleep(period)
+        try:
+            ended = await run_in_threadpool(end_idle, rt.store, rt.settings.idle_timeout_minutes)
+            if ended:
+                log.info("ended %d idle conversation(s)", len(ended))
+        except Exception:  # keep the loop alive; the next tick retries
+            log.exception("idle check failed")
+
+
+def create_app(settings: Settings, engine: Engine | None = None, store: Store | None = None) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        st = store or Store(settings.db_url)
+        await run_in_threadpool(st.migrate)
+        recovered = await run_in_threadpool(st.recover_interrupted)
+        if recovered:
+            log.warning("kept %d reply(ies) cut off by a crash, marked interrupted", recovered)
+        eng = engine or await run_in_threadpool(
+            load_engine, settings.model, n_ctx=settings.n_ctx, n_threads=settings.n_threads
+        )
+        limiter = RateLimiter(
+            settings.rate_limit_requests if settings.public else 0,
+            settings.rate_limit_tokens if settings.public else 0,
+        )
+        app.state.rt = Runtime(settings, st, eng, ChatService(st, eng, settings.licence), limiter, settings.salt())
+        task = asyncio.create_task(_idle_loop(app.state.rt))
+        try:
+            yield
+        finally:
+            task.cancel()
+            if store is None:
+                st.close()
+
+    app = FastAPI(title="thresher", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return ApiError(422, f"{param or 'request'}: {first.get('msg', 'invalid')}", "invalid_value", param).response()
+
+    from thresher.server import api, web
+
+    app.include_router(api.router)
+    app.include_router(web.router)
+    app.mount("/static", StaticFiles(directory=web.HERE / "static"), name="static")
+    return app
