@@ -33,7 +33,8 @@ class LlamaCppEngine:
         try:
             with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
                 self.llm = Llama(
-                    model_path=str(file), n_ctx=n_ctx, n_threads=n_threads, verbose=False, logits_all=False
+                    model_path=str(file), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count() or 1, verbose=False,
+                    logits_all=False,
                 )
         except (ValueError, RuntimeError) as e:
             raise EngineError(f"llama.cpp could not load {file}: {e}") from e
@@ -44,7 +45,7 @@ class LlamaCppEngine:
         self._formatter = Jinja2ChatFormatter(
             template=meta.get("tokenizer.chat_template") or _CHATML, eos_token=self._eos, bos_token=bos
         )
-        self.model_id = meta.get("general.name", file.stem).replace(" ", "-") or file.stem
+        self.model_id = file.stem.split(".")[0] if file.stem.startswith("SmolLM2") else file.stem
         self.version = file_version(file)
         self.n_ctx = n_ctx
         self._lock = threading.Lock()  # a llama.cpp context serves one request at a time
@@ -70,6 +71,8 @@ class LlamaCppEngine:
                 max_tokens=budget,
                 temperature=params.temperature,
                 top_p=params.top_p,
+                top_k=0,  # plain temperature + top-p, the same sampling as the other engines
+                min_p=0.0,
                 stop=[*params.stop, *template_stops],
                 seed=params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little"),
                 stream=True,

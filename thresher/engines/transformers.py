@@ -65,8 +65,8 @@ class TransformersEngine:
             past = None
             step_input = torch.tensor([ids])
             for _ in range(budget):
-                res = self.model(input_ids=step_input, past_key_values=past, use_cache=True)
-                past = res.past_key_values
+                res = self.model(input_ids=step_input, cache=past, use_cache=True)
+                past = res.cache
                 token = _sample(res.logits[0, -1].float(), params, gen)
                 if token in self._eos:
                     finish = "stop"
@@ -111,8 +111,8 @@ class TransformersEngine:
             for c, seq in seqs.items():
                 logp = first[seq[0]].item()
                 if len(seq) > 1:
-                    past = copy.deepcopy(res.past_key_values)
-                    more = self.model(input_ids=torch.tensor([seq[:-1]]), past_key_values=past, use_cache=True)
+                    past = copy.deepcopy(res.cache)
+                    more = self.model(input_ids=torch.tensor([seq[:-1]]), cache=past, use_cache=True)
                     lps = torch.log_softmax(more.logits[0].float(), -1)
                     logp += sum(lps[i, t].item() for i, t in enumerate(seq[1:]))
                 scores[c] = float(torch.tensor(logp).exp())
