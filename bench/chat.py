@@ -1,0 +1,380 @@
+"""Chat speed through the HTTP API against the same engine called directly: tokens/s and time to first token.
+
+What it measures, in one process and one run:
+
+* direct: `engine.stream_chat(messages, ChatParams(...))` called in this thread;
+* API: POST /v1/chat/completions with `stream: true` on a real uvicorn server on 127.0.0.1 (in a thread), built by
+  `create_app` around the *same* engine object and a temporary SQLite data dir, read with `httpx.Client().stream`.
+
+Both run the same fixed prompts with the same seed, temperature and max_tokens. The two are interleaved per prompt
+(direct, API, direct, API, ... and the order flips every round) so drift in machine speed hits both alike, and each
+path is warmed up once first. Before every timed request the llama.cpp KV cache is cleared (when the engine has
+one) so neither path gets the other's prompt for free from prefix caching.
+
+Per request:
+    TTFT            request start -> first non-empty text (API: first SSE `delta.content` that is not empty)
+    decode tok/s    (completion tokens - 1) / (last text time - first text time): the streaming rate
+    e2e tok/s       completion tokens / (request start -> end of stream, `[DONE]` for the API)
+Completion tokens come from the engine's final chunk (direct) and the usage chunk (API,
+`stream_options.include_usage`). The summary takes medians over all prompts and rounds; ratios are API / direct.
+
+Then 4 concurrent API streams (one thread each, started together): aggregate tok/s = all completion tokens / wall
+time, and mean/max TTFT. The engine serves one request at a time, so the queued requests' TTFT includes waiting for
+the ones ahead of them; that is expected and only reported.
+
+Goals printed beside the measurements: API decode tok/s >= 0.9x direct, API TTFT <= 1.2x direct.
+
+Run:
+    python bench/chat.py [--model SPEC] [--max-tokens N] [--rounds N] [--concurrency N] [--json PATH]
+(about 1-3 minutes with the embedded model on a 2-core machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from thresher.config import Settings
+from thresher.engines import ChatParams, Engine, load
+from thresher.server import create_app
+
+PROMPTS: list[str] = [
+    "What is the capital of France? Answer in one sentence.",
+    "Write a short poem about autumn leaves falling in a quiet park.",
+    "Explain in simple terms how a refrigerator keeps food cold.",
+    "List five tips for getting better sleep at night.",
+    "Write a Python function that checks whether a string is a palindrome, and explain it.",
+    "My friend says the moon is made of cheese. How can I politely explain why that is wrong?",
+]
+
+SEED = 1234
+TEMPERATURE = 0.7
+TOP_P = 0.95
+GOAL_TPS = 0.9  # API decode tok/s >= 0.9 x direct
+GOAL_TTFT = 1.2  # API TTFT <= 1.2 x direct
+
+
+@dataclass
+class Sample:
+    path: str  # "direct" or "api"
+    prompt: int
+    round: int
+    ttft_s: float
+    decode_tps: float
+    e2e_tps: float
+    total_s: float
+    completion_tokens: int
+    text: str = field(repr=False, default="")
+
+
+# ---------------------------------------------------------------------------------------------------- the server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """uvicorn on 127.0.0.1 on a free port, in a daemon thread."""
+
+    def __init__(self, app) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="bench-uvicorn", daemon=True)
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+# ---------------------------------------------------------------------------------------------------- measuring
+
+
+def cold_cache(engine: Engine) -> None:
+    """Forget the llama.cpp KV cache so the next request evaluates its whole prompt (no prefix reuse)."""
+    reset = getattr(getattr(engine, "llm", None), "reset", None)
+    if callable(reset):
+        reset()
+
+
+def params(max_tokens: int) -> ChatParams:
+    return ChatParams(max_tokens=max_tokens, temperature=TEMPERATURE, top_p=TOP_P, seed=SEED)
+
+
+def messages(prompt: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}]
+
+
+def rates(n: int, start: float, first: float | None, last: float | None, end: float) -> tuple[float, float, float]:
+    """(ttft, decode tok/s, e2e tok/s) from a request's timestamps."""
+    if first is None or last is None:
+        return float("nan"), float("nan"), 0.0
+    decode = (n - 1) / (last - first) if n > 1 and last > first else float("nan")
+    return first - start, decode, n / (end - start)
+
+
+def run_direct(engine: Engine, prompt: str, max_tokens: int, rnd: int, idx: int) -> Sample:
+    start = time.perf_counter()
+    first = last = None
+    text, n = "", 0
+    for chunk in engine.stream_chat(messages(prompt), params(max_tokens)):
+        if chunk.text:
+            last = time.perf_counter()
+            if first is None:
+                first = last
+            text += chunk.text
+        if chunk.finish_reason is not None:
+            n = chunk.completion_tokens or 0
+    end = time.perf_counter()
+    ttft, decode, e2e = rates(n, start, first, last, end)
+    return Sample("direct", idx, rnd, ttft, decode, e2e, end - start, n, text)
+
+
+def run_api(client: httpx.Client, url: str, model: str, prompt: str, max_tokens: int, rnd: int, idx: int) -> Sample:
+    body = {
+        "model": model,
+        "messages": messages(prompt),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": max_tokens,
+        "temperature": TEMPERATURE,
+        "top_p": TOP_P,
+        "seed": SEED,
+    }
+    start = time.perf_counter()
+    first = last = None
+    text, n = "", 0
+    with client.stream("POST", f"{url}/v1/chat/completions", json=body) as resp:
+        if resp.status_code != 200:
+            resp.read()
+            raise RuntimeError(f"API answered {resp.status_code}: {resp.text}")
+        for line in resp.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[6:]
+            if data == "[DONE]":
+                break
+            event = json.loads(data)
+            if "error" in event:
+                raise RuntimeError(f"API stream error: {event['error']}")
+            for choice in event.get("choices") or ():
+                piece = (choice.get("delta") or {}).get("content")
+                if piece:
+                    last = time.perf_counter()
+                    if first is None:
+                        first = last
+                    text += piece
+            if event.get("usage"):
+                n = event["usage"]["completion_tokens"]
+    end = time.perf_counter()
+    ttft, decode, e2e = rates(n, start, first, last, end)
+    return Sample("api", idx, rnd, ttft, decode, e2e, end - start, n, text)
+
+
+def run_concurrent(url: str, model: str, max_tokens: int, n: int) -> dict[str, float]:
+    results: list[Sample | BaseException | None] = [None] * n
+    barrier = threading.Barrier(n)
+
+    def worker(i: int) -> None:
+        try:
+            with httpx.Client(timeout=600) as client:
+                barrier.wait()
+                results[i] = run_api(client, url, model, PROMPTS[i % len(PROMPTS)], max_tokens, 0, i)
+        except BaseException as e:  # reported below
+            results[i] = e
+
+    threads = [threading.Thread(target=worker, args=(i,), name=f"bench-client-{i}") for i in range(n)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    errors = [r for r in results if not isinstance(r, Sample)]
+    if errors:
+        raise RuntimeError(f"concurrent request failed: {errors[0]!r}")
+    samples = [r for r in results if isinstance(r, Sample)]
+    tokens = sum(s.completion_tokens for s in samples)
+    ttfts = [s.ttft_s for s in samples]
+    return {
+        "streams": n,
+        "wall_s": wall,
+        "completion_tokens": tokens,
+        "aggregate_tps": tokens / wall,
+        "ttft_mean_s": statistics.fmean(ttfts),
+        "ttft_max_s": max(ttfts),
+        "ttft_min_s": min(ttfts),
+        "per_stream_decode_tps_median": statistics.median(s.decode_tps for s in samples),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def median(samples: list[Sample], path: str, attr: str) -> float:
+    vals = [getattr(s, attr) for s in samples if s.path == path and getattr(s, attr) == getattr(s, attr)]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="embedded", help="engine spec (default: embedded)")
+    ap.add_argument("--max-tokens", type=int, default=128, help="max_tokens per reply (default: 128)")
+    ap.add_argument("--rounds", type=int, default=2, help="passes over the prompts (default: 2)")
+    ap.add_argument("--concurrency", type=int, default=4, help="simultaneous API streams (default: 4)")
+    ap.add_argument("--keep-cache", action="store_true",
+                    help="do not clear the llama.cpp KV cache before each timed request")
+    ap.add_argument("--json", type=Path, help="also write the results to this file")
+    args = ap.parse_args(argv)
+    console = Console()
+
+    t0 = time.perf_counter()
+    engine = load(args.model)
+    load_s = time.perf_counter() - t0
+    n_threads = getattr(getattr(getattr(engine, "llm", None), "context_params", None), "n_threads", None)
+    console.print(f"[bold]thresher chat bench[/]  model={engine.model_id} ({engine.version}), loaded in "
+                  f"{load_s:.1f}s; cpus={os.cpu_count()}, llama.cpp threads={n_threads}; "
+                  f"python {platform.python_version()} on {platform.machine()}")
+    console.print(f"{len(PROMPTS)} prompts x {args.rounds} round(s), max_tokens={args.max_tokens}, "
+                  f"temperature={TEMPERATURE}, seed={SEED}, KV cache "
+                  f"{'kept' if args.keep_cache else 'cleared before each request'}")
+
+    samples: list[Sample] = []
+    conc: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="thresher-bench-") as tmp:
+        settings = Settings(data_dir=Path(tmp), model=args.model, public=False, api_keys=[],
+                            max_tokens_limit=max(2048, args.max_tokens))
+        app = create_app(settings, engine=engine)
+        with Server(app) as server, httpx.Client(timeout=600) as client:
+            models = client.get(f"{server.url}/v1/models").json()["data"]
+            model = models[0]["id"]
+
+            def direct(i: int, rnd: int) -> Sample:
+                if not args.keep_cache:
+                    cold_cache(engine)
+                return run_direct(engine, PROMPTS[i], args.max_tokens, rnd, i)
+
+            def api(i: int, rnd: int) -> Sample:
+                if not args.keep_cache:
+                    cold_cache(engine)
+                return run_api(client, server.url, model, PROMPTS[i], args.max_tokens, rnd, i)
+
+            # Warm up each way once (first HTTP connection, first DB writes, llama.cpp buffers).
+            direct(0, -1)
+            api(0, -1)
+
+            for rnd in range(args.rounds):
+                for i in range(len(PROMPTS)):
+                    pair = (direct, api) if (rnd + i) % 2 == 0 else (api, direct)
+                    for fn in pair:
+                        samples.append(fn(i, rnd))
+                console.print(f"  round {rnd + 1}/{args.rounds} done ({time.perf_counter() - t0:.0f}s)")
+
+            if args.concurrency > 0:
+                if not args.keep_cache:
+                    cold_cache(engine)
+                conc = run_concurrent(server.url, model, args.max_tokens, args.concurrency)
+
+    # --- per-prompt table
+    per = Table(title="Per prompt (median over rounds)", title_justify="left")
+    for col in ("#", "tokens", "TTFT direct ms", "TTFT API ms", "decode direct tok/s", "decode API tok/s",
+                "same text"):
+        per.add_column(col, justify="right")
+    for i in range(len(PROMPTS)):
+        d = [s for s in samples if s.prompt == i and s.path == "direct"]
+        a = [s for s in samples if s.prompt == i and s.path == "api"]
+        same = sum(x.text == y.text for x, y in zip(d, a, strict=True))
+        per.add_row(str(i), str(statistics.median(s.completion_tokens for s in d + a)),
+                    f"{median(d, 'direct', 'ttft_s') * 1e3:.1f}", f"{median(a, 'api', 'ttft_s') * 1e3:.1f}",
+                    f"{median(d, 'direct', 'decode_tps'):.1f}", f"{median(a, 'api', 'decode_tps'):.1f}",
+                    f"{same}/{len(d)}")
+    console.print(per)
+
+    # --- summary
+    summary: dict[str, dict[str, float]] = {}
+    tab = Table(title=f"API vs direct (medians of {len(samples) // 2} requests each; cpus={os.cpu_count()})",
+                title_justify="left")
+    for col in ("metric", "direct", "API", "API / direct", "goal", "met"):
+        tab.add_column(col, justify="right" if col != "metric" else "left")
+    rows = [
+        ("TTFT (ms)", "ttft_s", 1e3, f"<= {GOAL_TTFT}x", lambda r: r <= GOAL_TTFT),
+        ("decode tok/s", "decode_tps", 1, f">= {GOAL_TPS}x", lambda r: r >= GOAL_TPS),
+        ("end-to-end tok/s", "e2e_tps", 1, "", None),
+        ("request total (ms)", "total_s", 1e3, "", None),
+    ]
+    all_met = True
+    for label, attr, scale, goal, check in rows:
+        d, a = median(samples, "direct", attr), median(samples, "api", attr)
+        ratio = a / d if d else float("nan")
+        met = ""
+        if check is not None:
+            ok = check(ratio)
+            all_met &= ok
+            met = "[green]yes[/]" if ok else "[red]no[/]"
+        summary[attr] = {"direct": d, "api": a, "ratio": ratio}
+        tab.add_row(label, f"{d * scale:.1f}", f"{a * scale:.1f}", f"{ratio:.3f}x", goal, met)
+    console.print(tab)
+
+    if conc:
+        ct = Table(title=f"{conc['streams']} concurrent API streams (the engine serialises requests)",
+                   title_justify="left")
+        ct.add_column("metric")
+        ct.add_column("value", justify="right")
+        ct.add_row("aggregate tok/s (all tokens / wall)", f"{conc['aggregate_tps']:.1f}")
+        ct.add_row("  vs direct end-to-end tok/s", f"{conc['aggregate_tps'] / summary['e2e_tps']['direct']:.3f}x")
+        ct.add_row("per-stream decode tok/s (median)", f"{conc['per_stream_decode_tps_median']:.1f}")
+        ct.add_row("TTFT min ms", f"{conc['ttft_min_s'] * 1e3:.0f}")
+        ct.add_row("TTFT mean ms (includes queueing)", f"{conc['ttft_mean_s'] * 1e3:.0f}")
+        ct.add_row("TTFT max ms (includes queueing)", f"{conc['ttft_max_s'] * 1e3:.0f}")
+        ct.add_row("wall s", f"{conc['wall_s']:.2f}")
+        console.print(ct)
+
+    tps_r, ttft_r = summary["decode_tps"]["ratio"], summary["ttft_s"]["ratio"]
+    console.print(f"[bold]ratios:[/] API decode tok/s = {tps_r:.3f}x direct (goal >= {GOAL_TPS}x), "
+                  f"API TTFT = {ttft_r:.3f}x direct (goal <= {GOAL_TTFT}x): "
+                  + ("[green]goals met[/]" if all_met else "[red]goals NOT met[/]"))
+    console.print(f"total bench time {time.perf_counter() - t0:.0f}s")
+
+    if args.json:
+        args.json.write_text(json.dumps({
+            "model": engine.model_id, "version": engine.version, "cpus": os.cpu_count(), "llama_threads": n_threads,
+            "max_tokens": args.max_tokens, "rounds": args.rounds, "seed": SEED, "temperature": TEMPERATURE,
+            "kv_cache_cleared": not args.keep_cache,
+            "summary": summary, "goals": {"decode_tps_ratio_min": GOAL_TPS, "ttft_ratio_max": GOAL_TTFT},
+            "goals_met": all_met, "concurrent": conc,
+            "samples": [{k: v for k, v in asdict(s).items() if k != "text"} for s in samples],
+        }, indent=2))
+        console.print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The store on real SQLite and real PostgreSQL: migrations, conversations, replies, stitching, idle end."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from thresher.conversation import COMPLETE, INTERRUPTED, STREAMING, Conversation, Message, utcnow
+from thresher.store import NotFound, Store
+
+
+def test_migrate_blank_database_creates_columns(store: Store) -> None:
+    insp = sa.inspect(store.engine)
+    conv_cols = {c["name"] for c in insp.get_columns("conversations")}
+    assert {"id", "created_at", "updated_at", "ended_at", "status", "publish_allowed", "licence", "model_version",
+            "client_hash", "source", "tail_hash"} <= conv_cols
+    msg_cols = {c["name"] for c in insp.get_columns("messages")}
+    assert {"conversation_id", "position", "role", "content", "status", "finish_reason"} <= msg_cols
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+    store.migrate()  # running again is a no-op
+
+
+def test_sqlite_uses_wal(tmp_path) -> None:
+    st = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    st.migrate()
+    with st.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    st.close()
+
+
+def test_create_and_get_roundtrip(store: Store) -> None:
+    conv = Conversation(messages=[Message("system", "Be brief."), Message("user", "Hi")], source="web",
+                        client_hash="c1", publish_allowed=False, model_version="m@1")
+    store.create(conv)
+    got = store.get(conv.id)
+    assert [(m.role, m.content) for m in got.messages] == [("system", "Be brief."), ("user", "Hi")]
+    assert got.source == "web" and got.client_hash == "c1" and not got.publish_allowed
+    assert got.created_at.tzinfo is not None and got.ended_at is None and got.status == "open"
+    with pytest.raises(NotFound):
+        store.get("nope")
+
+
+def test_reply_grows_then_completes(store: Store) -> None:
+    conv = store.create(Conversation(messages=[Message("user", "Hi")]))
+    mid = store.append(conv.id, Message("assistant", "", status=STREAMING))
+    store.update_reply(mid, "Hel")
+    assert store.get(conv.id).messages[-1].content == "Hel"
+    store.update_reply(mid, "Hello", COMPLETE, "stop", 5, 2)
+    last = store.get(conv.id).messages[-1]
+    assert (last.content, last.status, last.finish_reason) == ("Hello", COMPLETE, "stop")
+
+
+def test_recover_interrupted_keeps_partial_text(store: Store) -> None:
+    conv = store.create(Conversation(messages=[Message("user", "Hi")]))
+    mid = store.append(conv.id, Message("assistant", "", status=STREAMING))
+    store.update_reply(mid, "partial ans")
+    assert store.recover_interrupted() == 1
+    last = store.get(conv.id).messages[-1]
+    assert (last.content, last.status) == ("partial ans", INTERRUPTED)
+    assert store.recover_interrupted() == 0
+
+
+def test_find_continuation_matches_only_same_client_and_open(store: Store) -> None:
+    conv = store.create(Conversation(messages=[Message("user", "Hi")], client_hash="alice"))
+    mid = store.append(conv.id, Message("assistant", "", status=STREAMING))
+    earlier = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    assert store.find_continuation("alice", earlier) is None  # reply not complete yet
+    store.update_reply(mid, "Hello!", COMPLETE, "stop")
+    assert store.find_continuation("alice", earlier) == conv.id
+    assert store.find_continuation("bob", earlier) is None
+    assert store.find_continuation("alice", earlier[:1]) is None
+    store.end(conv.id, "api")
+    assert store.find_continuation("alice", earlier) is None
+
+
+def test_end_is_idempotent_and_append_after_end_refused(store: Store) -> None:
+    conv = store.create(Conversation(messages=[Message("user", "Hi")]))
+    first = store.end(conv.id, "button")
+    again = store.end(conv.id, "idle")
+    assert again.end_reason == "button" and again.ended_at == first.ended_at
+    with pytest.raises(ValueError, match="ended"):
+        store.append(conv.id, Message("user", "more"))
+
+
+def test_end_idle(store: Store) -> None:
+    old = Conversation(messages=[Message("user", "old")])
+    old.updated_at = utcnow() - timedelta(hours=2)
+    store.create(old)
+    fresh = store.create(Conversation(messages=[Message("user", "fresh")]))
+    ended = store.end_idle(utcnow() - timedelta(minutes=30))
+    assert ended == [old.id]
+    assert store.get(old.id).end_reason == "idle"
+    assert not store.get(fresh.id).ended
+    assert store.counts() == {"ended": 1, "open": 1}
+
+
+def test_set_publish_and_list(store: Store) -> None:
+    a = store.create(Conversation(messages=[Message("user", "a")], owner_hash="o1"))
+    store.create(Conversation(messages=[Message("user", "b")], owner_hash="o2"))
+    store.set_publish(a.id, False)
+    assert store.get(a.id).publish_allowed is False
+    assert [c.id for c in store.list(owner_hash="o1")] == [a.id]
+    assert len(store.list(status="open")) == 2
