@@ -18,12 +18,18 @@ function addMessage(role, text) {
   body.textContent = text;
   div.append(who, body);
   log.append(div);
-  div.scrollIntoView({ block: "end" });
+  toBottom();
   return body;
 }
 
+// Keep the newest text in sight (the composer is sticky, so scroll the whole page to its end), unless the reader
+// has scrolled up to read something earlier.
+function nearBottom() { return window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 80; }
+function toBottom() { window.scrollTo(0, document.documentElement.scrollHeight); }
+
 function refreshControls() {
   sendButton.disabled = busy || ended;
+  newButton.disabled = busy;  // a reply still streaming belongs to the current conversation
   input.disabled = ended;
   endButton.disabled = busy || ended || conversationId === null;
 }
@@ -41,11 +47,13 @@ async function post(url, body) {
 
 async function send(text) {
   busy = true; refreshControls();
-  addMessage("user", text);
+  const mine = addMessage("user", text).parentElement;
   const target = addMessage("assistant", "");
+  let accepted = false;  // once the server takes the message, it is part of the conversation
   say("The assistant is replying…");
   try {
     const r = await post("/api/chat", { conversation_id: conversationId, content: text, publish: !optout.checked });
+    accepted = true;
     const reader = r.body.getReader(), decoder = new TextDecoder();
     let buffer = "";
     for (;;) {
@@ -58,7 +66,11 @@ async function send(text) {
         const name = (block.match(/^event: (.*)$/m) || [])[1];
         const data = JSON.parse((block.match(/^data: (.*)$/m) || [])[1] || "{}");
         if (name === "meta") { conversationId = data.conversation_id; }
-        else if (name === "delta") { target.append(document.createTextNode(data.text)); }
+        else if (name === "delta") {
+          const follow = nearBottom();
+          target.append(document.createTextNode(data.text));
+          if (follow) toBottom();
+        }
         else if (name === "error") { throw new Error(data.message); }
         else if (name === "done") {
           if (data.finish_reason === "length") target.parentElement.classList.add("interrupted");
@@ -69,6 +81,7 @@ async function send(text) {
   } catch (e) {
     say("Something went wrong: " + e.message + ". Your message is back in the box; try again.");
     target.parentElement.remove();
+    if (!accepted) mine.remove();  // refused (too long, rate limit, ended): it is not in the transcript
     input.value = text;
   } finally {
     busy = false; refreshControls(); input.focus();
