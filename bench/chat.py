@@ -25,7 +25,7 @@ the ones ahead of them; that is expected and only reported.
 Goals printed beside the measurements: API decode tok/s >= 0.9x direct, API TTFT <= 1.2x direct.
 
 Run:
-    python bench/chat.py [--model SPEC] [--max-tokens N] [--rounds N] [--concurrency N] [--json PATH]
+    python bench/chat.py [--model SPEC] [--max-tokens N] [--rounds N] [--threads N] [--concurrency N] [--json PATH]
 (about 1-3 minutes with the embedded model on a 2-core machine).
 """
 
@@ -239,9 +239,18 @@ def run_concurrent(url: str, model: str, max_tokens: int, n: int) -> dict[str, f
 # ---------------------------------------------------------------------------------------------------- report
 
 
+def values(samples: list[Sample], path: str, attr: str) -> list[float]:
+    return [v for s in samples if s.path == path and (v := getattr(s, attr)) == v]  # NaN dropped
+
+
 def median(samples: list[Sample], path: str, attr: str) -> float:
-    vals = [getattr(s, attr) for s in samples if s.path == path and getattr(s, attr) == getattr(s, attr)]
+    vals = values(samples, path, attr)
     return statistics.median(vals) if vals else float("nan")
+
+
+def spread(samples: list[Sample], path: str, attr: str, scale: float) -> str:
+    vals = values(samples, path, attr)
+    return f"{min(vals) * scale:.0f}-{max(vals) * scale:.0f}" if vals else "-"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="embedded", help="engine spec (default: embedded)")
     ap.add_argument("--max-tokens", type=int, default=128, help="max_tokens per reply (default: 128)")
     ap.add_argument("--rounds", type=int, default=2, help="passes over the prompts (default: 2)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="llama.cpp threads (default: the engine's default, all cores, as `thresher serve` uses)")
     ap.add_argument("--concurrency", type=int, default=4, help="simultaneous API streams (default: 4)")
     ap.add_argument("--keep-cache", action="store_true",
                     help="do not clear the llama.cpp KV cache before each timed request")
@@ -257,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
 
     t0 = time.perf_counter()
-    engine = load(args.model)
+    engine = load(args.model, n_threads=args.threads)
     load_s = time.perf_counter() - t0
     n_threads = getattr(getattr(getattr(engine, "llm", None), "context_params", None), "n_threads", None)
     console.print(f"[bold]thresher chat bench[/]  model={engine.model_id} ({engine.version}), loaded in "
@@ -322,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, dict[str, float]] = {}
     tab = Table(title=f"API vs direct (medians of {len(samples) // 2} requests each; cpus={os.cpu_count()})",
                 title_justify="left")
-    for col in ("metric", "direct", "API", "API / direct", "goal", "met"):
+    for col in ("metric", "direct", "API", "API / direct", "goal", "met", "direct range", "API range"):
         tab.add_column(col, justify="right" if col != "metric" else "left")
     rows = [
         ("TTFT (ms)", "ttft_s", 1e3, f"<= {GOAL_TTFT}x", lambda r: r <= GOAL_TTFT),
@@ -340,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
             all_met &= ok
             met = "[green]yes[/]" if ok else "[red]no[/]"
         summary[attr] = {"direct": d, "api": a, "ratio": ratio}
-        tab.add_row(label, f"{d * scale:.1f}", f"{a * scale:.1f}", f"{ratio:.3f}x", goal, met)
+        tab.add_row(label, f"{d * scale:.1f}", f"{a * scale:.1f}", f"{ratio:.3f}x", goal, met,
+                    spread(samples, "direct", attr, scale), spread(samples, "api", attr, scale))
     console.print(tab)
 
     if conc:

@@ -83,8 +83,8 @@ def test_llm_comply_conformance(live, tmp_path: Path) -> None:
     tests = ["chat-basic-response", "chat-system-prompt", "chat-multi-turn", "chat-streaming-response",
              "chat-streaming-usage", "chat-error-handling"]
     out = subprocess.run(
-        [str(Path(sys.executable).parent / "llm-comply"), "--format", "openai-chat", "-u", live.url + "/v1", "-k", "unused",
-         "-m", MODEL, "-f", ",".join(tests), "--json"],
+        [str(Path(sys.executable).parent / "llm-comply"), "--format", "openai-chat", "-u", live.url + "/v1",
+         "-k", "unused", "-m", MODEL, "-f", ",".join(tests), "--json"],
         capture_output=True, text=True, timeout=300,
     )
     assert out.stdout.strip(), out.stderr[-2000:]

@@ -119,3 +119,13 @@ class Settings(BaseSettings):
             else:
                 tmp.unlink()
         return path.read_text().strip()
+
+
+def settings_reference() -> str:
+    """The configuration table in the README, made from the fields above (a test keeps the two equal)."""
+    rows = ["| setting | environment variable | default | what it does |", "|---|---|---|---|"]
+    for name, f in Settings.model_fields.items():
+        default = f.default_factory() if f.default_factory is not None else f.default  # type: ignore[call-arg]
+        shown = "(none)" if default is None or default == [] else f"`{default}`"
+        rows.append(f"| `{name}` | `THRESHER_{name.upper()}` | {shown} | {f.description} |")
+    return "\n".join(rows)

@@ -28,9 +28,16 @@ class OpenAIEngine:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
         if model is None:
-            model = self._first_model()
+            try:
+                model = self._first_model()
+            except EngineError:
+                self._client.close()
+                raise
         self.model_id = model
         self.version = f"{model}@{self.base_url}"
+
+    def close(self) -> None:
+        self._client.close()
 
     def _first_model(self) -> str:
         try:

@@ -7,6 +7,7 @@ at the next token, and the chat service keeps the partial reply as interrupted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TypeVar
@@ -21,10 +22,9 @@ async def stream_in_thread(start: Callable[[threading.Event], Iterator[T]]) -> A
     cancel = threading.Event()
 
     def put(item: object) -> None:
-        try:
+        # If the loop closed under us (server shutting down), nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the loop closed under us (server shutting down): nobody is listening
-            pass
 
     def produce() -> None:
         try:
