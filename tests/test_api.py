@@ -262,3 +262,14 @@ def test_admin_routes_off_without_token(serve) -> None:
 def test_public_mode_refuses_to_start_without_admin_token(settings: Settings) -> None:
     with pytest.raises(ValueError, match="admin token"):
         Settings(data_dir=settings.data_dir, public=True)
+
+
+def test_rate_limiter_forgets_quiet_clients() -> None:
+    from thresher.server.guard import RateLimiter
+
+    limiter = RateLimiter(5, 0, window=0.05)
+    for i in range(10_001):
+        limiter.check(f"client{i}")
+    time.sleep(0.06)
+    limiter.check("late")
+    assert len(limiter._requests) == 1

@@ -89,4 +89,5 @@ def serve(
         proxy_headers=True,
         forwarded_allow_ips=s.trusted_proxies,
         log_level="info",
+        access_log=not s.public,  # access lines carry client addresses; public mode keeps none
     )

@@ -105,6 +105,11 @@ class RateLimiter:
         """Count one request, or raise 429 with Retry-After when the client is over either limit."""
         now = time.monotonic()
         with self._lock:
+            if len(self._requests) > 10_000:  # forget clients that have been quiet for a whole window
+                for k in [k for k in self._requests if k != key]:
+                    self._trim(k, now)
+                    if not self._requests[k] and not self._tokens[k]:
+                        del self._requests[k], self._tokens[k]
             self._trim(key, now)
             reqs, toks = self._requests[key], self._tokens[key]
             if self.rpm and len(reqs) >= self.rpm:
