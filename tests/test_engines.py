@@ -144,3 +144,17 @@ def test_openai_engine_against_a_real_server(serve, embedded_engine) -> None:
         with pytest.raises(EngineError, match="404"):
             list(wrong.stream_chat(Q, ChatParams(max_tokens=2)))
         wrong.close()
+
+
+def test_sampling_respects_min_p_and_top_p() -> None:
+    import torch
+
+    from thresher.engines.transformers import _sample
+
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    gen = torch.Generator().manual_seed(0)
+    seen = {_sample(logits, ChatParams(temperature=1.0, top_p=1.0, min_p=0.2), gen) for _ in range(300)}
+    assert seen == {0, 1, 2}  # 0.05 < 0.2 x 0.5: never drawn
+    seen = {_sample(logits, ChatParams(temperature=1.0, top_p=0.6, min_p=0.0), gen) for _ in range(300)}
+    assert seen == {0, 1}  # the smallest set reaching 60%
+    assert _sample(logits, ChatParams(temperature=0.0), gen) == 0

@@ -37,6 +37,9 @@ class ChatParams:
     max_tokens: int = 512
     temperature: float = 0.7
     top_p: float = 0.95
+    # Drop tokens less likely than min_p x the likeliest one: keeps small models from wandering into junk tokens.
+    # Local engines only; a remote server applies its own.
+    min_p: float = 0.05
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
 

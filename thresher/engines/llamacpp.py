@@ -71,8 +71,8 @@ class LlamaCppEngine:
                 max_tokens=budget,
                 temperature=params.temperature,
                 top_p=params.top_p,
-                top_k=0,  # plain temperature + top-p, the same sampling as the other engines
-                min_p=0.0,
+                top_k=0,  # temperature, top-p and min-p only: the same sampling as the transformers engine
+                min_p=params.min_p,
                 stop=[*params.stop, *template_stops],
                 seed=params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little"),
                 stream=True,

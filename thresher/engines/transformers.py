@@ -123,6 +123,9 @@ def _sample(logits: torch.Tensor, params: ChatParams, gen: torch.Generator) -> i
     if params.temperature <= 0:
         return int(logits.argmax())
     probs = torch.softmax(logits / params.temperature, -1)
+    if params.min_p > 0:
+        probs = torch.where(probs >= params.min_p * probs.max(), probs, torch.zeros_like(probs))
+        probs = probs / probs.sum()
     if params.top_p < 1.0:
         sorted_p, order = probs.sort(descending=True)
         keep = sorted_p.cumsum(-1) - sorted_p < params.top_p  # always keeps the most likely token
