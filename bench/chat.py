@@ -2,7 +2,8 @@
 
 What it measures, in one process and one run:
 
-* direct: `engine.stream_chat(messages, ChatParams(...))` called in this thread;
+* direct: `engine.stream_chat(messages, ChatParams(...))`, iterated on a fresh thread per request, exactly as the
+  server runs generation (`thresher.server.streaming.stream_in_thread`);
 * API: POST /v1/chat/completions with `stream: true` on a real uvicorn server on 127.0.0.1 (in a thread), built by
   `create_app` around the *same* engine object and a temporary SQLite data dir, read with `httpx.Client().stream`.
 
@@ -10,6 +11,12 @@ Both run the same fixed prompts with the same seed, temperature and max_tokens. 
 (direct, API, direct, API, ... and the order flips every round) so drift in machine speed hits both alike, and each
 path is warmed up once first. Before every timed request the llama.cpp KV cache is cleared (when the engine has
 one) so neither path gets the other's prompt for free from prefix caching.
+
+Why a fresh thread for the direct calls too: the llama.cpp in llama-cpp-python uses OpenMP (libgomp), which keeps
+one pool of worker threads per thread that has run the model. Once two such pools exist (say, direct calls on the
+main thread and API calls on generation threads) libgomp counts more threads than CPUs and stops spin-waiting, and
+decoding drops to about a third on a 2-core machine, for both paths. Running both paths on short-lived threads
+keeps one pool at a time and measures what the API itself costs. The main thread never runs the model.
 
 Per request:
     TTFT            request start -> first non-empty text (API: first SSE `delta.content` that is not empty)
@@ -26,7 +33,9 @@ Goals printed beside the measurements: API decode tok/s >= 0.9x direct, API TTFT
 
 Run:
     python bench/chat.py [--model SPEC] [--max-tokens N] [--rounds N] [--threads N] [--concurrency N] [--json PATH]
-(about 1-3 minutes with the embedded model on a 2-core machine).
+About 40 s with the embedded model on an idle 2-core machine. The bench also prints how much CPU other processes
+used while it ran; above 10% the numbers are noisy (2 llama.cpp threads on 2 cores stall badly when anything else
+runs), so run it again on an idle machine.
 """
 
 from __future__ import annotations
@@ -142,18 +151,32 @@ def rates(n: int, start: float, first: float | None, last: float | None, end: fl
 
 
 def run_direct(engine: Engine, prompt: str, max_tokens: int, rnd: int, idx: int) -> Sample:
-    start = time.perf_counter()
+    """Call the engine on a fresh thread, as the server does for every request (see the module docstring)."""
     first = last = None
     text, n = "", 0
-    for chunk in engine.stream_chat(messages(prompt), params(max_tokens)):
-        if chunk.text:
-            last = time.perf_counter()
-            if first is None:
-                first = last
-            text += chunk.text
-        if chunk.finish_reason is not None:
-            n = chunk.completion_tokens or 0
+    error: list[BaseException] = []
+
+    def work() -> None:
+        nonlocal first, last, text, n
+        try:
+            for chunk in engine.stream_chat(messages(prompt), params(max_tokens)):
+                if chunk.text:
+                    last = time.perf_counter()
+                    if first is None:
+                        first = last
+                    text += chunk.text
+                if chunk.finish_reason is not None:
+                    n = chunk.completion_tokens or 0
+        except BaseException as e:  # re-raised below
+            error.append(e)
+
+    start = time.perf_counter()
+    worker = threading.Thread(target=work, name="bench-direct")
+    worker.start()
+    worker.join()
     end = time.perf_counter()
+    if error:
+        raise error[0]
     ttft, decode, e2e = rates(n, start, first, last, end)
     return Sample("direct", idx, rnd, ttft, decode, e2e, end - start, n, text)
 
@@ -236,6 +259,32 @@ def run_concurrent(url: str, model: str, max_tokens: int, n: int) -> dict[str, f
     }
 
 
+class OtherLoad:
+    """How much CPU other processes used while the bench ran (Linux /proc/stat), to flag a noisy machine."""
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = sum(fields[:3]) + sum(fields[5:8])  # user nice system + irq softirq steal
+        t = os.times()
+        return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system, time.monotonic()
+
+    def share(self) -> float | None:
+        """Fraction of all CPUs used by other processes since construction."""
+        end = self._sample()
+        if self.start is None or end is None:
+            return None
+        busy, ours, wall = (e - s for e, s in zip(end, self.start, strict=True))
+        return max(0.0, busy - ours) / (wall * (os.cpu_count() or 1))
+
+
 # ---------------------------------------------------------------------------------------------------- report
 
 
@@ -265,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="do not clear the llama.cpp KV cache before each timed request")
     ap.add_argument("--json", type=Path, help="also write the results to this file")
     args = ap.parse_args(argv)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)
 
     t0 = time.perf_counter()
     engine = load(args.model, n_threads=args.threads)
@@ -280,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
 
     samples: list[Sample] = []
     conc: dict[str, float] = {}
+    other = OtherLoad()
     with tempfile.TemporaryDirectory(prefix="thresher-bench-") as tmp:
         settings = Settings(data_dir=Path(tmp), model=args.model, public=False, api_keys=[],
                             max_tokens_limit=max(2048, args.max_tokens))
@@ -313,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.keep_cache:
                     cold_cache(engine)
                 conc = run_concurrent(server.url, model, args.max_tokens, args.concurrency)
+
+    other_share = other.share()
 
     # --- per-prompt table
     per = Table(title="Per prompt (median over rounds)", title_justify="left")
@@ -373,13 +425,17 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"[bold]ratios:[/] API decode tok/s = {tps_r:.3f}x direct (goal >= {GOAL_TPS}x), "
                   f"API TTFT = {ttft_r:.3f}x direct (goal <= {GOAL_TTFT}x): "
                   + ("[green]goals met[/]" if all_met else "[red]goals NOT met[/]"))
+    if other_share is not None:
+        note = ("[red]the machine was busy: the numbers are noisy, run again when it is idle[/]"
+                if other_share > 0.10 else "quiet enough")
+        console.print(f"other processes used {other_share:.0%} of the CPUs during the run ({note})")
     console.print(f"total bench time {time.perf_counter() - t0:.0f}s")
 
     if args.json:
         args.json.write_text(json.dumps({
             "model": engine.model_id, "version": engine.version, "cpus": os.cpu_count(), "llama_threads": n_threads,
             "max_tokens": args.max_tokens, "rounds": args.rounds, "seed": SEED, "temperature": TEMPERATURE,
-            "kv_cache_cleared": not args.keep_cache,
+            "kv_cache_cleared": not args.keep_cache, "other_processes_cpu_share": other_share,
             "summary": summary, "goals": {"decode_tps_ratio_min": GOAL_TPS, "ttft_ratio_max": GOAL_TTFT},
             "goals_met": all_met, "concurrent": conc,
             "samples": [{k: v for k, v in asdict(s).items() if k != "text"} for s in samples],

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from conftest import ScriptedEngine
 
 from thresher.chat import ChatService
 from thresher.conversation import COMPLETE, INTERRUPTED, STREAMING, Message
-from thresher.engines import ChatParams
+from thresher.engines import ChatParams, EngineError
 from thresher.store import Store
 
 
@@ -66,3 +67,16 @@ def test_interrupted_reply_is_part_of_the_next_prompt(store: Store) -> None:
     list(chat.reply(cid, ChatParams()))
     assert engine.prompts[-1] == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
                                   {"role": "user", "content": "Go on"}]
+
+
+def test_engine_failure_before_the_first_token_is_recorded(store: Store) -> None:
+    class Refusing(ScriptedEngine):
+        def stream_chat(self, messages, params):
+            raise EngineError("the prompt is too long")
+
+    chat = ChatService(store, Refusing())
+    cid = chat.open([Message("user", "Hi")], client_hash="c", source="api").conversation_id
+    with pytest.raises(EngineError):
+        list(chat.reply(cid, ChatParams()))
+    last = store.get(cid).messages[-1]
+    assert (last.role, last.content, last.status) == ("assistant", "", INTERRUPTED)

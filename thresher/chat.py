@@ -82,8 +82,9 @@ class ChatService:
         msg_id = self.store.append(conv_id, Message(role="assistant", content="", status=STREAMING))
         text, last_flush = "", time.monotonic()
         final: Chunk | None = None
-        stream = self.engine.stream_chat(prompt, params)
+        stream: Iterator[Chunk] | None = None
         try:
+            stream = self.engine.stream_chat(prompt, params)
             for chunk in stream:
                 if chunk.finish_reason is not None:
                     final = chunk
@@ -96,7 +97,7 @@ class ChatService:
                 if cancel is not None and cancel.is_set():
                     break
         finally:
-            close = getattr(stream, "close", None)
+            close = getattr(stream, "close", None)  # an engine may hand back a plain iterator
             if close is not None:
                 close()
             if final is not None:

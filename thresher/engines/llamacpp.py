@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from thresher.engines import ChatParams, Chunk, EngineError, file_version, normalise
+
+T = TypeVar("T")
 
 # SmolLM2's own template, for GGUF files that carry none.
 _CHATML = (
@@ -31,7 +35,7 @@ class LlamaCppEngine:
         if not file.is_file():
             raise EngineError(f"no GGUF file at {file}")
         try:
-            with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+            with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):  # llama.cpp's load chatter
                 self.llm = Llama(
                     model_path=str(file), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count() or 1, verbose=False,
                     logits_all=False,
@@ -48,7 +52,7 @@ class LlamaCppEngine:
         self.model_id = file.stem.split(".")[0] if file.stem.startswith("SmolLM2") else file.stem
         self.version = file_version(file)
         self.n_ctx = n_ctx
-        self._lock = threading.Lock()  # a llama.cpp context serves one request at a time
+        self._worker = _Worker()
 
     def _prompt(self, messages: Sequence[dict[str, str]]) -> tuple[list[int], list[str]]:
         res = self._formatter(messages=[dict(m) for m in messages])
@@ -63,30 +67,32 @@ class LlamaCppEngine:
         budget = min(params.max_tokens, self.n_ctx - len(tokens))
         if budget <= 0:
             raise EngineError(f"the prompt has {len(tokens)} tokens; the context holds {self.n_ctx}")
+        return self._worker.stream(lambda: self._generate(tokens, [*params.stop, *template_stops], budget, params))
+
+    def _generate(self, tokens: list[int], stop: list[str], budget: int, params: ChatParams) -> Iterator[Chunk]:
         text = ""
         finish = "stop"
-        with self._lock:
-            stream = self.llm.create_completion(
-                prompt=tokens,
-                max_tokens=budget,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                top_k=0,  # temperature, top-p and min-p only: the same sampling as the transformers engine
-                min_p=params.min_p,
-                stop=[*params.stop, *template_stops],
-                seed=params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little"),
-                stream=True,
-            )
-            try:
-                for part in stream:
-                    choice = part["choices"][0]
-                    if choice["text"]:
-                        text += choice["text"]
-                        yield Chunk(text=choice["text"])
-                    if choice.get("finish_reason"):
-                        finish = choice["finish_reason"]
-            finally:
-                stream.close()
+        stream = self.llm.create_completion(
+            prompt=tokens,
+            max_tokens=budget,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=0,  # temperature, top-p and min-p only: the same sampling as the transformers engine
+            min_p=params.min_p,
+            stop=stop,
+            seed=params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little"),
+            stream=True,
+        )
+        try:
+            for part in stream:
+                choice = part["choices"][0]
+                if choice["text"]:
+                    text += choice["text"]
+                    yield Chunk(text=choice["text"])
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+        finally:
+            stream.close()
         completion = len(self.llm.tokenize(text.encode("utf-8"), add_bos=False)) if text else 0
         yield Chunk(finish_reason=finish, prompt_tokens=len(tokens), completion_tokens=completion)
 
@@ -112,14 +118,91 @@ class LlamaCppEngine:
             seqs[c] = seq
         if len(base) + max(len(s) for s in seqs.values()) > self.n_ctx:
             raise EngineError(f"the prompt has {len(base)} tokens; the context holds {self.n_ctx}")
+        return normalise(self._worker.call(self._score, base, seqs))
+
+    def _score(self, base: list[int], seqs: dict[str, list[int]]) -> dict[str, float]:
+        self.llm.reset()
+        first = self._logprobs_after(base)
         scores: dict[str, float] = {}
-        with self._lock:
-            self.llm.reset()
-            first = self._logprobs_after(base)
-            for c, seq in seqs.items():
-                logp = first[seq[0]]
-                for i in range(1, len(seq)):
-                    self.llm.n_tokens = len(base) + i - 1  # rewind the cache to the prefix, then extend it
-                    logp += self._logprobs_after([seq[i - 1]])[seq[i]]
-                scores[c] = float(np.exp(logp))
-        return normalise(scores)
+        for c, seq in seqs.items():
+            logp = first[seq[0]]
+            for i in range(1, len(seq)):
+                self.llm.n_tokens = len(base) + i - 1  # rewind the cache to the prefix, then extend it
+                logp += self._logprobs_after([seq[i - 1]])[seq[i]]
+            scores[c] = float(np.exp(logp))
+        return scores
+
+
+_END = object()
+
+
+class _Worker:
+    """One long-lived thread that makes every llama.cpp call, one job at a time.
+
+    llama.cpp's OpenMP build keeps a pool of worker threads per calling thread; once two such pools exist on a
+    small machine, libgomp stops spin-waiting and decoding runs at about a third of its speed for the life of the
+    process (measured with bench/chat.py: ~87 -> ~31 tokens/s on 2 cores). Calling from a single thread avoids it,
+    and also serialises requests, which a llama.cpp context needs anyway."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
+        threading.Thread(target=self._run, name="llama.cpp", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            self._jobs.get()()
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(*args) on the worker and return its result (or raise its exception)."""
+        done, box = threading.Event(), {}
+
+        def job() -> None:
+            try:
+                box["value"] = fn(*args)
+            except BaseException as e:  # handed back to the caller
+                box["error"] = e
+            finally:
+                done.set()
+
+        self._jobs.put(job)
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def stream(self, make: Callable[[], Iterator[T]]) -> Iterator[T]:
+        """Iterate make() on the worker. Closing the returned iterator stops the job at its next item."""
+        out: queue.Queue[Any] = queue.Queue()
+        stop = threading.Event()
+
+        def job() -> None:
+            try:
+                gen = make()
+                try:
+                    for item in gen:
+                        out.put(item)
+                        if stop.is_set():
+                            break
+                finally:
+                    gen.close()  # type: ignore[attr-defined]
+            except BaseException as e:  # handed to the reader
+                out.put(_Failure(e))
+            finally:
+                out.put(_END)
+
+        def read() -> Iterator[T]:
+            self._jobs.put(job)
+            try:
+                while (item := out.get()) is not _END:
+                    if isinstance(item, _Failure):
+                        raise item.error
+                    yield item
+            finally:
+                stop.set()
+
+        return read()
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
