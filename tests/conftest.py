@@ -100,7 +100,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     for key in list(os.environ):
         if key.startswith("THRESHER_") and key != "THRESHER_TEST_POSTGRES_URL":
             monkeypatch.delenv(key)
-    return Settings(data_dir=tmp_path / "data")
+    return Settings(data_dir=tmp_path / "data", judge="off")  # tests that judge turn it on
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,10 @@ def test_migrate_blank_database_creates_columns(store: Store) -> None:
     msg_cols = {c["name"] for c in insp.get_columns("messages")}
     assert {"conversation_id", "position", "role", "content", "status", "finish_reason"} <= msg_cols
     with store.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+    judgment_cols = {c["name"] for c in insp.get_columns("judgments")}
+    assert {"conversation_id", "judge_id", "rubric_hash", "status", "score", "distribution", "rationale",
+            "flags"} <= judgment_cols
     store.migrate()  # running again is a no-op
 
 
@@ -104,3 +107,27 @@ def test_set_publish_and_list(store: Store) -> None:
     assert store.get(a.id).publish_allowed is False
     assert [c.id for c in store.list(owner_hash="o1")] == [a.id]
     assert len(store.list(status="open")) == 2
+
+
+def test_judgments_pending_save_and_replace(store: Store) -> None:
+    from thresher.judge import Judgment
+
+    ended = store.create(Conversation(messages=[Message("user", "a")]))
+    store.end(ended.id, "button")
+    private = store.create(Conversation(messages=[Message("user", "b")], publish_allowed=False))
+    store.end(private.id, "button")
+    store.create(Conversation(messages=[Message("user", "still open")]))
+    assert [c.id for c in store.pending_judgment("j1", "r1")] == [ended.id]  # open and opted-out ones wait
+    store.save_judgment(ended.id, Judgment(score=7.5, status="ok", judge_id="j1", rubric_hash="r1",
+                                           distribution={"7": 0.5, "8": 0.5}, flags=["x"]))
+    assert store.pending_judgment("j1", "r1") == []
+    assert [c.id for c in store.pending_judgment("j2", "r1")] == [ended.id]  # a new judge version judges again
+    assert store.get(ended.id).status == "judged"
+    store.save_judgment(ended.id, Judgment(score=6.0, status="ok", judge_id="j1", rubric_hash="r1"))
+    got = store.judgments(ended.id)
+    assert len(got) == 1 and got[0].score == 6.0  # replaced, not duplicated
+    store.save_judgment(ended.id, Judgment(score=None, status="failed", judge_id="j2", rubric_hash="r1",
+                                           error="down"))
+    assert [c.id for c in store.pending_judgment("j2", "r1")] == [ended.id]  # failures are retried
+    stats = store.judgment_stats()
+    assert stats["by_status"] == {"ok": 1, "failed": 1} and stats["histogram"][5] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -91,3 +92,196 @@ def serve(
         log_level="info",
         access_log=not s.public,  # access lines carry client addresses; public mode keeps none
     )
+
+
+def _load_judge(s: Any, spec: str | None, threshold: float | None, rationale: str | None) -> Any:
+    from thresher.engines import EngineError, load
+    from thresher.judge import Judge
+
+    spec = spec or (s.model if s.judge in ("serving", "off") else s.judge)
+    try:
+        with err.status(f"Loading judge {spec} …"):
+            engine = load(spec, n_ctx=s.n_ctx, n_threads=s.n_threads)
+    except EngineError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    return Judge(engine, threshold=s.judge_threshold if threshold is None else threshold,
+                 rationale=rationale or s.judge_rationale, context_tokens=s.n_ctx)
+
+
+def _progress() -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err, transient=False)
+
+
+JudgeSpec = Annotated[str | None, typer.Option("--judge", help="Engine spec of the judge [default: the serving "
+                                                               "model, or the `judge` setting].")]
+Threshold = Annotated[float | None, typer.Option(help="Acceptance threshold, 1-10 [default: 8].")]
+
+
+@app.command()
+def judge(
+    file: Annotated[Path | None, typer.Argument(help="JSONL of {\"id\": ..., \"messages\": [...]} lines.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write results here (resumes: ids already in it are "
+                                                  "skipped) [default: standard output].")] = None,
+    pending: Annotated[bool, typer.Option("--pending", help="Judge the store's ended conversations that this "
+                                                            "judge has not judged yet.")] = False,
+    judge_spec: JudgeSpec = None,
+    threshold: Threshold = None,
+    rationale: Annotated[str | None, typer.Option(help="near | always | never [default: near].")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory (with --pending).")] = None,
+) -> None:
+    """Rate conversations "out of 10" as fine-tuning data.
+
+    Example: `thresher judge chats.jsonl --out judged.jsonl --threshold 7`
+
+    Each output line keeps `id` and adds `score` (1-10), `accepted`, `rationale`, `flags` and `status`. Bad input
+    lines are reported with their line numbers and skipped. `thresher judge --pending` judges the store instead.
+    """
+    import json
+    import sys
+
+    if (file is None) == (not pending):
+        err.print("[red]error:[/red] give a FILE to judge, or --pending (not both)")
+        raise typer.Exit(2)
+    if rationale not in (None, "near", "always", "never"):
+        err.print("[red]error:[/red] --rationale must be near, always or never")
+        raise typer.Exit(2)
+    s = _settings(data_dir=data_dir)
+    if file is not None and not file.is_file():
+        err.print(f"[red]error:[/red] no such file: {file}")
+        raise typer.Exit(2)
+    j = _load_judge(s, judge_spec, threshold, rationale)
+
+    if pending:
+        from thresher.flywheel import judge_pending
+        from thresher.store import Store
+
+        store = Store(s.db_url)
+        store.migrate()
+        total = len(store.pending_judgment(j.judge_id, j.rubric_hash, limit=1_000_000))
+        with _progress() as bar:
+            task = bar.add_task("judging", total=total)
+            n = judge_pending(store, j, on_judged=lambda *_: bar.advance(task))
+        err.print(f"judged {n} conversation(s) with {j.judge_id}")
+        return
+
+    from thresher.judge import judge_jsonl
+
+    assert file is not None
+    done: set[str] = set()
+    if out is not None and out.exists():
+        text = out.read_text(encoding="utf-8")
+        if text and not text.endswith("\n"):  # a line cut off by an earlier crash: drop it, judge it again
+            text = text[: text.rfind("\n") + 1]
+            out.write_text(text, encoding="utf-8")
+        for line in text.splitlines():
+            try:
+                done.add(str(json.loads(line)["id"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+    with open(file, encoding="utf-8") as f:
+        total = sum(1 for line in f if line.strip())
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(open(out, "a", encoding="utf-8")) if out is not None else sys.stdout
+        with _progress() as bar:
+            task = bar.add_task("judging", total=total)
+            result = judge_jsonl(j, file, sink, done, on_line=lambda: bar.advance(task))
+    for n, why in result.bad_lines:
+        err.print(f"[yellow]line {n}:[/yellow] {why} (skipped)")
+    err.print(f"judged {result.judged}, skipped {len(result.bad_lines)} bad line(s)"
+              + (f", {result.already} already in {out}" if result.already else ""))
+
+
+@app.command("judge-eval")
+def judge_eval(
+    file: Annotated[Path, typer.Argument(help="JSONL with `messages` (or a `score`) and a `label` (good/bad) "
+                                              "or `human_score`.")],
+    plot: Annotated[Path | None, typer.Option(help="PNG of the score distributions [default: FILE.png].")] = None,
+    judge_spec: JudgeSpec = None,
+    threshold: Threshold = None,
+) -> None:
+    """Measure a judge against labels: AUC, accuracy at the threshold, acceptance rates, Spearman.
+
+    Example: `thresher judge-eval labelled.jsonl --threshold 7 --plot scores.png`
+
+    Lines that already carry a `score` (output of `thresher judge`) are not judged again.
+    """
+    from thresher.conversation import InvalidConversation, messages_from_openai
+    from thresher.evaluate import judge_report, plot_scores
+    from thresher.judge import read_jsonl
+
+    if not file.is_file():
+        err.print(f"[red]error:[/red] no such file: {file}")
+        raise typer.Exit(2)
+    s = _settings()
+    bad: list[tuple[int, str]] = []
+    lines = list(read_jsonl(file, bad))
+    need = [obj for _, obj in lines if obj.get("score") is None]
+    j = _load_judge(s, judge_spec, threshold, "never") if need else None
+    thr = threshold if threshold is not None else (j.threshold if j else s.judge_threshold)
+    rows = []
+    with _progress() as bar:
+        task = bar.add_task("judging", total=len(need))
+        for n, obj in lines:
+            row = {"label": obj.get("label"), "human_score": obj.get("human_score")}
+            if obj.get("score") is not None:
+                row["score"] = float(obj["score"])
+            else:
+                try:
+                    msgs = messages_from_openai(obj.get("messages"), user_last=False)
+                except InvalidConversation as e:
+                    bad.append((n, str(e)))
+                    bar.advance(task)
+                    continue
+                row["score"] = j.judge([m.to_openai() for m in msgs]).score  # type: ignore[union-attr]
+                bar.advance(task)
+            row["accepted"] = row["score"] is not None and row["score"] >= thr
+            rows.append(row)
+    for n, why in bad:
+        err.print(f"[yellow]line {n}:[/yellow] {why} (skipped)")
+    rep = judge_report(rows, thr)
+    path = plot_scores(rows, thr, plot or file.with_suffix(".png"))
+
+    def f(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    typer.echo(f"conversations: {rep.n_good} good, {rep.n_bad} bad, {rep.n_human} with human scores")
+    typer.echo(f"AUC: {f(rep.auc)}")
+    typer.echo(f"accuracy at threshold {thr:g}: {f(rep.accuracy)}")
+    typer.echo(f"acceptance rate: good {f(rep.accept_good)}, bad {f(rep.accept_bad)}")
+    typer.echo(f"Spearman vs human scores: {f(rep.spearman)}")
+    typer.echo(f"plot: {path}")
+
+
+@app.command()
+def status(
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory [default: ./thresher-data].")] = None,
+) -> None:
+    """Show conversations by status, judgments and the score histogram.
+
+    Example: `thresher status --data-dir thresher-data`
+    """
+    from thresher.store import Store
+
+    s = _settings(data_dir=data_dir)
+    store = Store(s.db_url)
+    store.migrate()
+    counts = store.counts()
+    stats = store.judgment_stats()
+    typer.echo("conversations: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+    by = stats["by_status"]
+    typer.echo("judgments: " + (", ".join(f"{k} {v}" for k, v in sorted(by.items())) or "none"))  # type: ignore[union-attr]
+    if stats["mean_score"] is not None:
+        typer.echo(f"mean score: {stats['mean_score']:.2f}")
+        hist = stats["histogram"]
+        top = max(hist) or 1  # type: ignore[type-var]
+        for i, n in enumerate(hist):  # type: ignore[arg-type]
+            typer.echo(f"  {i + 1:>2} {'#' * round(30 * n / top):<30} {n}")
+    for conv in store.list(status="judged", limit=5):
+        last = store.judgments(conv.id)[-1]
+        score = "-" if last.score is None else f"{last.score:.2f}"
+        typer.echo(f"  {conv.id}  score {score}  {last.status}  {' '.join(last.flags)}")
+    store.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import (
@@ -43,6 +44,19 @@ class Settings(BaseSettings):
     )
     n_ctx: int = Field(2048, ge=256, description="Context window for local engines, in tokens.")
     n_threads: int | None = Field(None, description="CPU threads for llama.cpp; default: all cores.")
+
+    judge: str = Field(
+        "serving",
+        description="Who rates ended conversations: 'serving' (the chat model judges its own conversations), "
+        "any engine spec, or 'off'.",
+    )
+    judge_threshold: float = Field(8.0, ge=1, le=10, description="Score (1-10) a conversation needs to be accepted.")
+    judge_rationale: Literal["near", "always", "never"] = Field(
+        "near", description="When the judge writes a rationale: near or above the threshold, always, or never."
+    )
+    judge_interval_seconds: float = Field(
+        2.0, gt=0, description="How often `thresher serve` looks for ended conversations to judge."
+    )
 
     host: str = Field("127.0.0.1", description="Address `thresher serve` listens on.")
     port: int = Field(8000, description="Port `thresher serve` listens on.")

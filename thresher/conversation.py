@@ -91,8 +91,10 @@ def _content_text(content: Any) -> str:
     raise InvalidConversation("message content must be a string or a list of content parts")
 
 
-def messages_from_openai(raw: Any) -> list[Message]:
-    """Validate OpenAI-style messages and turn them into `Message`s (developer role is read as system)."""
+def messages_from_openai(raw: Any, *, user_last: bool = True) -> list[Message]:
+    """Validate OpenAI-style messages and turn them into `Message`s (developer role is read as system).
+
+    `user_last`: a chat request must end with the user's message; a finished transcript need not."""
     if not isinstance(raw, list) or not raw:
         raise InvalidConversation("'messages' must be a non-empty list")
     out: list[Message] = []
@@ -113,6 +115,10 @@ def messages_from_openai(raw: Any) -> list[Message]:
         except InvalidConversation as e:
             raise InvalidConversation(f"messages[{i}]: {e}") from None
         out.append(Message(role=role, content=text))
+    if not user_last:
+        if not any(m.content.strip() for m in out):
+            raise InvalidConversation("every message is empty")
+        return out
     if out[-1].role != "user":
         raise InvalidConversation("the last message must come from the user")
     if not out[-1].content.strip():

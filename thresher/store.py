@@ -18,6 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from thresher.conversation import COMPLETE, INTERRUPTED, STREAMING, Conversation, Message, messages_hash, utcnow
+from thresher.judge import Judgment
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -70,6 +71,27 @@ class MessageRow(Base):
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
     __table_args__ = (sa.UniqueConstraint("conversation_id", "position", name="uq_messages_position"),)
+
+
+class JudgmentRow(Base):
+    __tablename__ = "judgments"
+
+    id: Mapped[int] = mapped_column(sa.Integer(), primary_key=True, autoincrement=True)
+    conversation_id: Mapped[str] = mapped_column(sa.ForeignKey("conversations.id", ondelete="CASCADE"), index=True)
+    judge_id: Mapped[str] = mapped_column(sa.String(200))
+    rubric_hash: Mapped[str] = mapped_column(sa.String(32))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    method: Mapped[str] = mapped_column(sa.String(16))
+    score: Mapped[float | None] = mapped_column(sa.Float())
+    distribution: Mapped[dict[str, float] | None] = mapped_column(sa.JSON())
+    rationale: Mapped[str | None] = mapped_column(sa.Text())
+    flags: Mapped[list[str]] = mapped_column(sa.JSON())
+    error: Mapped[str | None] = mapped_column(sa.Text())
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+    __table_args__ = (
+        sa.UniqueConstraint("conversation_id", "judge_id", "rubric_hash", name="uq_judgments_version"),
+    )
 
 
 def _aware(dt: datetime | None) -> datetime | None:
@@ -301,6 +323,73 @@ class Store:
             if owner_hash is not None:
                 stmt = stmt.where(ConversationRow.owner_hash == owner_hash)
             return [_to_conversation(r) for r in s.scalars(stmt).all()]
+
+    # -- judgments -------------------------------------------------------------------------------------------
+
+    def pending_judgment(self, judge_id: str, rubric_hash: str, limit: int = 50) -> list[Conversation]:
+        """Ended conversations whose owners allow publishing and that this judge version has not judged yet (or
+        failed to), oldest first."""
+        done = sa.select(JudgmentRow.conversation_id).where(
+            JudgmentRow.judge_id == judge_id,
+            JudgmentRow.rubric_hash == rubric_hash,
+            JudgmentRow.status != "failed",  # an engine failure is tried again on the next run
+        )
+        with self.session() as s:
+            stmt = (
+                sa.select(ConversationRow)
+                .where(ConversationRow.ended_at.is_not(None), ConversationRow.publish_allowed.is_(True))
+                .where(ConversationRow.id.not_in(done))
+                .order_by(ConversationRow.ended_at, ConversationRow.id)
+                .limit(limit)
+            )
+            return [_to_conversation(r) for r in s.scalars(stmt).all()]
+
+    def save_judgment(self, conv_id: str, j: Judgment) -> None:
+        """Store one judgment (replacing an earlier one by the same judge version) and mark the conversation
+        judged; one transaction, so a crash leaves either all of it or none."""
+        with self.session() as s:
+            conv = s.get(ConversationRow, conv_id)
+            if conv is None:
+                raise NotFound(conv_id)
+            s.execute(
+                sa.delete(JudgmentRow).where(
+                    JudgmentRow.conversation_id == conv_id,
+                    JudgmentRow.judge_id == j.judge_id,
+                    JudgmentRow.rubric_hash == j.rubric_hash,
+                )
+            )
+            s.add(JudgmentRow(
+                conversation_id=conv_id, judge_id=j.judge_id, rubric_hash=j.rubric_hash, status=j.status,
+                method=j.method, score=j.score, distribution=j.distribution, rationale=j.rationale,
+                flags=list(j.flags), error=j.error, created_at=j.created_at,
+            ))
+            if conv.status in ("ended", "judged"):
+                conv.status = "judged"
+
+    def judgments(self, conv_id: str) -> list[Judgment]:
+        with self.session() as s:
+            rows = s.scalars(
+                sa.select(JudgmentRow).where(JudgmentRow.conversation_id == conv_id).order_by(JudgmentRow.id)
+            ).all()
+            return [
+                Judgment(score=r.score, status=r.status, judge_id=r.judge_id, rubric_hash=r.rubric_hash,
+                         distribution=r.distribution, rationale=r.rationale, flags=list(r.flags), method=r.method,
+                         error=r.error, created_at=_aware(r.created_at))  # type: ignore[arg-type]
+                for r in rows
+            ]
+
+    def judgment_stats(self) -> dict[str, object]:
+        """Counts by judgment status, the mean score, and a histogram of scores in whole-number bins."""
+        with self.session() as s:
+            by_status = dict(
+                s.execute(sa.select(JudgmentRow.status, sa.func.count()).group_by(JudgmentRow.status)).all()
+            )
+            scores = [x for x in s.scalars(sa.select(JudgmentRow.score).where(JudgmentRow.score.is_not(None)))]
+        hist = [0] * 10
+        for x in scores:
+            hist[min(9, max(0, int(x) - 1))] += 1
+        return {"by_status": by_status, "mean_score": sum(scores) / len(scores) if scores else None,
+                "histogram": hist}
 
     def counts(self) -> dict[str, int]:
         with self.session() as s:

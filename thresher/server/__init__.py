@@ -25,6 +25,8 @@ from thresher.config import Settings
 from thresher.conversation import utcnow
 from thresher.engines import Engine
 from thresher.engines import load as load_engine
+from thresher.flywheel import judge_pending
+from thresher.judge import Judge
 from thresher.server.guard import ApiError, RateLimiter
 from thresher.store import Store
 
@@ -49,6 +51,29 @@ class Runtime:
 
 def end_idle(store: Store, idle_minutes: float) -> list[str]:
     return store.end_idle(utcnow() - timedelta(minutes=idle_minutes))
+
+
+async def _judge_loop(rt: Runtime, judge: Judge) -> None:
+    """Judge ended conversations in the background, one at a time, between chats."""
+    while True:
+        try:
+            n = await run_in_threadpool(judge_pending, rt.store, judge)
+            if n:
+                log.info("judged %d conversation(s)", n)
+        except Exception:  # keep the loop alive; the next tick retries
+            log.exception("judging failed")
+        await asyncio.sleep(rt.settings.judge_interval_seconds)
+
+
+def make_judge(settings: Settings, serving: Engine) -> Judge | None:
+    """The judge `settings.judge` asks for: the serving engine itself, another engine, or none."""
+    if settings.judge == "off":
+        return None
+    engine = serving if settings.judge == "serving" else load_engine(
+        settings.judge, n_ctx=settings.n_ctx, n_threads=settings.n_threads
+    )
+    return Judge(engine, threshold=settings.judge_threshold, rationale=settings.judge_rationale,
+                 context_tokens=settings.n_ctx)
 
 
 async def _idle_loop(rt: Runtime) -> None:
@@ -79,11 +104,15 @@ def create_app(settings: Settings, engine: Engine | None = None, store: Store | 
             settings.rate_limit_tokens if settings.public else 0,
         )
         app.state.rt = Runtime(settings, st, eng, ChatService(st, eng, settings.licence), limiter, settings.salt())
-        task = asyncio.create_task(_idle_loop(app.state.rt))
+        tasks = [asyncio.create_task(_idle_loop(app.state.rt))]
+        judge = await run_in_threadpool(make_judge, settings, eng)
+        if judge is not None:
+            tasks.append(asyncio.create_task(_judge_loop(app.state.rt, judge)))
         try:
             yield
         finally:
-            task.cancel()
+            for task in tasks:
+                task.cancel()
             if store is None:
                 st.close()
 

@@ -1,0 +1,101 @@
+"""The judging worker: every ended, not-opted-out conversation judged once per judge version; a worker killed
+with SIGKILL mid-batch loses nothing and continues; `thresher serve` judges in the background."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import ScriptedEngine
+from tests_helpers import ended_conversations
+
+from thresher.conversation import Conversation, Message
+from thresher.flywheel import judge_pending
+from thresher.judge import Judge
+from thresher.store import Store
+
+
+def test_judge_pending_judges_each_once(store: Store) -> None:
+    ids = ended_conversations(store, 5)
+    private = store.create(Conversation(messages=[Message("user", "secret")], publish_allowed=False))
+    store.end(private.id, "button")
+    judge = Judge(ScriptedEngine(), rationale="never")
+    seen: list[str] = []
+    assert judge_pending(store, judge, limit=2, on_judged=lambda cid, j: seen.append(cid)) == 2
+    assert judge_pending(store, judge, on_judged=lambda cid, j: seen.append(cid)) == 3
+    assert judge_pending(store, judge) == 0
+    assert sorted(seen) == sorted(ids)
+    assert store.judgments(private.id) == []  # opted out: never judged
+
+
+def test_failed_judgments_are_retried_next_run(store: Store) -> None:
+    from thresher.engines import EngineError
+
+    class Flaky(ScriptedEngine):
+        broken = True
+
+        def next_token_probs(self, *a, **kw):
+            if self.broken:
+                raise EngineError("judge server down")
+            return super().next_token_probs(*a, **kw)
+
+    engine = Flaky()
+    (cid,) = ended_conversations(store, 1)
+    judge = Judge(engine, rationale="never")
+    assert judge_pending(store, judge) == 1  # tried once, stored as failed, not looped on
+    assert store.judgments(cid)[0].status == "failed"
+    engine.broken = False
+    assert judge_pending(store, judge) == 1
+    assert [j.status for j in store.judgments(cid)] == ["ok"]
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_batch_continues(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    st = Store(f"sqlite:///{data / 'thresher.db'}")
+    st.migrate()
+    ids = ended_conversations(st, 12)
+    st.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THRESHER_")}
+    cmd = [sys.executable, "-m", "thresher", "judge", "--pending", "--data-dir", str(data), "--rationale", "never"]
+    with open(tmp_path / "log", "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    db = sqlite3.connect(data / "thresher.db")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if db.execute("SELECT count(*) FROM judgments").fetchone()[0] >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    first = db.execute("SELECT count(*) FROM judgments").fetchone()[0]
+    assert 3 <= first < 12, (tmp_path / "log").read_text()
+    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"judged {12 - first} conversation(s)" in out.stderr
+    rows = db.execute("SELECT conversation_id, count(*) FROM judgments GROUP BY conversation_id").fetchall()
+    assert sorted(r[0] for r in rows) == sorted(ids) and all(n == 1 for _, n in rows)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
+
+
+def test_serve_judges_ended_conversations_in_the_background(serve) -> None:
+    engine = ScriptedEngine()
+    with serve(engine, judge="serving", judge_interval_seconds=0.1) as srv:
+        r = httpx.post(srv.url + "/v1/chat/completions", headers={"X-Thresher-End": "true"},
+                       json={"model": "scripted", "messages": [{"role": "user", "content": "Hi"}]})
+        cid = r.headers["x-thresher-conversation"]
+        store = srv.server.config.app.state.rt.store
+        deadline = time.monotonic() + 10
+        while not store.judgments(cid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        judgments = store.judgments(cid)
+    assert len(judgments) == 1 and judgments[0].score == pytest.approx(5.5)  # the scripted engine is uniform
+    assert judgments[0].judge_id == "scripted@1"
