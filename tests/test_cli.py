@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 from thresher import __version__
@@ -26,3 +27,70 @@ def test_serve_reports_an_unloadable_model(settings, tmp_path) -> None:
     result = runner.invoke(app, ["serve", "--model", f"llama.cpp:{tmp_path / 'missing.gguf'}"])
     assert result.exit_code == 1
     assert "no GGUF file" in result.output
+
+
+def _write(path, rows) -> None:
+    import json
+
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+
+
+GOOD = [{"role": "user", "content": "What is the boiling point of water at sea level?"},
+        {"role": "assistant", "content": "100 degrees Celsius, or 212 degrees Fahrenheit."}]
+RUDE = [{"role": "user", "content": "What is the boiling point of water at sea level?"},
+        {"role": "assistant", "content": "Look it up yourself."}]
+
+
+@pytest.mark.slow
+def test_judge_file_resumes_and_reports_bad_lines(settings, tmp_path) -> None:
+    import json
+
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write(src, [{"id": "a", "messages": GOOD}, "{broken", {"id": "b", "messages": RUDE}])
+    out.write_text(json.dumps({"id": "a", "score": 9.0}) + "\n" + '{"id": "b", "sco')  # an earlier, killed run
+    result = runner.invoke(app, ["judge", str(src), "--out", str(out), "--threshold", "5", "--rationale", "never"])
+    assert result.exit_code == 0, result.output
+    assert "line 2: not JSON" in result.output and "1 already in" in result.output
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["id"] for x in lines] == ["a", "b"]  # the cut-off line was replaced, "a" not judged twice
+    b = lines[1]
+    assert set(b) >= {"id", "score", "accepted", "rationale", "flags"} and 1 <= b["score"] <= 10
+    assert b["accepted"] == (b["score"] >= 5)
+
+
+@pytest.mark.slow
+def test_judge_eval_prints_metrics_and_plots(settings, tmp_path) -> None:
+    src = tmp_path / "labelled.jsonl"
+    _write(src, [{"id": 1, "messages": GOOD, "label": "good", "human_score": 9},
+                 {"id": 2, "messages": RUDE, "label": "bad", "human_score": 2},
+                 {"id": 3, "score": 8.5, "label": "good"}, {"id": 4, "score": 3.0, "label": "bad"}])
+    result = runner.invoke(app, ["judge-eval", str(src), "--threshold", "6", "--plot", str(tmp_path / "p.png")])
+    assert result.exit_code == 0, result.output
+    assert "conversations: 2 good, 2 bad, 2 with human scores" in result.output
+    assert "AUC: " in result.output and "accuracy at threshold 6: " in result.output
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_judge_needs_a_file_or_pending(settings, tmp_path) -> None:
+    assert runner.invoke(app, ["judge"]).exit_code == 2
+    missing = runner.invoke(app, ["judge", str(tmp_path / "nope.jsonl")])
+    assert missing.exit_code == 2 and "no such file" in missing.output
+
+
+def test_status_shows_counts_and_scores(settings) -> None:
+    from tests_helpers import ended_conversations
+
+    from thresher.judge import Judgment
+    from thresher.store import Store
+
+    store = Store(settings.db_url)
+    store.migrate()
+    ids = ended_conversations(store, 3)
+    for i, cid in enumerate(ids[:2]):
+        store.save_judgment(cid, Judgment(score=3.0 + 5 * i, status="ok", judge_id="j", rubric_hash="r"))
+    store.close()
+    result = runner.invoke(app, ["status", "--data-dir", str(settings.data_dir)])
+    assert result.exit_code == 0, result.output
+    assert "conversations: ended 1, judged 2" in result.output
+    assert "judgments: ok 2" in result.output and "mean score: 5.50" in result.output
+    assert ids[1] in result.output and "score 8.00" in result.output
