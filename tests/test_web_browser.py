@@ -270,6 +270,19 @@ def test_end_conversation_then_start_a_new_one(open_chat) -> None:
     assert [m[1] for m in messages(live, first)] == ["Hello", REPLY]  # the ended one is untouched
 
 
+def test_a_conversation_ended_in_the_page_is_judged(open_chat) -> None:
+    page, live = open_chat(judge="serving", judge_interval_seconds=0.1)
+    send(page, "Hello")
+    wait_reply_done(page)
+    cid = only_conversation(live)
+    page.get_by_role("button", name="End conversation").click()
+    expect(page.get_by_role("status")).to_contain_text("Conversation ended")
+    wait_for(lambda: bool(store_of(live).judgments(cid)))
+    (judgment,) = store_of(live).judgments(cid)
+    assert judgment.status == "ok" and judgment.score == pytest.approx(5.5)  # the scripted engine is uniform
+    assert store_of(live).get(cid).status == "judged"
+
+
 def test_opting_out_before_the_first_message(open_chat) -> None:
     page, live = open_chat(ScriptedEngine())
     optout = page.get_by_role("checkbox", name="Don't publish this conversation")
