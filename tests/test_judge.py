@@ -13,7 +13,7 @@ from conftest import ScriptedEngine
 
 from thresher.engines import ChatParams, EngineError, ProbabilitiesUnavailable, normalise
 from thresher.judge import (
-    CHOICES,
+    DIGITS,
     FAILED,
     FLAGGED,
     OK,
@@ -46,7 +46,10 @@ class RatingEngine(ScriptedEngine):
     def next_token_probs(self, messages: Sequence[dict[str, str]], choices: Sequence[str],
                          prefix: str = "") -> dict[str, float]:
         self.asked.append(([dict(m) for m in messages], list(choices), prefix))
-        return normalise({c: self.dist.get(c.removesuffix("]]"), 0.0) for c in choices})
+        d = {str(n): self.dist.get(str(n), 0.0) for n in range(1, 11)}
+        if prefix.endswith("1"):  # after a first digit 1: a 10, or a 1 and the closing brackets
+            return normalise({"0": d["10"] + 1e-12, "]]": d["1"] + 1e-12})
+        return normalise({c: d[c] + (d["10"] if c == "1" else 0.0) for c in choices})
 
 
 class TextOnlyEngine(ScriptedEngine):
@@ -63,9 +66,13 @@ def test_expected_score_and_distribution() -> None:
     assert j.score == pytest.approx(9 * 0.75 + 5 * 0.25)
     assert j.distribution == pytest.approx({**{str(n): 0.0 for n in range(1, 11)}, "9": 0.75, "5": 0.25})
     assert j.judge_id == engine.version and j.rubric_hash == RUBRIC_HASH and j.rationale is None
-    messages, choices, prefix = engine.asked[0]
-    assert choices == CHOICES and prefix == PREFIX == "Rating: [["
-    assert messages == judge_messages(GOOD)
+    (messages, choices, prefix), (messages2, choices2, prefix2) = engine.asked
+    assert choices == DIGITS and prefix == PREFIX == "Rating: [["
+    assert choices2 == ["0", "]]"] and prefix2 == "Rating: [[1"
+    assert messages == messages2 == judge_messages(GOOD)
+    ten = Judge(RatingEngine({"10": 0.5, "1": 0.25, "4": 0.25}), rationale="never").judge(GOOD)
+    assert ten.score == pytest.approx(10 * 0.5 + 1 * 0.25 + 4 * 0.25)
+    assert ten.distribution["10"] == pytest.approx(0.5) and ten.distribution["1"] == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize(("text", "rating"), [

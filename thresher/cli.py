@@ -243,12 +243,15 @@ def judge_eval(
     for n, why in bad:
         err.print(f"[yellow]line {n}:[/yellow] {why} (skipped)")
     rep = judge_report(rows, thr)
+    unscored = sum(r.get("score") is None for r in rows)
     path = plot_scores(rows, thr, plot or file.with_suffix(".png"))
 
     def f(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.3f}"
 
     typer.echo(f"conversations: {rep.n_good} good, {rep.n_bad} bad, {rep.n_human} with human scores")
+    if unscored:
+        typer.echo(f"no score (unparseable or failed): {unscored}, left out of the figures below")
     typer.echo(f"AUC: {f(rep.auc)}")
     typer.echo(f"accuracy at threshold {thr:g}: {f(rep.accuracy)}")
     typer.echo(f"acceptance rate: good {f(rep.accept_good)}, bad {f(rep.accept_bad)}")

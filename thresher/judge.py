@@ -1,7 +1,7 @@
 """The judge: rate a finished conversation "out of 10" as fine-tuning data.
 
-One pass: the judge prompt ends with `Rating: [[` and the engine gives the probabilities of `1]]` … `10]]`; the score
-is their expectation and the whole distribution is kept. Engines without probabilities generate `Rating: [[N]]`
+One pass: the judge prompt ends with `Rating: [[` and the engine gives the probabilities of the ratings 1 … 10; the
+score is their expectation and the whole distribution is kept. Engines without probabilities generate `Rating: [[N]]`
 instead, which is parsed; an answer with no rating is a failure, never an invented score. A short rationale is
 generated only where a reviewer will read it (near or above the threshold), unless set to always or never.
 
@@ -45,7 +45,7 @@ INSTRUCTION = (
     "Answer in the form Rating: [[N]] where N is a whole number from 1 to 10."
 )
 PREFIX = "Rating: [["
-CHOICES = [f"{n}]]" for n in range(1, 11)]
+DIGITS = [str(n) for n in range(1, 10)]  # single tokens for most tokenizers, and for remote top_logprobs
 RUBRIC_HASH = hashlib.sha256(f"{RUBRIC}\n{INSTRUCTION}\n{PREFIX}".encode()).hexdigest()[:12]
 
 # Flags; every flag in BLOCKING keeps a conversation below the threshold and sends it to a human.
@@ -146,9 +146,10 @@ def _cut_middle(message: dict[str, str], keep: int) -> dict[str, str]:
 
 
 def parse_rating(text: str) -> int | None:
-    """The rating in a generated answer: `Rating: [[N]]`, or failing that `Rating: N` / `N/10`; None if absent."""
+    """The rating in a generated answer: `Rating: [[N]]`, or failing that `Rating: N`, `N/10` or `N out of 10`;
+    None if absent."""
     for pattern in (r"Rating:\s*\[\[\s*(10|[1-9])(?:\.\d+)?\s*\]\]", r"\[\[\s*(10|[1-9])\s*\]\]",
-                    r"Rating:\s*(10|[1-9])\b", r"\b(10|[1-9])\s*/\s*10\b"):
+                    r"Rating:\s*(10|[1-9])\b", r"\b(10|[1-9])\s*(?:/|out of)\s*10\b"):
         m = re.search(pattern, text, re.I)
         if m:
             return int(m.group(1))
@@ -189,9 +190,8 @@ class Judge:
         prompt = judge_messages(convo)
         try:
             try:
-                dist = self.engine.next_token_probs(prompt, CHOICES, prefix=PREFIX)
-                distribution = {c.removesuffix("]]"): p for c, p in dist.items()}
-                score, method, generated = expected_score(distribution), "probabilities", None
+                distribution = self._distribution(prompt)
+                score, method = expected_score(distribution), "probabilities"
             except ProbabilitiesUnavailable:
                 distribution, method = None, "generated"
                 generated = self._generate(prompt, 24)
@@ -211,6 +211,18 @@ class Judge:
             rationale = self._rationale(prompt, score)
         return Judgment(score, status, self.judge_id, distribution=distribution, rationale=rationale, flags=flags,
                         method=method)
+
+    def _distribution(self, prompt: list[dict[str, str]]) -> dict[str, float]:
+        """P(1..10) after `Rating: [[`: the first digit in one pass, then whether a 1 is followed by 0 (a 10) or
+        by the closing brackets. The second call shares the whole prompt but one token with the first, so an
+        engine with a prefix cache pays for one token more."""
+        first = self.engine.next_token_probs(prompt, DIGITS, prefix=PREFIX)
+        after_one = self.engine.next_token_probs(prompt, ["0", "]]"], prefix=PREFIX + "1")
+        dist = {d: first[d] for d in DIGITS}
+        dist["1"] = first["1"] * after_one["]]"]
+        dist["10"] = first["1"] * after_one["0"]
+        total = sum(dist.values())
+        return {k: v / total for k, v in dist.items()}
 
     def _generate(self, prompt: list[dict[str, str]], max_tokens: int) -> str:
         params = ChatParams(max_tokens=max_tokens, temperature=0.0, seed=0)

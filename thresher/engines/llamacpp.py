@@ -121,8 +121,11 @@ class LlamaCppEngine:
         return normalise(self._worker.call(self._score, base, seqs))
 
     def _score(self, base: list[int], seqs: dict[str, list[int]]) -> dict[str, float]:
-        self.llm.reset()
-        first = self._logprobs_after(base)
+        # Keep the cached prefix this prompt shares with the last one (the judge's rubric, most of every judge
+        # prompt) and evaluate only the rest; at least one token, for its logits.
+        keep = min(Llama.longest_token_prefix(self.llm._input_ids.tolist(), base), len(base) - 1)
+        self.llm.n_tokens = keep
+        first = self._logprobs_after(base[keep:])
         scores: dict[str, float] = {}
         for c, seq in seqs.items():
             logp = first[seq[0]]
