@@ -225,7 +225,7 @@ class Judge:
         return {k: v / total for k, v in dist.items()}
 
     def _generate(self, prompt: list[dict[str, str]], max_tokens: int) -> str:
-        params = ChatParams(max_tokens=max_tokens, temperature=0.0, seed=0)
+        params = ChatParams(max_tokens=max_tokens, temperature=0.0, seed=0, background=True)
         return "".join(c.text for c in self.engine.stream_chat(prompt, params)).strip()
 
     def _rationale(self, prompt: list[dict[str, str]], score: float) -> str | None:

@@ -42,6 +42,8 @@ class ChatParams:
     min_p: float = 0.05
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    # Background work (judging): an engine that queues requests serves waiting chats first.
+    background: bool = False
 
 
 @dataclass

@@ -7,6 +7,7 @@ and reply lengths are exact and the KV cache is reused across the turns of a con
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import queue
 import threading
@@ -67,7 +68,10 @@ class LlamaCppEngine:
         budget = min(params.max_tokens, self.n_ctx - len(tokens))
         if budget <= 0:
             raise EngineError(f"the prompt has {len(tokens)} tokens; the context holds {self.n_ctx}")
-        return self._worker.stream(lambda: self._generate(tokens, [*params.stop, *template_stops], budget, params))
+        return self._worker.stream(
+            lambda: self._generate(tokens, [*params.stop, *template_stops], budget, params),
+            priority=1 if params.background else 0,
+        )
 
     def _generate(self, tokens: list[int], stop: list[str], budget: int, params: ChatParams) -> Iterator[Chunk]:
         text = ""
@@ -118,7 +122,7 @@ class LlamaCppEngine:
             seqs[c] = seq
         if len(base) + max(len(s) for s in seqs.values()) > self.n_ctx:
             raise EngineError(f"the prompt has {len(base)} tokens; the context holds {self.n_ctx}")
-        return normalise(self._worker.call(self._score, base, seqs))
+        return normalise(self._worker.call(self._score, base, seqs, priority=1))
 
     def _score(self, base: list[int], seqs: dict[str, list[int]]) -> dict[str, float]:
         # Keep the cached prefix this prompt shares with the last one (the judge's rubric, most of every judge
@@ -140,7 +144,7 @@ _END = object()
 
 
 class _Worker:
-    """One long-lived thread that makes every llama.cpp call, one job at a time.
+    """One long-lived thread that makes every llama.cpp call, one job at a time, chat before background work.
 
     llama.cpp's OpenMP build keeps a pool of worker threads per calling thread; once two such pools exist on a
     small machine, libgomp stops spin-waiting and decoding runs at about a third of its speed for the life of the
@@ -148,14 +152,16 @@ class _Worker:
     and also serialises requests, which a llama.cpp context needs anyway."""
 
     def __init__(self) -> None:
-        self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
+        # (priority, arrival, job): chat replies (0) go before background work such as judging (1).
+        self._jobs: queue.PriorityQueue[tuple[int, int, Callable[[], None]]] = queue.PriorityQueue()
+        self._arrivals = itertools.count()
         threading.Thread(target=self._run, name="llama.cpp", daemon=True).start()
 
     def _run(self) -> None:
         while True:
-            self._jobs.get()()
+            self._jobs.get()[2]()
 
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
+    def call(self, fn: Callable[..., T], *args: Any, priority: int = 0) -> T:
         """Run fn(*args) on the worker and return its result (or raise its exception)."""
         done, box = threading.Event(), {}
 
@@ -167,13 +173,13 @@ class _Worker:
             finally:
                 done.set()
 
-        self._jobs.put(job)
+        self._jobs.put((priority, next(self._arrivals), job))
         done.wait()
         if "error" in box:
             raise box["error"]
         return box["value"]
 
-    def stream(self, make: Callable[[], Iterator[T]]) -> Iterator[T]:
+    def stream(self, make: Callable[[], Iterator[T]], priority: int = 0) -> Iterator[T]:
         """Iterate make() on the worker. Closing the returned iterator stops the job at its next item."""
         out: queue.Queue[Any] = queue.Queue()
         stop = threading.Event()
@@ -187,14 +193,16 @@ class _Worker:
                         if stop.is_set():
                             break
                 finally:
-                    gen.close()  # type: ignore[attr-defined]
+                    close = getattr(gen, "close", None)  # a plain iterator has nothing to close
+                    if close is not None:
+                        close()
             except BaseException as e:  # handed to the reader
                 out.put(_Failure(e))
             finally:
                 out.put(_END)
 
         def read() -> Iterator[T]:
-            self._jobs.put(job)
+            self._jobs.put((priority, next(self._arrivals), job))
             try:
                 while (item := out.get()) is not _END:
                     if isinstance(item, _Failure):
