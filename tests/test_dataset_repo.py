@@ -1,0 +1,84 @@
+"""The dataset repository over real git with a local bare remote: layout, card, atomic writes, commits, pushes that
+fail and recover, and pulling what others pushed."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from thresher.dataset_repo import DatasetRepo, conversation_path, dump
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    bare = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    return bare
+
+
+def test_open_clones_an_empty_remote_and_writes_the_card(tmp_path: Path, remote: Path) -> None:
+    repo = DatasetRepo(tmp_path / "clone", str(remote)).open(licence="CC-BY-4.0")
+    card = (repo.path / "README.md").read_text()
+    assert card.startswith("---\nlicense: cc-by-4.0\n") and "conversations/**/*.json" in card
+    assert (repo.path / "REVIEWING.md").exists()
+    assert repo.unpushed() == 1
+    assert repo.push() and repo.unpushed() == 0
+    assert git(remote, "log", "--format=%s", "main") == "Start the dataset: card and reviewing guide"
+    DatasetRepo(tmp_path / "clone", str(remote)).open()  # opening again changes nothing
+    assert git(repo.path, "rev-list", "--count", "HEAD") == "1"
+
+
+def test_write_commit_push_and_layout(tmp_path: Path, remote: Path) -> None:
+    repo = DatasetRepo(tmp_path / "clone", str(remote)).open()
+    rel = conversation_path("01ABC", datetime(2026, 3, 9, tzinfo=UTC))
+    assert rel == "conversations/2026/03/01ABC.json"
+    repo.write(rel, {"id": "01ABC", "messages": [{"role": "user", "content": "héllo"}]})
+    commit = repo.commit([rel], "Publish 1 conversation")
+    assert commit is not None and repo.commit([rel], "again") is None  # nothing changed
+    assert repo.push()
+    assert git(remote, "show", f"main:{rel}") == dump(repo.read(rel)).strip()
+    assert repo.read(rel, at=commit.sha)["messages"][0]["content"] == "héllo"
+    assert not list(repo.path.rglob(".*.tmp"))
+
+
+def test_push_failure_keeps_the_commit_and_recovers(tmp_path: Path, remote: Path) -> None:
+    repo = DatasetRepo(tmp_path / "clone", str(remote)).open()
+    assert repo.push()
+    moved = tmp_path / "elsewhere.git"
+    remote.rename(moved)  # the remote is down
+    repo.write("conversations/2026/01/X.json", {"id": "X"})
+    repo.commit(["conversations/2026/01/X.json"], "Publish X")
+    assert repo.push() is False and repo.unpushed() == 1
+    moved.rename(remote)  # and back
+    assert repo.push() and repo.unpushed() == 0
+    assert "conversations/2026/01/X.json" in git(remote, "ls-tree", "-r", "--name-only", "main")
+
+
+def test_someone_else_pushed_first(tmp_path: Path, remote: Path) -> None:
+    ours = DatasetRepo(tmp_path / "ours", str(remote)).open()
+    assert ours.push()
+    theirs = tmp_path / "theirs"
+    subprocess.run(["git", "clone", "-q", str(remote), str(theirs)], check=True)
+    (theirs / "reviews" / "X").mkdir(parents=True)
+    (theirs / "reviews" / "X" / "ann.json").write_text('{"verdict": "approve"}\n')
+    git(theirs, "add", ".")
+    git(theirs, "-c", "user.name=Ann", "-c", "user.email=ann@example.org", "commit", "-qm", "Review X")
+    git(theirs, "push", "-q", "origin", "main")
+    ours.write("conversations/2026/01/Y.json", {"id": "Y"})
+    ours.commit(["conversations/2026/01/Y.json"], "Publish Y")
+    assert ours.push()  # rebased onto the review, then pushed
+    files = git(remote, "ls-tree", "-r", "--name-only", "main")
+    assert "reviews/X/ann.json" in files and "conversations/2026/01/Y.json" in files
+    assert (ours.path / "reviews" / "X" / "ann.json").exists()
+
+
+def test_local_only_repository(tmp_path: Path) -> None:
+    repo = DatasetRepo(tmp_path / "local").open()
+    assert repo.has_commits() and repo.push() is False

@@ -1,0 +1,216 @@
+"""The public dataset as a git repository: layout, writing conversation files, committing, pushing and pulling.
+
+Everything goes through the git command line, so reviewers' hooks, signing and credentials behave as in their own
+git. The layout (also described in the dataset card this module writes):
+
+    README.md                        dataset card with Hugging Face YAML front matter
+    REVIEWING.md                     how to review: approve, reject, edit
+    conversations/YYYY/MM/<id>.json  one published conversation
+    reviews/<id>/<reviewer>.json     one reviewer's verdict
+    rounds/<n>.json                  what training round n used
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+BRANCH = "main"
+
+
+class GitError(RuntimeError):
+    """A git command failed; the message carries git's own words."""
+
+
+CARD = """\
+---
+license: {licence_id}
+language:
+- en
+pretty_name: thresher conversations
+tags:
+- conversational
+- synthetic-judgments
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: conversations/**/*.json
+---
+
+# thresher conversations
+
+Conversations between people and a free language model, published by [thresher](https://pypi.org/project/thresher/)
+after the model rated each one "out of 10" as fine-tuning data. Only conversations whose owners allowed publication,
+that scored at or above the threshold, and that passed personal-data scrubbing and de-duplication are here.
+
+- **Licence:** {licence}. Each file also names its licence.
+- **Personal data** (e-mail addresses, phone numbers, card numbers, IP addresses, IBANs, secrets, postal addresses)
+  was replaced by typed placeholders such as `<EMAIL>` before publication. If you find any that slipped through,
+  please report it: the conversation will be taken down.
+- **Layout:** `conversations/YYYY/MM/<id>.json` (messages, score, score distribution, rationale, flags, judge and
+  model versions, licence, times); `reviews/<id>/<reviewer>.json` (verdicts); `rounds/<n>.json` (training rounds).
+
+```python
+import datasets
+ds = datasets.load_dataset("json", data_files="conversations/**/*.json")
+```
+
+See REVIEWING.md to review.
+"""
+
+REVIEWING = """\
+# Reviewing
+
+Every conversation here was chosen by a model. People decide whether it trains the next one.
+
+- **Approve or reject:** add `reviews/<conversation id>/<your name>.json` containing
+  `{"verdict": "approve" | "reject", "reason": "...", "score": 1-10 (optional), "time": "ISO 8601"}`
+  and commit it under your own git identity (`thresher review` in a clone does this for you).
+- **Correct:** edit the conversation file itself and commit; the edit is recorded and the conversation re-judged.
+- A conversation trains the next round once it has enough approvals and no rejection. Rejected conversations stay
+  visible with their reasons and never train.
+"""
+
+
+@dataclass
+class Commit:
+    sha: str
+    message: str
+
+
+def conversation_path(conv_id: str, created_at: datetime) -> str:
+    """Where a conversation lives in the repository: sharded by month, so no directory grows past a month."""
+    return f"conversations/{created_at:%Y}/{created_at:%m}/{conv_id}.json"
+
+
+def dump(record: dict[str, Any]) -> str:
+    """The one byte-for-byte format of every JSON file in the dataset (stable keys, UTF-8, trailing newline)."""
+    return json.dumps(record, ensure_ascii=False, indent=1, sort_keys=True) + "\n"
+
+
+class DatasetRepo:
+    """A local clone of the dataset repository at `path`, with `remote` (any git URL) as origin."""
+
+    def __init__(self, path: Path, remote: str | None = None) -> None:
+        self.path = Path(path)
+        self.remote = remote
+
+    def git(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> str:
+        proc = subprocess.run(
+            ["git", *args], cwd=self.path, capture_output=True, text=True,
+            env=os.environ | {"GIT_TERMINAL_PROMPT": "0"} | (env or {}),
+        )
+        if check and proc.returncode != 0:
+            raise GitError(f"git {' '.join(args)}: {(proc.stderr or proc.stdout).strip()}")
+        return proc.stdout.strip()
+
+    # -- setting up ------------------------------------------------------------------------------------------
+
+    def open(self, licence: str = "CC-BY-4.0") -> DatasetRepo:
+        """Clone the remote (or start a repository) if there is no clone yet; make sure the card and the reviewing
+        guide exist. Safe to call every time."""
+        if not (self.path / ".git").exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.remote:
+                subprocess.run(["git", "clone", "-q", self.remote, str(self.path)], capture_output=True, text=True,
+                               check=False)
+            if not (self.path / ".git").exists():
+                self.path.mkdir(parents=True, exist_ok=True)
+                self.git("init", "-q", "-b", BRANCH)
+                if self.remote:
+                    self.git("remote", "add", "origin", self.remote)
+        if not self.git("config", "user.email", check=False):
+            # The publisher's own identity; reviewers commit under theirs.
+            self.git("config", "user.email", "thresher@localhost")
+            self.git("config", "user.name", "thresher")
+        if self.has_commits() and self.git("rev-parse", "--abbrev-ref", "HEAD") != BRANCH:
+            self.git("checkout", "-q", "-B", BRANCH)
+        wrote = False
+        for name, text in (("README.md", CARD.format(licence=licence, licence_id=licence.lower())),
+                           ("REVIEWING.md", REVIEWING)):
+            if not (self.path / name).exists():
+                (self.path / name).write_text(text, encoding="utf-8")
+                wrote = True
+        if wrote:
+            self.git("add", "README.md", "REVIEWING.md")
+            self.git("commit", "-q", "-m", "Start the dataset: card and reviewing guide")
+        return self
+
+    def has_commits(self) -> bool:
+        return bool(self.git("rev-parse", "--verify", "-q", "HEAD", check=False))
+
+    # -- writing ---------------------------------------------------------------------------------------------
+
+    def write(self, relpath: str, record: dict[str, Any]) -> Path:
+        """Write one JSON file atomically (a temporary file renamed into place)."""
+        target = self.path / relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(dump(record), encoding="utf-8")
+        tmp.replace(target)
+        return target
+
+    def read(self, relpath: str, at: str | None = None) -> dict[str, Any]:
+        if at is None:
+            return json.loads((self.path / relpath).read_text(encoding="utf-8"))
+        return json.loads(self.git("show", f"{at}:{relpath}"))
+
+    def commit(self, paths: list[str], message: str) -> Commit | None:
+        """Commit exactly these paths; None when they hold no change."""
+        if not paths:
+            return None
+        self.git("add", "--", *paths)
+        if not self.git("diff", "--cached", "--name-only"):
+            return None
+        self.git("commit", "-q", "-m", message)
+        return Commit(self.head(), message)
+
+    def head(self) -> str:
+        return self.git("rev-parse", "HEAD")
+
+    # -- sharing ---------------------------------------------------------------------------------------------
+
+    def push(self) -> bool:
+        """Push to origin; False (with the repository untouched) when the remote is down or refuses. A refusal
+        because others pushed first is resolved by pulling (rebase) and pushing once more."""
+        if not self.remote:
+            return False
+        if self._ok("push", "-q", "origin", f"HEAD:{BRANCH}"):
+            self._ok("fetch", "-q", "origin")  # keep origin/main current, so unpushed() is right
+            return True
+        try:
+            self.pull()
+        except GitError:
+            return False
+        ok = self._ok("push", "-q", "origin", f"HEAD:{BRANCH}")
+        if ok:
+            self._ok("fetch", "-q", "origin")
+        return ok
+
+    def _ok(self, *args: str) -> bool:
+        proc = subprocess.run(["git", *args], cwd=self.path, capture_output=True, text=True,
+                              env=os.environ | {"GIT_TERMINAL_PROMPT": "0"})
+        return proc.returncode == 0
+
+    def pull(self) -> None:
+        """Bring in what reviewers pushed (rebasing our unpushed commits on top)."""
+        if not self.remote:
+            return
+        self.git("fetch", "-q", "origin")
+        if self.git("rev-parse", "--verify", "-q", f"origin/{BRANCH}", check=False):
+            if self.has_commits():
+                self.git("rebase", "-q", f"origin/{BRANCH}")
+            else:
+                self.git("checkout", "-q", "-B", BRANCH, f"origin/{BRANCH}")
+
+    def unpushed(self) -> int:
+        """How many local commits the remote does not have yet."""
+        if not self.remote or not self.git("rev-parse", "--verify", "-q", f"origin/{BRANCH}", check=False):
+            return int(self.git("rev-list", "--count", "HEAD")) if self.has_commits() else 0
+        return int(self.git("rev-list", "--count", f"origin/{BRANCH}..HEAD"))
