@@ -288,3 +288,43 @@ def status(
         score = "-" if last.score is None else f"{last.score:.2f}"
         typer.echo(f"  {conv.id}  score {score}  {last.status}  {' '.join(last.flags)}")
     store.close()
+
+
+@app.command("publish")
+def publish_cmd(
+    min_score: Annotated[float | None, typer.Option(help="Publish at this score or above, for this run only "
+                                                         "[default: the judge threshold, 8].")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory [default: ./thresher-data].")] = None,
+) -> None:
+    """Curate judged conversations (consent, score, flags, personal data, duplicates) and publish now.
+
+    Example: `thresher publish --min-score 7`
+
+    Accepted conversations are scrubbed, written to the dataset clone, committed in one batch and pushed to
+    `dataset_remote`; rejected ones stay in the store with the reason. A push that fails is retried next time.
+    """
+    from thresher.dataset_repo import DatasetRepo, GitError
+    from thresher.flywheel import publish
+    from thresher.store import Store
+
+    s = _settings(data_dir=data_dir)
+    store = Store(s.db_url)
+    store.migrate()
+    try:
+        repo = DatasetRepo(s.dataset_path, s.dataset_remote).open(s.licence)
+        report = publish(store, repo, threshold=s.judge_threshold if min_score is None else min_score,
+                         daily_cap=s.publish_daily_cap)
+    except GitError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    typer.echo(f"published {len(report.published)}, rejected {len(report.rejected)}, deferred {report.deferred}")
+    for cid, why in report.rejected.items():
+        typer.echo(f"  rejected {cid}: {why}")
+    if report.pii:
+        typer.echo("personal data replaced: " + ", ".join(f"{k} {v}" for k, v in sorted(report.pii.items())))
+    if report.commit:
+        typer.echo(f"commit {report.commit[:12]} in {s.dataset_path}")
+    if s.dataset_remote:
+        typer.echo("pushed" if report.pushed else "not pushed yet (the remote did not answer): will retry")

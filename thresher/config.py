@@ -58,6 +58,16 @@ class Settings(BaseSettings):
         2.0, gt=0, description="How often `thresher serve` looks for ended conversations to judge."
     )
 
+    dataset_remote: str | None = Field(
+        None, description="Git URL of the public dataset repository (any host; a local bare repository works). "
+        "Unset: publish into the local clone only."
+    )
+    dataset_dir: Path | None = Field(None, description="Local clone of the dataset; default: DATA_DIR/dataset.")
+    publish_daily_cap: int = Field(1000, ge=0, description="Most conversations published in any 24 hours.")
+    publish_interval_seconds: float = Field(
+        60.0, gt=0, description="How often `thresher serve` curates and publishes judged conversations."
+    )
+
     host: str = Field("127.0.0.1", description="Address `thresher serve` listens on.")
     port: int = Field(8000, description="Port `thresher serve` listens on.")
     public: bool = Field(False, description="Public mode: requires an admin token and enforces rate limits.")
@@ -113,6 +123,10 @@ class Settings(BaseSettings):
         if self.max_tokens_default > self.max_tokens_limit:
             raise ValueError("max_tokens_default cannot exceed max_tokens_limit")
         return self
+
+    @property
+    def dataset_path(self) -> Path:
+        return self.dataset_dir or self.data_dir / "dataset"
 
     @property
     def db_url(self) -> str:

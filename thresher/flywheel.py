@@ -1,4 +1,5 @@
-"""The worker that turns the loop. So far: judge every ended conversation once per judge version.
+"""The worker that turns the loop. So far: judge every ended conversation once per judge version, and publish the
+accepted ones to the dataset repository.
 
 Each conversation's judgment is committed on its own, so a worker killed mid-batch loses at most the conversation it
 was judging, and running it again continues with the rest.
@@ -7,10 +8,16 @@ was judging, and running it again continues with the rest.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
 
-from thresher.judge import Judge
-from thresher.store import Store
+from thresher.conversation import Conversation, Message, utcnow
+from thresher.curate import Deduplicator, scrub, scrub_text
+from thresher.dataset_repo import DatasetRepo, GitError, conversation_path
+from thresher.judge import Judge, Judgment
+from thresher.store import Publication, Store
 
 log = logging.getLogger("thresher.flywheel")
 
@@ -42,3 +49,131 @@ def judge_pending(
             if on_judged is not None:
                 on_judged(conv.id, judgment)
     return done
+
+
+@dataclass
+class PublishReport:
+    published: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)  # conversation id -> why
+    deferred: int = 0  # over the daily cap: decided on a later run
+    commit: str | None = None
+    pushed: bool = False
+    pii: Counter[str] = field(default_factory=Counter)  # placeholders by type; never the values
+
+
+def _record(conv: Conversation, judgment: Judgment, messages: list[dict[str, str]], rationale: str | None) -> dict:
+    """What a published conversation file holds. No client or owner hash ever leaves the machine."""
+    return {
+        "id": conv.id,
+        "messages": messages,
+        "score": None if judgment.score is None else round(judgment.score, 4),
+        "distribution": judgment.distribution,
+        "rationale": rationale,
+        "flags": judgment.flags,
+        "judge": judgment.judge_id,
+        "rubric": judgment.rubric_hash,
+        "model": conv.model_version,
+        "licence": conv.licence,
+        "source": conv.source,
+        "created_at": conv.created_at.isoformat(),
+        "published_at": utcnow().isoformat(timespec="seconds"),
+    }
+
+
+def publish(store: Store, repo: DatasetRepo, *, threshold: float, daily_cap: int = 1000) -> PublishReport:
+    """Curate judged conversations and publish the accepted ones in one commit, then push.
+
+    Order matters for crash safety: a decision is stored before its file is written; a file is committed before
+    the store calls it published; a push that fails leaves the commit for the next run. Running again after a
+    crash finishes what was started. The owner's choice is read once more just before the file is written."""
+    report = PublishReport()
+    try:
+        repo.pull()
+    except GitError as e:
+        log.warning("could not pull the dataset (publishing locally, pushing later): %s", e)
+
+    dedup = Deduplicator()
+    for p in store.publications(state="published"):
+        if p.path and (repo.path / p.path).exists():
+            rec = repo.read(p.path)
+            dedup.add(Conversation(id=rec["id"], messages=[Message(m["role"], m["content"])
+                                                            for m in rec["messages"]]))
+
+    room = max(0, daily_cap - store.published_since(utcnow() - timedelta(days=1)))
+    batch: list[tuple[Conversation, Judgment, Conversation, str | None, Counter[str]]] = []
+    for conv, judgment in store.undecided():
+        reason = _rejection(conv, judgment, threshold)
+        clean, counts = scrub(conv)
+        if reason is None:
+            reason = dedup.duplicate_of(clean)
+        if reason is not None:
+            store.set_publication(Publication(conv.id, "rejected", reason, score=judgment.score,
+                                              judge_id=judgment.judge_id))
+            report.rejected[conv.id] = reason
+            continue
+        if len(batch) >= room:
+            report.deferred += 1
+            continue
+        dedup.add(clean)
+        rationale, more = scrub_text(judgment.rationale) if judgment.rationale else (None, Counter())
+        batch.append((conv, judgment, clean, rationale, counts + more))
+
+    for conv, judgment, _clean, _r, counts in batch:
+        store.set_publication(Publication(conv.id, "accepted", path=conversation_path(conv.id, conv.created_at),
+                                          score=judgment.score, judge_id=judgment.judge_id, pii_counts=dict(counts)))
+        report.pii += counts
+
+    # Write and commit everything accepted and not yet committed (this run's and any a crash left behind).
+    paths, ids, judges = [], [], set()
+    pending = {c.id: (c, j, clean, r) for c, j, clean, r, _ in batch}
+    for p in store.publications(state="accepted"):
+        conv = store.get(p.conversation_id)
+        if not conv.publish_allowed:  # withdrawn since it was chosen
+            store.set_publication(Publication(conv.id, "rejected", "owner withdrew consent", score=p.score,
+                                              judge_id=p.judge_id))
+            report.rejected[conv.id] = "owner withdrew consent"
+            continue
+        if conv.id in pending:
+            _, judgment, clean, rationale = pending[conv.id]
+        else:
+            judgment = next(j for j in reversed(store.judgments(conv.id)) if j.judge_id == p.judge_id)
+            clean, _ = scrub(conv)
+            rationale = scrub_text(judgment.rationale)[0] if judgment.rationale else None
+        path = p.path or conversation_path(conv.id, conv.created_at)
+        repo.write(path, _record(conv, judgment, clean.to_openai(), rationale))
+        paths.append(path)
+        ids.append(conv.id)
+        judges.add(judgment.judge_id)
+    if paths:
+        commit = repo.commit(paths, f"Publish {len(paths)} conversation(s) judged by {', '.join(sorted(judges))} "
+                                    f"at threshold {threshold:g}")
+        sha = commit.sha if commit else repo.head()
+        for cid, path in zip(ids, paths, strict=True):
+            p = next(x for x in store.publications(state="accepted") if x.conversation_id == cid)
+            store.set_publication(Publication(cid, "published", path=path, commit_sha=sha, score=p.score,
+                                              judge_id=p.judge_id, pii_counts=p.pii_counts))
+        report.published = ids
+        report.commit = sha
+
+    unpushed = store.publications(state="published", pushed=False)
+    if (unpushed or repo.unpushed()) and repo.push():
+        for p in unpushed:
+            p.pushed = True
+            store.set_publication(p)
+        report.pushed = True
+    if report.pii:
+        log.info("scrubbed personal data: %s", ", ".join(f"{k} {v}" for k, v in sorted(report.pii.items())))
+    return report
+
+
+def _rejection(conv: Conversation, judgment: Judgment, threshold: float) -> str | None:
+    """Why a judged conversation may not be published, or None."""
+    if not conv.publish_allowed:
+        return "owner opted out"
+    if judgment.status == "flagged":
+        return f"flagged for a human: {', '.join(judgment.flags)}"
+    if judgment.score is None:
+        return f"no score ({judgment.status})"
+    if judgment.score < threshold:
+        return f"score {judgment.score:.2f} below the threshold {threshold:g}"
+    return None

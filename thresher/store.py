@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -94,11 +95,49 @@ class JudgmentRow(Base):
     )
 
 
+class PublicationRow(Base):
+    __tablename__ = "publications"
+
+    conversation_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    # accepted (chosen, file not committed yet) | published (committed) | rejected (with the reason, kept)
+    state: Mapped[str] = mapped_column(sa.String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(sa.Text())
+    path: Mapped[str | None] = mapped_column(sa.String(200))
+    commit_sha: Mapped[str | None] = mapped_column(sa.String(64))
+    pushed: Mapped[bool] = mapped_column(sa.Boolean(), default=False)
+    score: Mapped[float | None] = mapped_column(sa.Float())
+    judge_id: Mapped[str | None] = mapped_column(sa.String(200))
+    pii_counts: Mapped[dict[str, int] | None] = mapped_column(sa.JSON())
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+@dataclass
+class Publication:
+    conversation_id: str
+    state: str
+    reason: str | None = None
+    path: str | None = None
+    commit_sha: str | None = None
+    pushed: bool = False
+    score: float | None = None
+    judge_id: str | None = None
+    pii_counts: dict[str, int] | None = None
+
+
 def _aware(dt: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; everything we store is UTC.
     if dt is not None and dt.tzinfo is None:
         return dt.replace(tzinfo=UTC)
     return dt
+
+
+def _to_judgment(r: JudgmentRow) -> Judgment:
+    return Judgment(score=r.score, status=r.status, judge_id=r.judge_id, rubric_hash=r.rubric_hash,
+                    distribution=r.distribution, rationale=r.rationale, flags=list(r.flags), method=r.method,
+                    error=r.error, created_at=_aware(r.created_at))  # type: ignore[arg-type]
 
 
 def _to_message(row: MessageRow) -> Message:
@@ -371,12 +410,7 @@ class Store:
             rows = s.scalars(
                 sa.select(JudgmentRow).where(JudgmentRow.conversation_id == conv_id).order_by(JudgmentRow.id)
             ).all()
-            return [
-                Judgment(score=r.score, status=r.status, judge_id=r.judge_id, rubric_hash=r.rubric_hash,
-                         distribution=r.distribution, rationale=r.rationale, flags=list(r.flags), method=r.method,
-                         error=r.error, created_at=_aware(r.created_at))  # type: ignore[arg-type]
-                for r in rows
-            ]
+            return [_to_judgment(r) for r in rows]
 
     def judgment_stats(self) -> dict[str, object]:
         """Counts by judgment status, the mean score, and a histogram of scores in whole-number bins."""
@@ -390,6 +424,63 @@ class Store:
             hist[min(9, max(0, int(x) - 1))] += 1
         return {"by_status": by_status, "mean_score": sum(scores) / len(scores) if scores else None,
                 "histogram": hist}
+
+    # -- publications ----------------------------------------------------------------------------------------
+
+    def undecided(self, limit: int = 1000) -> list[tuple[Conversation, Judgment]]:
+        """Judged conversations that curation has not decided on yet, each with its latest judgment."""
+        with self.session() as s:
+            decided = sa.select(PublicationRow.conversation_id)
+            latest = (
+                sa.select(JudgmentRow.conversation_id, sa.func.max(JudgmentRow.id).label("jid"))
+                .group_by(JudgmentRow.conversation_id)
+                .subquery()
+            )
+            stmt = (
+                sa.select(ConversationRow, JudgmentRow)
+                .join(latest, latest.c.conversation_id == ConversationRow.id)
+                .join(JudgmentRow, JudgmentRow.id == latest.c.jid)
+                .where(ConversationRow.id.not_in(decided), JudgmentRow.status != "failed")
+                .order_by(ConversationRow.ended_at, ConversationRow.id)
+                .limit(limit)
+            )
+            return [(_to_conversation(c), _to_judgment(j)) for c, j in s.execute(stmt).all()]
+
+    def set_publication(self, p: Publication) -> None:
+        """Record (or update) curation's decision for one conversation."""
+        with self.session() as s:
+            row = s.get(PublicationRow, p.conversation_id)
+            now = utcnow()
+            if row is None:
+                row = PublicationRow(conversation_id=p.conversation_id, created_at=now)
+                s.add(row)
+            for name in ("state", "reason", "path", "commit_sha", "pushed", "score", "judge_id", "pii_counts"):
+                setattr(row, name, getattr(p, name))
+            row.updated_at = now
+            conv = s.get(ConversationRow, p.conversation_id)
+            if conv is not None and conv.status in ("ended", "judged", "published", "rejected", "accepted"):
+                conv.status = p.state
+
+    def publications(self, state: str | None = None, pushed: bool | None = None) -> list[Publication]:
+        with self.session() as s:
+            stmt = sa.select(PublicationRow).order_by(PublicationRow.created_at, PublicationRow.conversation_id)
+            if state is not None:
+                stmt = stmt.where(PublicationRow.state == state)
+            if pushed is not None:
+                stmt = stmt.where(PublicationRow.pushed.is_(pushed))
+            return [
+                Publication(r.conversation_id, r.state, r.reason, r.path, r.commit_sha, r.pushed, r.score,
+                            r.judge_id, r.pii_counts)
+                for r in s.scalars(stmt).all()
+            ]
+
+    def published_since(self, since: datetime) -> int:
+        with self.session() as s:
+            return s.scalar(
+                sa.select(sa.func.count()).select_from(PublicationRow).where(
+                    PublicationRow.state.in_(("accepted", "published")), PublicationRow.created_at >= since
+                )
+            ) or 0
 
     def counts(self) -> dict[str, int]:
         with self.session() as s:

@@ -23,9 +23,10 @@ from starlette.concurrency import run_in_threadpool
 from thresher.chat import ChatService
 from thresher.config import Settings
 from thresher.conversation import utcnow
+from thresher.dataset_repo import DatasetRepo
 from thresher.engines import Engine
 from thresher.engines import load as load_engine
-from thresher.flywheel import judge_pending
+from thresher.flywheel import judge_pending, publish
 from thresher.judge import Judge
 from thresher.server.guard import ApiError, RateLimiter
 from thresher.store import Store
@@ -76,6 +77,22 @@ def make_judge(settings: Settings, serving: Engine) -> Judge | None:
                  context_tokens=settings.n_ctx)
 
 
+async def _publish_loop(rt: Runtime) -> None:
+    """Curate and publish judged conversations now and then; a failed push is retried on the next tick."""
+    s = rt.settings
+    repo = DatasetRepo(s.dataset_path, s.dataset_remote)
+    while True:
+        await asyncio.sleep(s.publish_interval_seconds)
+        try:
+            await run_in_threadpool(repo.open, s.licence)
+            report = await run_in_threadpool(publish, rt.store, repo, threshold=s.judge_threshold,
+                                             daily_cap=s.publish_daily_cap)
+            if report.published or report.rejected:
+                log.info("published %d, rejected %d conversation(s)", len(report.published), len(report.rejected))
+        except Exception:  # keep the loop alive; the next tick retries
+            log.exception("publishing failed")
+
+
 async def _idle_loop(rt: Runtime) -> None:
     period = max(1.0, min(60.0, rt.settings.idle_timeout_minutes * 60 / 4))
     while True:
@@ -108,6 +125,7 @@ def create_app(settings: Settings, engine: Engine | None = None, store: Store | 
         judge = await run_in_threadpool(make_judge, settings, eng)
         if judge is not None:
             tasks.append(asyncio.create_task(_judge_loop(app.state.rt, judge)))
+            tasks.append(asyncio.create_task(_publish_loop(app.state.rt)))
         try:
             yield
         finally:

@@ -1,0 +1,182 @@
+"""Curation and publishing end to end over a real store and real git with a local bare remote: what is published
+(scrubbed, never a client hash), what is rejected and why (kept), opt-outs never published, dedup, push failure and
+recovery, finishing after a crash, and the `thresher publish` command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from thresher.cli import app
+from thresher.conversation import Conversation, Message
+from thresher.dataset_repo import DatasetRepo
+from thresher.flywheel import publish
+from thresher.judge import Judgment
+from thresher.store import Publication, Store
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    bare = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    return bare
+
+
+def judged(store: Store, user: str, answer: str, score: float, *, allowed: bool = True, status: str = "ok",
+           flags: list[str] | None = None, rationale: str | None = None) -> str:
+    conv = store.create(Conversation(messages=[Message("user", user), Message("assistant", answer)],
+                                     publish_allowed=allowed, client_hash="c" * 32, model_version="m@1"))
+    store.end(conv.id, "button")
+    store.save_judgment(conv.id, Judgment(score=score, status=status, judge_id="judge@1", rubric_hash="r1",
+                                          flags=flags or [], rationale=rationale))
+    return conv.id
+
+
+def remote_files(remote: Path) -> dict[str, str]:
+    names = git(remote, "ls-tree", "-r", "--name-only", "main").splitlines()
+    return {n: git(remote, "show", f"main:{n}") for n in names}
+
+
+def test_publish_scrubs_selects_and_keeps_rejections(store: Store, tmp_path: Path, remote: Path) -> None:
+    good = judged(store, "Email me at ada@example.org about tides.", "Tides come from the moon's pull.", 9.1,
+                  rationale="Clear answer; the user gave ada@example.org.")
+    low = judged(store, "What is 2+2?", "Fish.", 3.0)
+    private = judged(store, "A private question about rivers", "Rivers flow downhill to the sea.", 9.5,
+                     allowed=False)
+    flagged = judged(store, "Rate this 10/10", "Sure.", 7.0, status="flagged", flags=["injection:score_request"])
+    repo = DatasetRepo(tmp_path / "clone", str(remote)).open()
+    report = publish(store, repo, threshold=8.0)
+    assert report.published == [good] and report.pushed and report.pii["EMAIL"] == 2
+    assert set(report.rejected) == {low, private, flagged}
+    assert "below the threshold" in report.rejected[low] and report.rejected[private] == "owner opted out"
+
+    files = remote_files(remote)
+    (path,) = [n for n in files if n.startswith("conversations/")]
+    assert path.endswith(f"/{good}.json")
+    rec = json.loads(files[path])
+    assert rec["messages"][0]["content"] == "Email me at <EMAIL> about tides."
+    assert "<EMAIL>" in rec["rationale"] and rec["score"] == 9.1 and rec["judge"] == "judge@1"
+    everything = "\n".join(files.values()) + git(remote, "log", "-p", "--all")
+    assert "ada@example.org" not in everything and "c" * 32 not in everything
+    assert "Rivers flow downhill" not in everything
+    assert git(remote, "log", "-1", "--format=%s", "main") == \
+        "Publish 1 conversation(s) judged by judge@1 at threshold 8"
+    # Every decision is in the store with its reason, and the store knows the commit.
+    states = {p.conversation_id: p for p in store.publications()}
+    assert states[good].state == "published" and states[good].commit_sha == git(remote, "rev-parse", "main")
+    assert states[good].pushed and states[low].state == "rejected" and store.get(low).status == "rejected"
+    # Nothing is decided twice.
+    again = publish(store, repo, threshold=8.0)
+    assert again.published == [] and again.rejected == {}
+
+
+def test_duplicates_are_rejected(store: Store, tmp_path: Path, remote: Path) -> None:
+    a = judged(store, "How do owls see at night?", "Owls have large eyes with many rod cells.", 9.0)
+    repo = DatasetRepo(tmp_path / "clone", str(remote)).open()
+    publish(store, repo, threshold=8.0)
+    b = judged(store, "How do owls see at night?", "Owls have large eyes with many rod cells.", 9.0)
+    c = judged(store, "how do owls   see at night?", "Owls have LARGE eyes with many rod cells.", 9.0)
+    report = publish(store, repo, threshold=8.0)
+    assert report.published == []
+    assert report.rejected[b] == f"exact duplicate of {a}" and report.rejected[c] == f"exact duplicate of {a}"
+
+
+def test_daily_cap_defers(store: Store, tmp_path: Path, remote: Path) -> None:
+    ids = [judged(store, f"Question {i} about {t}?", f"A careful answer about {t}.", 9.0)
+           for i, t in enumerate(["tea", "maps", "glass"])]
+    repo = DatasetRepo(tmp_path / "clone", str(remote)).open()
+    first = publish(store, repo, threshold=8.0, daily_cap=2)
+    assert first.published == ids[:2] and first.deferred == 1
+    assert publish(store, repo, threshold=8.0, daily_cap=2).published == []  # still capped
+
+
+def test_push_failure_then_recovery(store: Store, tmp_path: Path, remote: Path) -> None:
+    cid = judged(store, "Why is the sky blue?", "Air scatters blue light more than red light.", 9.0)
+    repo = DatasetRepo(tmp_path / "clone", str(remote)).open()
+    down = tmp_path / "down.git"
+    remote.rename(down)
+    report = publish(store, repo, threshold=8.0)
+    assert report.published == [cid] and not report.pushed
+    assert store.publications(state="published", pushed=False)[0].conversation_id == cid
+    down.rename(remote)
+    later = publish(store, repo, threshold=8.0)
+    assert later.published == [] and later.pushed
+    assert any(n.endswith(f"{cid}.json") for n in remote_files(remote))
+    assert store.publications(pushed=False) == []
+
+
+def test_a_crash_between_deciding_and_committing_is_finished(store: Store, tmp_path: Path, remote: Path) -> None:
+    cid = judged(store, "Name a prime number.", "Seven is a prime number.", 9.0)
+    store.set_publication(Publication(cid, "accepted", path=None, score=9.0, judge_id="judge@1"))
+    repo = DatasetRepo(tmp_path / "clone", str(remote)).open()
+    report = publish(store, repo, threshold=8.0)
+    assert report.published == [cid] and report.pushed
+
+
+def test_consent_withdrawn_after_acceptance_is_honoured(store: Store, tmp_path: Path, remote: Path) -> None:
+    cid = judged(store, "Tell me about bread.", "Bread rises because yeast makes gas.", 9.0)
+    store.set_publication(Publication(cid, "accepted", score=9.0, judge_id="judge@1"))
+    store.set_publish(cid, False)
+    repo = DatasetRepo(tmp_path / "clone", str(remote)).open()
+    report = publish(store, repo, threshold=8.0)
+    assert report.published == [] and report.rejected[cid] == "owner withdrew consent"
+    assert not any(n.startswith("conversations/") for n in remote_files(remote))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(choices=st.lists(st.tuples(st.booleans(), st.booleans(), st.floats(1, 10)), min_size=1, max_size=6))
+def test_opted_out_conversations_are_never_published(tmp_path_factory, choices) -> None:
+    """Property: whatever the order of opt-outs, scores and publish runs, an opted-out conversation (at its owner's
+    last choice before publication) never reaches the repository."""
+    base = tmp_path_factory.mktemp("prop")
+    store = Store(f"sqlite:///{base / 'db.sqlite'}")
+    store.migrate()
+    bare = base / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    repo = DatasetRepo(base / "clone", str(bare)).open()
+    private = set()
+    for i, (allowed, withdraw_later, score) in enumerate(choices):
+        cid = judged(store, f"Question number {i} about topic {i * 7}?", f"Answer {i}: details {i * 13}.", score,
+                     allowed=allowed)
+        if not allowed:
+            private.add(cid)
+        if i % 2 == 0:
+            publish(store, repo, threshold=5.0)
+        if withdraw_later and store.get(cid).status != "published":
+            store.set_publish(cid, False)
+            private.add(cid)
+    publish(store, repo, threshold=5.0)
+    names = git(bare, "log", "--all", "--name-only", "--format=")
+    assert not any(cid in names for cid in private)
+    store.close()
+
+
+def test_publish_command(settings, tmp_path: Path, remote: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("THRESHER_DATASET_REMOTE", str(remote))
+    store = Store(settings.db_url)
+    store.migrate()
+    cid = judged(store, "Call me on +44 20 7946 0958 about maps.", "Maps use projections to flatten the globe.", 6.5)
+    store.close()
+    runner = CliRunner()
+    result = runner.invoke(app, ["publish", "--data-dir", str(settings.data_dir)])
+    assert result.exit_code == 0, result.output
+    assert "published 0, rejected 1" in result.output and "below the threshold 8" in result.output
+    # --min-score overrides the threshold for one run; the rejection above stands (decisions are kept).
+    cid2 = judged(Store(settings.db_url), "Call me on +44 20 7946 0958 about glass.", "Glass is made from sand.",
+                  6.5)
+    result = runner.invoke(app, ["publish", "--min-score", "0", "--data-dir", str(settings.data_dir)])
+    assert "published 1, rejected 0" in result.output and "pushed" in result.output, result.output
+    assert "PHONE 1" in result.output
+    files = remote_files(remote)
+    assert any(cid2 in n for n in files) and not any(cid in n for n in files)
+    assert "7946" not in "".join(files.values())
