@@ -180,3 +180,80 @@ def test_publish_command(settings, tmp_path: Path, remote: Path, monkeypatch: py
     files = remote_files(remote)
     assert any(cid2 in n for n in files) and not any(cid in n for n in files)
     assert "7946" not in "".join(files.values())
+
+
+@pytest.mark.slow
+def test_seeded_personal_data_never_reaches_the_repository(tmp_path: Path, remote: Path) -> None:
+    """200 varied conversations with seeded personal data of every type: published, none of the values is anywhere
+    in the remote's tree or history, nor in the local clone; and `datasets` loads the repository."""
+    from test_curate import _seeded_conversations
+
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.migrate()
+    seeded = _seeded_conversations(200)
+    values = []
+    for i, (conv, planted) in enumerate(seeded):
+        # Make each conversation distinct, so dedup does not hide a leak by dropping it.
+        conv.messages.append(Message("assistant", f"Reply number {i}: noted, thank you for item {i * 31}."))
+        store.create(conv)
+        store.end(conv.id, "button")
+        store.save_judgment(conv.id, Judgment(score=9.0, status="ok", judge_id="j", rubric_hash="r"))
+        values += [piece for _, pieces in planted for piece in pieces]
+    repo = DatasetRepo(tmp_path / "clone", str(remote)).open()
+    report = publish(store, repo, threshold=8.0)
+    assert report.pushed and len(report.published) >= 190, report.rejected
+    check = tmp_path / "check"
+    subprocess.run(["git", "clone", "-q", str(remote), str(check)], check=True)
+    history = git(remote, "log", "-p", "--all") + git(remote, "log", "--all", "--format=%B")
+    tree = "\n".join(p.read_text() for p in check.rglob("*.json")) + "\n".join(
+        p.read_text() for p in (tmp_path / "clone").rglob("*.json"))
+    leaked = [v for v in values if v in history or v in tree]
+    assert leaked == []
+
+    import datasets
+
+    ds = datasets.load_dataset("json", data_files=str(check / "conversations/**/*.json"), split="train")
+    assert ds.num_rows == len(report.published)
+    assert {"id", "messages", "score", "licence", "judge"} <= set(ds.column_names)
+    store.close()
+
+
+@pytest.mark.slow
+def test_git_stays_sound_after_sigkill_during_publish(tmp_path: Path, remote: Path) -> None:
+    import os
+    import signal
+    import sys
+    import time
+
+    data = tmp_path / "data"
+    store = Store(f"sqlite:///{data / 'thresher.db'}")
+    store.migrate()
+    ids = [judged(store, f"Question {i}: tell me about item {i} and its colour {i * 17}?",
+                  f"Item {i} is described in detail here, colour code {i * 29}.", 9.0) for i in range(400)]
+    store.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THRESHER_")} | {
+        "THRESHER_DATASET_REMOTE": str(remote)}
+    cmd = [sys.executable, "-m", "thresher", "publish", "--data-dir", str(data)]
+    killed_at = []
+    for delay in (0.6, 1.2, 1.8):
+        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        killed_at.append(proc.returncode)
+        clone = data / "dataset"
+        if (clone / ".git").exists():
+            lock = clone / ".git" / "index.lock"
+            if lock.exists():  # git's own rule after a killed git: the lock is stale once nothing runs
+                lock.unlink()
+            fsck = subprocess.run(["git", "fsck", "--full"], cwd=clone, capture_output=True, text=True)
+            assert fsck.returncode == 0, fsck.stderr
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert subprocess.run(["git", "fsck", "--full"], cwd=remote, capture_output=True).returncode == 0
+    names = [n for n in git(remote, "ls-tree", "-r", "--name-only", "main").splitlines()
+             if n.startswith("conversations/")]
+    assert sorted(Path(n).stem for n in names) == sorted(ids)
+    store = Store(f"sqlite:///{data / 'thresher.db'}")
+    assert {p.conversation_id for p in store.publications(state="published", pushed=True)} == set(ids)
+    store.close()
