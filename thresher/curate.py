@@ -18,7 +18,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from thresher.conversation import Conversation, messages_hash
 
@@ -378,13 +378,16 @@ class Deduplicator:
         self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self._hashes: dict[str, str] = {}  # normalised hash -> id
         self._minhashes: dict[str, MinHash] = {}
+        self._permutations: Any = None
         for conv in published:
             self.add(conv)
 
     def _minhash(self, conv: Conversation) -> MinHash:
         from datasketch import MinHash
 
-        mh = MinHash(num_perm=self.num_perm, seed=1)
+        if self._permutations is None:  # computing them is most of a MinHash's set-up: do it once
+            self._permutations = MinHash(num_perm=self.num_perm, seed=1).permutations
+        mh = MinHash(num_perm=self.num_perm, seed=1, permutations=self._permutations)
         mh.update_batch(sorted(_shingles(conv)))
         return mh
 

@@ -101,14 +101,15 @@ def publish(store: Store, repo: DatasetRepo, *, threshold: float, daily_cap: int
 
     room = max(0, daily_cap - store.published_since(utcnow() - timedelta(days=1)))
     batch: list[tuple[Conversation, Judgment, Conversation, str | None, Counter[str]]] = []
+    rejected: list[Publication] = []
     for conv, judgment in store.undecided():
         reason = _rejection(conv, judgment, threshold)
         clean, counts = scrub(conv)
         if reason is None:
             reason = dedup.duplicate_of(clean)
         if reason is not None:
-            store.set_publication(Publication(conv.id, "rejected", reason, score=judgment.score,
-                                              judge_id=judgment.judge_id))
+            rejected.append(Publication(conv.id, "rejected", reason, score=judgment.score,
+                                        judge_id=judgment.judge_id))
             report.rejected[conv.id] = reason
             continue
         if len(batch) >= room:
@@ -117,49 +118,56 @@ def publish(store: Store, repo: DatasetRepo, *, threshold: float, daily_cap: int
         dedup.add(clean)
         rationale, more = scrub_text(judgment.rationale) if judgment.rationale else (None, Counter())
         batch.append((conv, judgment, clean, rationale, counts + more))
-
-    for conv, judgment, _clean, _r, counts in batch:
-        store.set_publication(Publication(conv.id, "accepted", path=conversation_path(conv.id, conv.created_at),
-                                          score=judgment.score, judge_id=judgment.judge_id, pii_counts=dict(counts)))
+    store.set_publications(rejected)
+    store.set_publications([
+        Publication(conv.id, "accepted", path=conversation_path(conv.id, conv.created_at), score=judgment.score,
+                    judge_id=judgment.judge_id, pii_counts=dict(counts))
+        for conv, judgment, _clean, _r, counts in batch
+    ])
+    for *_, counts in batch:
         report.pii += counts
 
     # Write and commit everything accepted and not yet committed (this run's and any a crash left behind).
-    paths, ids, judges = [], [], set()
-    pending = {c.id: (c, j, clean, r) for c, j, clean, r, _ in batch}
-    for p in store.publications(state="accepted"):
-        conv = store.get(p.conversation_id)
+    pending = {c.id: (j, clean, r) for c, j, clean, r, _ in batch}
+    accepted = store.publications(state="accepted")
+    convs = store.get_many([p.conversation_id for p in accepted])
+    done: list[Publication] = []
+    withdrawn: list[Publication] = []
+    judges: set[str] = set()
+    for p in accepted:
+        conv = convs[p.conversation_id]
         if not conv.publish_allowed:  # withdrawn since it was chosen
-            store.set_publication(Publication(conv.id, "rejected", "owner withdrew consent", score=p.score,
-                                              judge_id=p.judge_id))
+            withdrawn.append(Publication(conv.id, "rejected", "owner withdrew consent", score=p.score,
+                                         judge_id=p.judge_id))
             report.rejected[conv.id] = "owner withdrew consent"
             continue
         if conv.id in pending:
-            _, judgment, clean, rationale = pending[conv.id]
-        else:
+            judgment, clean, rationale = pending[conv.id]
+        else:  # left behind by a crash: redo its scrubbing
             judgment = next(j for j in reversed(store.judgments(conv.id)) if j.judge_id == p.judge_id)
             clean, _ = scrub(conv)
             rationale = scrub_text(judgment.rationale)[0] if judgment.rationale else None
-        path = p.path or conversation_path(conv.id, conv.created_at)
-        repo.write(path, _record(conv, judgment, clean.to_openai(), rationale))
-        paths.append(path)
-        ids.append(conv.id)
+        p.path = p.path or conversation_path(conv.id, conv.created_at)
+        repo.write(p.path, _record(conv, judgment, clean.to_openai(), rationale))
+        done.append(p)
         judges.add(judgment.judge_id)
-    if paths:
-        commit = repo.commit(paths, f"Publish {len(paths)} conversation(s) judged by {', '.join(sorted(judges))} "
-                                    f"at threshold {threshold:g}")
+    store.set_publications(withdrawn)
+    if done:
+        commit = repo.commit([p.path for p in done if p.path],
+                             f"Publish {len(done)} conversation(s) judged by {', '.join(sorted(judges))} "
+                             f"at threshold {threshold:g}")
         sha = commit.sha if commit else repo.head()
-        for cid, path in zip(ids, paths, strict=True):
-            p = next(x for x in store.publications(state="accepted") if x.conversation_id == cid)
-            store.set_publication(Publication(cid, "published", path=path, commit_sha=sha, score=p.score,
-                                              judge_id=p.judge_id, pii_counts=p.pii_counts))
-        report.published = ids
+        for p in done:
+            p.state, p.commit_sha = "published", sha
+        store.set_publications(done)
+        report.published = [p.conversation_id for p in done]
         report.commit = sha
 
     unpushed = store.publications(state="published", pushed=False)
     if (unpushed or repo.unpushed()) and repo.push():
         for p in unpushed:
             p.pushed = True
-            store.set_publication(p)
+        store.set_publications(unpushed)
         report.pushed = True
     if report.pii:
         log.info("scrubbed personal data: %s", ", ".join(f"{k} {v}" for k, v in sorted(report.pii.items())))

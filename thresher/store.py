@@ -16,7 +16,15 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    selectinload,
+    sessionmaker,
+)
 
 from thresher.conversation import COMPLETE, INTERRUPTED, STREAMING, Conversation, Message, messages_hash, utcnow
 from thresher.judge import Judgment
@@ -125,6 +133,60 @@ class Publication:
     score: float | None = None
     judge_id: str | None = None
     pii_counts: dict[str, int] | None = None
+
+
+class ReviewRow(Base):
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(sa.Integer(), primary_key=True, autoincrement=True)
+    conversation_id: Mapped[str] = mapped_column(sa.ForeignKey("conversations.id", ondelete="CASCADE"))
+    reviewer: Mapped[str] = mapped_column(sa.String(64))
+    verdict: Mapped[str] = mapped_column(sa.String(16))  # approve | reject
+    reason: Mapped[str] = mapped_column(sa.Text())
+    score: Mapped[int | None] = mapped_column(sa.Integer())
+    time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    commit_sha: Mapped[str | None] = mapped_column(sa.String(64))
+
+    __table_args__ = (sa.UniqueConstraint("conversation_id", "reviewer", name="uq_reviews_reviewer"),)
+
+
+class CorrectionRow(Base):
+    __tablename__ = "corrections"
+
+    id: Mapped[int] = mapped_column(sa.Integer(), primary_key=True, autoincrement=True)
+    conversation_id: Mapped[str] = mapped_column(sa.ForeignKey("conversations.id", ondelete="CASCADE"), index=True)
+    commit_sha: Mapped[str] = mapped_column(sa.String(64))
+    author: Mapped[str | None] = mapped_column(sa.String(300))
+    diff: Mapped[str] = mapped_column(sa.Text())
+    time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    rejudged_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))  # None: to be judged again
+
+    __table_args__ = (sa.UniqueConstraint("conversation_id", "commit_sha", name="uq_corrections_commit"),)
+
+
+@dataclass
+class Review:
+    """One reviewer's verdict on one conversation, as read from `reviews/<id>/<reviewer>.json`."""
+
+    conversation_id: str
+    reviewer: str
+    verdict: str  # approve | reject
+    reason: str
+    time: datetime
+    score: int | None = None
+    commit_sha: str | None = None  # the commit that last wrote the verdict file
+
+
+@dataclass
+class Correction:
+    """An edit a reviewer made to a published conversation file: the diff from what was published."""
+
+    conversation_id: str
+    commit_sha: str
+    diff: str
+    time: datetime
+    author: str | None = None
+    rejudged_at: datetime | None = None
 
 
 def _aware(dt: datetime | None) -> datetime | None:
@@ -438,6 +500,7 @@ class Store:
             )
             stmt = (
                 sa.select(ConversationRow, JudgmentRow)
+                .options(selectinload(ConversationRow.messages))
                 .join(latest, latest.c.conversation_id == ConversationRow.id)
                 .join(JudgmentRow, JudgmentRow.id == latest.c.jid)
                 .where(ConversationRow.id.not_in(decided), JudgmentRow.status != "failed")
@@ -448,18 +511,45 @@ class Store:
 
     def set_publication(self, p: Publication) -> None:
         """Record (or update) curation's decision for one conversation."""
+        self.set_publications([p])
+
+    def set_publications(self, pubs: list[Publication]) -> None:
+        """Record (or update) curation's decisions, all in one transaction."""
+        for start in range(0, len(pubs), 500):  # stay well under SQLite's limit on query parameters
+            self._set_publications(pubs[start:start + 500])
+
+    def _set_publications(self, pubs: list[Publication]) -> None:
+        if not pubs:
+            return
+        ids = [p.conversation_id for p in pubs]
         with self.session() as s:
-            row = s.get(PublicationRow, p.conversation_id)
+            rows = {r.conversation_id: r for r in s.scalars(
+                sa.select(PublicationRow).where(PublicationRow.conversation_id.in_(ids)))}
+            convs = {c.id: c for c in s.scalars(sa.select(ConversationRow).where(ConversationRow.id.in_(ids)))}
             now = utcnow()
-            if row is None:
-                row = PublicationRow(conversation_id=p.conversation_id, created_at=now)
-                s.add(row)
-            for name in ("state", "reason", "path", "commit_sha", "pushed", "score", "judge_id", "pii_counts"):
-                setattr(row, name, getattr(p, name))
-            row.updated_at = now
-            conv = s.get(ConversationRow, p.conversation_id)
-            if conv is not None and conv.status in ("ended", "judged", "published", "rejected", "accepted"):
-                conv.status = p.state
+            for p in pubs:
+                row = rows.get(p.conversation_id)
+                if row is None:
+                    row = rows[p.conversation_id] = PublicationRow(conversation_id=p.conversation_id, created_at=now)
+                    s.add(row)
+                for name in ("state", "reason", "path", "commit_sha", "pushed", "score", "judge_id", "pii_counts"):
+                    setattr(row, name, getattr(p, name))
+                row.updated_at = now
+                conv = convs.get(p.conversation_id)
+                if conv is not None and conv.status in ("ended", "judged", "published", "rejected", "accepted"):
+                    conv.status = p.state
+
+    def get_many(self, ids: list[str]) -> dict[str, Conversation]:
+        """Several conversations, with their messages, in a few queries."""
+        out: dict[str, Conversation] = {}
+        with self.session() as s:
+            for start in range(0, len(ids), 500):
+                rows = s.scalars(
+                    sa.select(ConversationRow).where(ConversationRow.id.in_(ids[start:start + 500]))
+                    .options(selectinload(ConversationRow.messages))
+                ).all()
+                out.update((r.id, _to_conversation(r)) for r in rows)
+        return out
 
     def publications(self, state: str | None = None, pushed: bool | None = None) -> list[Publication]:
         with self.session() as s:
@@ -488,6 +578,69 @@ class Store:
                 sa.select(ConversationRow.status, sa.func.count()).group_by(ConversationRow.status)
             ).all()
             return {status: n for status, n in rows}
+
+    # -- reviews ---------------------------------------------------------------------------------------------
+
+    def save_reviews(self, reviews: list[Review]) -> tuple[int, int, list[Review]]:
+        """Upsert verdicts (one per conversation and reviewer) in one transaction. Returns (new, updated, unknown):
+        verdicts on conversations this store does not hold are left out and handed back."""
+        new = updated = 0
+        unknown: list[Review] = []
+        with self.session() as s:
+            ids = sorted({r.conversation_id for r in reviews})
+            known: set[str] = set()
+            for i in range(0, len(ids), 500):
+                known.update(s.scalars(sa.select(ConversationRow.id).where(ConversationRow.id.in_(ids[i:i + 500]))))
+            existing = {(r.conversation_id, r.reviewer): r for r in s.scalars(sa.select(ReviewRow))}
+            for r in reviews:
+                if r.conversation_id not in known:
+                    unknown.append(r)
+                    continue
+                row = existing.get((r.conversation_id, r.reviewer))
+                if row is None:
+                    row = ReviewRow(conversation_id=r.conversation_id, reviewer=r.reviewer)
+                    s.add(row)
+                    existing[(r.conversation_id, r.reviewer)] = row
+                    new += 1
+                elif (row.verdict, row.reason, row.score, _aware(row.time), row.commit_sha) == (
+                        r.verdict, r.reason, r.score, r.time, r.commit_sha):
+                    continue
+                else:
+                    updated += 1
+                row.verdict, row.reason, row.score, row.time, row.commit_sha = (
+                    r.verdict, r.reason, r.score, r.time, r.commit_sha)
+        return new, updated, unknown
+
+    def reviews(self, conv_id: str | None = None) -> list[Review]:
+        with self.session() as s:
+            stmt = sa.select(ReviewRow).order_by(ReviewRow.conversation_id, ReviewRow.reviewer)
+            if conv_id is not None:
+                stmt = stmt.where(ReviewRow.conversation_id == conv_id)
+            return [Review(r.conversation_id, r.reviewer, r.verdict, r.reason, _aware(r.time),  # type: ignore[arg-type]
+                           r.score, r.commit_sha) for r in s.scalars(stmt).all()]
+
+    def save_correction(self, c: Correction) -> bool:
+        """Record an edit of a published conversation (to be judged again); False if it is already recorded."""
+        with self.session() as s:
+            if s.get(ConversationRow, c.conversation_id) is None:
+                raise NotFound(c.conversation_id)
+            if s.scalar(sa.select(CorrectionRow.id).where(CorrectionRow.conversation_id == c.conversation_id,
+                                                         CorrectionRow.commit_sha == c.commit_sha)):
+                return False
+            s.add(CorrectionRow(conversation_id=c.conversation_id, commit_sha=c.commit_sha, author=c.author,
+                                diff=c.diff, time=c.time, rejudged_at=c.rejudged_at))
+            return True
+
+    def corrections(self, conv_id: str | None = None, to_rejudge: bool | None = None) -> list[Correction]:
+        with self.session() as s:
+            stmt = sa.select(CorrectionRow).order_by(CorrectionRow.id)
+            if conv_id is not None:
+                stmt = stmt.where(CorrectionRow.conversation_id == conv_id)
+            if to_rejudge is not None:
+                stmt = stmt.where(CorrectionRow.rejudged_at.is_(None) if to_rejudge
+                                  else CorrectionRow.rejudged_at.is_not(None))
+            return [Correction(r.conversation_id, r.commit_sha, r.diff, _aware(r.time),  # type: ignore[arg-type]
+                               r.author, _aware(r.rejudged_at)) for r in s.scalars(stmt).all()]
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
