@@ -378,16 +378,17 @@ class Deduplicator:
         self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self._hashes: dict[str, str] = {}  # normalised hash -> id
         self._minhashes: dict[str, MinHash] = {}
-        self._permutations: Any = None
+        self._template: Any = None
         for conv in published:
             self.add(conv)
 
     def _minhash(self, conv: Conversation) -> MinHash:
         from datasketch import MinHash
 
-        if self._permutations is None:  # computing them is most of a MinHash's set-up: do it once
-            self._permutations = MinHash(num_perm=self.num_perm, seed=1).permutations
-        mh = MinHash(num_perm=self.num_perm, seed=1, permutations=self._permutations)
+        if self._template is None:  # computing the permutations is most of a MinHash's set-up: do it once
+            self._template = MinHash(num_perm=self.num_perm, seed=1)
+        mh = MinHash(num_perm=self.num_perm, seed=1, permutations=self._template.permutations,
+                     scheme=self._template.scheme)
         mh.update_batch(sorted(_shingles(conv)))
         return mh
 
