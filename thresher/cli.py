@@ -328,3 +328,139 @@ def publish_cmd(
         typer.echo(f"commit {report.commit[:12]} in {s.dataset_path}")
     if s.dataset_remote:
         typer.echo("pushed" if report.pushed else "not pushed yet (the remote did not answer): will retry")
+
+
+@app.command("sync")
+def sync_cmd(
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory [default: ./thresher-data].")] = None,
+) -> None:
+    """Pull the dataset repository and read reviewers' verdicts and edits into the store.
+
+    Example: `thresher sync --data-dir thresher-data`
+
+    Verdicts are upserted (running it again changes nothing), edits of published conversations are kept with
+    their diff for re-judging, and published conversations are counted by quorum (`quorum_approvals`).
+    """
+    from thresher.dataset_repo import DatasetRepo, GitError
+    from thresher.review import sync
+    from thresher.store import Store
+
+    s = _settings(data_dir=data_dir)
+    store = Store(s.db_url)
+    store.migrate()
+    try:
+        repo = DatasetRepo(s.dataset_path, s.dataset_remote).open(s.licence)
+        report = sync(store, repo, min_approvals=s.quorum_approvals)
+    except GitError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    for path, why in report.problems:
+        err.print(f"[yellow]{path}:[/yellow] {why} (skipped)")
+    typer.echo(f"verdicts: {report.new} new, {report.updated} updated; corrections: {report.corrections} new")
+    typer.echo(f"published conversations: {report.approved} approved, {report.rejected} rejected, "
+               f"{report.pending} pending (quorum {s.quorum_approvals})")
+
+
+@app.command("review")
+def review_cmd(
+    repo_path: Annotated[Path, typer.Option("--repo", help="Your clone of the dataset [default: the current "
+                                                           "directory].")] = Path("."),
+    reviewer: Annotated[str | None, typer.Option(help="Your reviewer name [default: from your git "
+                                                      "user.email].")] = None,
+) -> None:
+    """Review published conversations one at a time in your clone: approve, reject, skip, edit or quit.
+
+    Example: `git clone https://example.org/dataset.git && cd dataset && thresher review`
+
+    Each verdict is written to reviews/<id>/<you>.json, committed under your own git identity and pushed. Edit
+    opens $EDITOR on the conversation file and commits your change as a correction.
+    """
+    import click
+    from rich.console import Console
+
+    from thresher.dataset_repo import DatasetRepo, GitError
+    from thresher.review import (
+        InvalidVerdict,
+        check_reviewer,
+        commit_correction,
+        pending,
+        reviewer_identity,
+        write_verdict,
+    )
+
+    if not (repo_path / ".git").exists():
+        err.print(f"[red]error:[/red] {repo_path} is not a git clone of the dataset (`git clone URL` first)")
+        raise typer.Exit(2)
+    out = Console(highlight=False)
+    try:
+        probe = DatasetRepo(repo_path)
+        remote = probe.git("remote", "get-url", "origin", check=False) or None
+        repo = DatasetRepo(repo_path, remote)
+        me = reviewer_identity(repo) if reviewer is None else check_reviewer(reviewer)
+        repo.pull()
+        todo = pending(repo, me)
+    except (GitError, InvalidVerdict) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    out.print(f"{len(todo)} conversation(s) to review as [bold]{me}[/bold]")
+    counts = {"approved": 0, "rejected": 0, "skipped": 0, "corrected": 0}
+    choice = ""
+    for i, path in enumerate(todo, 1):
+        show = True
+        while True:
+            if show:
+                _show_conversation(out, repo.read(path), f"{i}/{len(todo)}")
+                show = False
+            choice = typer.prompt("[a]pprove, [r]eject, [s]kip, [e]dit, [q]uit", default="s").strip().lower()[:1]
+            if choice not in ("a", "r", "s", "e", "q"):
+                err.print("answer a, r, s, e or q")
+                continue
+            try:
+                if choice == "e":
+                    click.edit(filename=str(repo.path / path))
+                    try:
+                        sha = commit_correction(repo, path)
+                    except InvalidVerdict as e:
+                        repo.git("checkout", "--", path)
+                        err.print(f"[yellow]edit not kept:[/yellow] {e}")
+                        continue
+                    if sha:
+                        counts["corrected"] += 1
+                        out.print(f"correction committed ({sha[:12]})")
+                        show = True  # show the corrected conversation, then ask for a verdict
+                    continue
+                if choice in ("a", "r"):
+                    reason = typer.prompt("Reason") if choice == "r" else ""
+                    written = write_verdict(repo, path.rsplit("/", 1)[-1].removesuffix(".json"),
+                                            "approve" if choice == "a" else "reject", reason, reviewer=me)
+                    counts["approved" if choice == "a" else "rejected"] += 1
+                    out.print(("approved" if choice == "a" else "rejected") + (
+                        ", pushed" if written.pushed else
+                        ", committed (not pushed yet: it goes with your next push)" if repo.remote else
+                        ", committed (no remote)"))
+            except (GitError, InvalidVerdict) as e:
+                err.print(f"[red]error:[/red] {e}")
+                raise typer.Exit(1) from None
+            break
+        if choice == "q":
+            break
+        if choice == "s":
+            counts["skipped"] += 1
+    out.print(", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def _show_conversation(out: Any, rec: dict[str, Any], where: str) -> None:
+    """One published conversation for a reviewer: score, the judge's rationale and flags, then the messages."""
+    from rich.panel import Panel
+    from rich.text import Text
+
+    score = rec.get("score")
+    out.rule(f"{where}  {rec.get('id')}  score {'-' if score is None else f'{score:.2f}'}")
+    if rec.get("rationale"):
+        out.print(Text(f"judge: {rec['rationale']}", style="italic"))
+    if rec.get("flags"):
+        out.print(Text("flags: " + ", ".join(rec["flags"]), style="yellow"))
+    for m in rec.get("messages", []):
+        out.print(Panel(Text(str(m.get("content", ""))), title=str(m.get("role", "?")), title_align="left"))

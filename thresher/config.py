@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     publish_interval_seconds: float = Field(
         60.0, gt=0, description="How often `thresher serve` curates and publishes judged conversations."
     )
+    quorum_approvals: int = Field(
+        1, ge=1, description="Approvals a published conversation needs (and no rejection) to train a round."
+    )
 
     host: str = Field("127.0.0.1", description="Address `thresher serve` listens on.")
     port: int = Field(8000, description="Port `thresher serve` listens on.")

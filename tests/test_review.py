@@ -1,0 +1,267 @@
+"""Peer review in git over a real store and real git with a local bare remote: the verdict protocol, two reviewers
+pushing at once, quorum, malformed verdicts skipped with a report, `sync` into the store (idempotent), corrections
+with their diff, and the `thresher review` and `thresher sync` commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from test_publish import git, judged
+from typer.testing import CliRunner
+
+from thresher.cli import app
+from thresher.config import Settings
+from thresher.dataset_repo import DatasetRepo
+from thresher.flywheel import publish
+from thresher.review import (
+    InvalidVerdict,
+    Review,
+    parse_verdict,
+    pending,
+    quorum,
+    read_verdicts,
+    reviewer_slug,
+    sync,
+    write_verdict,
+)
+from thresher.store import Store
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    bare = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    return bare
+
+
+def clone(tmp_path: Path, remote: Path, name: str, email: str) -> DatasetRepo:
+    """A reviewer's own clone, with their own git identity."""
+    path = tmp_path / name
+    subprocess.run(["git", "clone", "-q", str(remote), str(path)], check=True)
+    git(path, "config", "user.name", name)
+    git(path, "config", "user.email", email)
+    return DatasetRepo(path, str(remote))
+
+
+def published(store: Store, tmp_path: Path, remote: Path, n: int = 3) -> tuple[DatasetRepo, list[str]]:
+    topics = ["tides", "owls", "bread", "glass", "maps"][:n]
+    ids = [judged(store, f"Tell me about {t}, please.", f"Here is a careful answer about {t} number {i}.", 9.0,
+                  rationale=f"Clear and correct about {t}.") for i, t in enumerate(topics)]
+    repo = DatasetRepo(tmp_path / "publisher", str(remote)).open()
+    report = publish(store, repo, threshold=8.0)
+    assert sorted(report.published) == sorted(ids) and report.pushed
+    return repo, sorted(ids)
+
+
+# -- the protocol -----------------------------------------------------------------------------------------------
+
+
+def test_reviewer_slugs() -> None:
+    assert reviewer_slug("ada@example.org") == "ada-example.org"
+    assert reviewer_slug("Ada Lovelace <Ada.L@Example.org>") == "ada.l-example.org"
+    assert reviewer_slug("Ada Lovelace") == "ada-lovelace"
+    assert reviewer_slug("../../etc/passwd") == "etc-passwd"
+    with pytest.raises(InvalidVerdict):
+        reviewer_slug("!!!")
+
+
+def test_verdict_validation() -> None:
+    now = "2025-01-02T03:04:05+02:00"
+    ok = parse_verdict("01ABC", "ada", {"verdict": "approve", "reason": "", "score": 9, "time": now})
+    assert ok.time == datetime(2025, 1, 2, 1, 4, 5, tzinfo=UTC) and ok.score == 9
+    for bad in ({"verdict": "maybe", "reason": "x", "time": now}, {"verdict": "reject", "reason": " ", "time": now},
+                {"verdict": "approve", "reason": "x", "score": 11, "time": now},
+                {"verdict": "approve", "reason": "x", "score": True, "time": now},
+                {"verdict": "approve", "reason": 3, "time": now}, {"verdict": "approve", "reason": "x"}, ["approve"]):
+        with pytest.raises(InvalidVerdict):
+            parse_verdict("01ABC", "ada", bad)
+    with pytest.raises(InvalidVerdict):
+        parse_verdict("01ABC", "Not A Slug", {"verdict": "approve", "reason": "", "time": now})
+
+
+def test_quorum() -> None:
+    def r(v: str) -> Review:
+        return Review("c", "x", v, "why", datetime.now(UTC))
+
+    assert quorum([]) == "pending"
+    assert quorum([r("approve")]) == "approved"
+    assert quorum([r("approve")], min_approvals=2) == "pending"
+    assert quorum(["approve", "approve"], min_approvals=2) == "approved"
+    assert quorum([r("approve"), r("approve"), r("reject")], min_approvals=2) == "rejected"
+    assert quorum(["reject"]) == "rejected"
+
+
+# -- verdicts in git -----------------------------------------------------------------------------------------------
+
+
+def test_two_reviewers_at_once_lose_nothing(store: Store, tmp_path: Path, remote: Path) -> None:
+    _, ids = published(store, tmp_path, remote)
+    ada = clone(tmp_path, remote, "ada", "ada@example.org")
+    bob = clone(tmp_path, remote, "bob", "bob@example.org")
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def review(repo: DatasetRepo, verdict: str) -> None:
+        try:
+            start.wait()
+            for cid in ids:
+                assert write_verdict(repo, cid, verdict, "" if verdict == "approve" else "too vague").pushed
+        except BaseException as e:  # surfaced in the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=review, args=(ada, "approve")), threading.Thread(target=review,
+                                                                                          args=(bob, "reject"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    names = set(git(remote, "ls-tree", "-r", "--name-only", "main", "--", "reviews").splitlines())
+    assert names == {f"reviews/{c}/{who}.json" for c in ids for who in ("ada-example.org", "bob-example.org")}
+    # Each verdict is committed under its reviewer's own identity.
+    authors = git(remote, "log", "--format=%ae", "main", "--", "reviews").splitlines()
+    assert sorted(set(authors)) == ["ada@example.org", "bob@example.org"]
+    fresh = clone(tmp_path, remote, "carol", "carol@example.org")
+    read = read_verdicts(fresh)
+    assert read.problems == [] and len(read.verdicts) == 2 * len(ids)
+    assert all(v.commit_sha for v in read.verdicts)
+    assert len(pending(fresh, "carol-example.org")) == len(ids) and pending(fresh, "ada-example.org") == []
+
+
+def test_malformed_verdicts_are_reported_and_skipped(store: Store, tmp_path: Path, remote: Path) -> None:
+    _, ids = published(store, tmp_path, remote, n=2)
+    ada = clone(tmp_path, remote, "ada", "ada@example.org")
+    write_verdict(ada, ids[0], "approve", score=8)
+    (ada.path / "reviews" / ids[1]).mkdir(parents=True)
+    (ada.path / "reviews" / ids[1] / "ada-example.org.json").write_text("{not json")
+    (ada.path / "reviews" / ids[1] / "bob.json").write_text(json.dumps({"verdict": "yes", "time": "now"}))
+    (ada.path / "reviews" / "stray.txt").write_text("hello")
+    ada.commit(["reviews"], "Hand-written verdicts")
+    assert ada.push()
+    read = read_verdicts(ada)
+    assert [(v.conversation_id, v.verdict, v.score) for v in read.verdicts] == [(ids[0], "approve", 8)]
+    assert sorted(p for p, _ in read.problems) == sorted([f"reviews/{ids[1]}/ada-example.org.json",
+                                                          f"reviews/{ids[1]}/bob.json", "reviews/stray.txt"])
+    # At an earlier commit, only what was there then.
+    first = git(ada.path, "rev-parse", "HEAD~1")
+    assert [v.conversation_id for v in read_verdicts(ada, at=first).verdicts] == [ids[0]]
+    assert read_verdicts(ada, at=first).problems == []
+
+
+# -- sync into the store -------------------------------------------------------------------------------------------
+
+
+def test_sync_reads_verdicts_into_the_store_and_is_idempotent(store: Store, tmp_path: Path, remote: Path) -> None:
+    publisher, ids = published(store, tmp_path, remote)
+    ada = clone(tmp_path, remote, "ada", "ada@example.org")
+    bob = clone(tmp_path, remote, "bob", "bob@example.org")
+    write_verdict(ada, ids[0], "approve", score=9)
+    write_verdict(bob, ids[0], "approve")
+    write_verdict(ada, ids[1], "reject", "wrong about owls")
+    (bob.path / "reviews" / ids[2]).mkdir(parents=True)
+    (bob.path / "reviews" / ids[2] / "bob-example.org.json").write_text("[]")
+    bob.commit(["reviews"], "broken")
+    assert bob.push()
+
+    report = sync(store, publisher, min_approvals=2)
+    assert (report.new, report.updated, report.corrections) == (3, 0, 0)
+    assert (report.approved, report.rejected, report.pending) == (1, 1, 1)
+    assert [p for p, _ in report.problems] == [f"reviews/{ids[2]}/bob-example.org.json"]
+    rejected = store.reviews(ids[1])
+    assert [(r.reviewer, r.verdict, r.reason) for r in rejected] == [("ada-example.org", "reject", "wrong about owls")]
+    assert rejected[0].commit_sha == git(remote, "log", "-1", "--format=%H", "main", "--",
+                                         f"reviews/{ids[1]}/ada-example.org.json")
+    again = sync(store, publisher, min_approvals=2)
+    assert (again.new, again.updated, again.corrections) == (0, 0, 0)
+    assert len(store.reviews()) == 3
+    # A reviewer changes their mind: updated, not duplicated.
+    write_verdict(ada, ids[1], "approve", "on second reading it is fine")
+    changed = sync(store, publisher, min_approvals=1)
+    assert (changed.new, changed.updated) == (0, 1) and (changed.approved, changed.rejected) == (2, 0)
+    assert [r.verdict for r in store.reviews(ids[1])] == ["approve"]
+
+
+def test_an_edit_is_a_correction_with_its_diff(store: Store, tmp_path: Path, remote: Path) -> None:
+    publisher, ids = published(store, tmp_path, remote, n=2)
+    ada = clone(tmp_path, remote, "ada", "ada@example.org")
+    path = next(p for p in pending(ada, "ada-example.org") if ids[0] in p)
+    rec = ada.read(path)
+    rec["messages"][1]["content"] = "A better answer about tides: the moon and the sun pull the sea."
+    ada.write(path, rec)
+    ada.commit([path], f"Correct {ids[0]}")
+    assert ada.push()
+
+    report = sync(store, publisher)
+    assert report.corrections == 1
+    (c,) = store.corrections(to_rejudge=True)
+    assert c.conversation_id == ids[0] and c.author == "ada <ada@example.org>"
+    assert c.commit_sha == git(remote, "rev-parse", "main")
+    assert "+" in c.diff and "the moon and the sun pull the sea" in c.diff and path in c.diff
+    assert sync(store, publisher).corrections == 0  # recorded once
+    assert store.corrections(ids[1]) == []
+
+
+# -- the commands ----------------------------------------------------------------------------------------------
+
+
+def test_thresher_review_then_thresher_sync(store: Store, store_url: str, tmp_path: Path, remote: Path,
+                                           settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The acceptance point: a verdict made with `thresher review` in another clone is in the store after
+    `thresher sync`."""
+    ids = [judged(store, f"Tell me about {t}, please.", f"Here is a careful answer about {t}.", 9.0,
+                  rationale=f"Good on {t}.") for t in ("tides", "owls", "bread", "glass")]
+    for key, value in (("DATA_DIR", tmp_path / "data"), ("DATABASE_URL", store_url), ("DATASET_REMOTE", remote)):
+        monkeypatch.setenv(f"THRESHER_{key}", str(value))
+    runner = CliRunner()
+    result = runner.invoke(app, ["publish", "--min-score", "8"])
+    assert result.exit_code == 0, result.output
+    ids.sort()
+
+    ada = clone(tmp_path, remote, "ada", "ada@example.org")
+    # approve the first, reject the second with a reason, skip the third, then quit at the fourth
+    result = runner.invoke(app, ["review", "--repo", str(ada.path)], input="a\nr\nmade-up facts\ns\nq\n")
+    assert result.exit_code == 0, result.output
+    assert "4 conversation(s) to review as ada-example.org" in result.output
+    assert "Good on tides" in result.output and "Tell me about owls" in result.output
+    assert "approved 1, rejected 1, skipped 1, corrected 0" in result.output
+    assert git(ada.path, "status", "--porcelain") == ""
+    assert git(ada.path, "rev-parse", "HEAD") == git(remote, "rev-parse", "main")  # pushed
+
+    result = runner.invoke(app, ["sync"])
+    assert result.exit_code == 0, result.output
+    assert "verdicts: 2 new, 0 updated" in result.output
+    assert "1 approved, 1 rejected, 2 pending (quorum 1)" in result.output
+    verdicts = {r.conversation_id: r for r in store.reviews()}
+    assert set(verdicts) == set(ids[:2]) and verdicts[ids[0]].verdict == "approve"
+    assert verdicts[ids[1]].verdict == "reject" and verdicts[ids[1]].reason == "made-up facts"
+    assert runner.invoke(app, ["sync"]).output.startswith("verdicts: 0 new, 0 updated")
+
+    # Next time only what ada has not reviewed is shown; an edit is committed as a correction, then approved.
+    editor = tmp_path / "editor.py"
+    editor.write_text("import json, sys\np = sys.argv[1]\nrec = json.load(open(p))\n"
+                      "rec['messages'][1]['content'] = 'Fixed by ada.'\njson.dump(rec, open(p, 'w'))\n")
+    monkeypatch.setenv("EDITOR", f"{sys.executable} {editor}")
+    result = runner.invoke(app, ["review", "--repo", str(ada.path)], input="e\na\nq\n")
+    assert result.exit_code == 0, result.output
+    assert "2 conversation(s) to review" in result.output and "Fixed by ada." in result.output
+    assert "approved 1, rejected 0, skipped 0, corrected 1" in result.output
+    result = runner.invoke(app, ["sync"])
+    assert "verdicts: 1 new, 0 updated; corrections: 1 new" in result.output
+    (c,) = store.corrections()
+    assert c.conversation_id == ids[2] and "Fixed by ada." in c.diff
+
+
+def test_thresher_review_errors(tmp_path: Path, remote: Path, settings: Settings) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["review", "--repo", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "not a git clone" in " ".join(result.output.split())
+    path = tmp_path / "anon"
+    subprocess.run(["git", "clone", "-q", str(remote), str(path)], check=True, capture_output=True)
+    result = runner.invoke(app, ["review", "--repo", str(path), "--reviewer", "Not A Slug"])
+    assert result.exit_code == 2 and "safe slug" in " ".join(result.output.split())

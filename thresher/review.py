@@ -1,0 +1,285 @@
+"""Peer review in git: the verdict protocol, the quorum policy, reading verdicts and corrections into the store.
+
+A verdict is the file `reviews/<conversation id>/<reviewer>.json` in the dataset repository:
+
+    {"verdict": "approve" | "reject", "reason": "...", "score": 1-10 (optional), "time": "ISO 8601"}
+
+committed under the reviewer's own git identity (the clone's `user.email`/`user.name`; never overridden here). The
+file name is the reviewer: a slug of that identity. Each reviewer writes only their own files, so two reviewers
+never conflict, and a push that loses a race is rebased and pushed again: no verdict is lost.
+
+Editing a published conversation file is a correction. `sync` finds files whose content at HEAD differs from what
+was published, keeps the diff in the store and leaves the conversation to be judged again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from thresher.dataset_repo import DatasetRepo, GitError
+from thresher.store import Correction, NotFound, Review, Store
+
+log = logging.getLogger("thresher.review")
+
+VERDICTS = ("approve", "reject")
+REVIEWS_DIR = "reviews"
+_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
+_CONV_ID = re.compile(r"^[0-9A-Za-z]{1,26}$")
+
+__all__ = ["Review", "Correction", "InvalidVerdict", "quorum", "reviewer_slug", "reviewer_identity", "read_verdicts",
+           "write_verdict", "pending", "find_corrections", "sync", "SyncReport"]
+
+
+class InvalidVerdict(ValueError):
+    """A verdict file or value that does not follow the protocol; the message says why."""
+
+
+# -- the protocol ----------------------------------------------------------------------------------------------
+
+
+def reviewer_slug(identity: str) -> str:
+    """A safe file stem from a git identity: `Ada Lovelace <ada@example.org>` or `ada@example.org` gives
+    `ada-example.org`; `Ada Lovelace` gives `ada-lovelace`."""
+    m = re.search(r"<([^>]*)>", identity)
+    text = (m.group(1) if m else identity).strip().lower()
+    slug = re.sub(r"[^a-z0-9._]+", "-", text).replace("..", ".")
+    slug = slug.strip("-._")[:64].strip("-._")
+    return check_reviewer(slug)
+
+
+def check_reviewer(name: str) -> str:
+    if not _SLUG.match(name) or ".." in name:
+        raise InvalidVerdict(f"reviewer name {name!r} is not a safe slug (lower-case letters, digits, '.', '_', '-')")
+    return name
+
+
+def reviewer_identity(repo: DatasetRepo) -> str:
+    """The reviewer name of whoever commits in this clone: a slug of git's user.email, else user.name."""
+    for key in ("user.email", "user.name"):
+        value = repo.git("config", key, check=False)
+        if value:
+            return reviewer_slug(value)
+    raise InvalidVerdict("this clone has no git identity: set `git config user.email you@example.org` "
+                         "(verdicts are committed under your own name)")
+
+
+def verdict_path(conv_id: str, reviewer: str) -> str:
+    return f"{REVIEWS_DIR}/{conv_id}/{reviewer}.json"
+
+
+def parse_verdict(conv_id: str, reviewer: str, obj: Any, commit_sha: str | None = None) -> Review:
+    """Validate one verdict file's content; raises InvalidVerdict saying what is wrong."""
+    if not _CONV_ID.match(conv_id):
+        raise InvalidVerdict(f"{conv_id!r} is not a conversation id")
+    check_reviewer(reviewer)
+    if not isinstance(obj, dict):
+        raise InvalidVerdict("not a JSON object")
+    verdict = obj.get("verdict")
+    if verdict not in VERDICTS:
+        raise InvalidVerdict(f"verdict must be 'approve' or 'reject', not {verdict!r}")
+    reason = obj.get("reason", "")
+    if not isinstance(reason, str):
+        raise InvalidVerdict("reason must be a string")
+    if verdict == "reject" and not reason.strip():
+        raise InvalidVerdict("a rejection needs a reason")
+    score = obj.get("score")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 10):
+        raise InvalidVerdict(f"score must be a whole number from 1 to 10, not {score!r}")
+    when = obj.get("time")
+    try:
+        time = datetime.fromisoformat(when)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidVerdict(f"time must be an ISO 8601 date and time, not {when!r}") from None
+    time = time.replace(tzinfo=UTC) if time.tzinfo is None else time.astimezone(UTC)
+    return Review(conv_id, reviewer, verdict, reason, time, score, commit_sha)
+
+
+def verdict_record(review: Review) -> dict[str, Any]:
+    """What a verdict file holds (the REVIEWING.md format)."""
+    rec: dict[str, Any] = {"verdict": review.verdict, "reason": review.reason,
+                           "time": review.time.isoformat(timespec="seconds")}
+    if review.score is not None:
+        rec["score"] = review.score
+    return rec
+
+
+def quorum(verdicts: Iterable[Review | str], min_approvals: int = 1) -> str:
+    """'rejected' if anyone rejected; 'approved' with at least `min_approvals` approvals; else 'pending'."""
+    kinds = [v if isinstance(v, str) else v.verdict for v in verdicts]
+    if "reject" in kinds:
+        return "rejected"
+    return "approved" if kinds.count("approve") >= min_approvals else "pending"
+
+
+# -- reading and writing in a clone -------------------------------------------------------------------------------
+
+
+@dataclass
+class VerdictsRead:
+    verdicts: list[Review] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of files skipped
+
+
+def _last_commits(repo: DatasetRepo, at: str, under: str) -> dict[str, str]:
+    """path -> the newest commit (reachable from `at`) that touched it, for every path under `under`, in one call."""
+    out = repo.git("log", "--format=%x00%H", "--name-only", at, "--", under)
+    last: dict[str, str] = {}
+    sha = ""
+    for line in out.splitlines():
+        if line.startswith("\0"):
+            sha = line[1:]
+        elif line and line not in last:
+            last[line] = sha
+    return last
+
+
+def read_verdicts(repo: DatasetRepo, at: str = "HEAD") -> VerdictsRead:
+    """Every verdict in the repository at a commit (HEAD by default). Malformed files are reported in `problems`
+    and skipped, never raised."""
+    result = VerdictsRead()
+    if not repo.has_commits():
+        return result
+    paths = [p for p in repo.git("ls-tree", "-r", "--name-only", at, "--", REVIEWS_DIR).splitlines() if p]
+    commits = _last_commits(repo, at, REVIEWS_DIR) if paths else {}
+    for path in paths:
+        parts = path.split("/")
+        if len(parts) != 3 or not parts[2].endswith(".json"):
+            result.problems.append((path, "not reviews/<conversation id>/<reviewer>.json"))
+            continue
+        try:
+            obj = json.loads(repo.git("show", f"{at}:{path}"))
+            result.verdicts.append(parse_verdict(parts[1], parts[2].removesuffix(".json"), obj, commits.get(path)))
+        except (ValueError, GitError) as e:  # InvalidVerdict and JSONDecodeError are ValueErrors
+            result.problems.append((path, str(e)))
+    for path, why in result.problems:
+        log.warning("skipped verdict %s: %s", path, why)
+    return result
+
+
+@dataclass
+class Written:
+    review: Review
+    commit: str | None  # None: the same verdict was already committed
+    pushed: bool
+
+
+def write_verdict(repo: DatasetRepo, conv_id: str, verdict: str, reason: str = "", score: int | None = None,
+                  reviewer: str | None = None, push: bool = True) -> Written:
+    """Write this clone's reviewer's verdict, commit it under their own git identity, and push. A push that loses
+    a race is rebased and pushed again; one that still fails leaves the commit for the next push."""
+    reviewer = check_reviewer(reviewer) if reviewer else reviewer_identity(repo)
+    review = parse_verdict(conv_id, reviewer, {"verdict": verdict, "reason": reason, "score": score,
+                                               "time": datetime.now(UTC).isoformat(timespec="seconds")})
+    path = verdict_path(conv_id, reviewer)
+    repo.write(path, verdict_record(review))
+    word = "Approve" if verdict == "approve" else "Reject"
+    first_line = reason.strip().splitlines()[0][:60] if reason.strip() else ""
+    commit = repo.commit([path], f"{word} {conv_id}" + (f": {first_line}" if first_line else ""))
+    pushed = False
+    if push and repo.remote:
+        for _ in range(3):  # others may push between our rebase and our push
+            if pushed := repo.push():
+                break
+    return Written(review, commit.sha if commit else None, pushed)
+
+
+def conversation_paths(repo: DatasetRepo, at: str = "HEAD") -> dict[str, str]:
+    """conversation id -> path of every published conversation file at a commit."""
+    if not repo.has_commits():
+        return {}
+    out = repo.git("ls-tree", "-r", "--name-only", at, "--", "conversations")
+    return {p.rsplit("/", 1)[-1].removesuffix(".json"): p for p in out.splitlines() if p.endswith(".json")}
+
+
+def pending(repo: DatasetRepo, reviewer: str) -> list[str]:
+    """Paths of the conversations this reviewer has not given a verdict on yet, oldest first (ids are ULIDs)."""
+    mine = {p.split("/")[1] for p in repo.git("ls-tree", "-r", "--name-only", "HEAD", "--", REVIEWS_DIR)
+            .splitlines() if p.endswith(f"/{reviewer}.json")} if repo.has_commits() else set()
+    return [path for cid, path in sorted(conversation_paths(repo).items()) if cid not in mine]
+
+
+def commit_correction(repo: DatasetRepo, path: str, push: bool = True) -> str | None:
+    """Commit an edited conversation file as a correction (the edited file must still be valid JSON with the same
+    id). Returns the commit, or None if nothing changed."""
+    conv_id = path.rsplit("/", 1)[-1].removesuffix(".json")
+    try:
+        rec = repo.read(path)
+    except ValueError as e:
+        raise InvalidVerdict(f"{path} is no longer valid JSON: {e}") from None
+    if not isinstance(rec, dict) or rec.get("id") != conv_id:
+        raise InvalidVerdict(f"{path} must stay a JSON object with \"id\": \"{conv_id}\"")
+    commit = repo.commit([path], f"Correct {conv_id}")
+    if commit and push and repo.remote:
+        for _ in range(3):
+            if repo.push():
+                break
+    return commit.sha if commit else None
+
+
+# -- corrections and sync into the store ---------------------------------------------------------------------------
+
+
+def find_corrections(store: Store, repo: DatasetRepo) -> list[Correction]:
+    """Published conversation files whose content at HEAD differs from what was published, each with its diff.
+    Files removed at HEAD are not corrections (takedowns are handled elsewhere)."""
+    found: list[Correction] = []
+    by_commit: dict[str, dict[str, str]] = {}
+    for p in store.publications(state="published"):
+        if p.path and p.commit_sha:
+            by_commit.setdefault(p.commit_sha, {})[p.path] = p.conversation_id
+    for sha, paths in by_commit.items():
+        try:  # one diff per publishing commit, not one per file
+            changed = repo.git("diff", "--name-only", "--diff-filter=M", sha, "HEAD", "--", "conversations")
+        except GitError as e:
+            log.warning("cannot compare with publishing commit %s: %s", sha[:12], e)
+            continue
+        for path in changed.splitlines():
+            if path not in paths:
+                continue
+            diff = repo.git("diff", sha, "HEAD", "--", path)
+            last, author, when = repo.git("log", "-1", "--format=%H%x00%an <%ae>%x00%aI", "HEAD", "--",
+                                          path).split("\0")
+            found.append(Correction(paths[path], last, diff, datetime.fromisoformat(when).astimezone(UTC), author))
+    return found
+
+
+@dataclass
+class SyncReport:
+    commit: str | None = None  # HEAD that was read
+    new: int = 0  # verdicts not in the store before
+    updated: int = 0  # verdicts changed since the last sync
+    approved: int = 0  # published conversations by quorum
+    rejected: int = 0
+    pending: int = 0
+    corrections: int = 0  # newly recorded edits (each leaves its conversation to be judged again)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (path, why) skipped
+
+
+def sync(store: Store, repo: DatasetRepo, min_approvals: int = 1) -> SyncReport:
+    """Pull the remote, read every verdict and every edit of a published conversation into the store, and count
+    the published conversations by quorum. Running it again with nothing new changes nothing."""
+    repo.pull()
+    report = SyncReport(commit=repo.head() if repo.has_commits() else None)
+    read = read_verdicts(repo)
+    report.problems.extend(read.problems)
+    report.new, report.updated, unknown = store.save_reviews(read.verdicts)
+    for r in unknown:
+        report.problems.append((verdict_path(r.conversation_id, r.reviewer), "no such conversation in the store"))
+    for c in find_corrections(store, repo):
+        try:
+            report.corrections += store.save_correction(c)
+        except NotFound:
+            report.problems.append((c.conversation_id, "corrected conversation is not in the store"))
+    by_conv: dict[str, list[Review]] = {}
+    for r in store.reviews():
+        by_conv.setdefault(r.conversation_id, []).append(r)
+    for p in store.publications(state="published"):
+        state = quorum(by_conv.get(p.conversation_id, []), min_approvals)
+        setattr(report, state, getattr(report, state) + 1)
+    return report
