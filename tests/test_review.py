@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from thresher.cli import app
 from thresher.config import Settings
-from thresher.dataset_repo import DatasetRepo
+from thresher.dataset_repo import DatasetRepo, GitError
 from thresher.flywheel import publish
 from thresher.review import (
     InvalidVerdict,
@@ -265,3 +265,81 @@ def test_thresher_review_errors(tmp_path: Path, remote: Path, settings: Settings
     subprocess.run(["git", "clone", "-q", str(remote), str(path)], check=True, capture_output=True)
     result = runner.invoke(app, ["review", "--repo", str(path), "--reviewer", "Not A Slug"])
     assert result.exit_code == 2 and "safe slug" in " ".join(result.output.split())
+
+
+# -- the reviewed dataset and takedowns ---------------------------------------------------------------------------
+
+
+def test_dataset_build_is_reproducible_and_only_approved(store: Store, tmp_path: Path, remote: Path) -> None:
+    from thresher.review import build_dataset
+
+    repo, ids = published(store, tmp_path, remote, n=4)
+    ann = clone(tmp_path, remote, "ann", "ann@example.org")
+    bob = clone(tmp_path, remote, "bob", "bob@example.org")
+    write_verdict(ann, ids[0], "approve")
+    write_verdict(ann, ids[1], "approve")
+    write_verdict(bob, ids[1], "reject", reason="the answer is vague")
+    write_verdict(bob, ids[2], "approve", score=8)
+    repo.pull()
+    first = build_dataset(repo, "HEAD", tmp_path / "a")
+    with pytest.raises(GitError, match="not a commit of the clone"):
+        build_dataset(ann, first.commit, tmp_path / "b")  # ann's clone has not seen bob's verdicts yet
+    ann.pull()
+    second = build_dataset(DatasetRepo(ann.path), first.commit, tmp_path / "b")  # another clone, pinned commit
+    assert second == first
+    assert (tmp_path / "a" / "data.jsonl").read_bytes() == (tmp_path / "b" / "data.jsonl").read_bytes()
+    assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
+    rows = [json.loads(x) for x in (tmp_path / "a" / "data.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == sorted([ids[0], ids[2]])
+    assert set(rows[0]) == {"id", "messages"} and rows[0]["messages"][0]["role"] == "user"
+    assert (first.approved, first.rejected, first.pending, first.conversations) == (2, 1, 1, 4)
+    two = build_dataset(repo, "HEAD", tmp_path / "c", min_approvals=2)
+    assert two.approved == 0 and two.pending == 3
+
+
+def test_takedown_removes_from_head_and_from_every_build(store: Store, tmp_path: Path, remote: Path) -> None:
+    from thresher.flywheel import takedown
+    from thresher.review import build_dataset
+
+    repo, ids = published(store, tmp_path, remote, n=2)
+    ann = clone(tmp_path, remote, "ann", "ann@example.org")
+    for cid in ids:
+        write_verdict(ann, cid, "approve")
+    repo.pull()
+    before = repo.head()
+    report = takedown(store, repo, ids[0], "contains a home address")
+    assert report.removed_path and report.pushed and report.history
+    files = git(remote, "ls-tree", "-r", "--name-only", "main")
+    assert f"{ids[0]}.json" not in files.replace(f"takedowns/{ids[0]}.json", "")
+    assert f"reviews/{ids[0]}/" not in files and f"takedowns/{ids[0]}.json" in files
+    assert git(remote, "log", "-1", "--format=%s", "main") == f"Take down {ids[0]}: contains a home address"
+    assert store.get(ids[0]).status == "taken_down" and not store.get(ids[0]).publish_allowed
+    # A build pinned before the takedown leaves it out too: never-train.
+    m = build_dataset(repo, before, tmp_path / "old")
+    assert m.taken_down == 1 and m.approved == 1
+    assert ids[0] not in (tmp_path / "old" / "data.jsonl").read_text()
+    # Publishing again does not bring it back.
+    assert publish(store, repo, threshold=8.0).published == []
+    with pytest.raises(ValueError, match="reason"):
+        takedown(store, repo, ids[1], "  ")
+
+
+def test_takedown_and_build_commands(settings: Settings, tmp_path: Path, remote: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("THRESHER_DATASET_REMOTE", str(remote))
+    store = Store(settings.db_url)
+    store.migrate()
+    cid = judged(store, "Tell me about tides.", "Tides follow the moon.", 9.0)
+    store.close()
+    runner = CliRunner()
+    assert runner.invoke(app, ["publish", "--data-dir", str(settings.data_dir)]).exit_code == 0
+    result = runner.invoke(app, ["takedown", cid, "--reason", "asked by its owner",
+                                 "--data-dir", str(settings.data_dir)])
+    assert result.exit_code == 0, result.output
+    assert "never-train" in result.output and "git filter-repo --invert-paths --path conversations/" in result.output
+    missing = runner.invoke(app, ["takedown", "NOPE", "--reason", "x", "--data-dir", str(settings.data_dir)])
+    assert missing.exit_code == 2 and "no conversation" in missing.output
+    out = tmp_path / "built"
+    result = runner.invoke(app, ["dataset", "build", "--out", str(out), "--repo", str(settings.data_dir / "dataset")])
+    assert result.exit_code == 0, result.output
+    assert "0 approved of 0" in result.output and (out / "manifest.json").exists()

@@ -464,3 +464,82 @@ def _show_conversation(out: Any, rec: dict[str, Any], where: str) -> None:
         out.print(Text("flags: " + ", ".join(rec["flags"]), style="yellow"))
     for m in rec.get("messages", []):
         out.print(Panel(Text(str(m.get("content", ""))), title=str(m.get("role", "?")), title_align="left"))
+
+
+@app.command("takedown")
+def takedown_cmd(
+    conversation_id: Annotated[str, typer.Argument(help="The conversation to remove.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the tombstone and the commit message).")],
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory [default: ./thresher-data].")] = None,
+) -> None:
+    """Remove a conversation from the dataset with a tombstone commit and mark it never-train.
+
+    Example: `thresher takedown 01JABCDEF0123456789ABCDEFG --reason "contains a home address"`
+    """
+    from thresher.dataset_repo import DatasetRepo, GitError
+    from thresher.flywheel import takedown
+    from thresher.store import NotFound, Store
+
+    s = _settings(data_dir=data_dir)
+    store = Store(s.db_url)
+    store.migrate()
+    try:
+        repo = DatasetRepo(s.dataset_path, s.dataset_remote).open(s.licence)
+        report = takedown(store, repo, conversation_id, reason)
+    except NotFound:
+        err.print(f"[red]error:[/red] no conversation {conversation_id}")
+        raise typer.Exit(2) from None
+    except (ValueError, GitError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    typer.echo(f"{conversation_id} is marked never-train and will not be published again.")
+    if report.removed_path:
+        typer.echo(f"removed {report.removed_path} from HEAD in commit {report.commit[:12] if report.commit else '-'}"
+                   + (" and pushed" if report.pushed else " (not pushed yet: run thresher publish to retry)"))
+        typer.echo(
+            f"Git history still holds the file in {len(report.history)} earlier commit(s), and so does every clone "
+            "and fork made before now. To erase it: in a fresh clone run\n"
+            f"  git filter-repo --invert-paths --path {report.removed_path}\n"
+            "then force-push every branch, ask the git host to purge cached views and pull requests, and ask the "
+            "people who cloned the dataset to re-clone."
+        )
+    else:
+        typer.echo("it was not in the dataset's HEAD; a tombstone keeps it out of every build.")
+
+
+dataset_app = typer.Typer(help="The reviewed dataset.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("build")
+def dataset_build(
+    out: Annotated[Path, typer.Option(help="Directory for data.jsonl and manifest.json.")],
+    at: Annotated[str, typer.Option(help="Commit (or branch, tag) of the dataset to build from.")] = "HEAD",
+    repo_path: Annotated[Path | None, typer.Option("--repo", help="A clone of the dataset [default: the "
+                                                                  "data dir's clone].")] = None,
+    min_approvals: Annotated[int | None, typer.Option(help="Approvals needed [default: quorum_approvals].")] = None,
+) -> None:
+    """Write the approved conversations at a commit as training-ready JSONL, with a manifest.
+
+    Example: `thresher dataset build --at 3f2a9c1 --out round-1-data`
+
+    Byte-for-byte reproducible: the same commit gives the same files.
+    """
+    from thresher.dataset_repo import DatasetRepo, GitError
+    from thresher.review import build_dataset
+
+    s = _settings()
+    path = repo_path or s.dataset_path
+    if not (path / ".git").exists():
+        err.print(f"[red]error:[/red] {path} is not a clone of the dataset")
+        raise typer.Exit(2)
+    try:
+        m = build_dataset(DatasetRepo(path), at, out, s.quorum_approvals if min_approvals is None else min_approvals)
+    except GitError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    typer.echo(f"commit {m.commit}: {m.approved} approved of {m.conversations} ({m.rejected} rejected, "
+               f"{m.pending} pending, {m.taken_down} taken down)")
+    typer.echo(f"wrote {out / 'data.jsonl'} (sha256 {m.sha256[:16]}…) and {out / 'manifest.json'}")

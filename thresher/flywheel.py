@@ -185,3 +185,48 @@ def _rejection(conv: Conversation, judgment: Judgment, threshold: float) -> str 
     if judgment.score < threshold:
         return f"score {judgment.score:.2f} below the threshold {threshold:g}"
     return None
+
+
+@dataclass
+class TakedownReport:
+    conversation_id: str
+    removed_path: str | None  # the file removed from HEAD, if it was published
+    commit: str | None  # the tombstone commit
+    pushed: bool
+    history: list[str] = field(default_factory=list)  # earlier commits that still hold the file
+
+
+def takedown(store: Store, repo: DatasetRepo, conv_id: str, reason: str) -> TakedownReport:
+    """Remove a conversation from the dataset's HEAD with a tombstone commit and mark it never-train.
+
+    The tombstone `takedowns/<id>.json` holds only the id, the reason and the time, so every later dataset build
+    leaves the conversation out. Git history still holds the file: the report lists the commits, and the caller tells
+    the operator how to rewrite history."""
+    if not reason.strip():
+        raise ValueError("a takedown needs a reason")
+    conv = store.get(conv_id)  # NotFound for an unknown id
+    try:
+        repo.pull()
+    except GitError as e:
+        log.warning("could not pull the dataset before the takedown: %s", e)
+    pub = next((p for p in store.publications() if p.conversation_id == conv_id), None)
+    path = pub.path if pub and pub.path else conversation_path(conv_id, conv.created_at)
+    changed = []
+    if (repo.path / path).exists():
+        repo.git("rm", "-q", "--", path)
+        changed.append(path)
+    reviews = repo.path / "reviews" / conv_id
+    if reviews.exists():
+        repo.git("rm", "-q", "-r", "--", f"reviews/{conv_id}")
+        changed.append(f"reviews/{conv_id}")
+    tomb = f"takedowns/{conv_id}.json"
+    repo.write(tomb, {"id": conv_id, "reason": reason, "time": utcnow().isoformat(timespec="seconds")})
+    commit = repo.commit([tomb], f"Take down {conv_id}: {reason}")  # the removals are staged by git rm
+    history = repo.git("log", "--format=%H", "--", path).splitlines() if changed else []
+    store.set_publish(conv_id, False)
+    store.set_publication(Publication(conv_id, "taken_down", reason, path=path if changed else None,
+                                      commit_sha=commit.sha if commit else None,
+                                      score=pub.score if pub else None, judge_id=pub.judge_id if pub else None))
+    pushed = repo.push() if repo.remote else False
+    return TakedownReport(conv_id, path if changed else None, commit.sha if commit else None, pushed,
+                          [h for h in history if not commit or h != commit.sha])

@@ -14,15 +14,17 @@ was published, keeps the diff in the store and leaves the conversation to be jud
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from thresher.dataset_repo import DatasetRepo, GitError
+from thresher.dataset_repo import DatasetRepo, GitError, dump
 from thresher.store import Correction, NotFound, Review, Store
 
 log = logging.getLogger("thresher.review")
@@ -283,3 +285,63 @@ def sync(store: Store, repo: DatasetRepo, min_approvals: int = 1) -> SyncReport:
         state = quorum(by_conv.get(p.conversation_id, []), min_approvals)
         setattr(report, state, getattr(report, state) + 1)
     return report
+
+
+# -- the reviewed dataset at a commit -----------------------------------------------------------------------------
+
+
+@dataclass
+class Manifest:
+    commit: str
+    min_approvals: int
+    conversations: int  # files at the commit
+    approved: int  # written to data.jsonl
+    rejected: int
+    pending: int
+    taken_down: int  # excluded by a tombstone, whenever it was made
+    sha256: str  # of data.jsonl
+
+    def to_json(self) -> str:
+        return dump(asdict(self))
+
+
+def taken_down(repo: DatasetRepo, at: str = "HEAD") -> set[str]:
+    """Ids with a tombstone in `takedowns/` at a commit."""
+    if not repo.has_commits():
+        return set()
+    out = repo.git("ls-tree", "-r", "--name-only", at, "--", "takedowns")
+    return {p.rsplit("/", 1)[-1].removesuffix(".json") for p in out.splitlines() if p.endswith(".json")}
+
+
+def build_dataset(repo: DatasetRepo, at: str, out: Path, min_approvals: int = 1) -> Manifest:
+    """The approved conversations at commit `at` as training-ready JSONL (`{"id", "messages"}` a line, by id) plus
+    `manifest.json`. Byte-for-byte reproducible: nothing depends on the time, the machine or the store; the one
+    thing read beyond `at` is the takedown tombstones at HEAD, so a conversation taken down later never trains."""
+    try:
+        sha = repo.git("rev-parse", "--verify", f"{at}^{{commit}}")
+    except GitError:
+        raise GitError(f"{at!r} is not a commit of the clone at {repo.path} (pull first, or check the id)") from None
+    paths = conversation_paths(repo, sha)
+    by_conv: dict[str, list[Review]] = {}
+    for v in read_verdicts(repo, sha).verdicts:
+        by_conv.setdefault(v.conversation_id, []).append(v)
+    gone = taken_down(repo, sha) | taken_down(repo, "HEAD")
+    counts = {"approved": 0, "rejected": 0, "pending": 0}
+    lines, removed = [], 0
+    for conv_id in sorted(paths):
+        if conv_id in gone:
+            removed += 1
+            continue
+        state = quorum(by_conv.get(conv_id, []), min_approvals)
+        counts[state] += 1
+        if state == "approved":
+            rec = json.loads(repo.git("show", f"{sha}:{paths[conv_id]}"))
+            messages = [{"role": m["role"], "content": m["content"]} for m in rec["messages"]]
+            lines.append(json.dumps({"id": conv_id, "messages": messages}, ensure_ascii=False, sort_keys=True))
+    data = "".join(line + "\n" for line in lines).encode("utf-8")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "data.jsonl").write_bytes(data)
+    manifest = Manifest(sha, min_approvals, len(paths), counts["approved"], counts["rejected"], counts["pending"],
+                        removed, hashlib.sha256(data).hexdigest())
+    (out / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
+    return manifest

@@ -536,7 +536,8 @@ class Store:
                     setattr(row, name, getattr(p, name))
                 row.updated_at = now
                 conv = convs.get(p.conversation_id)
-                if conv is not None and conv.status in ("ended", "judged", "published", "rejected", "accepted"):
+                if conv is not None and conv.status in ("ended", "judged", "published", "rejected", "accepted",
+                                                        "taken_down"):
                     conv.status = p.state
 
     def get_many(self, ids: list[str]) -> dict[str, Conversation]:
