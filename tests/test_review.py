@@ -343,3 +343,26 @@ def test_takedown_and_build_commands(settings: Settings, tmp_path: Path, remote:
     result = runner.invoke(app, ["dataset", "build", "--out", str(out), "--repo", str(settings.data_dir / "dataset")])
     assert result.exit_code == 0, result.output
     assert "0 approved of 0" in result.output and (out / "manifest.json").exists()
+
+
+def test_serve_publishes_and_reads_verdicts_in_the_background(serve, tmp_path: Path, remote: Path) -> None:
+    import time
+
+    import httpx
+    from conftest import ScriptedEngine
+
+    with serve(ScriptedEngine(), judge="serving", judge_interval_seconds=0.1, judge_threshold=5.0,
+               publish_interval_seconds=0.2, dataset_remote=str(remote)) as srv:
+        r = httpx.post(srv.url + "/v1/chat/completions", headers={"X-Thresher-End": "true"},
+                       json={"model": "scripted", "messages": [{"role": "user", "content": "Tell me about owls."}]})
+        cid = r.headers["x-thresher-conversation"]
+        store = srv.server.config.app.state.rt.store
+        deadline = time.monotonic() + 20
+        while store.get(cid).status != "published" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert store.get(cid).status == "published"  # judged 5.5 by the uniform scripted judge, threshold 5
+        ann = clone(tmp_path, remote, "ann", "ann@example.org")
+        write_verdict(ann, cid, "approve", reason="fine")
+        while not store.reviews(cid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [v.verdict for v in store.reviews(cid)] == ["approve"]

@@ -28,6 +28,7 @@ from thresher.engines import Engine
 from thresher.engines import load as load_engine
 from thresher.flywheel import judge_pending, publish
 from thresher.judge import Judge
+from thresher.review import sync as sync_reviews
 from thresher.server.guard import ApiError, RateLimiter
 from thresher.store import Store
 
@@ -78,7 +79,8 @@ def make_judge(settings: Settings, serving: Engine) -> Judge | None:
 
 
 async def _publish_loop(rt: Runtime) -> None:
-    """Curate and publish judged conversations now and then; a failed push is retried on the next tick."""
+    """Curate and publish judged conversations now and then, and read reviewers' verdicts back; a failed push is
+    retried on the next tick."""
     s = rt.settings
     repo = DatasetRepo(s.dataset_path, s.dataset_remote)
     while True:
@@ -89,6 +91,10 @@ async def _publish_loop(rt: Runtime) -> None:
                                              daily_cap=s.publish_daily_cap)
             if report.published or report.rejected:
                 log.info("published %d, rejected %d conversation(s)", len(report.published), len(report.rejected))
+            synced = await run_in_threadpool(sync_reviews, rt.store, repo, s.quorum_approvals)
+            if synced.new or synced.updated or synced.corrections:
+                log.info("reviews: %d new, %d updated verdict(s), %d correction(s)", synced.new, synced.updated,
+                         synced.corrections)
         except Exception:  # keep the loop alive; the next tick retries
             log.exception("publishing failed")
 
