@@ -257,3 +257,20 @@ def test_git_stays_sound_after_sigkill_during_publish(tmp_path: Path, remote: Pa
     store = Store(f"sqlite:///{data / 'thresher.db'}")
     assert {p.conversation_id for p in store.publications(state="published", pushed=True)} == set(ids)
     store.close()
+
+
+def test_dedup_keys_are_kept_and_old_publications_backfilled(store: Store, tmp_path: Path, remote: Path) -> None:
+    a = judged(store, "How do owls see at night?", "Owls have large eyes with many rod cells.", 9.0)
+    repo = DatasetRepo(tmp_path / "clone", str(remote)).open()
+    publish(store, repo, threshold=8.0)
+    ((cid, h, sig, path),) = store.dedup_keys()
+    assert cid == a and len(h) == 64 and sig and len(sig) % 128 == 0  # one hash value per permutation
+    # A publication made before keys were kept: the next run reads its file once and stores its keys.
+    from thresher.store import PublicationRow
+
+    with store.engine.begin() as c:
+        c.execute(PublicationRow.__table__.update().values(dedup_hash=None, minhash=None))
+    b = judged(store, "How do owls see at night?", "Owls have  LARGE eyes with many rod cells.", 9.0)
+    report = publish(store, repo, threshold=8.0)
+    assert report.rejected[b] == f"exact duplicate of {a}"
+    assert store.dedup_keys() == [(a, h, sig, path)]

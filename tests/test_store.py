@@ -19,7 +19,7 @@ def test_migrate_blank_database_creates_columns(store: Store) -> None:
     msg_cols = {c["name"] for c in insp.get_columns("messages")}
     assert {"conversation_id", "position", "role", "content", "status", "finish_reason"} <= msg_cols
     with store.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0004"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0005"
     judgment_cols = {c["name"] for c in insp.get_columns("judgments")}
     assert {"conversation_id", "judge_id", "rubric_hash", "status", "score", "distribution", "rationale",
             "flags"} <= judgment_cols

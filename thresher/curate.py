@@ -379,6 +379,7 @@ class Deduplicator:
         self._hashes: dict[str, str] = {}  # normalised hash -> id
         self._minhashes: dict[str, MinHash] = {}
         self._template: Any = None
+        self._last: tuple[Conversation, Any] | None = None  # duplicate_of's signature, for the add() after it
         for conv in published:
             self.add(conv)
 
@@ -396,9 +397,31 @@ class Deduplicator:
         if conv.id in self._minhashes:
             return
         self._hashes.setdefault(normalised_hash(conv), conv.id)
-        mh = self._minhash(conv)
+        # duplicate_of has usually just computed this signature for the same object
+        mh = self._last[1] if self._last is not None and self._last[0] is conv else self._minhash(conv)
+        self._last = None
         self._lsh.insert(conv.id, mh)
         self._minhashes[conv.id] = mh
+
+    def add_keys(self, conv_id: str, norm_hash: str, signature: bytes) -> None:
+        """Remember a conversation by its stored keys (see `keys`), without its text: ~25 µs instead of ~400."""
+        import numpy as np
+        from datasketch import MinHash
+
+        if conv_id in self._minhashes:
+            return
+        if self._template is None:
+            self._template = MinHash(num_perm=self.num_perm, seed=1)
+        mh = MinHash(num_perm=self.num_perm, seed=1, permutations=self._template.permutations,
+                     scheme=self._template.scheme,
+                     hashvalues=np.frombuffer(signature, dtype=self._template.hashvalues.dtype).copy())
+        self._hashes.setdefault(norm_hash, conv_id)
+        self._lsh.insert(conv_id, mh)
+        self._minhashes[conv_id] = mh
+
+    def keys(self, conv: Conversation) -> tuple[str, bytes]:
+        """The keys to store for a remembered conversation: its normalised hash and MinHash signature bytes."""
+        return normalised_hash(conv), self._minhashes[conv.id].hashvalues.tobytes()
 
     def duplicate_of(self, conv: Conversation) -> str | None:
         """Why `conv` is a duplicate ("exact duplicate of ID" / "near duplicate of ID (jaccard ~0.91)"), or None."""
@@ -406,6 +429,7 @@ class Deduplicator:
         if exact is not None and exact != conv.id:
             return f"exact duplicate of {exact}"
         mh = self._minhash(conv)
+        self._last = (conv, mh)
         # LSH gives candidates; the estimated Jaccard similarity decides (LSH alone has false positives).
         best = max(((mh.jaccard(self._minhashes[k]), k) for k in self._lsh.query(mh) if k != conv.id), default=None)
         if best is not None and best[0] >= self.threshold:

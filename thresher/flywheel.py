@@ -92,16 +92,24 @@ def publish(store: Store, repo: DatasetRepo, *, threshold: float, daily_cap: int
     except GitError as e:
         log.warning("could not pull the dataset (publishing locally, pushing later): %s", e)
 
+    # Seed the de-duplicator from the keys stored with each publication; read a file only for publications made
+    # before keys were kept, and store theirs, so no later run reads it again.
     dedup = Deduplicator()
-    for p in store.publications(state="published"):
-        if p.path and (repo.path / p.path).exists():
-            rec = repo.read(p.path)
-            dedup.add(Conversation(id=rec["id"], messages=[Message(m["role"], m["content"])
-                                                            for m in rec["messages"]]))
+    backfill: list[tuple[str, str, bytes]] = []
+    for cid, norm_hash, signature, path in store.dedup_keys():
+        if norm_hash and signature:
+            dedup.add_keys(cid, norm_hash, signature)
+        elif path and (repo.path / path).exists():
+            rec = repo.read(path)
+            old = Conversation(id=rec["id"], messages=[Message(m["role"], m["content"]) for m in rec["messages"]])
+            dedup.add(old)
+            backfill.append((cid, *dedup.keys(old)))
+    store.set_dedup_keys(backfill)
 
     room = max(0, daily_cap - store.published_since(utcnow() - timedelta(days=1)))
     batch: list[tuple[Conversation, Judgment, Conversation, str | None, Counter[str]]] = []
     rejected: list[Publication] = []
+    keys: dict[str, tuple[str, bytes]] = {}
     for conv, judgment in store.undecided():
         reason = _rejection(conv, judgment, threshold)
         clean, counts = scrub(conv)
@@ -116,12 +124,14 @@ def publish(store: Store, repo: DatasetRepo, *, threshold: float, daily_cap: int
             report.deferred += 1
             continue
         dedup.add(clean)
+        keys[conv.id] = dedup.keys(clean)
         rationale, more = scrub_text(judgment.rationale) if judgment.rationale else (None, Counter())
         batch.append((conv, judgment, clean, rationale, counts + more))
     store.set_publications(rejected)
     store.set_publications([
         Publication(conv.id, "accepted", path=conversation_path(conv.id, conv.created_at), score=judgment.score,
-                    judge_id=judgment.judge_id, pii_counts=dict(counts))
+                    judge_id=judgment.judge_id, pii_counts=dict(counts), dedup_hash=keys[conv.id][0],
+                    minhash=keys[conv.id][1])
         for conv, judgment, _clean, _r, counts in batch
     ])
     for *_, counts in batch:

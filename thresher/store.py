@@ -118,6 +118,9 @@ class PublicationRow(Base):
     score: Mapped[float | None] = mapped_column(sa.Float())
     judge_id: Mapped[str | None] = mapped_column(sa.String(200))
     pii_counts: Mapped[dict[str, int] | None] = mapped_column(sa.JSON())
+    # The published (scrubbed) text's dedup keys: normalised hash and MinHash signature bytes.
+    dedup_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    minhash: Mapped[bytes | None] = mapped_column(sa.LargeBinary())
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
@@ -133,6 +136,8 @@ class Publication:
     score: float | None = None
     judge_id: str | None = None
     pii_counts: dict[str, int] | None = None
+    dedup_hash: str | None = None
+    minhash: bytes | None = None
 
 
 class ReviewRow(Base):
@@ -534,11 +539,28 @@ class Store:
                     s.add(row)
                 for name in ("state", "reason", "path", "commit_sha", "pushed", "score", "judge_id", "pii_counts"):
                     setattr(row, name, getattr(p, name))
+                if p.dedup_hash is not None:  # kept once set: later updates need not carry them
+                    row.dedup_hash, row.minhash = p.dedup_hash, p.minhash
                 row.updated_at = now
                 conv = convs.get(p.conversation_id)
                 if conv is not None and conv.status in ("ended", "judged", "published", "rejected", "accepted",
                                                         "taken_down"):
                     conv.status = p.state
+
+    def dedup_keys(self) -> list[tuple[str, str | None, bytes | None, str | None]]:
+        """(id, normalised hash, MinHash bytes, path) of every published conversation, in one light query."""
+        t = PublicationRow.__table__
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(t.c.conversation_id, t.c.dedup_hash, t.c.minhash, t.c.path)
+                             .where(t.c.state == "published"))
+            return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def set_dedup_keys(self, keys: list[tuple[str, str, bytes]]) -> None:
+        """Backfill dedup keys for publications made before they were kept."""
+        t = PublicationRow.__table__
+        with self.session() as s:
+            for cid, h, sig in keys:
+                s.execute(sa.update(t).where(t.c.conversation_id == cid).values(dedup_hash=h, minhash=sig))
 
     def get_many(self, ids: list[str]) -> dict[str, Conversation]:
         """Several conversations, with their messages, in a few queries."""
