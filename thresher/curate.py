@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from thresher.conversation import Conversation, messages_hash
+from thresher.judge import Judgment
 
 if TYPE_CHECKING:
     from datasketch import MinHash
@@ -446,3 +447,19 @@ class Deduplicator:
             reasons.append(reason)
         return reasons
 
+
+# --- selection ---------------------------------------------------------------------------------------------------
+
+
+def rejection(conv: Conversation, judgment: Judgment, threshold: float) -> str | None:
+    """Selection: why a judged conversation may not be published (consent, flags, score), or None. Duplicates and
+    the daily cap are decided by the caller, which sees the whole batch."""
+    if not conv.publish_allowed:
+        return "owner opted out"
+    if judgment.status == "flagged":
+        return f"flagged for a human: {', '.join(judgment.flags)}"
+    if judgment.score is None:
+        return f"no score ({judgment.status})"
+    if judgment.score < threshold:
+        return f"score {judgment.score:.2f} below the threshold {threshold:g}"
+    return None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from thresher.conversation import Conversation, Message, utcnow
-from thresher.curate import Deduplicator, scrub, scrub_text
+from thresher.curate import Deduplicator, rejection, scrub, scrub_text
 from thresher.dataset_repo import DatasetRepo, GitError, conversation_path
 from thresher.judge import Judge, Judgment
 from thresher.store import Publication, Store
@@ -111,7 +111,7 @@ def publish(store: Store, repo: DatasetRepo, *, threshold: float, daily_cap: int
     rejected: list[Publication] = []
     keys: dict[str, tuple[str, bytes]] = {}
     for conv, judgment in store.undecided():
-        reason = _rejection(conv, judgment, threshold)
+        reason = rejection(conv, judgment, threshold)
         clean, counts = scrub(conv)
         if reason is None:
             reason = dedup.duplicate_of(clean)
@@ -182,19 +182,6 @@ def publish(store: Store, repo: DatasetRepo, *, threshold: float, daily_cap: int
     if report.pii:
         log.info("scrubbed personal data: %s", ", ".join(f"{k} {v}" for k, v in sorted(report.pii.items())))
     return report
-
-
-def _rejection(conv: Conversation, judgment: Judgment, threshold: float) -> str | None:
-    """Why a judged conversation may not be published, or None."""
-    if not conv.publish_allowed:
-        return "owner opted out"
-    if judgment.status == "flagged":
-        return f"flagged for a human: {', '.join(judgment.flags)}"
-    if judgment.score is None:
-        return f"no score ({judgment.status})"
-    if judgment.score < threshold:
-        return f"score {judgment.score:.2f} below the threshold {threshold:g}"
-    return None
 
 
 @dataclass
