@@ -68,11 +68,17 @@ def _postgres_available() -> str | None:
         return f"no PostgreSQL server at {POSTGRES_URL} ({type(e).__name__}); .ci/run starts one"
 
 
-def _reset_postgres(url: str) -> None:
+# Each test process gets its own schema, so two runs on one machine (a developer's and CI's) never meet.
+PG_SCHEMA = f"thresher_test_{os.getpid()}"
+
+
+def _reset_postgres(url: str) -> str:
+    """A fresh, empty schema for this process; returns the URL that uses it."""
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE; CREATE SCHEMA {PG_SCHEMA}")
     engine.dispose()
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{PG_SCHEMA}"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -82,8 +88,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     reason = _postgres_available()
     if reason:
         pytest.skip(reason)
-    _reset_postgres(POSTGRES_URL)
-    return POSTGRES_URL
+    return _reset_postgres(POSTGRES_URL)
 
 
 @pytest.fixture
@@ -149,3 +154,13 @@ def serve(settings: Settings):
         return LiveServer(create_app(s, engine=engine))
 
     return start
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_postgres_schema():
+    yield
+    if _postgres_available() is None:
+        engine = sa.create_engine(POSTGRES_URL)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE")
+        engine.dispose()

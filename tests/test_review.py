@@ -206,6 +206,22 @@ def test_an_edit_is_a_correction_with_its_diff(store: Store, tmp_path: Path, rem
     assert sync(store, publisher).corrections == 0  # recorded once
     assert store.corrections(ids[1]) == []
 
+    # The corrected text is judged again, and the correction is then done.
+    from conftest import ScriptedEngine
+
+    from thresher.flywheel import rejudge_corrections
+    from thresher.judge import Judge
+
+    engine = ScriptedEngine()
+    seen: list[str] = []
+    engine.next_token_probs = lambda messages, choices, prefix="": (  # type: ignore[method-assign]
+        seen.append(messages[-1]["content"]) or {c: 1 / len(choices) for c in choices})
+    assert rejudge_corrections(store, publisher, Judge(engine, rationale="never")) == 1
+    assert any("the moon and the sun pull the sea" in text for text in seen)
+    assert [j.judge_id for j in store.judgments(ids[0])] == ["judge@1", "scripted@1"]
+    assert store.corrections(to_rejudge=True) == [] and store.corrections(ids[0])[0].rejudged_at is not None
+    assert rejudge_corrections(store, publisher, Judge(engine, rationale="never")) == 0
+
 
 # -- the commands ----------------------------------------------------------------------------------------------
 

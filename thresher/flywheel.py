@@ -227,3 +227,22 @@ def takedown(store: Store, repo: DatasetRepo, conv_id: str, reason: str) -> Take
     pushed = repo.push() if repo.remote else False
     return TakedownReport(conv_id, path if changed else None, commit.sha if commit else None, pushed,
                           [h for h in history if not commit or h != commit.sha])
+
+
+def rejudge_corrections(store: Store, repo: DatasetRepo, judge: Judge) -> int:
+    """Judge again every conversation a reviewer corrected, on its text as corrected (the file at HEAD); the new
+    judgment replaces this judge version's earlier one. Returns how many were judged."""
+    done = 0
+    for c in store.corrections(to_rejudge=True):
+        pub = next((p for p in store.publications() if p.conversation_id == c.conversation_id), None)
+        if pub is None or not pub.path or not (repo.path / pub.path).exists():
+            store.mark_rejudged(c.conversation_id, c.commit_sha)  # gone (taken down): nothing to judge
+            continue
+        rec = repo.read(pub.path)
+        judgment = judge.judge([{"role": m["role"], "content": m["content"]} for m in rec["messages"]])
+        store.save_judgment(c.conversation_id, judgment)
+        store.mark_rejudged(c.conversation_id, c.commit_sha)
+        done += 1
+        log.info("re-judged corrected %s: %s", c.conversation_id,
+                 "-" if judgment.score is None else f"{judgment.score:.2f}")
+    return done

@@ -665,6 +665,13 @@ class Store:
             return [Correction(r.conversation_id, r.commit_sha, r.diff, _aware(r.time),  # type: ignore[arg-type]
                                r.author, _aware(r.rejudged_at)) for r in s.scalars(stmt).all()]
 
+    def mark_rejudged(self, conv_id: str, commit_sha: str) -> None:
+        """The correction at this commit has been judged again."""
+        with self.session() as s:
+            s.execute(sa.update(CorrectionRow).where(CorrectionRow.conversation_id == conv_id,
+                                                     CorrectionRow.commit_sha == commit_sha)
+                      .values(rejudged_at=utcnow()))
+
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()

@@ -26,7 +26,7 @@ from thresher.conversation import utcnow
 from thresher.dataset_repo import DatasetRepo
 from thresher.engines import Engine
 from thresher.engines import load as load_engine
-from thresher.flywheel import judge_pending, publish
+from thresher.flywheel import judge_pending, publish, rejudge_corrections
 from thresher.judge import Judge
 from thresher.review import sync as sync_reviews
 from thresher.server.guard import ApiError, RateLimiter
@@ -78,9 +78,9 @@ def make_judge(settings: Settings, serving: Engine) -> Judge | None:
                  context_tokens=settings.n_ctx)
 
 
-async def _publish_loop(rt: Runtime) -> None:
-    """Curate and publish judged conversations now and then, and read reviewers' verdicts back; a failed push is
-    retried on the next tick."""
+async def _publish_loop(rt: Runtime, judge: Judge) -> None:
+    """Curate and publish judged conversations now and then, read reviewers' verdicts back and judge corrected
+    conversations again; a failed push is retried on the next tick."""
     s = rt.settings
     repo = DatasetRepo(s.dataset_path, s.dataset_remote)
     while True:
@@ -95,6 +95,7 @@ async def _publish_loop(rt: Runtime) -> None:
             if synced.new or synced.updated or synced.corrections:
                 log.info("reviews: %d new, %d updated verdict(s), %d correction(s)", synced.new, synced.updated,
                          synced.corrections)
+            await run_in_threadpool(rejudge_corrections, rt.store, repo, judge)
         except Exception:  # keep the loop alive; the next tick retries
             log.exception("publishing failed")
 
@@ -131,7 +132,7 @@ def create_app(settings: Settings, engine: Engine | None = None, store: Store | 
         judge = await run_in_threadpool(make_judge, settings, eng)
         if judge is not None:
             tasks.append(asyncio.create_task(_judge_loop(app.state.rt, judge)))
-            tasks.append(asyncio.create_task(_publish_loop(app.state.rt)))
+            tasks.append(asyncio.create_task(_publish_loop(app.state.rt, judge)))
         try:
             yield
         finally:
