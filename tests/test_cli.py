@@ -89,8 +89,16 @@ def test_status_shows_counts_and_scores(settings) -> None:
     for i, cid in enumerate(ids[:2]):
         store.save_judgment(cid, Judgment(score=3.0 + 5 * i, status="ok", judge_id="j", rubric_hash="r"))
     store.close()
+    assert "dataset:" not in runner.invoke(app, ["status", "--data-dir", str(settings.data_dir)]).output
+    store = Store(settings.db_url)
+    from thresher.store import Publication
+
+    store.set_publications([Publication(ids[1], "published", path="p", pushed=False),
+                            Publication(ids[0], "rejected", "score 3.00 below the threshold 8")])
+    store.close()
     result = runner.invoke(app, ["status", "--data-dir", str(settings.data_dir)])
     assert result.exit_code == 0, result.output
-    assert "conversations: ended 1, judged 2" in result.output
+    assert "conversations: ended 1, published 1, rejected 1" in result.output
+    assert "dataset: published 1, rejected 1 (1 not pushed yet)" in result.output
     assert "judgments: ok 2" in result.output and "mean score: 5.50" in result.output
-    assert ids[1] in result.output and "score 8.00" in result.output
+    assert "mean score: 5.50" in result.output

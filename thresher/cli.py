@@ -263,10 +263,12 @@ def judge_eval(
 def status(
     data_dir: Annotated[Path | None, typer.Option(help="Data directory [default: ./thresher-data].")] = None,
 ) -> None:
-    """Show conversations by status, judgments and the score histogram.
+    """Show conversations by status, judgments, the score histogram and what the dataset holds.
 
     Example: `thresher status --data-dir thresher-data`
     """
+    from collections import Counter
+
     from thresher.store import Store
 
     s = _settings(data_dir=data_dir)
@@ -277,6 +279,12 @@ def status(
     typer.echo("conversations: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
     by = stats["by_status"]
     typer.echo("judgments: " + (", ".join(f"{k} {v}" for k, v in sorted(by.items())) or "none"))  # type: ignore[union-attr]
+    pubs = store.publications()
+    if pubs:
+        states = Counter(p.state for p in pubs)
+        unpushed = sum(1 for p in pubs if p.state == "published" and not p.pushed)
+        typer.echo("dataset: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
+                   + (f" ({unpushed} not pushed yet)" if unpushed else ""))
     if stats["mean_score"] is not None:
         typer.echo(f"mean score: {stats['mean_score']:.2f}")
         hist = stats["histogram"]
