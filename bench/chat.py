@@ -55,6 +55,7 @@ from pathlib import Path
 
 import httpx
 import uvicorn
+from cpu_load import OtherLoad
 from rich.console import Console
 from rich.table import Table
 
@@ -257,32 +258,6 @@ def run_concurrent(url: str, model: str, max_tokens: int, n: int) -> dict[str, f
         "ttft_min_s": min(ttfts),
         "per_stream_decode_tps_median": statistics.median(s.decode_tps for s in samples),
     }
-
-
-class OtherLoad:
-    """How much CPU other processes used while the bench ran (Linux /proc/stat), to flag a noisy machine."""
-
-    def __init__(self) -> None:
-        self.start = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float] | None:
-        try:
-            with open("/proc/stat") as f:
-                fields = [int(x) for x in f.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        busy = sum(fields[:3]) + sum(fields[5:8])  # user nice system + irq softirq steal
-        t = os.times()
-        return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system, time.monotonic()
-
-    def share(self) -> float | None:
-        """Fraction of all CPUs used by other processes since construction."""
-        end = self._sample()
-        if self.start is None or end is None:
-            return None
-        busy, ours, wall = (e - s for e, s in zip(end, self.start, strict=True))
-        return max(0.0, busy - ours) / (wall * (os.cpu_count() or 1))
 
 
 # ---------------------------------------------------------------------------------------------------- report

@@ -54,6 +54,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpu_load import OtherLoad
 from judge_data import DEGRADATIONS, build_labelled_set, select, write_jsonl
 from rich.console import Console
 from rich.table import Table
@@ -165,32 +166,6 @@ def bootstrap(one: list[Result], gen: list[Result], seed: int) -> dict[str, tupl
         return xs[int(0.025 * (len(xs) - 1))], xs[int(0.975 * (len(xs) - 1))]
 
     return {"one-pass": ci(a1), "generate": ci(a2), "difference": ci(d)}
-
-
-class OtherLoad:
-    """How much CPU other processes used while the bench ran (Linux /proc/stat), to flag a noisy machine."""
-
-    def __init__(self) -> None:
-        self.start = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float] | None:
-        try:
-            with open("/proc/stat") as f:
-                fields = [int(x) for x in f.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        busy = sum(fields[:3]) + sum(fields[5:8])  # user nice system + irq softirq steal
-        t = os.times()
-        return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system, time.monotonic()
-
-    def share(self) -> float | None:
-        """Fraction of all CPUs used by other processes since construction."""
-        end = self._sample()
-        if self.start is None or end is None:
-            return None
-        busy, ours, wall = (e - s for e, s in zip(end, self.start, strict=True))
-        return max(0.0, busy - ours) / (wall * (os.cpu_count() or 1))
 
 
 def f3(x: float | None) -> str:

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from cpu_load import OtherLoad
 from rich.console import Console
 from rich.table import Table
 from ulid import ULID
@@ -352,31 +353,6 @@ def new_conversations(store: Store, texts: Texts, n: int) -> list[Conversation]:
 # ---------------------------------------------------------------------------------------------------- main
 
 
-class Load:
-    """How much CPU other processes used while the bench ran (Linux /proc/stat; our git children count as ours)."""
-
-    def __init__(self) -> None:
-        self.start = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float] | None:
-        try:
-            with open("/proc/stat") as f:
-                fields = [int(x) for x in f.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        t = os.times()
-        ours = t.user + t.system + t.children_user + t.children_system
-        return (sum(fields[:3]) + sum(fields[5:8])) / os.sysconf("SC_CLK_TCK"), ours, time.monotonic()
-
-    def share(self) -> float | None:
-        end = self._sample()
-        if self.start is None or end is None:
-            return None
-        busy, ours, wall = (e - s for e, s in zip(end, self.start, strict=True))
-        return max(0.0, busy - ours) / (wall * (os.cpu_count() or 1))
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--existing", type=int, default=DEFAULT_EXISTING,
@@ -393,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"cpus={os.cpu_count()}; {git_version}; python {platform.python_version()} on "
                   f"{platform.machine()}")
     t_all = time.perf_counter()
-    load = Load()
+    load = OtherLoad()
     if args.keep:
         args.keep.mkdir(parents=True)
         root = args.keep
