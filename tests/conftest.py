@@ -100,6 +100,14 @@ def store(store_url: str) -> Iterator[Store]:
 
 
 @pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    """A local bare repository standing in for the public dataset's git host."""
+    from tests_helpers import bare_remote
+
+    return bare_remote(tmp_path / "remote.git")
+
+
+@pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.chdir(tmp_path)  # no stray thresher.toml from the developer's directory
     for key in list(os.environ):

@@ -7,20 +7,9 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
+from tests_helpers import git
 
 from thresher.dataset_repo import DatasetRepo, conversation_path, dump
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
-
-
-@pytest.fixture
-def remote(tmp_path: Path) -> Path:
-    bare = tmp_path / "remote.git"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
-    return bare
 
 
 def test_open_clones_an_empty_remote_and_writes_the_card(tmp_path: Path, remote: Path) -> None:

@@ -11,35 +11,15 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests_helpers import bare_remote, git, judged
 from typer.testing import CliRunner
 
 from thresher.cli import app
-from thresher.conversation import Conversation, Message
+from thresher.conversation import Message
 from thresher.dataset_repo import DatasetRepo
 from thresher.flywheel import publish
 from thresher.judge import Judgment
 from thresher.store import Publication, Store
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
-
-
-@pytest.fixture
-def remote(tmp_path: Path) -> Path:
-    bare = tmp_path / "remote.git"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
-    return bare
-
-
-def judged(store: Store, user: str, answer: str, score: float, *, allowed: bool = True, status: str = "ok",
-           flags: list[str] | None = None, rationale: str | None = None) -> str:
-    conv = store.create(Conversation(messages=[Message("user", user), Message("assistant", answer)],
-                                     publish_allowed=allowed, client_hash="c" * 32, model_version="m@1"))
-    store.end(conv.id, "button")
-    store.save_judgment(conv.id, Judgment(score=score, status=status, judge_id="judge@1", rubric_hash="r1",
-                                          flags=flags or [], rationale=rationale))
-    return conv.id
 
 
 def remote_files(remote: Path) -> dict[str, str]:
@@ -141,8 +121,7 @@ def test_opted_out_conversations_are_never_published(tmp_path_factory, choices) 
     base = tmp_path_factory.mktemp("prop")
     store = Store(f"sqlite:///{base / 'db.sqlite'}")
     store.migrate()
-    bare = base / "remote.git"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    bare = bare_remote(base / "remote.git")
     repo = DatasetRepo(base / "clone", str(bare)).open()
     private = set()
     for i, (allowed, withdraw_later, score) in enumerate(choices):

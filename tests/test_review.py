@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from test_publish import git, judged
+from tests_helpers import git, judged
 from typer.testing import CliRunner
 
 from thresher.cli import app
@@ -31,13 +31,6 @@ from thresher.review import (
     write_verdict,
 )
 from thresher.store import Store
-
-
-@pytest.fixture
-def remote(tmp_path: Path) -> Path:
-    bare = tmp_path / "remote.git"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
-    return bare
 
 
 def clone(tmp_path: Path, remote: Path, name: str, email: str) -> DatasetRepo:
