@@ -206,7 +206,7 @@ def takedown(store: Store, repo: DatasetRepo, conv_id: str, reason: str) -> Take
         repo.pull()
     except GitError as e:
         log.warning("could not pull the dataset before the takedown: %s", e)
-    pub = next((p for p in store.publications() if p.conversation_id == conv_id), None)
+    pub = store.publication(conv_id)
     path = pub.path if pub and pub.path else conversation_path(conv_id, conv.created_at)
     changed = []
     if (repo.path / path).exists():
@@ -234,7 +234,7 @@ def rejudge_corrections(store: Store, repo: DatasetRepo, judge: Judge) -> int:
     judgment replaces this judge version's earlier one. Returns how many were judged."""
     done = 0
     for c in store.corrections(to_rejudge=True):
-        pub = next((p for p in store.publications() if p.conversation_id == c.conversation_id), None)
+        pub = store.publication(c.conversation_id)
         if pub is None or not pub.path or not (repo.path / pub.path).exists():
             store.mark_rejudged(c.conversation_id, c.commit_sha)  # gone (taken down): nothing to judge
             continue

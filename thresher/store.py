@@ -207,6 +207,11 @@ def _to_judgment(r: JudgmentRow) -> Judgment:
                     error=r.error, created_at=_aware(r.created_at))  # type: ignore[arg-type]
 
 
+def _to_publication(r: PublicationRow) -> Publication:
+    return Publication(r.conversation_id, r.state, r.reason, r.path, r.commit_sha, r.pushed, r.score, r.judge_id,
+                       r.pii_counts)
+
+
 def _to_message(row: MessageRow) -> Message:
     return Message(
         role=row.role,  # type: ignore[arg-type]
@@ -581,11 +586,13 @@ class Store:
                 stmt = stmt.where(PublicationRow.state == state)
             if pushed is not None:
                 stmt = stmt.where(PublicationRow.pushed.is_(pushed))
-            return [
-                Publication(r.conversation_id, r.state, r.reason, r.path, r.commit_sha, r.pushed, r.score,
-                            r.judge_id, r.pii_counts)
-                for r in s.scalars(stmt).all()
-            ]
+            return [_to_publication(r) for r in s.scalars(stmt).all()]
+
+    def publication(self, conv_id: str) -> Publication | None:
+        """Curation's decision for one conversation, if any."""
+        with self.session() as s:
+            r = s.get(PublicationRow, conv_id)
+            return None if r is None else _to_publication(r)
 
     def published_since(self, since: datetime) -> int:
         with self.session() as s:
