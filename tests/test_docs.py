@@ -47,3 +47,11 @@ def test_every_command_has_help_with_an_example() -> None:
         assert result.exit_code == 0
         assert "Example:" in result.output, f"`thresher {name} --help` shows no example"
         assert f"thresher {name}" in README
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    block = re.match(r"# thresher\n\n```bash\n(.*?)\n```", README, re.S)
+    assert block
+    test_command = block.group(1).splitlines()[1]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test_command in ci, ".ci/run must run the README's second command, verbatim, on a line of its own"
