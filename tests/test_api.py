@@ -210,20 +210,42 @@ def test_end_signal_header_and_route(serve) -> None:
     assert r3.headers["x-thresher-conversation"] not in (cid, cid2)
 
 
-def test_publish_header_opt_out(serve) -> None:
+def test_publishing_is_opt_in_by_header_or_field(serve) -> None:
     with serve(ScriptedEngine()) as srv:
-        r = ask(srv, [{"role": "user", "content": "private"}], headers={"X-Thresher-Publish": "false"})
-        default = ask(srv, [{"role": "user", "content": "public"}])
+        default = ask(srv, [{"role": "user", "content": "unsaid"}])
+        by_header = ask(srv, [{"role": "user", "content": "header yes"}], headers={"X-Thresher-Publish": "true"})
+        by_field = ask(srv, [{"role": "user", "content": "field yes"}], thresher_publish=True)
+        field_no = ask(srv, [{"role": "user", "content": "field no"}], thresher_publish=False)
         bad = ask(srv, [{"role": "user", "content": "x"}], headers={"X-Thresher-Publish": "maybe"})
+        bad_field = ask(srv, [{"role": "user", "content": "x"}], thresher_publish="perhaps")
+        clash = ask(srv, [{"role": "user", "content": "x"}], headers={"X-Thresher-Publish": "false"},
+                    thresher_publish=True)
         st = store_of(srv)
-        assert st.get(r.headers["x-thresher-conversation"]).publish_allowed is False
-        assert st.get(default.headers["x-thresher-conversation"]).publish_allowed is True
-        # Opting out on a later turn of the same conversation sticks.
-        cid = default.headers["x-thresher-conversation"]
-        ask(srv, [{"role": "user", "content": "public"}, {"role": "assistant", "content": "Hello there, friend."},
-                  {"role": "user", "content": "now private"}], headers={"X-Thresher-Publish": "no"})
+        allowed = {r: st.get(r.headers["x-thresher-conversation"]).publish_allowed
+                   for r in (default, by_header, by_field, field_no)}
+        assert allowed == {default: False, by_header: True, by_field: True, field_no: False}
+        # Saying no on a later turn of the same conversation sticks; so does yes.
+        cid = by_header.headers["x-thresher-conversation"]
+        history = [{"role": "user", "content": "header yes"}, {"role": "assistant", "content": "Hello there, friend."}]
+        ask(srv, [*history, {"role": "user", "content": "now private"}], headers={"X-Thresher-Publish": "no"})
         assert st.get(cid).publish_allowed is False
-    assert bad.status_code == 400
+        unsaid_cid = default.headers["x-thresher-conversation"]
+        ask(srv, [{"role": "user", "content": "unsaid"}, {"role": "assistant", "content": "Hello there, friend."},
+                  {"role": "user", "content": "go on then"}], thresher_publish=True)
+        assert st.get(unsaid_cid).publish_allowed is True
+        assert len(st.list()) == 4  # the refused requests stored nothing
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_header"
+    assert bad_field.status_code == 422 and bad_field.json()["error"]["param"] == "thresher_publish"
+    assert clash.status_code == 400 and clash.json()["error"]["code"] == "conflicting_publish_choice"
+
+
+def test_operator_may_publish_api_conversations_by_default(serve) -> None:
+    with serve(ScriptedEngine(), api_publish_by_default=True) as srv:
+        yes = ask(srv, [{"role": "user", "content": "unsaid"}])
+        no = ask(srv, [{"role": "user", "content": "no"}], headers={"X-Thresher-Publish": "false"})
+        st = store_of(srv)
+        assert st.get(yes.headers["x-thresher-conversation"]).publish_allowed is True
+        assert st.get(no.headers["x-thresher-conversation"]).publish_allowed is False
 
 
 def test_idle_conversations_end(serve) -> None:

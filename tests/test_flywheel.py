@@ -89,7 +89,8 @@ def test_worker_killed_mid_batch_continues(tmp_path: Path) -> None:
 def test_serve_judges_ended_conversations_in_the_background(serve) -> None:
     engine = ScriptedEngine()
     with serve(engine, judge="serving", judge_interval_seconds=0.1) as srv:
-        r = httpx.post(srv.url + "/v1/chat/completions", headers={"X-Thresher-End": "true"},
+        r = httpx.post(srv.url + "/v1/chat/completions",
+                       headers={"X-Thresher-End": "true", "X-Thresher-Publish": "true"},
                        json={"model": "scripted", "messages": [{"role": "user", "content": "Hi"}]})
         cid = r.headers["x-thresher-conversation"]
         store = srv.server.config.app.state.rt.store

@@ -19,7 +19,7 @@ from thresher.conversation import Message
 from thresher.dataset_repo import DatasetRepo
 from thresher.flywheel import publish
 from thresher.judge import Judgment
-from thresher.store import Publication, Store
+from thresher.store import Publication, PublishLocked, Store
 
 
 def remote_files(remote: Path) -> dict[str, str]:
@@ -113,30 +113,59 @@ def test_consent_withdrawn_after_acceptance_is_honoured(store: Store, tmp_path: 
     assert not any(n.startswith("conversations/") for n in remote_files(remote))
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(choices=st.lists(st.tuples(st.booleans(), st.booleans(), st.floats(1, 10)), min_size=1, max_size=6))
-def test_opted_out_conversations_are_never_published(tmp_path_factory, choices) -> None:
-    """Property: whatever the order of opt-outs, scores and publish runs, an opted-out conversation (at its owner's
-    last choice before publication) never reaches the repository."""
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=st.lists(st.tuples(st.booleans(), st.lists(st.booleans(), max_size=3), st.booleans(), st.floats(1, 10)),
+                     min_size=1, max_size=6))
+def test_never_published_against_the_owners_last_choice(tmp_path_factory, plan) -> None:
+    """Property: whatever the order of choices (yes, no, yes again), scores and publish runs, and even a withdrawal
+    attempted while the conversation's file is being written, a conversation reaches the repository only if its
+    owner's last accepted choice is yes. A choice made after the claim is refused (PublishLocked), never ignored."""
     base = tmp_path_factory.mktemp("prop")
     store = Store(f"sqlite:///{base / 'db.sqlite'}")
     store.migrate()
     bare = bare_remote(base / "remote.git")
     repo = DatasetRepo(base / "clone", str(bare)).open()
-    private = set()
-    for i, (allowed, withdraw_later, score) in enumerate(choices):
+    last: dict[str, bool] = {}  # the owner's last choice the store accepted
+    flips: dict[str, list[bool]] = {}
+    during: set[str] = set()  # owners who try to withdraw while their file is being written
+    write = repo.write
+
+    def write_while_owner_withdraws(path: str, record: dict) -> None:
+        cid = Path(path).stem
+        if cid in during:
+            try:
+                store.choose_publish(cid, False)
+                last[cid] = False
+            except PublishLocked:
+                pass  # refused and said so: the owner's last accepted choice is still yes
+        write(path, record)
+
+    repo.write = write_while_owner_withdraws  # type: ignore[method-assign]
+    for i, (allowed, later, withdraw_during, score) in enumerate(plan):
         cid = judged(store, f"Question number {i} about topic {i * 7}?", f"Answer {i}: details {i * 13}.", score,
                      allowed=allowed)
-        if not allowed:
-            private.add(cid)
+        last[cid], flips[cid] = allowed, list(later)
+        if withdraw_during:
+            during.add(cid)
+        for other, pending in flips.items():
+            if pending:
+                choice = pending.pop(0)
+                try:
+                    store.choose_publish(other, choice)
+                    last[other] = choice
+                except PublishLocked:
+                    assert store.get(other).status in ("publishing", "published")
         if i % 2 == 0:
             publish(store, repo, threshold=5.0)
-        if withdraw_later and store.get(cid).status != "published":
-            store.set_publish(cid, False)
-            private.add(cid)
     publish(store, repo, threshold=5.0)
     names = git(bare, "log", "--all", "--name-only", "--format=")
-    assert not any(cid in names for cid in private)
+    published = {cid for cid in last if cid in names}
+    assert all(last[cid] for cid in published), {cid: last[cid] for cid in published}
+    assert published == {p.conversation_id for p in store.publications(state="published")}
+    # A yes after a consent rejection is decided again: every conversation the owner finally allowed and the judge
+    # scored high enough is published.
+    wanted = {cid for cid, yes in last.items() if yes and store.judgments(cid)[-1].score >= 5.0}
+    assert published == wanted
     store.close()
 
 

@@ -362,7 +362,8 @@ def test_serve_publishes_and_reads_verdicts_in_the_background(serve, tmp_path: P
 
     with serve(ScriptedEngine(), judge="serving", judge_interval_seconds=0.1, judge_threshold=5.0,
                publish_interval_seconds=0.2, dataset_remote=str(remote)) as srv:
-        r = httpx.post(srv.url + "/v1/chat/completions", headers={"X-Thresher-End": "true"},
+        r = httpx.post(srv.url + "/v1/chat/completions",
+                       headers={"X-Thresher-End": "true", "X-Thresher-Publish": "true"},
                        json={"model": "scripted", "messages": [{"role": "user", "content": "Tell me about owls."}]})
         cid = r.headers["x-thresher-conversation"]
         store = srv.server.config.app.state.rt.store

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from thresher.conversation import COMPLETE, INTERRUPTED, STREAMING, Conversation, Message, utcnow
-from thresher.store import NotFound, Store
+from thresher.store import NotFound, PublishLocked, Store
 
 
 def test_migrate_blank_database_creates_columns(store: Store) -> None:
@@ -131,3 +131,41 @@ def test_judgments_pending_save_and_replace(store: Store) -> None:
     assert [c.id for c in store.pending_judgment("j2", "r1")] == [ended.id]  # failures are retried
     stats = store.judgment_stats()
     assert stats["by_status"] == {"ok": 1, "failed": 1} and stats["histogram"][5] == 1
+
+
+def test_owner_choice_locks_once_claimed_for_publishing(store: Store) -> None:
+    conv = store.create(Conversation(messages=[Message("user", "a")], publish_allowed=False))
+    other = store.create(Conversation(messages=[Message("user", "b")], publish_allowed=True))
+    assert store.choose_publish(conv.id, True).publish_allowed is True
+    store.end(conv.id, "button")
+    assert store.claim_for_publishing([conv.id, other.id, "NOPE"]) == {conv.id, other.id}
+    assert store.get(conv.id).status == "publishing"
+    with pytest.raises(PublishLocked, match="already publishing"):
+        store.choose_publish(conv.id, False)
+    assert store.get(conv.id).publish_allowed is True
+    assert store.choose_publish(conv.id, True).publish_allowed is True  # saying yes again changes nothing
+    store.choose_publish(other.id, True)
+    with pytest.raises(NotFound):
+        store.choose_publish("NOPE", True)
+    private = store.create(Conversation(messages=[Message("user", "c")], publish_allowed=False))
+    assert store.claim_for_publishing([private.id]) == set() and store.get(private.id).status == "open"
+
+
+def test_a_yes_after_a_consent_rejection_is_decided_again(store: Store) -> None:
+    from thresher.judge import Judgment
+    from thresher.store import Publication
+
+    conv = store.create(Conversation(messages=[Message("user", "a"), Message("assistant", "b")],
+                                     publish_allowed=False))
+    store.end(conv.id, "button")
+    store.save_judgment(conv.id, Judgment(score=9.0, status="ok", judge_id="j", rubric_hash="r"))
+    store.set_publication(Publication(conv.id, "rejected", "owner opted out"))
+    assert store.get(conv.id).status == "rejected"
+    store.choose_publish(conv.id, True)
+    assert store.publication(conv.id) is None and store.get(conv.id).status == "judged"
+    assert [c.id for c, _ in store.undecided()] == [conv.id]
+    # A rejection for any other reason stands.
+    store.set_publication(Publication(conv.id, "rejected", "score 3.00 below the threshold 8"))
+    store.choose_publish(conv.id, False)
+    store.choose_publish(conv.id, True)
+    assert store.publication(conv.id).state == "rejected"

@@ -156,7 +156,7 @@ def test_enter_sends_and_the_reply_streams_in(open_chat, tmp_path: Path) -> None
         ("assistant", REPLY, "complete"),
     ]
     conv = store_of(live).get(conv_id)
-    assert conv.source == "web" and not conv.ended and conv.publish_allowed
+    assert conv.source == "web" and not conv.ended and not conv.publish_allowed  # nobody said yes
 
     page.screenshot(path=tmp_path / "chat.png", full_page=True)
 
@@ -272,6 +272,7 @@ def test_end_conversation_then_start_a_new_one(open_chat) -> None:
 
 def test_a_conversation_ended_in_the_page_is_judged(open_chat) -> None:
     page, live = open_chat(judge="serving", judge_interval_seconds=0.1)
+    page.get_by_role("switch", name="Publish this conversation").check()  # only what may be published is judged
     send(page, "Hello")
     wait_reply_done(page)
     cid = only_conversation(live)
@@ -283,56 +284,52 @@ def test_a_conversation_ended_in_the_page_is_judged(open_chat) -> None:
     assert store_of(live).get(cid).status == "judged"
 
 
-def test_opting_out_before_the_first_message(open_chat) -> None:
+def test_nothing_is_published_without_a_yes(open_chat) -> None:
     page, live = open_chat(ScriptedEngine())
-    optout = page.get_by_role("checkbox", name="Don't publish this conversation")
-    expect(optout).not_to_be_checked()
-    optout.check()
-    expect(page.get_by_role("status")).to_have_text("This conversation will not be published.")
-
+    switch = page.get_by_role("switch", name="Publish this conversation")
+    expect(switch).not_to_be_checked()
     send(page, "Keep this private")
     wait_reply_done(page)
-    conv = store_of(live).get(only_conversation(live))
-    assert conv.publish_allowed is False
-
+    first = only_conversation(live)
+    assert store_of(live).get(first).publish_allowed is False
     page.get_by_role("button", name="End conversation").click()
     expect(page.get_by_role("status")).to_contain_text("You chose not to publish it")
 
+    page.get_by_role("button", name="New conversation").click()
+    switch.check()
+    expect(page.get_by_role("status")).to_have_text("This conversation may be published.")
+    send(page, "This one may be published")
+    wait_reply_done(page)
+    (second,) = {c.id for c in store_of(live).list()} - {first}
+    assert store_of(live).get(second).publish_allowed is True
 
-def test_opting_out_mid_conversation_and_back(open_chat) -> None:
+
+def test_switching_publication_on_mid_conversation_and_off_again(open_chat) -> None:
     page, live = open_chat(ScriptedEngine())
     send(page, "Hello")
     wait_reply_done(page)
     conv_id = only_conversation(live)
     store = store_of(live)
-    assert store.get(conv_id).publish_allowed is True
+    assert store.get(conv_id).publish_allowed is False
 
-    optout = page.get_by_role("checkbox", name="Don't publish this conversation")
-    optout.check()
-    expect(page.get_by_role("status")).to_have_text("This conversation will not be published.")
-    wait_for(lambda: store.get(conv_id).publish_allowed is False)
-
-    optout.uncheck()
+    switch = page.get_by_role("switch", name="Publish this conversation")
+    switch.check()
     expect(page.get_by_role("status")).to_have_text("This conversation may be published.")
     wait_for(lambda: store.get(conv_id).publish_allowed is True)
-    expect(optout).not_to_be_checked()
 
-
-def test_opt_out_is_ticked_when_publishing_is_off_by_default(open_chat) -> None:
-    page, live = open_chat(ScriptedEngine(), publish_by_default=False)
-    expect(page.get_by_role("checkbox", name="Don't publish this conversation")).to_be_checked()
-    send(page, "Hello")
-    wait_reply_done(page)
-    assert store_of(live).get(only_conversation(live)).publish_allowed is False
+    switch.uncheck()
+    expect(page.get_by_role("status")).to_have_text("This conversation will not be published.")
+    wait_for(lambda: store.get(conv_id).publish_allowed is False)
+    expect(switch).not_to_be_checked()
 
 
 def test_consent_notice_names_the_licence(open_chat) -> None:
     page, _ = open_chat(ScriptedEngine())
     notice = page.get_by_role("note")
     expect(notice).to_be_visible()
-    expect(notice).to_contain_text("public training data")
+    expect(notice).to_contain_text("public dataset")
     expect(notice).to_contain_text("CC-BY-4.0")
-    expect(notice.get_by_role("checkbox", name="Don't publish this conversation")).to_be_visible()
+    expect(notice.get_by_role("switch", name="Publish this conversation")).to_be_visible()
 
 
 def test_consent_notice_follows_the_configured_licence(open_chat) -> None:

@@ -42,7 +42,7 @@ class ChatService:
         *,
         client_hash: str | None,
         source: str,
-        publish_allowed: bool = True,
+        publish_allowed: bool = False,
         owner_hash: str | None = None,
     ) -> Opened:
         """Attach a request's messages (ending with a user message) to a conversation and commit the last one."""

@@ -83,8 +83,10 @@ class Settings(BaseSettings):
     )
 
     licence: str = Field("CC-BY-4.0", description="Licence under which published conversations are released.")
-    publish_by_default: bool = Field(
-        True, description="Whether a new conversation may be published unless its owner opts out."
+    api_publish_by_default: bool = Field(
+        False, description="Whether an API conversation whose request does not say (`X-Thresher-Publish` header or "
+        "`thresher_publish` field) may be published. The chat page always asks its user; nothing is published "
+        "without a yes."
     )
     idle_timeout_minutes: float = Field(
         30, gt=0, description="A conversation with no new message for this long is ended."

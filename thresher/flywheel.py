@@ -141,12 +141,16 @@ def publish(store: Store, repo: DatasetRepo, *, threshold: float, daily_cap: int
     pending = {c.id: (j, clean, r) for c, j, clean, r, _ in batch}
     accepted = store.publications(state="accepted")
     convs = store.get_many([p.conversation_id for p in accepted])
+    # The owner's last word: claimed under a row lock, after which their switch is locked until publication.
+    claimed = store.claim_for_publishing(list(convs))
     done: list[Publication] = []
     withdrawn: list[Publication] = []
     judges: set[str] = set()
     for p in accepted:
-        conv = convs[p.conversation_id]
-        if not conv.publish_allowed:  # withdrawn since it was chosen
+        conv = convs.get(p.conversation_id)
+        if conv is None:  # deleted by its owner meanwhile
+            continue
+        if conv.id not in claimed:  # withdrawn since it was chosen
             withdrawn.append(Publication(conv.id, "rejected", "owner withdrew consent", score=p.score,
                                          judge_id=p.judge_id))
             report.rejected[conv.id] = "owner withdrew consent"

@@ -36,6 +36,17 @@ class NotFound(LookupError):
     """No conversation with that id."""
 
 
+class PublishLocked(ValueError):
+    """The conversation is published or being published: its owner's switch no longer changes anything (a takedown
+    does)."""
+
+
+# Conversation states in which the owner's publishing choice can no longer change what happens.
+LOCKED = ("publishing", "published", "taken_down")
+# Curation's reasons for a rejection that only the owner's choice caused; a later yes undoes them.
+CONSENT_REJECTIONS = ("owner opted out", "owner withdrew consent")
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -398,11 +409,45 @@ class Store:
             return _to_conversation(row)
 
     def set_publish(self, conv_id: str, allowed: bool) -> None:
+        """The operator's override (a takedown): unconditional. Owners go through `choose_publish`."""
         with self.session() as s:
             row = s.get(ConversationRow, conv_id)
             if row is None:
                 raise NotFound(conv_id)
             row.publish_allowed = allowed
+
+    def choose_publish(self, conv_id: str, allowed: bool) -> Conversation:
+        """The owner's choice, honoured until the conversation is claimed for publishing (`claim_for_publishing`
+        takes the same row lock, so a choice either lands before the claim or is refused with PublishLocked).
+        A yes after curation turned the conversation away only for want of consent lets curation decide again."""
+        with self.session() as s:
+            row = s.get(ConversationRow, conv_id, with_for_update=True)
+            if row is None:
+                raise NotFound(conv_id)
+            if row.status in LOCKED and allowed != row.publish_allowed:
+                raise PublishLocked(f"conversation {conv_id} is already {row.status.replace('_', ' ')}")
+            row.publish_allowed = allowed
+            pub = s.get(PublicationRow, conv_id)
+            if allowed and pub is not None and pub.state == "rejected" and pub.reason in CONSENT_REJECTIONS:
+                s.delete(pub)
+                judged = s.scalar(sa.select(JudgmentRow.id).where(JudgmentRow.conversation_id == conv_id,
+                                                                  JudgmentRow.status != "failed").limit(1))
+                row.status = "judged" if judged else "ended" if row.ended_at else "open"
+            return _to_conversation(row)
+
+    def claim_for_publishing(self, ids: list[str]) -> set[str]:
+        """Of these conversations, the ones whose owners still allow publishing, now marked `publishing` (their
+        owners' switches lock); the others are left as they are. One transaction with row locks."""
+        claimed: set[str] = set()
+        with self.session() as s:
+            for start in range(0, len(ids), 500):
+                rows = s.scalars(sa.select(ConversationRow).where(ConversationRow.id.in_(ids[start:start + 500]))
+                                 .with_for_update()).all()
+                for row in rows:
+                    if row.publish_allowed:
+                        row.status = "publishing"
+                        claimed.add(row.id)
+        return claimed
 
     def end_idle(self, idle_since: datetime) -> list[str]:
         """End every open conversation with no activity since `idle_since`; returns their ids."""
@@ -549,7 +594,7 @@ class Store:
                 row.updated_at = now
                 conv = convs.get(p.conversation_id)
                 if conv is not None and conv.status in ("ended", "judged", "published", "rejected", "accepted",
-                                                        "taken_down"):
+                                                        "publishing", "taken_down"):
                     conv.status = p.state
 
     def dedup_keys(self) -> list[tuple[str, str | None, bytes | None, str | None]]:

@@ -1,7 +1,8 @@
 """The OpenAI-compatible API: /v1/chat/completions (streaming and not), /v1/models, and ending a conversation.
 
 thresher extensions, all optional (documented in the README):
-    X-Thresher-Publish: false   this conversation must never be published (true allows it again)
+    X-Thresher-Publish: true    this conversation may be published (false: never); the same as the body field
+    "thresher_publish": true    Unsaid, the operator's `api_publish_by_default` decides (default: not published)
     X-Thresher-End: true        end the conversation after this reply (it then goes to the judge)
     POST /v1/conversations/{id}/end
 Every response names its conversation in the X-Thresher-Conversation header.
@@ -23,7 +24,7 @@ from thresher.conversation import InvalidConversation, messages_from_openai, new
 from thresher.engines import ChatParams, Chunk, EngineError
 from thresher.server.guard import ApiError, check_api_key, client_hash, read_body
 from thresher.server.streaming import stream_in_thread
-from thresher.store import NotFound
+from thresher.store import NotFound, PublishLocked
 
 router = APIRouter(prefix="/v1")
 
@@ -48,6 +49,7 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int = 1
+    thresher_publish: bool | None = None
 
 
 def _flag(request: Request, name: str) -> bool | None:
@@ -148,6 +150,10 @@ async def chat_completions(request: Request) -> Any:
     params = ChatParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, stop=stop,
                         seed=req.seed)
     publish = _flag(request, "x-thresher-publish")
+    if publish is not None and req.thresher_publish is not None and publish != req.thresher_publish:
+        raise ApiError(400, "the X-Thresher-Publish header and the thresher_publish field disagree",
+                       "conflicting_publish_choice", "thresher_publish")
+    publish = req.thresher_publish if publish is None else publish
     end_after = _flag(request, "x-thresher-end") or False
 
     who = client_hash(request, rt.salt)
@@ -162,10 +168,13 @@ async def chat_completions(request: Request) -> Any:
 
     opened = await run_in_threadpool(
         rt.chat.open, messages, client_hash=who, source="api",
-        publish_allowed=s.publish_by_default if publish is None else publish,
+        publish_allowed=s.api_publish_by_default if publish is None else publish,
     )
     if opened.continued and publish is not None:
-        await run_in_threadpool(rt.store.set_publish, opened.conversation_id, publish)
+        try:
+            await run_in_threadpool(rt.store.choose_publish, opened.conversation_id, publish)
+        except PublishLocked as e:  # cannot happen to an open conversation; said plainly if it ever does
+            raise ApiError(409, str(e), "already_published", "thresher_publish") from None
     conv_id = opened.conversation_id
     headers = {"X-Thresher-Conversation": conv_id}
     completion_id = f"chatcmpl-{new_id()}"

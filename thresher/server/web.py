@@ -23,7 +23,7 @@ from thresher.conversation import Conversation, Message
 from thresher.engines import ChatParams, EngineError
 from thresher.server.guard import ApiError, check_admin, client_hash, salted_hash
 from thresher.server.streaming import stream_in_thread
-from thresher.store import NotFound
+from thresher.store import NotFound, PublishLocked
 
 HERE = Path(__file__).parent
 router = APIRouter()
@@ -53,7 +53,7 @@ async def chat_page(request: Request) -> Response:
     response = templates.TemplateResponse(
         request,
         "chat.html",
-        {"licence": rt.settings.licence, "model": rt.model_name, "publish_default": rt.settings.publish_by_default},
+        {"licence": rt.settings.licence, "model": rt.model_name},
     )
     if fresh:
         _set_cookie(response, token)
@@ -70,7 +70,7 @@ async def healthz(request: Request) -> dict[str, Any]:
 class SendRequest(BaseModel):
     conversation_id: str | None = None
     content: str = Field(min_length=1)
-    publish: bool = True
+    publish: bool = False  # the page sends its switch; nothing is published without the user's yes
 
 
 class PublishRequest(BaseModel):
@@ -117,8 +117,11 @@ async def end_conversation(conv_id: str, request: Request) -> dict[str, Any]:
 async def set_publish(conv_id: str, body: PublishRequest, request: Request) -> dict[str, Any]:
     rt = request.app.state.rt
     await _own(request, conv_id)
-    await run_in_threadpool(rt.store.set_publish, conv_id, body.allowed)
-    return _public_view(await run_in_threadpool(rt.store.get, conv_id))
+    try:
+        conv = await run_in_threadpool(rt.store.choose_publish, conv_id, body.allowed)
+    except PublishLocked as e:
+        raise ApiError(409, f"{e}; ask the operator for a takedown to remove it", "already_published") from None
+    return _public_view(conv)
 
 
 @router.post("/api/chat")

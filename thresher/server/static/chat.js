@@ -2,7 +2,7 @@
 "use strict";
 const $ = (id) => document.getElementById(id);
 const log = $("log"), input = $("input"), form = $("composer"), statusLine = $("status");
-const endButton = $("end"), newButton = $("new"), optout = $("optout"), sendButton = $("send");
+const endButton = $("end"), newButton = $("new"), publishSwitch = $("publish"), sendButton = $("send");
 let conversationId = null, busy = false, ended = false;
 
 function say(text) { statusLine.textContent = text; }
@@ -52,7 +52,7 @@ async function send(text) {
   let accepted = false;  // once the server takes the message, it is part of the conversation
   say("The assistant is replying…");
   try {
-    const r = await post("/api/chat", { conversation_id: conversationId, content: text, publish: !optout.checked });
+    const r = await post("/api/chat", { conversation_id: conversationId, content: text, publish: publishSwitch.checked });
     accepted = true;
     const reader = r.body.getReader(), decoder = new TextDecoder();
     let buffer = "";
@@ -109,7 +109,7 @@ endButton.addEventListener("click", async () => {
   try {
     await post(`/api/conversations/${conversationId}/end`);
     ended = true; refreshControls();
-    say(optout.checked
+    say(!publishSwitch.checked
       ? "Conversation ended. You chose not to publish it: it stays private."
       : "Conversation ended. It will be rated as training data. Start a new conversation to keep chatting.");
   } catch (e) { say("Could not end the conversation: " + e.message); }
@@ -120,16 +120,15 @@ newButton.addEventListener("click", () => {
   refreshControls(); input.focus();
 });
 
-optout.addEventListener("change", async () => {
-  if (conversationId === null) {
-    say(optout.checked ? "This conversation will not be published." : "This conversation may be published.");
-    return;
-  }
+publishSwitch.addEventListener("change", async () => {
+  const yes = publishSwitch.checked;
+  const said = yes ? "This conversation may be published." : "This conversation will not be published.";
+  if (conversationId === null) { say(said); return; }
   try {
-    await post(`/api/conversations/${conversationId}/publish`, { allowed: !optout.checked });
-    say(optout.checked ? "This conversation will not be published." : "This conversation may be published.");
+    await post(`/api/conversations/${conversationId}/publish`, { allowed: yes });
+    say(said);
   } catch (e) {
-    optout.checked = !optout.checked;
+    publishSwitch.checked = !yes;
     say("Could not change the publishing choice: " + e.message);
   }
 });
