@@ -1,15 +1,20 @@
 """The dataset repository over real git with a local bare remote: layout, card, atomic writes, commits, pushes that
-fail and recover, and pulling what others pushed."""
+fail and recover, pulling what others pushed, a conflicting pull that leaves the clone as it was, commits made on
+someone's behalf, and the clone's write lock across threads and processes."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from tests_helpers import git
 
-from thresher.dataset_repo import DatasetRepo, conversation_path, dump
+from thresher.dataset_repo import DatasetRepo, GitError, RepoBusy, conversation_path, dump
 
 
 def test_open_clones_an_empty_remote_and_writes_the_card(tmp_path: Path, remote: Path) -> None:
@@ -71,3 +76,68 @@ def test_someone_else_pushed_first(tmp_path: Path, remote: Path) -> None:
 def test_local_only_repository(tmp_path: Path) -> None:
     repo = DatasetRepo(tmp_path / "local").open()
     assert repo.has_commits() and repo.push() is False
+
+
+def test_a_conflicting_pull_leaves_the_clone_as_it_was(tmp_path: Path, remote: Path) -> None:
+    ours = DatasetRepo(tmp_path / "ours", str(remote)).open()
+    assert ours.push()
+    theirs = DatasetRepo(tmp_path / "theirs", str(remote)).open()
+    theirs.write("reviews/X/ann.json", {"verdict": "approve"})
+    theirs.commit(["reviews/X/ann.json"], "theirs")
+    assert theirs.push()
+    ours.write("reviews/X/ann.json", {"verdict": "reject"})
+    mine = ours.commit(["reviews/X/ann.json"], "ours")
+    assert mine is not None
+    with pytest.raises(GitError, match="conflict with the remote"):
+        ours.pull()
+    assert ours.head() == mine.sha and git(ours.path, "status", "--porcelain") == ""
+    assert not (ours.path / ".git" / "rebase-merge").exists() and not (ours.path / ".git" / "rebase-apply").exists()
+    assert ours.push() is False and ours.unpushed() == 1  # refused, and nothing lost
+
+
+def test_commit_on_someones_behalf(tmp_path: Path) -> None:
+    repo = DatasetRepo(tmp_path / "clone").open()
+    repo.write("reviews/X/ada-example.org.json", {"verdict": "approve"})
+    assert repo.commit(["reviews/X/ada-example.org.json"], "Approve X", author="Ada Lovelace <ada@example.org>")
+    own = f"{git(repo.path, 'config', 'user.name')} <{git(repo.path, 'config', 'user.email')}>"
+    assert git(repo.path, "log", "-1", "--format=%an <%ae>|%cn <%ce>") == f"Ada Lovelace <ada@example.org>|{own}"
+
+
+def test_the_lock_excludes_other_threads_and_is_reentrant(tmp_path: Path) -> None:
+    repo = DatasetRepo(tmp_path / "clone").open()
+    other = DatasetRepo(tmp_path / "clone")  # a second object on the same clone, as the page and the loop have
+    order: list[str] = []
+    inside = threading.Event()
+
+    def hold() -> None:
+        with repo.lock(), repo.lock():  # re-entrant in one thread
+            inside.set()
+            time.sleep(0.3)
+            order.append("first out")
+
+    t = threading.Thread(target=hold)
+    t.start()
+    inside.wait(5)
+    with pytest.raises(RepoBusy, match="busy"), other.lock(timeout=0.05):
+        pass
+    with other.lock(timeout=5):
+        order.append("second in")
+    t.join()
+    assert order == ["first out", "second in"]
+    with pytest.raises(GitError, match="no git clone"), DatasetRepo(tmp_path / "nowhere").lock():
+        pass
+
+
+def test_the_lock_excludes_another_process(tmp_path: Path) -> None:
+    repo = DatasetRepo(tmp_path / "clone").open()
+    script = ("import sys, time; from pathlib import Path; from thresher.dataset_repo import DatasetRepo\n"
+              "with DatasetRepo(Path(sys.argv[1])).lock():\n    print('held', flush=True); time.sleep(30)\n")
+    with subprocess.Popen([sys.executable, "-c", script, str(repo.path)], stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+            with pytest.raises(RepoBusy), repo.lock(timeout=0.1):
+                pass
+        finally:
+            proc.kill()  # a holder that dies lets go
+    with repo.lock(timeout=5):
+        pass

@@ -1,6 +1,6 @@
 """Peer review in git over a real store and real git with a local bare remote: the verdict protocol, two reviewers
-pushing at once, quorum, malformed verdicts skipped with a report, `sync` into the store (idempotent), corrections
-with their diff, and the `thresher review` and `thresher sync` commands."""
+pushing at once, quorum, malformed verdicts skipped with a report, `sync` into the store (idempotent), withdrawn
+verdicts leaving the store, corrections with their diff, and the `thresher review` and `thresher sync` commands."""
 
 from __future__ import annotations
 
@@ -214,6 +214,42 @@ def test_an_edit_is_a_correction_with_its_diff(store: Store, tmp_path: Path, rem
     assert [j.judge_id for j in store.judgments(ids[0])] == ["judge@1", "scripted@1"]
     assert store.corrections(to_rejudge=True) == [] and store.corrections(ids[0])[0].rejudged_at is not None
     assert rejudge_corrections(store, publisher, Judge(engine, rationale="never")) == 0
+
+
+def test_a_deleted_verdict_file_is_withdrawn_on_sync(store: Store, tmp_path: Path, remote: Path) -> None:
+    publisher, ids = published(store, tmp_path, remote, n=2)
+    ada = clone(tmp_path, remote, "ada", "ada@example.org")
+    bob = clone(tmp_path, remote, "bob", "bob@example.org")
+    write_verdict(ada, ids[0], "reject", "made up")
+    write_verdict(bob, ids[0], "approve")
+    write_verdict(bob, ids[1], "approve", score=7)
+    first = sync(store, publisher)
+    assert (first.new, first.removed, first.rejected, first.approved) == (3, 0, 1, 1)
+
+    # ada withdraws her rejection by deleting her file; bob's second verdict turns malformed (kept as it was).
+    git(ada.path, "pull", "-q", "--rebase", "origin", "main")
+    git(ada.path, "rm", "-q", f"reviews/{ids[0]}/ada-example.org.json")
+    git(ada.path, "commit", "-qm", f"Withdraw my verdict on {ids[0]}")
+    assert ada.push()
+    (bob.path / "reviews" / ids[1] / "bob-example.org.json").write_text("{oops")
+    bob.commit([f"reviews/{ids[1]}/bob-example.org.json"], "broken")
+    assert bob.push()
+
+    report = sync(store, publisher)
+    assert (report.new, report.updated, report.removed) == (0, 0, 1)
+    assert (report.approved, report.rejected, report.pending) == (2, 0, 0)
+    assert [p for p, _ in report.problems] == [f"reviews/{ids[1]}/bob-example.org.json"]
+    assert [(r.reviewer, r.verdict) for r in store.reviews(ids[0])] == [("bob-example.org", "approve")]
+    assert [(r.reviewer, r.score) for r in store.reviews(ids[1])] == [("bob-example.org", 7)]
+    assert sync(store, publisher).removed == 0  # once
+
+    # Deleting the last one leaves the conversation pending again.
+    git(bob.path, "pull", "-q", "--rebase", "origin", "main")
+    git(bob.path, "rm", "-q", "-r", "reviews")
+    git(bob.path, "commit", "-qm", "Withdraw everything")
+    assert bob.push()
+    gone = sync(store, publisher)
+    assert (gone.removed, gone.pending, gone.problems) == (2, 2, []) and store.reviews() == []
 
 
 # -- the commands ----------------------------------------------------------------------------------------------

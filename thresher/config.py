@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     api_keys: list[str] = Field(
         default_factory=list, description="If set, /v1 requests must carry one of these as a Bearer token."
     )
+    reviewer_tokens: list[str] = Field(
+        default_factory=list,
+        description="Who may use the /review page: `IDENTITY:TOKEN` entries, IDENTITY an e-mail address or "
+        "`Name <email>` (their verdicts are committed with it as author, in the file `thresher review` would "
+        "write), TOKEN a secret of at least 16 characters (`python -c 'import secrets; "
+        "print(secrets.token_urlsafe())'`). None: the page is off.",
+    )
     trusted_proxies: str = Field(
         "127.0.0.1", description="Addresses whose X-Forwarded-For header is trusted (uvicorn's forwarded_allow_ips)."
     )
@@ -118,6 +125,28 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_file = os.environ.get("THRESHER_CONFIG", "thresher.toml")
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+
+    @field_validator("reviewer_tokens")
+    @classmethod
+    def _check_reviewer_tokens(cls, entries: list[str]) -> list[str]:
+        from thresher.review import reviewer_slug  # only when tokens are set: keeps settings light
+
+        seen: set[str] = set()
+        for entry in entries:
+            identity, _, token = entry.rpartition(":")
+            if not identity.strip() or len(token) < 16 or any(c.isspace() for c in token):
+                raise ValueError("each reviewer token entry is IDENTITY:TOKEN with a token of at least 16 "
+                                 "characters and no spaces, e.g. 'ada@example.org:<secret>'")
+            reviewer_slug(identity)  # raises when nothing usable is left of the identity
+            if token in seen:
+                raise ValueError("two reviewer token entries share a token: give each reviewer their own")
+            seen.add(token)
+        return entries
+
+    @property
+    def reviewers(self) -> dict[str, str]:
+        """Reviewer token -> the reviewer's identity, from `reviewer_tokens`."""
+        return {token: identity.strip() for identity, _, token in (e.rpartition(":") for e in self.reviewer_tokens)}
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

@@ -8,13 +8,22 @@ git. The layout (also described in the dataset card this module writes):
     conversations/YYYY/MM/<id>.json  one published conversation
     reviews/<id>/<reviewer>.json     one reviewer's verdict
     rounds/<n>.json                  what training round n used
+
+Several writers share one clone: the server's publishing loop, verdicts made on the review page, and `thresher
+publish` run by hand. Each holds `lock()` (an exclusive `flock` on `.git/thresher.lock`) around its whole sequence of
+writes, so no one's `git add` lands in another's commit and no rebase runs under another's feet.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +34,14 @@ BRANCH = "main"
 
 class GitError(RuntimeError):
     """A git command failed; the message carries git's own words."""
+
+
+class RepoBusy(GitError):
+    """Another writer held the clone's lock for longer than we were willing to wait."""
+
+
+# Lock files this thread holds, with how many times: a function that holds the lock may call one that takes it too.
+_held = threading.local()
 
 
 CARD = """\
@@ -125,21 +142,22 @@ class DatasetRepo:
                 self.git("init", "-q", "-b", BRANCH)
                 if self.remote:
                     self.git("remote", "add", "origin", self.remote)
-        if not self.git("config", "user.email", check=False):
-            # The publisher's own identity; reviewers commit under theirs.
-            self.git("config", "user.email", "thresher@localhost")
-            self.git("config", "user.name", "thresher")
-        if self.has_commits() and self.git("rev-parse", "--abbrev-ref", "HEAD") != BRANCH:
-            self.git("checkout", "-q", "-B", BRANCH)
-        wrote = False
-        for name, text in (("README.md", CARD.format(licence=licence, licence_id=licence.lower())),
-                           ("REVIEWING.md", REVIEWING)):
-            if not (self.path / name).exists():
-                (self.path / name).write_text(text, encoding="utf-8")
-                wrote = True
-        if wrote:
-            self.git("add", "README.md", "REVIEWING.md")
-            self.git("commit", "-q", "-m", "Start the dataset: card and reviewing guide")
+        with self.lock():
+            if not self.git("config", "user.email", check=False):
+                # The publisher's own identity; reviewers commit under theirs.
+                self.git("config", "user.email", "thresher@localhost")
+                self.git("config", "user.name", "thresher")
+            if self.has_commits() and self.git("rev-parse", "--abbrev-ref", "HEAD") != BRANCH:
+                self.git("checkout", "-q", "-B", BRANCH)
+            wrote = False
+            for name, text in (("README.md", CARD.format(licence=licence, licence_id=licence.lower())),
+                               ("REVIEWING.md", REVIEWING)):
+                if not (self.path / name).exists():
+                    (self.path / name).write_text(text, encoding="utf-8")
+                    wrote = True
+            if wrote:
+                self.git("add", "README.md", "REVIEWING.md")
+                self.git("commit", "-q", "-m", "Start the dataset: card and reviewing guide")
         return self
 
     def has_commits(self) -> bool:
@@ -161,15 +179,51 @@ class DatasetRepo:
             return json.loads((self.path / relpath).read_text(encoding="utf-8"))
         return json.loads(self.git("show", f"{at}:{relpath}"))
 
-    def commit(self, paths: list[str], message: str) -> Commit | None:
-        """Commit exactly these paths; None when they hold no change."""
+    def commit(self, paths: list[str], message: str, author: str | None = None) -> Commit | None:
+        """Commit exactly these paths; None when they hold no change. `author` ("Name <email>") is who made the
+        change, when that is not the clone's own identity (which stays the committer)."""
         if not paths:
             return None
         self.git("add", "--", *paths)
         if not self.git("diff", "--cached", "--name-only"):
             return None
-        self.git("commit", "-q", "-m", message)
+        self.git("commit", "-q", "-m", message, *([f"--author={author}"] if author else []))
         return Commit(self.head(), message)
+
+    @contextlib.contextmanager
+    def lock(self, timeout: float | None = None) -> Iterator[None]:
+        """Hold the clone's write lock: shared by threads and processes (an OS file lock, released if the holder
+        dies), re-entrant within a thread. Waits without limit unless `timeout` (seconds) is given, then raises
+        RepoBusy."""
+        git_dir = self.path / ".git"
+        if not git_dir.is_dir():
+            raise GitError(f"no git clone at {self.path} (open() makes one)")
+        key = str((git_dir / "thresher.lock").resolve())
+        held: dict[str, int] = _held.__dict__.setdefault("files", {})
+        if held.get(key):
+            held[key] += 1
+            try:
+                yield
+            finally:
+                held[key] -= 1
+            return
+        with open(key, "a") as f:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | (fcntl.LOCK_NB if deadline is not None else 0))
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:  # type: ignore[operator]
+                        raise RepoBusy(f"the dataset clone at {self.path} is busy (another publish or review "
+                                       f"holds {key}); try again in a moment") from None
+                    time.sleep(0.02)
+            held[key] = 1
+            try:
+                yield
+            finally:
+                held.pop(key, None)
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def head(self) -> str:
         return self.git("rev-parse", "HEAD")
@@ -205,7 +259,12 @@ class DatasetRepo:
         self.git("fetch", "-q", "origin")
         if self.git("rev-parse", "--verify", "-q", f"origin/{BRANCH}", check=False):
             if self.has_commits():
-                self.git("rebase", "-q", f"origin/{BRANCH}")
+                try:
+                    self.git("rebase", "-q", f"origin/{BRANCH}")
+                except GitError as e:  # a conflict: leave the clone as it was, not stuck mid-rebase
+                    self.git("rebase", "--abort", check=False)
+                    raise GitError(f"our unpushed commits conflict with the remote's; nothing was changed "
+                                   f"({e})") from None
             else:
                 self.git("checkout", "-q", "-B", BRANCH, f"origin/{BRANCH}")
 

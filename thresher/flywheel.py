@@ -85,7 +85,13 @@ def publish(store: Store, repo: DatasetRepo, *, threshold: float, daily_cap: int
 
     Order matters for crash safety: a decision is stored before its file is written; a file is committed before
     the store calls it published; a push that fails leaves the commit for the next run. Running again after a
-    crash finishes what was started. The owner's choice is read once more just before the file is written."""
+    crash finishes what was started. The owner's choice is read once more just before the file is written. Holds
+    the clone's lock throughout: the review page and a `thresher publish` by hand write to the same clone."""
+    with repo.lock():
+        return _publish(store, repo, threshold, daily_cap)
+
+
+def _publish(store: Store, repo: DatasetRepo, threshold: float, daily_cap: int) -> PublishReport:
     report = PublishReport()
     try:
         repo.pull()
@@ -205,6 +211,11 @@ def takedown(store: Store, repo: DatasetRepo, conv_id: str, reason: str) -> Take
     the operator how to rewrite history."""
     if not reason.strip():
         raise ValueError("a takedown needs a reason")
+    with repo.lock():
+        return _takedown(store, repo, conv_id, reason)
+
+
+def _takedown(store: Store, repo: DatasetRepo, conv_id: str, reason: str) -> TakedownReport:
     conv = store.get(conv_id)  # NotFound for an unknown id
     try:
         repo.pull()

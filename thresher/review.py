@@ -4,9 +4,10 @@ A verdict is the file `reviews/<conversation id>/<reviewer>.json` in the dataset
 
     {"verdict": "approve" | "reject", "reason": "...", "score": 1-10 (optional), "time": "ISO 8601"}
 
-committed under the reviewer's own git identity (the clone's `user.email`/`user.name`; never overridden here). The
-file name is the reviewer: a slug of that identity. Each reviewer writes only their own files, so two reviewers
-never conflict, and a push that loses a race is rebased and pushed again: no verdict is lost.
+committed under the reviewer's own git identity: the clone's `user.email`/`user.name`, or, on the server's review
+page, the identity the operator gave with the reviewer's token (as the commit's author). The file name is the
+reviewer: a slug of that identity. Each reviewer writes only their own files, so two reviewers never conflict, and a
+push that loses a race is rebased and pushed again: no verdict is lost. Deleting one's verdict file withdraws it.
 
 Editing a published conversation file is a correction. `sync` finds files whose content at HEAD differs from what
 was published, keeps the diff in the store and leaves the conversation to be judged again.
@@ -34,8 +35,8 @@ REVIEWS_DIR = "reviews"
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
 _CONV_ID = re.compile(r"^[0-9A-Za-z]{1,26}$")
 
-__all__ = ["Review", "Correction", "InvalidVerdict", "quorum", "reviewer_slug", "reviewer_identity", "read_verdicts",
-           "write_verdict", "pending", "find_corrections", "sync", "SyncReport"]
+__all__ = ["Review", "Correction", "InvalidVerdict", "quorum", "reviewer_slug", "reviewer_author", "reviewer_identity",
+           "read_verdicts", "verdicts_on", "write_verdict", "pending", "find_corrections", "sync", "SyncReport"]
 
 
 class InvalidVerdict(ValueError):
@@ -59,6 +60,16 @@ def check_reviewer(name: str) -> str:
     if not _SLUG.match(name) or ".." in name:
         raise InvalidVerdict(f"reviewer name {name!r} is not a safe slug (lower-case letters, digits, '.', '_', '-')")
     return name
+
+
+def reviewer_author(identity: str) -> str:
+    """A git author ("Name <email>") for an identity given as `Name <email>`, an e-mail address, or a bare name."""
+    identity = " ".join(identity.split())
+    if re.fullmatch(r"[^<>]+ <[^<>\s]*>", identity):
+        return identity
+    if re.fullmatch(r"[^<>\s]+@[^<>\s]+", identity):
+        return f"{identity.split('@')[0]} <{identity}>"
+    return f"{identity.replace('<', '').replace('>', '')} <>"
 
 
 def reviewer_identity(repo: DatasetRepo) -> str:
@@ -164,6 +175,21 @@ def read_verdicts(repo: DatasetRepo, at: str = "HEAD") -> VerdictsRead:
     return result
 
 
+def verdicts_on(repo: DatasetRepo, conv_id: str, at: str = "HEAD") -> list[Review]:
+    """Every well-formed verdict on one conversation at a commit (what a reviewer sees others said)."""
+    if not _CONV_ID.match(conv_id) or not repo.has_commits():
+        return []
+    found = []
+    for path in repo.git("ls-tree", "-r", "--name-only", at, "--", f"{REVIEWS_DIR}/{conv_id}").splitlines():
+        parts = path.split("/")
+        if len(parts) == 3 and parts[2].endswith(".json"):
+            try:
+                found.append(parse_verdict(conv_id, parts[2].removesuffix(".json"), repo.read(path, at=at)))
+            except (ValueError, GitError):
+                continue  # reported by sync; nothing to show here
+    return found
+
+
 @dataclass
 class Written:
     review: Review
@@ -172,22 +198,24 @@ class Written:
 
 
 def write_verdict(repo: DatasetRepo, conv_id: str, verdict: str, reason: str = "", score: int | None = None,
-                  reviewer: str | None = None, push: bool = True) -> Written:
-    """Write this clone's reviewer's verdict, commit it under their own git identity, and push. A push that loses
-    a race is rebased and pushed again; one that still fails leaves the commit for the next push."""
+                  reviewer: str | None = None, push: bool = True, author: str | None = None) -> Written:
+    """Write this clone's reviewer's verdict (or `reviewer`'s, committed with `author` as the commit's author),
+    commit it, and push, holding the clone's lock. A push that loses a race is rebased and pushed again; one that
+    still fails leaves the commit for the next push."""
     reviewer = check_reviewer(reviewer) if reviewer else reviewer_identity(repo)
     review = parse_verdict(conv_id, reviewer, {"verdict": verdict, "reason": reason, "score": score,
                                                "time": datetime.now(UTC).isoformat(timespec="seconds")})
     path = verdict_path(conv_id, reviewer)
-    repo.write(path, verdict_record(review))
     word = "Approve" if verdict == "approve" else "Reject"
     first_line = reason.strip().splitlines()[0][:60] if reason.strip() else ""
-    commit = repo.commit([path], f"{word} {conv_id}" + (f": {first_line}" if first_line else ""))
-    pushed = False
-    if push and repo.remote:
-        for _ in range(3):  # others may push between our rebase and our push
-            if pushed := repo.push():
-                break
+    with repo.lock():
+        repo.write(path, verdict_record(review))
+        commit = repo.commit([path], f"{word} {conv_id}" + (f": {first_line}" if first_line else ""), author=author)
+        pushed = False
+        if push and repo.remote:
+            for _ in range(3):  # others may push between our rebase and our push
+                if pushed := repo.push():
+                    break
     return Written(review, commit.sha if commit else None, pushed)
 
 
@@ -216,11 +244,12 @@ def commit_correction(repo: DatasetRepo, path: str, push: bool = True) -> str | 
         raise InvalidVerdict(f"{path} is no longer valid JSON: {e}") from None
     if not isinstance(rec, dict) or rec.get("id") != conv_id:
         raise InvalidVerdict(f"{path} must stay a JSON object with \"id\": \"{conv_id}\"")
-    commit = repo.commit([path], f"Correct {conv_id}")
-    if commit and push and repo.remote:
-        for _ in range(3):
-            if repo.push():
-                break
+    with repo.lock():
+        commit = repo.commit([path], f"Correct {conv_id}")
+        if commit and push and repo.remote:
+            for _ in range(3):
+                if repo.push():
+                    break
     return commit.sha if commit else None
 
 
@@ -256,6 +285,7 @@ class SyncReport:
     commit: str | None = None  # HEAD that was read
     new: int = 0  # verdicts not in the store before
     updated: int = 0  # verdicts changed since the last sync
+    removed: int = 0  # verdicts withdrawn (their files deleted) since the last sync
     approved: int = 0  # published conversations by quorum
     rejected: int = 0
     pending: int = 0
@@ -265,12 +295,23 @@ class SyncReport:
 
 def sync(store: Store, repo: DatasetRepo, min_approvals: int = 1) -> SyncReport:
     """Pull the remote, read every verdict and every edit of a published conversation into the store, and count
-    the published conversations by quorum. Running it again with nothing new changes nothing."""
-    repo.pull()
-    report = SyncReport(commit=repo.head() if repo.has_commits() else None)
-    read = read_verdicts(repo)
+    the published conversations by quorum. A verdict whose file is gone at HEAD (withdrawn, or taken down with its
+    conversation) leaves the store; a file that is there but malformed keeps its last good verdict. Running it
+    again with nothing new changes nothing."""
+    with repo.lock():
+        repo.pull()
+        report = SyncReport(commit=repo.head() if repo.has_commits() else None)
+        read = read_verdicts(repo)
     report.problems.extend(read.problems)
     report.new, report.updated, unknown = store.save_reviews(read.verdicts)
+    if report.commit is not None:  # an empty clone says nothing about what was withdrawn
+        present = {(r.conversation_id, r.reviewer) for r in read.verdicts}
+        for path, _why in read.problems:
+            parts = path.split("/")
+            if len(parts) == 3:
+                present.add((parts[1], parts[2].removesuffix(".json")))
+        report.removed = store.remove_reviews([(r.conversation_id, r.reviewer) for r in store.reviews()
+                                               if (r.conversation_id, r.reviewer) not in present])
     for r in unknown:
         report.problems.append((verdict_path(r.conversation_id, r.reviewer), "no such conversation in the store"))
     for c in find_corrections(store, repo):

@@ -694,6 +694,15 @@ class Store:
             return [Review(r.conversation_id, r.reviewer, r.verdict, r.reason, _aware(r.time),  # type: ignore[arg-type]
                            r.score, r.commit_sha) for r in s.scalars(stmt).all()]
 
+    def remove_reviews(self, keys: list[tuple[str, str]]) -> int:
+        """Forget these (conversation id, reviewer) verdicts, withdrawn from the dataset; returns how many went."""
+        removed = 0
+        with self.session() as s:
+            for conv_id, reviewer in keys:
+                removed += s.execute(sa.delete(ReviewRow).where(ReviewRow.conversation_id == conv_id,
+                                                                ReviewRow.reviewer == reviewer)).rowcount
+        return removed
+
     def save_correction(self, c: Correction) -> bool:
         """Record an edit of a published conversation (to be judged again); False if it is already recorded."""
         with self.session() as s:

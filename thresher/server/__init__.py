@@ -1,4 +1,4 @@
-"""The FastAPI app: the chat page, the OpenAI-compatible /v1 API, admin routes and /healthz.
+"""The FastAPI app: the chat page, the OpenAI-compatible /v1 API, the review page, admin routes and /healthz.
 
 Thin over the library: routes validate and format; `thresher.chat.ChatService` and `thresher.store.Store` do the
 work. `create_app` takes an engine and a store so tests can hand in their own; otherwise both come from settings
@@ -153,9 +153,10 @@ def create_app(settings: Settings, engine: Engine | None = None, store: Store | 
         param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
         return ApiError(422, f"{param or 'request'}: {first.get('msg', 'invalid')}", "invalid_value", param).response()
 
-    from thresher.server import api, web
+    from thresher.server import api, review_page, web
 
     app.include_router(api.router)
     app.include_router(web.router)
+    app.include_router(review_page.router)
     app.mount("/static", StaticFiles(directory=web.HERE / "static"), name="static")
     return app
