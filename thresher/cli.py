@@ -551,3 +551,252 @@ def dataset_build(
     typer.echo(f"commit {m.commit}: {m.approved} approved of {m.conversations} ({m.rejected} rejected, "
                f"{m.pending} pending, {m.taken_down} taken down)")
     typer.echo(f"wrote {out / 'data.jsonl'} (sha256 {m.sha256[:16]}…) and {out / 'manifest.json'}")
+
+
+train_app = typer.Typer(help="Fine-tune the chat model and the judge (LoRA, on CPU or GPU).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+def _train_config(max_length: int, epochs: float, max_steps: int, lr: float, batch_size: int, lora_r: int,
+                  save_steps: int) -> Any:
+    from thresher.train.sft import TrainConfig
+
+    return TrainConfig(max_length=max_length, epochs=epochs, max_steps=max_steps, learning_rate=lr,
+                       batch_size=batch_size, lora_r=lora_r, lora_alpha=2 * lora_r, save_steps=save_steps)
+
+
+def _base_spec(base: str | None) -> tuple[str, Path | None]:
+    """What to train from: --base, or the configured model (the embedded GGUF by default)."""
+    from thresher.engines import embedded_model_path, parse_spec
+
+    spec = base or _settings().model
+    if spec.endswith(".gguf") and Path(spec).is_file():
+        return spec, Path(spec)
+    kind, target = parse_spec(spec)
+    if kind == "llama.cpp":
+        path = Path(target) if target else embedded_model_path()
+        return str(path), path
+    if kind == "hf":
+        return target, None
+    err.print("[red]error:[/red] training needs local weights: pass --base FILE.gguf, a model directory or a hub "
+              "name")
+    raise typer.Exit(2)
+
+
+@train_app.command("sft")
+def train_sft(
+    data: Annotated[str, typer.Option(help="A .json/.jsonl file, a `thresher dataset build` directory, a hub "
+                                           "dataset name, or `sample` (the Alpaca sample shipped with thresher).")],
+    fmt: Annotated[str, typer.Option("--format", help="alpaca, sharegpt or messages.")] = "alpaca",
+    base: Annotated[str | None, typer.Option(help="GGUF file, model directory or hub name [default: the "
+                                                  "configured model].")] = None,
+    out: Annotated[Path, typer.Option(help="Where checkpoints, the adapter, the loss plot and the export go.")] = Path(
+        "thresher-data/train/sft"),
+    max_length: Annotated[int, typer.Option(help="Tokens per packed row.")] = 512,
+    epochs: Annotated[float, typer.Option()] = 1.0,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many steps (> 0 overrides --epochs).")] = -1,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 2e-4,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank (alpha is twice this).")] = 16,
+    save_steps: Annotated[int, typer.Option(help="Checkpoint every this many steps.")] = 25,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N examples.")] = None,
+    export: Annotated[bool, typer.Option(help="Merge and export HF safetensors, GGUF and a model card.")] = True,
+) -> None:
+    """LoRA fine-tuning of a chat model on instruction data (loss on the assistant's tokens only, packed rows).
+
+    Example: `thresher train sft --data sample --format alpaca --max-steps 20`
+
+    Run it again after a crash or Ctrl-C: it continues from the newest checkpoint in --out.
+    """
+    from thresher.train.data import DataError, load_conversations
+    from thresher.train.export import export as export_model
+    from thresher.train.sft import TrainError, load_base, tokenise_all, train_lora
+
+    spec, gguf = _base_spec(base)
+    try:
+        convs = load_conversations(data, fmt)[:limit]
+        model, tok = load_base(spec)
+        rows = tokenise_all(tok, convs, max_length)
+        typer.echo(f"{len(rows)} examples ({sum(len(r.input_ids) for r in rows)} tokens) from {data}; base {spec}")
+        result, trained = train_lora(model, tok, rows, out, _train_config(max_length, epochs, max_steps, lr,
+                                                                          batch_size, lora_r, save_steps))
+    except (DataError, TrainError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
+               f"final loss {result.final_loss}")
+    typer.echo(f"adapter: {result.adapter}; loss curve: {result.plot}")
+    if export:
+        ex = export_model(trained, tok, out / "export", gguf, {"name": "thresher SFT", "kind": "chat", "base": spec,
+                                                              "examples": len(rows), "licence": "apache-2.0",
+                                                              "metrics": {"final_loss": result.final_loss}})
+        typer.echo(f"exported: {ex.hf_dir}" + (f", {ex.gguf}" if ex.gguf else f" (no GGUF: {ex.note})"))
+
+
+@train_app.command("judge")
+def train_judge_cmd(
+    base: Annotated[str | None, typer.Option(help="GGUF file, model directory or hub name [default: the "
+                                                  "configured model].")] = None,
+    out: Annotated[Path, typer.Option(help="Where checkpoints, the adapter, reports and the export go.")] = Path(
+        "thresher-data/train/judge"),
+    data: Annotated[list[str] | None, typer.Option(help="Good conversations to make contrast pairs from (a "
+                                                        "`thresher dataset build` dir); repeatable. The shipped "
+                                                        "sample is always used.")] = None,
+    verdicts: Annotated[bool, typer.Option(help="Also learn from reviewers' verdicts in the dataset clone.")] = True,
+    max_length: Annotated[int, typer.Option(help="Tokens per packed row.")] = 768,
+    epochs: Annotated[float, typer.Option()] = 1.0,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many steps (> 0 overrides --epochs).")] = -1,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 2e-4,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank (alpha is twice this).")] = 16,
+    save_steps: Annotated[int, typer.Option(help="Checkpoint every this many steps.")] = 5,
+    heldout_rows: Annotated[int, typer.Option(help="Most held-out rows to measure AUC on.")] = 80,
+    seed: Annotated[int, typer.Option()] = 0,
+    export: Annotated[bool, typer.Option(help="Merge and export HF safetensors, GGUF and a model card.")] = True,
+) -> None:
+    """Train to train: teach the model to rate conversations, from contrast pairs and reviewers' verdicts.
+
+    Example: `thresher train judge --max-steps 30`
+
+    Prints the judge's AUC and accuracy on held-out rows (sources and degradation wordings training never saw)
+    before and after, and the acceptance threshold that fits the held-out rows best.
+    """
+    from thresher.dataset_repo import DatasetRepo
+    from thresher.train.contrast import Source
+    from thresher.train.data import rows_from_verdicts
+    from thresher.train.export import export as export_model
+    from thresher.train.judge import judge_rows, sample_sources, sources_from_build
+    from thresher.train.sft import TrainError
+
+    s = _settings()
+    spec, gguf = _base_spec(base)
+    sources: list[Source] = sample_sources()
+    for d in data or []:
+        sources += sources_from_build(Path(d))
+    repo = DatasetRepo(s.dataset_path)
+    vrows = rows_from_verdicts(repo) if verdicts and repo.has_commits() else []
+    rows = judge_rows(sources, vrows, seed)
+    typer.echo(f"{len(rows)} judge rows: {len(rows) - len(vrows)} from contrast pairs, {len(vrows)} from verdicts")
+    from thresher.train.judge import train_judge
+
+    try:
+        report, model, tok = train_judge(spec, out, rows, _train_config(max_length, epochs, max_steps, lr,
+                                                                        batch_size, lora_r, save_steps),
+                                         threshold=s.judge_threshold, seed=seed, max_heldout=heldout_rows)
+    except TrainError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+
+    def fmt(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    typer.echo(f"held-out rows: {report.rows_heldout} (trained on {report.rows_train})")
+    typer.echo(f"AUC:      before {fmt(report.before.auc)}  after {fmt(report.after.auc)}")
+    typer.echo(f"accuracy: before {fmt(report.before.accuracy)}  after {fmt(report.after.accuracy)} "
+               f"(threshold {s.judge_threshold:g})")
+    typer.echo(f"best threshold on held-out rows: {report.calibrated_threshold:g} "
+               f"(accuracy {report.calibrated_accuracy:.3f})")
+    typer.echo(f"report: {out / 'judge_eval.json'}; loss curve: {report.train.plot}")
+    if export:
+        ex = export_model(model, tok, out / "export", gguf, {
+            "name": "thresher judge", "kind": "judge", "base": spec, "examples": report.rows_train,
+            "licence": "apache-2.0", "metrics": {"judge_auc_before": report.before.auc,
+                                                 "judge_auc_after": report.after.auc}})
+        typer.echo(f"exported: {ex.hf_dir}" + (f", {ex.gguf} (serve it with judge = "
+                                                f"\"llama.cpp:{ex.gguf}\")" if ex.gguf else f" (no GGUF: {ex.note})"))
+
+
+models_app = typer.Typer(help="Model versions: list, promote, roll back.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _registry(data_dir: Path | None) -> Any:
+    from thresher.registry import Registry
+
+    return Registry(_settings(data_dir=data_dir).data_dir / "models")
+
+
+@models_app.command("list")
+def models_list(
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory [default: ./thresher-data].")] = None,
+) -> None:
+    """Every model version with its round, parent, data commit, status and key metrics.
+
+    Example: `thresher models list`
+    """
+    from rich.table import Table
+
+    versions = _registry(data_dir).versions()
+    if not versions:
+        typer.echo("no model versions yet (a round makes them: `thresher round`)")
+        return
+    t = Table("version", "kind", "round", "parent", "data commit", "status", "metrics")
+    for v in versions:
+        metrics = ", ".join(f"{k}={v.metrics[k]:.3g}" for k in sorted(v.metrics) if isinstance(v.metrics[k], float))
+        t.add_row(v.id, v.kind, str(v.round), v.parent or "-", (v.data_commit or "-")[:12],
+                  v.status + (f" ({v.reason})" if v.reason else ""), metrics)
+    Console().print(t)
+
+
+@models_app.command("promote")
+def models_promote(
+    version: Annotated[str, typer.Argument(help="A version id from `thresher models list`.")],
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory [default: ./thresher-data].")] = None,
+) -> None:
+    """Serve a version now (a running server switches to it without a restart).
+
+    Example: `thresher models promote chat-r2-3f9a1c2b7d`
+    """
+    from thresher.registry import RegistryError
+
+    try:
+        v = _registry(data_dir).promote(version, "promoted by hand")
+    except RegistryError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    typer.echo(f"promoted {v.id} ({v.kind}): {v.spec}")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    kind: Annotated[str, typer.Argument(help="chat or judge.")] = "chat",
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory [default: ./thresher-data].")] = None,
+) -> None:
+    """Go back to the version promoted before the current one (or to the configured model).
+
+    Example: `thresher models rollback chat`
+    """
+    from thresher.registry import RegistryError
+
+    try:
+        v = _registry(data_dir).rollback(kind)
+    except RegistryError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    typer.echo(f"now serving {v.id}" if v else "now serving the configured model")
+
+
+@app.command("round")
+def round_cmd(
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory [default: ./thresher-data].")] = None,
+    tiny: Annotated[bool, typer.Option(help="A few steps on a few examples: to try the whole round in minutes.")] = (
+        False),
+) -> None:
+    """Run one training round: sync, pin a commit, build data, train judge and chat model, export, evaluate, gate,
+    promote, and write rounds/<n>.json into the dataset.
+
+    Example: `thresher round --tiny`
+
+    Killed and run again, it continues from where it stopped (mid-training: from the newest checkpoint).
+    """
+    from thresher.train.round import RoundBusy, RoundConfig, run_round
+
+    s = _settings(data_dir=data_dir)
+    config = RoundConfig.tiny() if tiny else RoundConfig(gate=s.gate())
+    try:
+        record = run_round(s, config, progress=typer.echo)
+    except RoundBusy as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    typer.echo(f"round {record['round']} done in {record['seconds']:.0f} s; promoted: "
+               f"{', '.join(record['promoted']) or 'nothing'}")

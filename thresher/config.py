@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -69,6 +69,26 @@ class Settings(BaseSettings):
     )
     quorum_approvals: int = Field(
         1, ge=1, description="Approvals a published conversation needs (and no rejection) to train a round."
+    )
+
+    gate_min_win_rate: float = Field(
+        0.5, ge=0, le=1, description="A round's chat model is promoted only if the judge prefers its answers to "
+        "the serving model's at least this often (held-out prompts, both answer orders)."
+    )
+    gate_max_loss_ratio: float = Field(
+        1.0, gt=0, description="... and its loss on held-out approved conversations is at most this times the "
+        "serving model's."
+    )
+    gate_min_judge_auc: float = Field(
+        0.5, ge=0, le=1, description="A round's judge is promoted only if its AUC on held-out labelled rows is at "
+        "least this ..."
+    )
+    gate_min_judge_gain: float = Field(
+        0.0, description="... and at least this much above the serving judge's AUC on the same rows."
+    )
+    follow_registry: bool = Field(
+        True, description="Serve (and judge with) the registry's promoted versions, switching to a newly promoted "
+        "one without a restart; off: always the configured model."
     )
 
     host: str = Field("127.0.0.1", description="Address `thresher serve` listens on.")
@@ -161,6 +181,13 @@ class Settings(BaseSettings):
     @property
     def dataset_path(self) -> Path:
         return self.dataset_dir or self.data_dir / "dataset"
+
+    def gate(self) -> Any:
+        """The promotion gate these settings ask for (thresher.evaluate.Gate)."""
+        from thresher.evaluate import Gate
+
+        return Gate(self.gate_min_win_rate, self.gate_max_loss_ratio, self.gate_min_judge_auc,
+                    self.gate_min_judge_gain)
 
     @property
     def db_url(self) -> str:

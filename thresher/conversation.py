@@ -130,3 +130,66 @@ def messages_hash(messages: list[dict[str, str]]) -> str:
     """Stable hash of roles and contents, independent of ids, times and JSON formatting."""
     canonical = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- training formats
+FORMATS = ("alpaca", "sharegpt", "messages")
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system"}
+
+
+def from_alpaca(row: dict[str, Any]) -> list[dict[str, str]]:
+    """An Alpaca row (instruction, optional input, output) as one user turn and one assistant turn."""
+    instruction, output = row.get("instruction"), row.get("output")
+    if not isinstance(instruction, str) or not instruction.strip() or not isinstance(output, str):
+        raise InvalidConversation("an Alpaca row needs a non-empty 'instruction' and an 'output' string")
+    extra = row.get("input") or ""
+    if not isinstance(extra, str):
+        raise InvalidConversation("an Alpaca row's 'input' must be a string")
+    user = f"{instruction.strip()}\n\n{extra.strip()}" if extra.strip() else instruction.strip()
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": output.strip()}]
+
+
+def to_alpaca(messages: list[dict[str, str]]) -> dict[str, str]:
+    """The first user turn and the assistant's answer to it as an Alpaca row (later turns do not fit the format)."""
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    if not users or users[0] + 1 >= len(messages) or messages[users[0] + 1]["role"] != "assistant":
+        raise InvalidConversation("no user turn followed by an assistant answer")
+    return {"instruction": messages[users[0]]["content"], "input": "", "output": messages[users[0] + 1]["content"]}
+
+
+def from_sharegpt(row: dict[str, Any]) -> list[dict[str, str]]:
+    """A ShareGPT row (`conversations`: [{from, value}]) as OpenAI-style messages."""
+    turns = row.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise InvalidConversation("a ShareGPT row needs a non-empty 'conversations' list")
+    out = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict) or t.get("from") not in _SHAREGPT_ROLES or not isinstance(t.get("value"), str):
+            raise InvalidConversation(f"conversations[{i}] needs 'from' (human, gpt or system) and a 'value' string")
+        out.append({"role": _SHAREGPT_ROLES[t["from"]], "content": t["value"]})
+    return out
+
+
+def to_sharegpt(messages: list[dict[str, str]]) -> dict[str, Any]:
+    names = {"user": "human", "assistant": "gpt", "system": "system"}
+    return {"conversations": [{"from": names[m["role"]], "value": m["content"]} for m in messages]}
+
+
+def from_format(row: Any, fmt: str) -> list[dict[str, str]]:
+    """One training row in `fmt` (alpaca, sharegpt or messages) as validated OpenAI-style messages that end with an
+    assistant turn."""
+    if not isinstance(row, dict):
+        raise InvalidConversation("each row must be a JSON object")
+    if fmt == "alpaca":
+        messages = from_alpaca(row)
+    elif fmt == "sharegpt":
+        messages = from_sharegpt(row)
+    elif fmt == "messages":
+        messages = row.get("messages")
+    else:
+        raise InvalidConversation(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    checked = [m.to_openai() for m in messages_from_openai(messages, user_last=False)]
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in checked):
+        raise InvalidConversation("no assistant message to learn from")
+    return checked

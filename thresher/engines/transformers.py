@@ -38,6 +38,17 @@ class TransformersEngine:
             raise
         except Exception as e:  # transformers raises many kinds; the user needs the reason, not the type
             raise EngineError(f"transformers could not load {target!r}: {e}") from e
+        self._setup(n_ctx)
+
+    @classmethod
+    def from_model(cls, model: object, tokenizer: object, version: str, n_ctx: int = 2048) -> TransformersEngine:
+        """An engine over a model already in memory (a model being trained, before and after its adapter)."""
+        self = cls.__new__(cls)
+        self.model, self.tokenizer, self.model_id, self.version = model, tokenizer, version, version
+        self._setup(n_ctx)
+        return self
+
+    def _setup(self, n_ctx: int) -> None:
         self.model.eval()
         self.n_ctx = n_ctx
         self._lock = threading.Lock()  # one forward pass at a time: the model is shared across requests

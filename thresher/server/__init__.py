@@ -100,6 +100,62 @@ async def _publish_loop(rt: Runtime, judge: Judge) -> None:
             log.exception("publishing failed")
 
 
+class ModelFollower:
+    """Switches the chat model and the judge to the registry's promoted versions without a restart: a request
+    already streaming finishes on the engine it started with, the next one gets the new engine."""
+
+    def __init__(self, rt: Runtime, judge: Judge | None) -> None:
+        from thresher.registry import Registry
+
+        self.rt, self.judge = rt, judge
+        self.registry = Registry(rt.settings.data_dir / "models")
+        self.configured = rt.engine
+        self.judge_configured = judge.engine if judge else None
+        self.served: dict[str, str | None] = {"chat": None, "judge": None}
+
+    def _load(self, spec: str) -> Engine:
+        s = self.rt.settings
+        return load_engine(spec, n_ctx=s.n_ctx, n_threads=s.n_threads)
+
+    def check(self) -> list[str]:
+        """Load and switch to whatever was promoted (or rolled back) since the last check; returns what changed."""
+        changed = []
+        chat, judge_v = self.registry.current("chat"), self.registry.current("judge")
+        if (chat.id if chat else None) != self.served["chat"]:
+            engine = self._load(chat.spec) if chat else self.configured
+            self.rt.engine = self.rt.chat.engine = engine
+            self.served["chat"] = chat.id if chat else None
+            changed.append(f"chat -> {chat.id if chat else 'the configured model'}")
+        if self.judge is not None:
+            want = judge_v.id if judge_v else None
+            if want != self.served["judge"] or (judge_v is None and self.rt.settings.judge == "serving"
+                                                and self.judge.engine is not self.rt.engine):
+                if judge_v is not None:
+                    engine = self._load(judge_v.spec)
+                elif self.rt.settings.judge == "serving":
+                    engine = self.rt.engine
+                else:
+                    engine = self.judge_configured
+                self.judge.engine, self.judge.judge_id = engine, engine.version
+                self.served["judge"] = want
+                changed.append(f"judge -> {want or engine.version}")
+        return changed
+
+
+async def _follow_loop(follower: ModelFollower) -> None:
+    while True:
+        try:
+            changed = await run_in_threadpool(follower.check)
+            for what in changed:
+                log.info("now serving: %s", what)
+        except Exception:  # a broken version must not take the server down; the next tick retries
+            log.exception("switching to the promoted model failed")
+        await asyncio.sleep(FOLLOW_SECONDS)
+
+
+FOLLOW_SECONDS = 5.0
+
+
 async def _idle_loop(rt: Runtime) -> None:
     period = max(1.0, min(60.0, rt.settings.idle_timeout_minutes * 60 / 4))
     while True:
@@ -133,6 +189,9 @@ def create_app(settings: Settings, engine: Engine | None = None, store: Store | 
         if judge is not None:
             tasks.append(asyncio.create_task(_judge_loop(app.state.rt, judge)))
             tasks.append(asyncio.create_task(_publish_loop(app.state.rt, judge)))
+        if settings.follow_registry:
+            app.state.follower = ModelFollower(app.state.rt, judge)
+            tasks.append(asyncio.create_task(_follow_loop(app.state.follower)))
         try:
             yield
         finally:

@@ -1,0 +1,194 @@
+"""Training examples: chat examples from a file, a dataset build or the hub; judge examples from reviewers' verdicts
+and from contrast pairs; tokenisation with the base's chat template and a mask of the assistant's tokens.
+
+Everything becomes OpenAI-style `messages` first (thresher.conversation's converters), so one tokeniser serves the
+chat model and the judge.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from thresher.conversation import FORMATS, InvalidConversation, from_format
+from thresher.judge import PREFIX, judge_messages, shorten
+
+SAMPLES = Path(__file__).parent / "samples"
+SAMPLE = "sample"  # the name of the Alpaca-format sample that ships with thresher
+GOOD_RATING, BAD_RATING = 9, 2  # what the judge learns to answer for a good and for a degraded conversation
+
+
+class DataError(ValueError):
+    """Training data that cannot be read; the message says which row and why."""
+
+
+def sample_path() -> Path:
+    return SAMPLES / "alpaca_sample.json"
+
+
+def _rows_from_file(path: Path) -> list[Any]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{n}: not JSON ({e.msg})") from None
+        return rows
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+    if isinstance(data, dict):  # {"train": [...]} or {"data": [...]}
+        data = data.get("train", data.get("data"))
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of rows (or JSON Lines)")
+    return data
+
+
+def load_rows(source: str) -> list[Any]:
+    """Rows from `sample`, a .json/.jsonl file, a directory made by `thresher dataset build`, or a hub dataset."""
+    if source == SAMPLE:
+        return _rows_from_file(sample_path())
+    path = Path(source)
+    if path.is_dir():
+        if not (path / "data.jsonl").is_file():
+            raise DataError(f"{path} has no data.jsonl (make one with `thresher dataset build --out {path}`)")
+        path = path / "data.jsonl"
+    if path.is_file():
+        return _rows_from_file(path)
+    if path.suffix in (".json", ".jsonl") or source.startswith((".", "/")):
+        raise DataError(f"no file at {path}")
+    try:
+        import datasets
+
+        return list(datasets.load_dataset(source, split="train"))
+    except Exception as e:  # the hub raises many kinds; the user needs the reason
+        raise DataError(f"could not load {source!r} from the Hugging Face hub: {e}") from None
+
+
+def load_conversations(source: str, fmt: str) -> list[list[dict[str, str]]]:
+    """Every row of `source` as validated messages; the first bad row stops with its number and the reason."""
+    if fmt not in FORMATS:
+        raise DataError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    rows = load_rows(source)
+    if not rows:
+        raise DataError(f"{source} has no rows")
+    out = []
+    for n, row in enumerate(rows, 1):
+        try:
+            out.append(from_format(row, fmt))
+        except InvalidConversation as e:
+            raise DataError(f"{source}: row {n} is not valid {fmt}: {e}") from None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- tokenisation
+
+
+@dataclass
+class Tokenised:
+    input_ids: list[int]
+    assistant_masks: list[int]  # 1 where the token is part of an assistant turn (its text and end-of-turn)
+
+    def as_row(self) -> dict[str, list[int]]:
+        return {"input_ids": self.input_ids, "assistant_masks": self.assistant_masks}
+
+
+def tokenise(tokenizer: Any, messages: Sequence[dict[str, str]], max_length: int) -> Tokenised | None:
+    """Messages through the tokenizer's own chat template, with a mask of the assistant's tokens found from the
+    template's text for each turn (so any template works, without generation markers). Too long: the last turns
+    are dropped until it fits; None when not even one assistant turn fits."""
+    msgs = list(messages)
+    while msgs:
+        last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+        if last is None:
+            return None
+        msgs = msgs[: last + 1]
+        text = tokenizer.apply_chat_template(msgs, tokenize=False)
+        spans = []
+        for i, m in enumerate(msgs):
+            if m["role"] == "assistant":
+                start = len(tokenizer.apply_chat_template(msgs[:i], tokenize=False, add_generation_prompt=True))
+                end = len(tokenizer.apply_chat_template(msgs[: i + 1], tokenize=False))
+                spans.append((start, end))
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        if len(ids) <= max_length:
+            mask = [int(any(s <= a and b <= e and b > a for s, e in spans)) for a, b in enc["offset_mapping"]]
+            # the template's trailing newline after the end-of-turn token carries nothing to learn
+            return Tokenised(ids, mask) if any(mask) else None
+        msgs = msgs[:last]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- judge examples
+
+
+@dataclass
+class JudgeRow:
+    messages: list[dict[str, str]]  # the conversation being judged
+    label: str  # good | bad
+    rating: int  # what the judge should answer, 1-10
+    origin: str  # reviewer | contrast
+    degradation: str = "none"
+    source: str = ""  # the conversation it came from, for splitting without leakage
+    template: str = ""  # which degradation template made it, for held-out templates
+
+    def judge_example(self, fits: Any = None) -> list[dict[str, str]]:
+        """The judge's prompt for this conversation and the answer it should give."""
+        convo = self.messages if fits is None else shorten(self.messages, fits)[0]
+        return [*judge_messages(convo), {"role": "assistant", "content": f"{PREFIX}{self.rating}]]"}]
+
+
+def rows_from_verdicts(repo: Any, at: str = "HEAD") -> list[JudgeRow]:
+    """Judge rows from reviewers' verdicts at a commit: approve is good, reject bad; a reviewer's score, when given,
+    is the rating to learn. Several verdicts on one conversation: the majority decides, the mean score rates."""
+    from thresher.review import conversation_paths, read_verdicts, taken_down
+
+    paths = conversation_paths(repo, at)
+    gone = taken_down(repo, at) | taken_down(repo, "HEAD")
+    by_conv: dict[str, list] = {}
+    for v in read_verdicts(repo, at).verdicts:
+        if v.conversation_id in paths and v.conversation_id not in gone:
+            by_conv.setdefault(v.conversation_id, []).append(v)
+    rows = []
+    for conv_id, verdicts in sorted(by_conv.items()):
+        approvals = sum(v.verdict == "approve" for v in verdicts)
+        good = approvals * 2 > len(verdicts)
+        scores = [v.score for v in verdicts if v.score is not None]
+        rating = round(sum(scores) / len(scores)) if scores else (GOOD_RATING if good else BAD_RATING)
+        rec = json.loads(repo.git("show", f"{at}:{paths[conv_id]}"))
+        messages = [{"role": m["role"], "content": m["content"]} for m in rec["messages"]]
+        rows.append(JudgeRow(messages, "good" if good else "bad", max(1, min(10, rating)), "reviewer",
+                             source=conv_id))
+    return rows
+
+
+def split_rows(rows: Sequence[JudgeRow], heldout: float, seed: int,
+               heldout_templates: frozenset[str] = frozenset()) -> tuple[list[JudgeRow], list[JudgeRow]]:
+    """Train and held-out rows. Whole source conversations go to one side (a degraded copy never tests what its
+    original taught), and every row made by a held-out template is held out, so the held-out set also measures
+    degradations worded in ways training never saw."""
+    def parts(r: JudgeRow) -> set[str]:  # a two-turn row made of two conversations has both as sources
+        return set(r.source.split("+"))
+
+    sources = sorted(set().union(*(parts(r) for r in rows))) if rows else []
+    random.Random(seed).shuffle(sources)
+    held = set(sources[: max(1, round(len(sources) * heldout))]) if heldout > 0 and len(sources) > 1 else set()
+    train, test = [], []
+    for r in rows:
+        if parts(r) <= held:
+            test.append(r)
+        elif not parts(r) & held and r.template not in heldout_templates:
+            train.append(r)
+        elif not parts(r) & held:
+            test.append(r)  # a held-out wording on a training source: still never trained on
+        # rows mixing held-out and training sources are left out of both
+    return train, test

@@ -1,0 +1,353 @@
+"""One training round: sync reviews → pin a commit → build data → train the judge → train the chat model → export →
+evaluate → gate → promote → write `rounds/<n>.json` into the dataset repository and push.
+
+Every stage writes its result under `DATA_DIR/rounds/<n>/` and records itself in `state.json` once done, so a round
+killed at any point (mid-training included: training resumes from its newest checkpoint) continues where it stopped
+when run again. Only one round runs at a time (a lock file in the data dir).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from thresher.config import Settings
+from thresher.evaluate import Gate, apply_gate
+from thresher.registry import PROMOTED, Registry, Version
+from thresher.train.sft import TrainConfig
+
+log = logging.getLogger("thresher.round")
+
+
+class RoundBusy(RuntimeError):
+    pass
+
+
+@dataclass
+class RoundConfig:
+    """How big a round is. `tiny()` is for tests and `thresher demo --quick`."""
+
+    chat: TrainConfig = field(default_factory=lambda: TrainConfig(max_length=512, epochs=1.0))
+    judge: TrainConfig = field(default_factory=lambda: TrainConfig(max_length=768, epochs=1.0))
+    replay: str | None = "sample"  # base instruction data mixed in so a round does not forget; None: none
+    replay_limit: int | None = None
+    heldout_share: float = 0.1  # approved conversations kept out of training for the held-out loss
+    judge_heldout_rows: int = 80
+    eval_prompts: int = 40
+    eval_tokens: int = 160
+    gate: Gate = field(default_factory=Gate)
+    seed: int = 0
+
+    @classmethod
+    def tiny(cls) -> RoundConfig:
+        return cls(chat=TrainConfig(max_length=256, max_steps=2, batch_size=4, save_steps=1),
+                   judge=TrainConfig(max_length=640, max_steps=2, batch_size=2, save_steps=1),
+                   replay_limit=8, judge_heldout_rows=6, eval_prompts=2, eval_tokens=24,
+                   gate=Gate(min_win_rate=0.0, max_loss_ratio=10.0, min_judge_auc=0.0, min_judge_gain=-1.0))
+
+
+@contextlib.contextmanager
+def round_lock(data_dir: Path) -> Iterator[None]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / "round.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RoundBusy("another round is running in this data dir") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class RoundState:
+    """`rounds/<n>/state.json`: the stages done and what each produced."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.file = root / "state.json"
+        self.data: dict[str, Any] = json.loads(self.file.read_text()) if self.file.exists() else {"stages": {}}
+
+    def done(self, stage: str) -> bool:
+        return stage in self.data["stages"]
+
+    def get(self, stage: str) -> Any:
+        return self.data["stages"].get(stage)
+
+    def mark(self, stage: str, result: Any) -> None:
+        self.data["stages"][stage] = result
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, default=str))
+        tmp.replace(self.file)
+
+
+def resolve_base(settings: Settings, registry: Registry) -> tuple[str, Path | None, str | None, str]:
+    """(what to load for training, the GGUF whose metadata an export reuses, the parent version id, the serving
+    engine spec): the promoted chat version if there is one, else the configured model."""
+    from thresher.engines import embedded_model_path, parse_spec
+
+    current = registry.current("chat")
+    if current is not None:
+        path = Path(current.path or "")
+        gguf = path / "model.gguf"
+        return str(path / "hf"), gguf if gguf.exists() else None, current.id, current.spec
+    kind, target = parse_spec(settings.model)
+    if kind == "llama.cpp":
+        path = Path(target) if target else embedded_model_path()
+        return str(path), path, None, f"llama.cpp:{path}"
+    if kind == "hf":
+        return target, None, None, settings.model
+    raise ValueError("a round trains a local model: set `model` to a GGUF file or a Hugging Face model, not a "
+                     "remote server")
+
+
+def _split(conversations: list[dict], share: float) -> tuple[list[dict], list[dict]]:
+    """Held-out by a hash of the id, so the split never changes as the dataset grows."""
+    held = [c for c in conversations if int(hashlib.sha256(c["id"].encode()).hexdigest(), 16) % 1000 < share * 1000]
+    ids = {c["id"] for c in held}
+    return [c for c in conversations if c["id"] not in ids], held
+
+
+def _version_id(kind: str, n: int, path: Path) -> str:
+    h = hashlib.sha256()
+    gguf = path / "model.gguf"
+    for f in [gguf] if gguf.exists() else sorted((path / "hf").glob("*.safetensors")):
+        h.update(f.read_bytes())
+    return f"{kind}-r{n}-{h.hexdigest()[:10]}"
+
+
+def run_round(settings: Settings, config: RoundConfig | None = None,
+              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or continue) a round; returns its record, also written to `rounds/<n>.json` in the dataset."""
+    config = config or RoundConfig()
+    say = progress or (lambda msg: log.info("%s", msg))
+    with round_lock(settings.data_dir):
+        registry = Registry(settings.data_dir / "models")
+        rounds = settings.data_dir / "rounds"
+        unfinished = sorted((p for p in rounds.glob("*") if p.is_dir() and p.name.isdigit()
+                             and not RoundState(p).done("published")), key=lambda p: int(p.name))
+        n = int(unfinished[0].name) if unfinished else max(
+            [int(p.name) for p in rounds.glob("*") if p.name.isdigit()] + [0]) + 1
+        root = rounds / str(n)
+        root.mkdir(parents=True, exist_ok=True)
+        state = RoundState(root)
+        if unfinished:
+            say(f"round {n}: continuing ({', '.join(state.data['stages']) or 'nothing done yet'})")
+        return _run(settings, config, registry, n, root, state, say)
+
+
+def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, root: Path, state: RoundState,
+         say: Callable[[str], None]) -> dict[str, Any]:
+    from thresher.dataset_repo import DatasetRepo, dump
+    from thresher.review import build_dataset
+    from thresher.review import sync as sync_reviews
+    from thresher.store import Store
+
+    t0 = time.perf_counter()
+    repo = DatasetRepo(settings.dataset_path, settings.dataset_remote).open(settings.licence)
+
+    if not state.done("pinned"):
+        say(f"round {n}: syncing reviews")
+        store = Store(settings.db_url)
+        store.migrate()
+        try:
+            sync_reviews(store, repo, min_approvals=settings.quorum_approvals)
+        finally:
+            store.close()
+        base, base_gguf, parent, serving = resolve_base(settings, registry)
+        judge_cur = registry.current("judge")
+        state.mark("pinned", {"commit": repo.head() if repo.has_commits() else None, "base": base,
+                              "base_gguf": str(base_gguf) if base_gguf else None, "parent": parent,
+                              "serving": serving, "serving_judge": judge_cur.spec if judge_cur else serving,
+                              "serving_judge_id": judge_cur.id if judge_cur else None})
+    pin = state.get("pinned")
+    commit = pin["commit"]
+    say(f"round {n}: dataset commit {commit[:12] if commit else '(empty)'}")
+
+    data_dir = root / "data"
+    if not state.done("data"):
+        approved: list[dict] = []
+        if commit:
+            m = build_dataset(repo, commit, data_dir, settings.quorum_approvals)
+            approved = [json.loads(x) for x in (data_dir / "data.jsonl").read_text().splitlines() if x.strip()]
+            say(f"round {n}: {m.approved} approved conversations at {commit[:12]}")
+        train, held = _split(approved, config.heldout_share)
+        (root / "train.json").write_text(json.dumps(train))
+        (root / "heldout.json").write_text(json.dumps(held))
+        state.mark("data", {"approved": len(approved), "train": len(train), "heldout": len(held)})
+    train_convs = json.loads((root / "train.json").read_text())
+    held_convs = json.loads((root / "heldout.json").read_text())
+
+    if not state.done("judge"):
+        state.mark("judge", _train_judge(settings, config, registry, repo, commit, n, root, pin, train_convs, say))
+    judge_rec = state.get("judge")
+
+    if not state.done("chat"):
+        state.mark("chat", _train_chat(settings, config, registry, commit, n, root, pin, train_convs, judge_rec,
+                                       say))
+    chat_rec = state.get("chat")
+
+    if not state.done("evaluated"):
+        state.mark("evaluated", _evaluate(settings, config, root, pin, chat_rec, held_convs, say))
+    ev = state.get("evaluated")
+
+    if not state.done("gated"):
+        metrics = {**ev, "judge_auc": judge_rec["after_auc"], "judge_gain": judge_rec["gain"]}
+        chat_gate = apply_gate({k: metrics.get(k) for k in ("win_rate", "loss_ratio")}, config.gate)
+        judge_gate = apply_gate({k: metrics.get(k) for k in ("judge_auc", "judge_gain")}, config.gate)
+        for kind, rec, g in (("chat", chat_rec, chat_gate), ("judge", judge_rec, judge_gate)):
+            registry.update(rec["version"], metrics={**registry.get(rec["version"]).metrics, **metrics})
+            if g.passed:
+                registry.promote(rec["version"], f"round {n}: gate passed")
+                say(f"round {n}: promoted {rec['version']}")
+            else:
+                registry.reject(rec["version"], "; ".join(g.reasons))
+                say(f"round {n}: kept the serving {kind} model ({'; '.join(g.reasons)})")
+        state.mark("gated", {"chat": asdict(chat_gate), "judge": asdict(judge_gate)})
+    gated = state.get("gated")
+
+    record = {
+        "round": n, "commit": commit, "counts": state.get("data"),
+        "base": pin["base"], "parent": pin["parent"],
+        "judge": {k: judge_rec[k] for k in ("version", "before_auc", "after_auc", "gain", "rows_train",
+                                            "rows_heldout", "from_verdicts", "calibrated_threshold")},
+        "chat": {k: chat_rec[k] for k in ("version", "examples", "tokens_per_second", "final_loss")},
+        "evaluation": ev, "gate": gated,
+        "promoted": [v for v in (chat_rec["version"], judge_rec["version"])
+                     if registry.get(v).status == PROMOTED],
+        "seconds": round(sum(s.get("seconds", 0) for s in state.data["stages"].values() if isinstance(s, dict))
+                         + time.perf_counter() - t0, 1),
+    }
+    if not state.done("published"):
+        with repo.lock():
+            path = f"rounds/{n}.json"
+            repo.write(path, record)
+            repo.commit([path], f"Round {n}: trained on {commit[:12] if commit else 'no reviewed data'}; promoted "
+                                f"{', '.join(record['promoted']) or 'nothing'}")
+            pushed = repo.push() if settings.dataset_remote else False
+        (root / "round.json").write_text(dump(record))
+        state.mark("published", {"pushed": pushed})
+        say(f"round {n}: wrote rounds/{n}.json" + (" and pushed" if pushed else ""))
+    return record
+
+
+def _judge_rows(settings: Settings, config: RoundConfig, repo: Any, commit: str | None, train_convs: list[dict]):
+    from thresher.train.contrast import Source
+    from thresher.train.data import rows_from_verdicts
+    from thresher.train.judge import judge_rows, sample_sources
+
+    sources = sample_sources()
+    if config.replay_limit:
+        sources = sources[: max(config.replay_limit, 2)]
+    sources += [Source(c["id"], c["messages"]) for c in train_convs]
+    verdicts = rows_from_verdicts(repo, commit) if commit else []
+    return judge_rows(sources, verdicts, config.seed)
+
+
+def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, repo: Any, commit: str | None, n: int,
+                 root: Path, pin: dict, train_convs: list[dict], say: Callable[[str], None]) -> dict[str, Any]:
+    from thresher.train.export import export
+    from thresher.train.judge import train_judge
+
+    t = time.perf_counter()
+    rows = _judge_rows(settings, config, repo, commit, train_convs)
+    say(f"round {n}: training the judge on {len(rows)} rows (contrast pairs and reviewers' verdicts)")
+    report, model, tok = train_judge(pin["base"], root / "judge", rows, config.judge, heldout=0.2,
+                                     threshold=settings.judge_threshold, seed=config.seed,
+                                     max_heldout=config.judge_heldout_rows)
+    say(f"round {n}: judge AUC {report.before.auc} -> {report.after.auc} on {report.rows_heldout} held-out rows")
+    out = root / "judge" / "export"
+    info = {"name": f"thresher judge, round {n}", "kind": "judge", "round": n, "base": pin["base"],
+            "parent": pin["serving_judge_id"], "data_commit": commit, "examples": report.rows_train,
+            "judge_version": "(this model)", "licence": "apache-2.0",
+            "metrics": {"judge_auc_before": report.before.auc, "judge_auc_after": report.after.auc}}
+    ex = export(model, tok, out, Path(pin["base_gguf"]) if pin["base_gguf"] else None, info)
+    spec = f"llama.cpp:{ex.gguf}" if ex.gguf else f"hf:{ex.hf_dir}"
+    vid = _version_id("judge", n, out)
+    registry.add(Version(vid, "judge", spec, n, pin["serving_judge_id"], commit, None,
+                         {"judge_auc_before": report.before.auc, "judge_auc_after": report.after.auc,
+                          "calibrated_threshold": report.calibrated_threshold}, path=str(out)))
+    gain = (report.after.auc or 0.0) - (report.before.auc or 0.0)
+    return {"version": vid, "before_auc": report.before.auc, "after_auc": report.after.auc, "gain": gain,
+            "rows_train": report.rows_train, "rows_heldout": report.rows_heldout,
+            "from_verdicts": report.from_verdicts, "calibrated_threshold": report.calibrated_threshold,
+            "seconds": time.perf_counter() - t}
+
+
+def _train_chat(settings: Settings, config: RoundConfig, registry: Registry, commit: str | None, n: int, root: Path,
+                pin: dict, train_convs: list[dict], judge_rec: dict, say: Callable[[str], None]) -> dict[str, Any]:
+    from thresher.train.data import load_conversations
+    from thresher.train.export import export
+    from thresher.train.sft import load_base, tokenise_all, train_lora
+
+    t = time.perf_counter()
+    convs = [c["messages"] for c in train_convs]
+    if config.replay:
+        replay = load_conversations(config.replay, "alpaca" if config.replay == "sample" else "messages")
+        convs += replay[: config.replay_limit] if config.replay_limit else replay
+    say(f"round {n}: training the chat model on {len(train_convs)} approved conversations and "
+        f"{len(convs) - len(train_convs)} replayed examples")
+    model, tok = load_base(pin["base"])
+    rows = tokenise_all(tok, convs, config.chat.max_length)
+    result, trained = train_lora(model, tok, rows, root / "chat", config.chat, title=f"Round {n}: chat SFT loss")
+    out = root / "chat" / "export"
+    info = {"name": f"thresher chat, round {n}", "kind": "chat", "round": n, "base": pin["base"],
+            "parent": pin["parent"], "data_commit": commit, "examples": len(rows),
+            "judge_version": judge_rec["version"], "licence": "apache-2.0",
+            "metrics": {"final_loss": result.final_loss, "tokens_per_second": round(result.tokens_per_second, 1)}}
+    ex = export(trained, tok, out, Path(pin["base_gguf"]) if pin["base_gguf"] else None, info)
+    spec = f"llama.cpp:{ex.gguf}" if ex.gguf else f"hf:{ex.hf_dir}"
+    vid = _version_id("chat", n, out)
+    registry.add(Version(vid, "chat", spec, n, pin["parent"], commit, judge_rec["version"],
+                         {"final_loss": result.final_loss}, path=str(out)))
+    return {"version": vid, "spec": spec, "hf": str(ex.hf_dir), "examples": len(rows),
+            "tokens_per_second": result.tokens_per_second, "final_loss": result.final_loss,
+            "seconds": time.perf_counter() - t}
+
+
+def _evaluate(settings: Settings, config: RoundConfig, root: Path, pin: dict, chat_rec: dict,
+              held_convs: list[dict], say: Callable[[str], None]) -> dict[str, Any]:
+    from thresher.engines import load as load_engine
+    from thresher.evaluate import answers, pairwise_win_rate
+    from thresher.train.data import load_rows, sample_path
+
+    t = time.perf_counter()
+    prompts = [p["prompt"] for p in load_rows(str(sample_path().parent / "eval_prompts.json"))][
+        : config.eval_prompts]
+    say(f"round {n_of(root)}: answering {len(prompts)} held-out prompts with the new and the serving model")
+    new = load_engine(chat_rec["spec"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+    new_answers = answers(new, prompts, config.eval_tokens, progress="new model")
+    del new
+    old = load_engine(pin["serving"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+    old_answers = answers(old, prompts, config.eval_tokens, progress="serving model")
+    judge = old if pin["serving_judge"] == pin["serving"] else load_engine(pin["serving_judge"], n_ctx=settings.n_ctx)
+    wr = pairwise_win_rate(judge, prompts, new_answers, old_answers)
+    say(f"round {n_of(root)}: win rate {wr.win_rate:.3f} over {wr.prompts} prompts "
+        f"(position bias {wr.position_bias:.2f})")
+    loss_new = loss_old = ratio = None
+    if held_convs:
+        from thresher.train.sft import heldout_loss, load_base
+
+        convs = [c["messages"] for c in held_convs]
+        m, tok = load_base(chat_rec["hf"])
+        loss_new = heldout_loss(m, tok, convs, config.chat.max_length)
+        m, tok = load_base(pin["base"])
+        loss_old = heldout_loss(m, tok, convs, config.chat.max_length)
+        ratio = loss_new / loss_old if loss_new is not None and loss_old else None
+        say(f"round {n_of(root)}: held-out loss {loss_old} -> {loss_new}")
+    (root / "win_rate_examples.json").write_text(json.dumps(wr.examples, indent=2, ensure_ascii=False))
+    return {"win_rate": wr.win_rate, "prompts": wr.prompts, "ties": wr.ties, "position_bias": wr.position_bias,
+            "heldout_loss_new": loss_new, "heldout_loss_serving": loss_old, "loss_ratio": ratio,
+            "heldout_conversations": len(held_convs), "seconds": time.perf_counter() - t}
+
+
+def n_of(root: Path) -> str:
+    return root.name
