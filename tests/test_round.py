@@ -1,0 +1,150 @@
+"""A tiny real training round on the embedded model: killed mid-training and run again, it finishes; the exported
+GGUF serves; the server switches to the promoted version without a restart; the registry can roll back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from tests_helpers import bare_remote, git, judged
+
+from thresher.config import Settings
+from thresher.dataset_repo import DatasetRepo
+from thresher.flywheel import publish
+from thresher.registry import PROMOTED, Registry
+from thresher.review import write_verdict
+from thresher.store import Store
+
+pytestmark = pytest.mark.slow
+
+QA = [("What is the capital of France?", "The capital of France is Paris."),
+      ("How many legs does a spider have?", "A spider has eight legs."),
+      ("What gas do plants take in?", "Plants take in carbon dioxide and release oxygen."),
+      ("What is 7 times 6?", "7 times 6 is 42."),
+      ("Name a primary colour.", "Red is a primary colour, as are blue and yellow."),
+      ("What is the boiling point of water in Fahrenheit?", "Water boils at 212 °F at sea level.")]
+
+
+def _env(data_dir: Path, remote: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THRESHER_")}
+    return env | {"THRESHER_DATA_DIR": str(data_dir), "THRESHER_DATASET_REMOTE": str(remote), "THRESHER_JUDGE": "off",
+                  "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module")
+def finished_round(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """Publish and approve a few conversations, start `thresher round --tiny`, kill it (SIGKILL) once the judge has
+    written a checkpoint, run it again to the end. Returns (data dir, remote, the second run's output)."""
+    root = tmp_path_factory.mktemp("round")
+    data_dir, remote = root / "data", bare_remote(root / "remote.git")
+    settings = Settings(data_dir=data_dir, dataset_remote=str(remote), judge="off")
+    store = Store(settings.db_url)
+    store.migrate()
+    ids = [judged(store, q, a, 9.0) for q, a in QA]
+    repo = DatasetRepo(settings.dataset_path, str(remote)).open()
+    assert len(publish(store, repo, threshold=8.0).published) == len(QA)
+    for conv_id in ids:
+        write_verdict(repo, conv_id, "approve", "correct and clear", reviewer="ada")
+    store.close()
+
+    cmd = [sys.executable, "-m", "thresher", "round", "--tiny"]
+    first = subprocess.Popen(cmd, env=_env(data_dir, remote), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)
+    checkpoint = data_dir / "rounds" / "1" / "judge" / "checkpoints" / "checkpoint-1"
+    deadline = time.monotonic() + 900
+    while not (checkpoint / "trainer_state.json").exists():
+        assert first.poll() is None, f"the round ended before its first checkpoint:\n{first.stdout.read()}"
+        assert time.monotonic() < deadline, "no checkpoint within 15 minutes"
+        time.sleep(0.5)
+    time.sleep(1.0)  # let the checkpoint's files land; the kill may still hit mid-write, which resume must survive
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    first.stdout.close()
+    second = subprocess.run(cmd, env=_env(data_dir, remote), capture_output=True, text=True, timeout=1800)
+    assert second.returncode == 0, second.stdout + second.stderr
+    return data_dir, remote, second.stdout
+
+
+def test_a_killed_round_continues_from_its_checkpoint_and_finishes(finished_round) -> None:
+    data_dir, remote, out = finished_round
+    assert "round 1: continuing" in out
+    judge_train = json.loads((data_dir / "rounds" / "1" / "judge" / "train.json").read_text())
+    assert judge_train["resumed_from"] and judge_train["resumed_from"].endswith(("checkpoint-1", "checkpoint-2"))
+    state = json.loads((data_dir / "rounds" / "1" / "state.json").read_text())["stages"]
+    assert list(state) == ["pinned", "data", "judge", "chat", "evaluated", "gated", "published"]
+    assert state["data"]["approved"] == len(QA)
+    assert (data_dir / "rounds" / "1" / "chat" / "loss.png").stat().st_size > 1000
+
+
+def test_the_round_is_recorded_in_the_dataset_repository(finished_round, tmp_path: Path) -> None:
+    data_dir, remote, _ = finished_round
+    clone = tmp_path / "check"
+    subprocess.run(["git", "clone", "-q", str(remote), str(clone)], check=True)
+    record = json.loads((clone / "rounds" / "1.json").read_text())
+    assert record["commit"] == git(clone, "rev-list", "-n1", "HEAD~1")  # the pinned commit precedes the record
+    assert record["counts"]["approved"] == len(QA)
+    assert record["judge"]["before_auc"] is not None and record["judge"]["after_auc"] is not None
+    assert set(record["gate"]) == {"chat", "judge"} and 0 <= record["evaluation"]["win_rate"] <= 1
+
+
+def test_versions_carry_lineage_and_the_export_serves(finished_round, embedded_engine) -> None:
+    from thresher.engines import ChatParams, load
+
+    data_dir, _, _ = finished_round
+    reg = Registry(data_dir / "models")
+    chat, judge = reg.versions("chat")[0], reg.versions("judge")[0]
+    assert chat.status == PROMOTED and judge.status == PROMOTED  # the tiny round's gate lets anything through
+    assert chat.judge_version == judge.id and chat.round == 1 and chat.data_commit
+    export = Path(chat.path)
+    card = (export / "README.md").read_text()
+    assert chat.data_commit in card and "base_model:" in card
+    assert (export / "hf" / "model.safetensors").exists()
+    engine = load(chat.spec)
+    reply = "".join(c.text for c in engine.stream_chat([{"role": "user", "content": "What is 2 + 2?"}],
+                                                       ChatParams(max_tokens=12, temperature=0.0, seed=0)))
+    assert reply.strip()  # a GGUF that llama.cpp loads and that answers
+
+
+def test_the_server_switches_to_the_promoted_version_and_back_without_a_restart(finished_round, tmp_path: Path,
+                                                                                  embedded_engine) -> None:
+    from conftest import LiveServer
+
+    import thresher.server as server
+    from thresher.server import create_app
+
+    data_dir, remote, _ = finished_round
+    reg = Registry(data_dir / "models")
+    chat = reg.current("chat")
+    server.FOLLOW_SECONDS = 0.5
+    settings = Settings(data_dir=data_dir, judge="off", dataset_remote=str(remote))
+    store = Store(settings.db_url)
+    with LiveServer(create_app(settings, engine=embedded_engine)) as live:
+        def served() -> str:
+            r = httpx.post(f"{live.url}/v1/chat/completions", timeout=60, json={
+                "model": "x", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]})
+            assert r.status_code == 200, r.text
+            return store.get(r.headers["x-thresher-conversation"]).model_version
+
+        def wait_for(version: str) -> None:
+            deadline = time.monotonic() + 60
+            while served() != version:
+                assert time.monotonic() < deadline, f"still not serving {version}"
+                time.sleep(0.5)
+
+        wait_for(load_version(chat.spec))
+        reg.rollback("chat")
+        wait_for(embedded_engine.version)
+    store.close()
+
+
+def load_version(spec: str) -> str:
+    from thresher.engines import file_version
+
+    return file_version(Path(spec.removeprefix("llama.cpp:")))
