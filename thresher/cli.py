@@ -263,39 +263,45 @@ def judge_eval(
 def status(
     data_dir: Annotated[Path | None, typer.Option(help="Data directory [default: ./thresher-data].")] = None,
 ) -> None:
-    """Show conversations by status, judgments, the score histogram and what the dataset holds.
+    """Show the dashboard's figures in the terminal: conversations by status (and the published by reviewers'
+    verdict), acceptance per day, scores by judge version, judge-reviewer agreement, rounds and models.
 
     Example: `thresher status --data-dir thresher-data`
     """
     from collections import Counter
 
+    from thresher import stats
     from thresher.store import Store
 
     s = _settings(data_dir=data_dir)
     store = Store(s.db_url)
     store.migrate()
-    counts = store.counts()
-    stats = store.judgment_stats()
-    typer.echo("conversations: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
-    by = stats["by_status"]
-    typer.echo("judgments: " + (", ".join(f"{k} {v}" for k, v in sorted(by.items())) or "none"))  # type: ignore[union-attr]
-    pubs = store.publications()
-    if pubs:
-        states = Counter(p.state for p in pubs)
-        unpushed = sum(1 for p in pubs if p.state == "published" and not p.pushed)
-        typer.echo("dataset: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
-                   + (f" ({unpushed} not pushed yet)" if unpushed else ""))
-    if stats["mean_score"] is not None:
-        typer.echo(f"mean score: {stats['mean_score']:.2f}")
-        hist = stats["histogram"]
-        top = max(hist) or 1  # type: ignore[type-var]
-        for i, n in enumerate(hist):  # type: ignore[arg-type]
-            typer.echo(f"  {i + 1:>2} {'#' * round(30 * n / top):<30} {n}")
-    for conv in store.list(status="judged", limit=5):
-        last = store.judgments(conv.id)[-1]
+    try:
+        counts = store.counts()
+        judgment_stats = store.judgment_stats()
+        typer.echo("conversations: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+        by = judgment_stats["by_status"]
+        typer.echo("judgments: " + (", ".join(f"{k} {v}" for k, v in sorted(by.items())) or "none"))  # type: ignore[union-attr]
+        pubs = store.publications()
+        if pubs:
+            states = Counter(p.state for p in pubs)
+            unpushed = sum(1 for p in pubs if p.state == "published" and not p.pushed)
+            typer.echo("dataset: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
+                       + (f" ({unpushed} not pushed yet)" if unpushed else ""))
+        if judgment_stats["mean_score"] is not None:
+            typer.echo(f"mean score: {judgment_stats['mean_score']:.2f}")
+        figures = stats.collect(store, s.data_dir, s.judge_threshold, s.quorum_approvals)
+        recent = [(conv, store.judgments(conv.id)[-1]) for conv in store.list(status="judged", limit=5)]
+    finally:
+        store.close()
+    out = Console()
+    for part in stats.tables(figures):
+        out.print(part)
+    if recent:
+        out.print("Judged, not curated yet (newest):")
+    for conv, last in recent:
         score = "-" if last.score is None else f"{last.score:.2f}"
         typer.echo(f"  {conv.id}  score {score}  {last.status}  {' '.join(last.flags)}")
-    store.close()
 
 
 @app.command("publish")

@@ -654,6 +654,19 @@ class Store:
             ).all()
             return {status: n for status, n in rows}
 
+    def decisions(self) -> list[tuple[Publication, datetime]]:
+        """Every curation decision with when it was first made, oldest first (for the dashboard's figures)."""
+        with self.session() as s:
+            rows = s.scalars(sa.select(PublicationRow).order_by(PublicationRow.created_at,
+                                                                 PublicationRow.conversation_id)).all()
+            return [(_to_publication(r), _aware(r.created_at)) for r in rows]  # type: ignore[misc]
+
+    def all_judgments(self) -> list[tuple[str, Judgment]]:
+        """(conversation id, judgment) for every judgment of every judge version, oldest first (no messages)."""
+        with self.session() as s:
+            rows = s.scalars(sa.select(JudgmentRow).order_by(JudgmentRow.id)).all()
+            return [(r.conversation_id, _to_judgment(r)) for r in rows]
+
     # -- reviews ---------------------------------------------------------------------------------------------
 
     def save_reviews(self, reviews: list[Review]) -> tuple[int, int, list[Review]]:

@@ -212,10 +212,11 @@ def create_app(settings: Settings, engine: Engine | None = None, store: Store | 
         param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
         return ApiError(422, f"{param or 'request'}: {first.get('msg', 'invalid')}", "invalid_value", param).response()
 
-    from thresher.server import api, review_page, web
+    from thresher.server import api, dashboard, review_page, web
 
     app.include_router(api.router)
     app.include_router(web.router)
     app.include_router(review_page.router)
+    app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=web.HERE / "static"), name="static")
     return app

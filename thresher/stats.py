@@ -1,0 +1,433 @@
+"""The flywheel's figures, for `/dashboard` and `thresher status`: conversations by status, the curator's acceptance
+rate per day, score histograms per judge version, how well each judge version agrees with the reviewers, and the
+training rounds with their gates and the models' lineage.
+
+`collect` reads the store, `DATA_DIR/rounds/<n>/` and the registry into one `Figures`; `plot` draws one of them as a
+PNG with matplotlib's Agg backend (imported only there, so the server starts without it). A figure without data
+says so ("no data yet") instead of drawing empty axes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date
+from pathlib import Path
+from typing import Any
+
+from thresher.evaluate import auc, spearman
+from thresher.judge import Judgment
+from thresher.registry import Registry, RegistryError, Version
+from thresher.review import quorum
+from thresher.store import CONSENT_REJECTIONS, Store
+
+# Conversation statuses in the order a conversation passes through them, with what each means here.
+STATUSES = {
+    "open": "open (being chatted in)",
+    "ended": "ended, not judged (yet)",
+    "judged": "judged, not curated yet",
+    "accepted": "accepted, not published yet",
+    "publishing": "being published",
+    "published": "published",
+    "rejected": "rejected by the judge or curator",
+    "taken_down": "taken down",
+}
+# Published conversations by the reviewers' quorum.
+REVIEWS = {"approved": "approved by reviewers", "rejected": "rejected by reviewers", "pending": "awaiting review"}
+PLOTS = ("statuses", "acceptance", "scores", "agreement", "rounds")
+NO_DATA = "no data yet"
+
+
+@dataclass
+class Day:
+    """The curator's decisions on one day (UTC): accepted (published, or to be) against rejected."""
+
+    day: date
+    accepted: int
+    rejected: int
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / (self.accepted + self.rejected)
+
+
+@dataclass
+class Agreement:
+    """One judge version against the reviewers, over the published conversations that it judged and that have a
+    quorum verdict. `agree`: the judge's accept (score at the threshold, no blocking flag) matched the reviewers'
+    approve. Spearman: the judge's score against the mean of the reviewers' scores, where any were given."""
+
+    judge: str
+    verdicts: int
+    agree: int
+    judge_accept_reviewers_reject: int
+    judge_reject_reviewers_approve: int
+    auc: float | None  # judge score separating approved from rejected
+    spearman: float | None
+    scored: int  # conversations with a reviewer score, for the Spearman figure
+
+    @property
+    def rate(self) -> float | None:
+        return self.agree / self.verdicts if self.verdicts else None
+
+
+@dataclass
+class Round:
+    """One training round as `DATA_DIR/rounds/<n>/` records it, finished or not."""
+
+    n: int
+    stages: list[str]
+    finished: bool
+    commit: str | None = None
+    approved: int | None = None
+    chat_version: str | None = None
+    judge_version: str | None = None
+    chat_gate: bool | None = None  # None: not gated yet
+    judge_gate: bool | None = None
+    reasons: list[str] = field(default_factory=list)  # failed checks, "chat: ..." / "judge: ..."
+    promoted: list[str] = field(default_factory=list)
+    win_rate: float | None = None
+    loss_ratio: float | None = None
+    judge_auc: float | None = None
+    judge_gain: float | None = None
+
+
+@dataclass
+class Figures:
+    threshold: float
+    min_approvals: int
+    statuses: dict[str, int]  # conversation status -> count, in STATUSES order (then any others)
+    reviews: dict[str, int]  # published conversations by quorum: approved / rejected / pending
+    acceptance: list[Day]
+    histograms: dict[str, list[int]]  # judge version -> counts of scores in bins 1..10 (bin k: k <= score < k+1)
+    agreement: list[Agreement]
+    rounds: list[Round]
+    versions: list[Version]
+    problems: list[str] = field(default_factory=list)  # records that could not be read, and why
+
+    @property
+    def total(self) -> int:
+        return sum(self.statuses.values())
+
+    def empty(self, name: str) -> bool:
+        """Whether the plot `name` has nothing to show."""
+        if name not in PLOTS:
+            raise ValueError(f"no plot named {name!r}; the plots are {', '.join(PLOTS)}")
+        return {"statuses": not self.total, "acceptance": not self.acceptance, "scores": not self.histograms,
+                "agreement": not any(a.verdicts for a in self.agreement),
+                "rounds": not any(r.win_rate is not None or r.judge_auc is not None for r in self.rounds)}[name]
+
+
+def judge_label(j: Judgment, rubrics: dict[str, set[str]]) -> str:
+    """A judge version's name: its judge id, with the rubric hash when that judge id was used with several."""
+    return j.judge_id if len(rubrics[j.judge_id]) == 1 else f"{j.judge_id} (rubric {j.rubric_hash[:8]})"
+
+
+def collect(store: Store, data_dir: Path, threshold: float, min_approvals: int = 1) -> Figures:
+    """Every figure, from the store, the round records under `data_dir/rounds` and the registry."""
+    problems: list[str] = []
+    counts = store.counts()
+    statuses = {s: counts[s] for s in STATUSES if counts.get(s)}
+    statuses.update(sorted((s, n) for s, n in counts.items() if s not in STATUSES and n))
+
+    decisions = store.decisions()
+    published = {p.conversation_id for p, _ in decisions if p.state == "published"}
+    verdicts: dict[str, list] = defaultdict(list)
+    for r in store.reviews():
+        verdicts[r.conversation_id].append(r)
+    quorums = {cid: quorum(verdicts.get(cid, []), min_approvals) for cid in published}
+    reviews = dict(Counter(quorums.values()))
+    reviews = {k: reviews[k] for k in REVIEWS if reviews.get(k)}
+
+    days: dict[date, list[int]] = defaultdict(lambda: [0, 0])
+    for p, at in decisions:
+        if p.state == "rejected" and p.reason in CONSENT_REJECTIONS:
+            continue  # the owner's choice, not the conversation's quality
+        days[at.astimezone(UTC).date()][p.state == "rejected"] += 1
+    acceptance = [Day(d, a, r) for d, (a, r) in sorted(days.items())]
+
+    judgments = store.all_judgments()
+    rubrics: dict[str, set[str]] = defaultdict(set)
+    for _, j in judgments:
+        rubrics[j.judge_id].add(j.rubric_hash)
+    histograms: dict[str, list[int]] = {}
+    latest: dict[str, dict[str, Judgment]] = defaultdict(dict)  # judge version -> conversation -> its judgment
+    for cid, j in judgments:
+        if j.status == "failed":
+            continue
+        label = judge_label(j, rubrics)
+        latest[label][cid] = j
+        if j.score is not None:
+            histograms.setdefault(label, [0] * 10)[min(9, max(0, int(j.score) - 1))] += 1
+
+    agreement = []
+    for label, by_conv in latest.items():
+        rows = [(by_conv[cid], q == "approved", verdicts[cid]) for cid, q in quorums.items()
+                if q != "pending" and cid in by_conv]
+        if not rows:
+            continue
+        pairs = [(j.accepted(threshold), ok) for j, ok, _ in rows]  # (judge accepts, reviewers approve)
+        scored = [(j.score, sum(given) / len(given)) for j, _, vs in rows
+                  if j.score is not None and (given := [v.score for v in vs if v.score is not None])]
+        agreement.append(Agreement(
+            judge=label, verdicts=len(rows), agree=sum(a == ok for a, ok in pairs),
+            judge_accept_reviewers_reject=sum(a and not ok for a, ok in pairs),
+            judge_reject_reviewers_approve=sum(ok and not a for a, ok in pairs),
+            auc=auc([j.score for j, ok, _ in rows if ok and j.score is not None],
+                    [j.score for j, ok, _ in rows if not ok and j.score is not None]),
+            spearman=spearman([s for s, _ in scored], [h for _, h in scored]), scored=len(scored)))
+    agreement.sort(key=lambda a: a.judge)
+
+    try:
+        versions = Registry(data_dir / "models").versions()
+    except RegistryError as e:
+        versions = []
+        problems.append(str(e))
+    return Figures(threshold, min_approvals, statuses, reviews, acceptance, histograms, agreement,
+                   read_rounds(data_dir / "rounds", problems), versions, problems)
+
+
+def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        problems.append(f"{path} could not be read: {e}")
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{path} is not a JSON object")
+        return None
+    return data
+
+
+def read_rounds(root: Path, problems: list[str] | None = None) -> list[Round]:
+    """The rounds recorded under `root` (DATA_DIR/rounds), oldest first; unreadable records go to `problems`."""
+    problems = [] if problems is None else problems
+    out = []
+    dirs = sorted((p for p in root.glob("*") if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    for d in dirs:
+        state = _read_json(d / "state.json", problems) or {}
+        record = _read_json(d / "round.json", problems) or {}
+        stages = state.get("stages") if isinstance(state.get("stages"), dict) else {}
+        if not stages and not record:
+            continue
+        pinned, data = stages.get("pinned") or {}, stages.get("data") or record.get("counts") or {}
+        judge, chat = stages.get("judge") or record.get("judge") or {}, stages.get("chat") or record.get("chat") or {}
+        ev = stages.get("evaluated") or record.get("evaluation") or {}
+        gated = stages.get("gated") or record.get("gate") or {}
+        r = Round(n=int(d.name), stages=list(stages) or ["published"], finished="published" in stages or bool(record),
+                  commit=pinned.get("commit", record.get("commit")), approved=data.get("approved"),
+                  chat_version=chat.get("version"), judge_version=judge.get("version"),
+                  win_rate=ev.get("win_rate"), loss_ratio=ev.get("loss_ratio"),
+                  judge_auc=judge.get("after_auc"), judge_gain=judge.get("gain"),
+                  promoted=list(record.get("promoted") or []))
+        for kind in ("chat", "judge"):
+            g = gated.get(kind)
+            if isinstance(g, dict):
+                setattr(r, f"{kind}_gate", bool(g.get("passed")))
+                r.reasons += [f"{kind}: {why}" for why in g.get("reasons") or []]
+        out.append(r)
+    return out
+
+
+def lineage(version: Version, versions: list[Version]) -> list[str]:
+    """The version's ancestry, newest first: its id, its parent's, ... back to the base model."""
+    by_id = {v.id: v for v in versions}
+    chain, at = [version.id], version.parent
+    while at is not None and at not in chain:
+        chain.append(at)
+        at = by_id[at].parent if at in by_id else None
+    return chain + ["base"]
+
+
+# -- plots ----------------------------------------------------------------------------------------------------------
+
+_PLOT_LOCK = threading.Lock()  # Agg is fine in threads with separate figures; this bounds the CPU a page costs
+COLOURS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#71717a"]
+
+
+def plot(figures: Figures, name: str) -> bytes:
+    """One figure as PNG bytes: statuses, acceptance, scores, agreement or rounds."""
+    empty = figures.empty(name)  # raises ValueError for an unknown name
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.6), dpi=100)
+    ax = fig.add_subplot()
+    if empty:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, NO_DATA, ha="center", va="center", fontsize=16, color="#71717a")
+    else:
+        {"statuses": _statuses, "acceptance": _acceptance, "scores": _scores, "agreement": _agreement,
+         "rounds": _rounds}[name](figures, ax)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    with _PLOT_LOCK:
+        fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _statuses(f: Figures, ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    labels = list(f.statuses) + [REVIEWS[k] for k in f.reviews]
+    values = list(f.statuses.values()) + list(f.reviews.values())
+    colours = [COLOURS[0]] * len(f.statuses) + [COLOURS[2]] * len(f.reviews)
+    bars = ax.barh(labels[::-1], values[::-1], color=colours[::-1])
+    ax.bar_label(bars, padding=3)
+    ax.set_xlabel("conversations")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("Conversations by status; green: the published by reviewers' verdict", fontsize=10)
+    ax.margins(x=0.12)
+
+
+def _acceptance(f: Figures, ax: Any) -> None:
+    days = [d.day.isoformat() for d in f.acceptance]
+    bars = ax.bar(days, [100 * d.rate for d in f.acceptance], color=COLOURS[0])
+    ax.bar_label(bars, labels=[f"{d.accepted}/{d.accepted + d.rejected}" for d in f.acceptance], padding=2)
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("accepted, %")
+    ax.set_title("Curator's acceptance rate per day (accepted / decided)")
+    ax.tick_params(axis="x", labelrotation=30 if len(days) > 4 else 0)
+
+
+def _scores(f: Figures, ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    width = 0.8 / len(f.histograms)
+    for i, (label, counts) in enumerate(sorted(f.histograms.items())):  # bin k is drawn between k and k+1
+        xs = [k + 1.1 + width * i for k in range(10)]
+        ax.bar(xs, counts, width=width, align="edge", color=COLOURS[i % len(COLOURS)],
+               label=f"{label} ({sum(counts)})")
+    ax.axvline(f.threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {f.threshold:g}")
+    ax.set_xticks(range(1, 12))
+    ax.set_xlim(1, 11)
+    ax.set_xlabel("score")
+    ax.set_ylabel("judgments")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("Judge scores by judge version")
+    ax.legend(fontsize=8)
+
+
+def _agreement(f: Figures, ax: Any) -> None:
+    rows = [a for a in f.agreement if a.verdicts]
+    bars = ax.bar([a.judge for a in rows], [100 * (a.rate or 0) for a in rows], color=COLOURS[2])
+    ax.bar_label(bars, labels=[f"{a.agree}/{a.verdicts}" + (f", ρ {a.spearman:.2f}" if a.spearman is not None else "")
+                               for a in rows], padding=2)
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("agreement, %")
+    ax.set_title("Judge accept vs reviewers' approve, per judge version")
+
+
+def _rounds(f: Figures, ax: Any) -> None:
+    rounds = [r for r in f.rounds if r.win_rate is not None or r.judge_auc is not None]
+    for attr, gate, colour, label in (("win_rate", "chat_gate", COLOURS[0], "chat win rate"),
+                                      ("judge_auc", "judge_gate", COLOURS[3], "judge AUC")):
+        pts = [(r.n, getattr(r, attr), getattr(r, gate)) for r in rounds if getattr(r, attr) is not None]
+        if not pts:
+            continue
+        ax.plot([n for n, _, _ in pts], [v for _, v, _ in pts], color=colour, label=label, marker="o")
+        failed = [(n, v) for n, v, ok in pts if ok is False]
+        if failed:
+            ax.scatter([n for n, _ in failed], [v for _, v in failed], color=COLOURS[1], marker="x", s=80,
+                       zorder=3, label=f"{label}: gate failed")
+    ax.set_xticks([r.n for r in rounds])
+    ax.set_xlabel("round")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Rounds: the candidate's figures (x: gate failed, not promoted)")
+    ax.legend(fontsize=8)
+
+
+# -- the terminal ---------------------------------------------------------------------------------------------------
+
+
+def _fmt(x: float | None, spec: str = ".3f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def tables(f: Figures) -> list[Any]:
+    """The figures as rich tables for `thresher status` (the dashboard's tables, without the plots); a section with
+    nothing to show is one line saying so."""
+    from rich.table import Table
+    from rich.text import Text
+
+    out: list[Any] = [Text(p, style="red") for p in f.problems]
+
+    def table(title: str, *columns: str, caption: str | None = None) -> Table:
+        t = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+        for c in columns:
+            t.add_column(c, justify="left" if c in ("status", "day", "judge", "version", "kind", "state", "gates",
+                                                    "lineage", "why", "commit", "promoted") else "right",
+                         no_wrap=c in ("day", "commit", "version"))
+        return t
+
+    def none(title: str, why: str) -> Text:
+        return Text(f"{title}: {NO_DATA} ({why})")
+
+    if f.total:
+        t = table("Conversations", "status", "n", caption=f"reviewers' quorum: {f.min_approvals} approval(s), "
+                                                           "any rejection rejects")
+        for s, n in f.statuses.items():
+            t.add_row(STATUSES.get(s, s), str(n))
+        for s, n in f.reviews.items():
+            t.add_row(f"  published, {REVIEWS[s]}", str(n))
+        t.add_row("all", str(f.total), style="bold")
+        out.append(t)
+    else:
+        out.append(none("Conversations", "none stored"))
+
+    if f.acceptance:
+        t = table("Acceptance per day (UTC)", "day", "accepted", "rejected", "rate")
+        for d in f.acceptance:
+            t.add_row(d.day.isoformat(), str(d.accepted), str(d.rejected), f"{100 * d.rate:.0f}%")
+        out.append(t)
+    else:
+        out.append(none("Acceptance per day", "the curator has decided on nothing"))
+
+    if f.histograms:
+        t = table("Scores by judge version", "judge", *map(str, range(1, 11)), "all",
+                  caption=f"column k: scores from k up to k+1; threshold {f.threshold:g}")
+        for judge, counts in sorted(f.histograms.items()):
+            t.add_row(judge, *map(str, counts), str(sum(counts)))
+        out.append(t)
+    else:
+        out.append(none("Scores by judge version", "nothing judged"))
+
+    if f.agreement:
+        t = table("Judge vs reviewers", "judge", "verdicts", "agree", "judge yes, reviewers no",
+                  "judge no, reviewers yes", "AUC", "Spearman (n)")
+        for a in f.agreement:
+            t.add_row(a.judge, str(a.verdicts), f"{a.agree} ({100 * (a.rate or 0):.0f}%)",
+                      str(a.judge_accept_reviewers_reject), str(a.judge_reject_reviewers_approve), _fmt(a.auc, ".2f"),
+                      f"{_fmt(a.spearman, '.2f')} ({a.scored})")
+        out.append(t)
+    else:
+        out.append(none("Judge vs reviewers", "no published conversation has a reviewers' verdict"))
+
+    if f.rounds:
+        why = [f"round {r.n}, {reason}" for r in f.rounds for reason in r.reasons]
+        t = table("Rounds", "round", "state", "commit", "approved", "win rate", "loss ratio", "judge AUC (gain)",
+                  "gates", "promoted", caption="\n".join(why) or None)
+        for r in f.rounds:
+            gates = "\n".join(f"{k} {'passed' if g else 'failed' if g is False else 'not gated'}"
+                              for k, g in (("chat", r.chat_gate), ("judge", r.judge_gate)))
+            gain = "" if r.judge_gain is None else f" ({r.judge_gain:+.3f})"
+            t.add_row(str(r.n), "finished" if r.finished else f"after {', '.join(r.stages) or 'nothing'}",
+                      (r.commit or "–")[:12], "–" if r.approved is None else str(r.approved), _fmt(r.win_rate),
+                      _fmt(r.loss_ratio), _fmt(r.judge_auc) + gain,
+                      gates, ", ".join(r.promoted) or "nothing")
+        out.append(t)
+    else:
+        out.append(none("Rounds", "no training round has run"))
+
+    if f.versions:
+        t = table("Models", "version", "kind", "round", "status", "lineage", "why")
+        for v in f.versions:
+            t.add_row(v.id, v.kind, str(v.round), v.status, " <- ".join(lineage(v, f.versions)), v.reason)
+        out.append(t)
+    else:
+        out.append(none("Models", "none registered; the configured models serve"))
+    return out
