@@ -806,3 +806,109 @@ def round_cmd(
         raise typer.Exit(1) from None
     typer.echo(f"round {record['round']} done in {record['seconds']:.0f} s; promoted: "
                f"{', '.join(record['promoted']) or 'nothing'}")
+
+
+@app.command("worker")
+def worker_cmd(
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory [default: ./thresher-data].")] = None,
+    once: Annotated[bool, typer.Option(help="Run each stage once and exit (for cron or a test).")] = False,
+) -> None:
+    """Run the loop without the web server: judge ended conversations, publish, sync reviews, start rounds.
+
+    Example: `thresher worker --data-dir thresher-data`
+
+    For larger set-ups, where `thresher serve` runs with `judge = "off"` on the chat machines and one worker does
+    the rest. Every stage is resumable: all state is in the store and the dataset repository.
+    """
+    import logging
+    import os
+    import time
+
+    from thresher.dataset_repo import DatasetRepo, GitError
+    from thresher.engines import load as load_engine
+    from thresher.flywheel import RoundRunner, judge_pending, publish, rejudge_corrections
+    from thresher.review import sync
+    from thresher.server import make_judge
+    from thresher.store import Store
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    s = _settings(data_dir=data_dir)
+    if s.judge == "off":
+        err.print("[red]error:[/red] the worker judges conversations: set `judge` to 'serving' or an engine spec")
+        raise typer.Exit(2)
+    store = Store(s.db_url)
+    store.migrate()
+    judge = make_judge(s, load_engine(s.model, n_ctx=s.n_ctx, n_threads=s.n_threads))
+    repo = DatasetRepo(s.dataset_path, s.dataset_remote)
+    rounds = RoundRunner(s.data_dir, s.round_min_new_approved, env={**os.environ, **s.as_env()})
+    next_publish = 0.0
+    try:
+        while True:
+            n = judge_pending(store, judge)
+            if n:
+                typer.echo(f"judged {n} conversation(s)")
+            if time.monotonic() >= next_publish:
+                next_publish = time.monotonic() + s.publish_interval_seconds
+                try:
+                    repo.open(s.licence)
+                    report = publish(store, repo, threshold=s.judge_threshold, daily_cap=s.publish_daily_cap)
+                    synced = sync(store, repo, s.quorum_approvals)
+                    rejudge_corrections(store, repo, judge)
+                    typer.echo(f"published {len(report.published)}, rejected {len(report.rejected)}; "
+                               f"{synced.approved} approved in the dataset")
+                    if rounds.maybe_start(synced.approved):
+                        typer.echo(f"started a training round; output in {rounds.log_path}")
+                except GitError as e:
+                    err.print(f"[yellow]dataset:[/yellow] {e} (retrying next time)")
+            if once:
+                if rounds.proc is not None:
+                    rounds.proc.wait()
+                return
+            time.sleep(s.judge_interval_seconds)
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+    finally:
+        store.close()
+
+
+@app.command("demo")
+def demo_cmd(
+    data_dir: Annotated[Path, typer.Option(help="A fresh directory for the demo's data.")] = Path("thresher-demo"),
+    quick: Annotated[bool, typer.Option(help="4 simulated users and a tiny round: about 3 minutes on 2 cores.")] = (
+        False),
+    serve_after: Annotated[bool, typer.Option("--serve/--exit", help="Keep the server running afterwards so you "
+                                                                   "can look at the chat page and dashboard.")] = True,
+    port: Annotated[int | None, typer.Option(help="Port [default: a free one].")] = None,
+) -> None:
+    """The whole loop on this machine with SIMULATED users and a SIMULATED reviewer, ending in one gated round.
+
+    Example: `thresher demo --quick`
+
+    Simulated users chat with the embedded model through the real API and agree to publishing; conversations are
+    judged, published to a local bare git repository, reviewed by a simulated reviewer (its policy is printed), and
+    one small round trains and is gated.
+    """
+    import time
+
+    from thresher.demo import run_demo
+
+    try:
+        summary = run_demo(data_dir, quick, typer.echo, keep_serving=serve_after, port=port)
+    except FileExistsError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    typer.echo("")
+    typer.echo(f"demo finished in {summary['seconds']:.0f} s: {summary['conversations']} simulated conversations, "
+               f"{summary['judged']} judged, {summary['published']} published, {summary['approved']} approved / "
+               f"{summary['rejected']} rejected by the simulated reviewer")
+    typer.echo(f"round {summary['round']}: judge AUC {summary['judge_auc'][0]} -> {summary['judge_auc'][1]}; "
+               f"win rate {summary['win_rate']:.3f}; promoted: {', '.join(summary['promoted']) or 'nothing'}")
+    typer.echo(f"dataset: {summary['remote']}")
+    typer.echo(f"dashboard: {summary['dashboard']}   chat: {summary['chat']}")
+    if serve_after:
+        typer.echo("serving; Ctrl-C to stop")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            summary["server"].should_exit = True

@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     gate_min_judge_gain: float = Field(
         0.0, description="... and at least this much above the serving judge's AUC on the same rows."
     )
+    round_min_new_approved: int = Field(
+        100, ge=0, description="`thresher serve` (and `thresher worker`) start a training round once this many "
+        "conversations were approved since the last round; 0: only by hand (`thresher round`)."
+    )
     follow_registry: bool = Field(
         True, description="Serve (and judge with) the registry's promoted versions, switching to a newly promoted "
         "one without a restart; off: always the configured model."
@@ -181,6 +185,18 @@ class Settings(BaseSettings):
     @property
     def dataset_path(self) -> Path:
         return self.dataset_dir or self.data_dir / "dataset"
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as THRESHER_* variables, so a child process (a training round) sees exactly them."""
+        import json
+
+        env = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is None:
+                continue
+            text = json.dumps(value) if isinstance(value, list | dict | bool) else str(value)
+            env[f"THRESHER_{name.upper()}"] = text
+        return env
 
     def gate(self) -> Any:
         """The promotion gate these settings ask for (thresher.evaluate.Gate)."""

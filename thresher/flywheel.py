@@ -8,10 +8,13 @@ was judging, and running it again continues with the rest.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 from thresher.conversation import Conversation, Message, utcnow
 from thresher.curate import Deduplicator, rejection, scrub, scrub_text
@@ -261,3 +264,60 @@ def rejudge_corrections(store: Store, repo: DatasetRepo, judge: Judge) -> int:
         log.info("re-judged corrected %s: %s", c.conversation_id,
                  "-" if judgment.score is None else f"{judgment.score:.2f}")
     return done
+
+
+# -- rounds -------------------------------------------------------------------------------------------------------
+
+
+def approved_since_last_round(data_dir: Path, approved_now: int) -> int:
+    """Approved conversations beyond what the newest finished round trained on."""
+    import json
+
+    last = 0
+    for state in sorted((data_dir / "rounds").glob("*/state.json"), key=lambda p: int(p.parent.name)):
+        stages = json.loads(state.read_text()).get("stages", {})
+        if "published" in stages:
+            last = stages.get("data", {}).get("approved", last)
+    return approved_now - last
+
+
+class RoundRunner:
+    """Starts `thresher round` as its own process when enough newly approved conversations exist: training needs
+    gigabytes and both cores for minutes, so it never runs inside the server's process; one at a time (the round
+    also holds a lock in the data dir); an unfinished round is continued by the next start."""
+
+    def __init__(self, data_dir: Path, min_new_approved: int, env: dict[str, str] | None = None) -> None:
+        self.data_dir, self.min_new = data_dir, min_new_approved
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self.log_path = data_dir / "rounds" / "worker.log"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def due(self, approved_now: int) -> bool:
+        unfinished = any(not _finished(p) for p in (self.data_dir / "rounds").glob("*/state.json"))
+        return self.min_new > 0 and (unfinished or approved_since_last_round(self.data_dir, approved_now)
+                                     >= self.min_new)
+
+    def maybe_start(self, approved_now: int) -> bool:
+        if self.running or not self.due(approved_now):
+            return False
+        if self.proc is not None:
+            log.info("the last round exited with %s", self.proc.returncode)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "thresher", "round", "--data-dir", str(self.data_dir)],
+                                         stdout=out, stderr=subprocess.STDOUT, env=self.env)
+        log.info("started a training round (pid %d); its output goes to %s", self.proc.pid, self.log_path)
+        return True
+
+
+def _finished(state_file: Path) -> bool:
+    import json
+
+    try:
+        return "published" in json.loads(state_file.read_text()).get("stages", {})
+    except (OSError, ValueError):
+        return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,7 +27,7 @@ from thresher.conversation import utcnow
 from thresher.dataset_repo import DatasetRepo
 from thresher.engines import Engine
 from thresher.engines import load as load_engine
-from thresher.flywheel import judge_pending, publish, rejudge_corrections
+from thresher.flywheel import RoundRunner, judge_pending, publish, rejudge_corrections
 from thresher.judge import Judge
 from thresher.review import sync as sync_reviews
 from thresher.server.guard import ApiError, RateLimiter
@@ -83,6 +84,7 @@ async def _publish_loop(rt: Runtime, judge: Judge) -> None:
     conversations again; a failed push is retried on the next tick."""
     s = rt.settings
     repo = DatasetRepo(s.dataset_path, s.dataset_remote)
+    rounds = RoundRunner(s.data_dir, s.round_min_new_approved, env={**os.environ, **s.as_env()})
     while True:
         await asyncio.sleep(s.publish_interval_seconds)
         try:
@@ -96,6 +98,9 @@ async def _publish_loop(rt: Runtime, judge: Judge) -> None:
                 log.info("reviews: %d new, %d updated verdict(s), %d correction(s)", synced.new, synced.updated,
                          synced.corrections)
             await run_in_threadpool(rejudge_corrections, rt.store, repo, judge)
+            if rounds.maybe_start(synced.approved):
+                log.info("a training round started: %d approved conversations since the last one",
+                         synced.approved)
         except Exception:  # keep the loop alive; the next tick retries
             log.exception("publishing failed")
 

@@ -47,7 +47,15 @@ class RoundConfig:
     seed: int = 0
 
     @classmethod
+    def small(cls, gate: Gate | None = None) -> RoundConfig:
+        """A round that shows real learning in about ten minutes on two cores (the full demo)."""
+        return cls(chat=TrainConfig(max_length=384, max_steps=8, batch_size=8, save_steps=4),
+                   judge=TrainConfig(max_length=768, max_steps=6, batch_size=4, save_steps=3),
+                   replay_limit=48, judge_heldout_rows=24, eval_prompts=8, eval_tokens=64, gate=gate or Gate())
+
+    @classmethod
     def tiny(cls) -> RoundConfig:
+        """A few steps on a few examples, with the gate's limits relaxed so the whole path runs (tests, --quick)."""
         return cls(chat=TrainConfig(max_length=256, max_steps=2, batch_size=4, save_steps=1),
                    judge=TrainConfig(max_length=640, max_steps=2, batch_size=2, save_steps=1),
                    replay_limit=8, judge_heldout_rows=6, eval_prompts=2, eval_tokens=24,

@@ -1,0 +1,170 @@
+"""`thresher demo`: the whole loop on this machine, with simulated people.
+
+In a fresh data dir: the real server starts on 127.0.0.1 with the embedded model; SIMULATED users (prompts written
+for this demo) chat with it through the real OpenAI-compatible API, say yes to publishing and end their
+conversations; the judge rates them; the best are scrubbed and published to a local bare git repository; a
+SIMULATED reviewer, whose policy is printed, approves or rejects them in git; the verdicts are synced back; and one
+small training round runs and is gated. Everything simulated is labelled so: the reviewer's name, each verdict's
+reason, and the `simulated` flag the users send.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from thresher.config import Settings
+
+SIMULATED_USERS: list[list[str]] = [
+    ["What is the capital of Italy?"],
+    ["How many days are there in a leap year?"],
+    ["Give me one tip for sleeping better.", "Thanks! And one more?"],
+    ["What does a thermometer measure?"],
+    ["Write a haiku about autumn leaves."],
+    ["Why do we have seasons on Earth?"],
+    ["What is 15% of 200?"],
+    ["Name three primary colours."],
+    ["How do I boil an egg?"],
+    ["What is the difference between weather and climate?"],
+    ["Translate 'good morning' into French."],
+    ["What is photosynthesis, in one sentence?"],
+]
+
+REVIEWER = "simulated-reviewer"
+REVIEWER_POLICY = ("approve when the judge scored it at least {min_score:g} and raised no flag and every answer has "
+                   "at least {min_words} words; otherwise reject")
+
+
+@dataclass
+class DemoConfig:
+    users: int = 12
+    reply_tokens: int = 96
+    min_score: float = 1.0  # the demo publishes whatever the untrained judge rates at all
+    review_min_score: float = 4.0
+    review_min_words: int = 4
+    quick: bool = False
+
+    @classmethod
+    def make(cls, quick: bool) -> DemoConfig:
+        return cls(users=4, reply_tokens=48, quick=True) if quick else cls()
+
+
+def review_policy(score: float | None, flags: list[str], messages: list[dict[str, str]],
+                  config: DemoConfig) -> tuple[str, str]:
+    """The simulated reviewer's verdict and reason (labelled simulated)."""
+    answers = [m["content"] for m in messages if m["role"] == "assistant"]
+    ok = (score is not None and score >= config.review_min_score and not flags
+          and all(len(a.split()) >= config.review_min_words for a in answers))
+    return ("approve" if ok else "reject",
+            "[simulated reviewer] " + ("meets" if ok else "fails") + " the policy: " + REVIEWER_POLICY.format(
+                min_score=config.review_min_score, min_words=config.review_min_words))
+
+
+def run_demo(data_dir: Path, quick: bool, say: Callable[[str], None], keep_serving: bool = False,
+             port: int | None = None) -> dict[str, Any]:
+    import httpx
+    import uvicorn
+
+    from thresher.dataset_repo import DatasetRepo
+    from thresher.flywheel import judge_pending, publish
+    from thresher.review import sync, write_verdict
+    from thresher.server import create_app
+    from thresher.server import make_judge as _make_judge
+    from thresher.store import Store
+    from thresher.train.round import RoundConfig, run_round
+
+    t0 = time.perf_counter()
+    config = DemoConfig.make(quick)
+    if (data_dir / "thresher.db").exists():
+        raise FileExistsError(f"{data_dir} already holds a thresher database; the demo needs a fresh data dir")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    remote = data_dir / "public-dataset.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
+    port = port or _free_port()
+    settings = Settings(data_dir=data_dir, dataset_remote=str(remote), judge="serving",
+                        judge_threshold=config.min_score, judge_rationale="never", api_publish_by_default=False,
+                        port=port, round_min_new_approved=0, publish_interval_seconds=3600,
+                        judge_interval_seconds=3600)
+    say(f"demo data dir: {data_dir}; the public dataset is the local bare repository {remote}")
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    import threading
+
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the demo server did not start")
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    say(f"server up at {url}; {config.users} SIMULATED users start chatting through the API")
+    ids = []
+    with httpx.Client(base_url=url, timeout=300) as client:
+        model = client.get("/v1/models").json()["data"][0]["id"]
+        for i, turns in enumerate(SIMULATED_USERS[: config.users]):
+            messages: list[dict[str, str]] = []
+            conv_id = None
+            for text in turns:
+                messages.append({"role": "user", "content": text})
+                r = client.post("/v1/chat/completions", json={
+                    "model": model, "messages": messages, "max_tokens": config.reply_tokens, "temperature": 0.3,
+                    "seed": i, "thresher_publish": True, "user": f"simulated-user-{i}"})
+                r.raise_for_status()
+                conv_id = r.headers["x-thresher-conversation"]
+                messages.append({"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]})
+            client.post(f"/v1/conversations/{conv_id}/end").raise_for_status()
+            ids.append(conv_id)
+            say(f"  simulated user {i + 1}: {turns[0]!r} -> {messages[-1]['content'][:60]!r}")
+
+    store = Store(settings.db_url)
+    judge = _make_judge(settings, app.state.rt.engine)
+    judged = judge_pending(store, judge)
+    say(f"judged {judged} conversation(s)")
+    repo = DatasetRepo(settings.dataset_path, str(remote)).open(settings.licence)
+    report = publish(store, repo, threshold=settings.judge_threshold)
+    say(f"published {len(report.published)} to {remote}; rejected {len(report.rejected)}")
+
+    say("the SIMULATED reviewer's policy: " + REVIEWER_POLICY.format(min_score=config.review_min_score,
+                                                                     min_words=config.review_min_words))
+    verdicts = {"approve": 0, "reject": 0}
+    for conv_id in report.published:
+        history = store.judgments(conv_id)
+        j = history[-1] if history else None
+        conv = store.get(conv_id)
+        verdict, reason = review_policy(j.score if j else None, j.flags if j else [],
+                                        [m.to_openai() for m in conv.messages], config)
+        write_verdict(repo, conv_id, verdict, reason, reviewer=REVIEWER)
+        verdicts[verdict] += 1
+    synced = sync(store, repo, settings.quorum_approvals)
+    say(f"simulated reviewer: {verdicts['approve']} approved, {verdicts['reject']} rejected; synced "
+        f"({synced.approved} approved in the store)")
+    store.close()
+
+    say("one small training round (judge, chat model, export, evaluation, gate)")
+    round_config = RoundConfig.tiny() if quick else RoundConfig.small()
+    record = run_round(settings, round_config, progress=lambda m: say("  " + m))
+    summary = {
+        "data_dir": str(data_dir), "remote": str(remote), "conversations": len(ids), "judged": judged,
+        "published": len(report.published), "approved": verdicts["approve"], "rejected": verdicts["reject"],
+        "round": record["round"], "promoted": record["promoted"], "win_rate": record["evaluation"]["win_rate"],
+        "judge_auc": [record["judge"]["before_auc"], record["judge"]["after_auc"]],
+        "seconds": round(time.perf_counter() - t0, 1), "dashboard": f"{url}/dashboard", "chat": url,
+    }
+    if not keep_serving:
+        server.should_exit = True
+        thread.join(timeout=30)
+    else:
+        summary["server"] = server
+    return summary
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
