@@ -81,6 +81,32 @@ def bf16_available() -> bool:
         return False
 
 
+def dequantised_cache(gguf: Path) -> Path:
+    """Where a GGUF's dequantised weights are kept, so only the first load pays for dequantising (about 12 s for
+    the embedded model; loading the cache takes about one). Keyed by the file's size and modification time;
+    `THRESHER_CACHE_DIR` moves it."""
+    st = gguf.stat()
+    root = Path(os.environ.get("THRESHER_CACHE_DIR") or Path.home() / ".cache" / "thresher")
+    return root / "dequantised" / f"{gguf.stem}-{st.st_size}-{int(st.st_mtime)}"
+
+
+def _save_cache(model: Any, tok: Any, where: Path) -> None:
+    import shutil
+    import tempfile
+
+    tmp = None
+    try:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=where.parent, prefix=".partial-"))
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        tmp.rename(where)  # whole or not at all: a crash leaves only a .partial- directory
+    except OSError as e:  # a read-only home is no reason to fail training
+        log.warning("could not cache the dequantised model at %s: %s", where, e)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def load_base(base: str) -> tuple[Any, Any]:
     """(model, tokenizer) for a GGUF file, a local HF directory or a hub name, in full precision, ready to train."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -92,10 +118,16 @@ def load_base(base: str) -> tuple[Any, Any]:
             if base.endswith(".gguf"):
                 if not path.is_file():
                     raise TrainError(f"no GGUF file at {path}")
-                tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-                model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-                if getattr(model, "hf_quantizer", None) is not None:
-                    model.hf_quantizer.remove_quantization_config(model)
+                cached = dequantised_cache(path)
+                if (cached / "config.json").exists():
+                    tok = AutoTokenizer.from_pretrained(cached)
+                    model = AutoModelForCausalLM.from_pretrained(cached)
+                else:
+                    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+                    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+                    if getattr(model, "hf_quantizer", None) is not None:
+                        model.hf_quantizer.remove_quantization_config(model)
+                    _save_cache(model, tok, cached)
             else:
                 tok = AutoTokenizer.from_pretrained(base)
                 model = AutoModelForCausalLM.from_pretrained(base)
