@@ -106,7 +106,7 @@ def _by_degradation(scored: Sequence[dict]) -> dict[str, float | None]:
 
 def train_judge(base: str, out: Path, rows: Sequence[JudgeRow], config: TrainConfig | None = None,
                 heldout: float = 0.2, threshold: float = 8.0, seed: int = 0, max_heldout: int | None = 80,
-                resume: bool = True) -> tuple[JudgeTraining, Any, Any]:
+                resume: bool = True, max_train: int | None = None) -> tuple[JudgeTraining, Any, Any]:
     """Split, measure the base as a judge, train the LoRA judge, measure again. Returns the report and the trained
     (peft) model and tokenizer for export."""
     import random
@@ -121,6 +121,18 @@ def train_judge(base: str, out: Path, rows: Sequence[JudgeRow], config: TrainCon
         rng = random.Random(seed)
         test_rows = rng.sample(good, min(len(good), max_heldout // 2)) + rng.sample(bad, min(len(bad),
                                                                                              max_heldout // 2))
+    if max_train and len(train_rows) > max_train:
+        # whole pairs, so the sample stays balanced: each source's good row with its degraded copy
+        rng = random.Random(seed + 1)
+        by_source: dict[str, list[JudgeRow]] = {}
+        for r in train_rows:
+            by_source.setdefault(r.source, []).append(r)
+        keep: list[JudgeRow] = []
+        for src in rng.sample(sorted(by_source), len(by_source)):
+            if len(keep) + len(by_source[src]) > max_train:
+                continue
+            keep += by_source[src]
+        train_rows = keep
     if not train_rows or not {r.label for r in test_rows} >= {"good", "bad"}:
         raise TrainError(f"too few examples to train and test a judge ({len(rows)} rows)")
     model, tok = load_base(base)

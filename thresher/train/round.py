@@ -41,6 +41,7 @@ class RoundConfig:
     replay_limit: int | None = None
     heldout_share: float = 0.1  # approved conversations kept out of training for the held-out loss
     judge_heldout_rows: int = 80
+    judge_train_rows: int | None = 160  # a balanced sample of the training rows: about 10 minutes on 2 cores
     eval_prompts: int = 40
     eval_tokens: int = 160
     gate: Gate = field(default_factory=Gate)
@@ -270,7 +271,7 @@ def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, re
     say(f"round {n}: training the judge on {len(rows)} rows (contrast pairs and reviewers' verdicts)")
     report, model, tok = train_judge(pin["base"], root / "judge", rows, config.judge, heldout=0.2,
                                      threshold=settings.judge_threshold, seed=config.seed,
-                                     max_heldout=config.judge_heldout_rows)
+                                     max_heldout=config.judge_heldout_rows, max_train=config.judge_train_rows)
     say(f"round {n}: judge AUC {report.before.auc} -> {report.after.auc} on {report.rows_heldout} held-out rows")
     out = root / "judge" / "export"
     info = {"name": f"thresher judge, round {n}", "kind": "judge", "round": n, "base": pin["base"],
