@@ -152,3 +152,13 @@ def test_held_out_rows_share_no_source_and_no_template_with_training() -> None:
     assert not parts(train) & set().union(*(s.split("+") for s in test_sources))
     assert not {r.template for r in train} & HELDOUT_TEMPLATES
     assert {r.label for r in test} == {"good", "bad"}
+
+
+def test_the_judge_learns_only_the_rating_digits(tokenizer) -> None:
+    from thresher.train.data import JudgeRow, tokenise
+    from thresher.train.judge import rating_only
+
+    for rating in (2, 10):
+        row = JudgeRow(CONVO, "good", rating, "contrast")
+        t = rating_only(tokenizer, tokenise(tokenizer, row.judge_example(), 1024))
+        assert tokenizer.decode([i for i, m in zip(t.input_ids, t.assistant_masks, strict=True) if m]) == str(rating)

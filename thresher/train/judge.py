@@ -19,7 +19,7 @@ from typing import Any
 
 from thresher.evaluate import JudgeReport, judge_report
 from thresher.train.contrast import HELDOUT_TEMPLATES, Source, contrast_rows
-from thresher.train.data import JudgeRow, load_rows, sample_path, split_rows
+from thresher.train.data import JudgeRow, Tokenised, load_rows, sample_path, split_rows
 from thresher.train.sft import TrainConfig, TrainError, TrainResult, load_base, tokenise_all, train_lora
 
 log = logging.getLogger("thresher.train")
@@ -63,6 +63,14 @@ def score_rows(engine: Any, rows: Sequence[JudgeRow], threshold: float, context_
         out.append({"score": j.score, "accepted": j.accepted(threshold), "label": r.label,
                     "degradation": r.degradation})
     return out
+
+
+def rating_only(tokenizer: Any, row: Tokenised) -> Tokenised:
+    """Learn only the rating's digits: the rest of the answer (`Rating: [[`, `]]`, end of turn) is the same in every
+    row, and training on it lowers the loss without teaching the judge to tell conversations apart."""
+    mask = [int(m == 1 and tokenizer.decode([i]).strip().isdigit()) for i, m in zip(row.input_ids,
+                                                                                     row.assistant_masks, strict=True)]
+    return Tokenised(row.input_ids, mask if any(mask) else row.assistant_masks)
 
 
 def best_threshold(scored: Sequence[dict]) -> tuple[float, float]:
@@ -143,7 +151,7 @@ def train_judge(base: str, out: Path, rows: Sequence[JudgeRow], config: TrainCon
     before = judge_report(before_rows, threshold)
     log.info("judge before training: AUC %s on %d held-out rows", before.auc, len(test_rows))
     examples = [r.judge_example() for r in train_rows]
-    tokenised = tokenise_all(tok, examples, config.max_length)
+    tokenised = [rating_only(tok, t) for t in tokenise_all(tok, examples, config.max_length)]
     result, peft_model = train_lora(model, tok, tokenised, out, config, resume=resume, title="Judge training loss")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
