@@ -680,7 +680,8 @@ def train_judge_cmd(
     for d in data or []:
         sources += sources_from_build(Path(d))
     repo = DatasetRepo(s.dataset_path)
-    vrows = rows_from_verdicts(repo) if verdicts and repo.has_commits() else []
+    has_clone = (repo.path / ".git").exists() and repo.has_commits()
+    vrows = rows_from_verdicts(repo) if verdicts and has_clone else []
     rows = judge_rows(sources, vrows, seed)
     typer.echo(f"{len(rows)} judge rows: {len(rows) - len(vrows)} from contrast pairs, {len(vrows)} from verdicts")
     from thresher.train.judge import train_judge
