@@ -80,3 +80,41 @@ def test_engine_failure_before_the_first_token_is_recorded(store: Store) -> None
         list(chat.reply(cid, ChatParams()))
     last = store.get(cid).messages[-1]
     assert (last.role, last.content, last.status) == ("assistant", "", INTERRUPTED)
+
+
+def test_regenerate_edit_and_continue_keep_every_version(store: Store) -> None:
+    from thresher.chat import ConversationEnded, NotOnBranch
+
+    engine = ScriptedEngine()
+    chat = ChatService(store, engine)
+    cid = chat.open([Message("user", "Hi")], client_hash="c", source="web").conversation_id
+    list(chat.reply(cid, ChatParams(max_tokens=2)))  # cut off by length
+    _, (user, first) = store.thread(cid)
+    assert (first.content, first.finish_reason) == ("Hello there", "length")
+
+    # Continue: the same message grows; the model saw its cut-off reply last.
+    list(chat.continue_reply(cid, first.id, ChatParams()))
+    _, (_, grown) = store.thread(cid)
+    assert grown.id == first.id and grown.content == "Hello there" + "Hello there, friend."
+    assert grown.status == COMPLETE and engine.prompts[-1][-1] == {"role": "assistant", "content": "Hello there"}
+
+    # Regenerate: another version of the reply to the same message; the first is kept.
+    list(chat.reply(cid, ChatParams(), after=chat.regenerate_after(cid, grown.id)))
+    _, (_, again) = store.thread(cid)
+    assert again.versions == [first.id, again.id] and engine.prompts[-1] == [{"role": "user", "content": "Hi"}]
+
+    # Edit: another version of the user's message, answered on its own branch.
+    edited = chat.edit(cid, user.id, "Hello!")
+    list(chat.reply(cid, ChatParams()))
+    conv, turns = store.thread(cid)
+    assert [m.content for m in conv.messages] == ["Hello!", "Hello there, friend."]
+    assert turns[0].versions == [user.id, edited] and turns[1].versions == [turns[1].id]
+    assert engine.prompts[-1] == [{"role": "user", "content": "Hello!"}]
+
+    with pytest.raises(NotOnBranch):
+        chat.edit(cid, turns[1].id, "not mine")  # a reply is not the user's message
+    with pytest.raises(NotOnBranch):
+        chat.continue_reply(cid, first.id, ChatParams())  # not on the current branch
+    chat.end(cid, "button")
+    with pytest.raises(ConversationEnded):
+        chat.edit(cid, edited, "too late")

@@ -19,7 +19,9 @@ def test_migrate_blank_database_creates_columns(store: Store) -> None:
     msg_cols = {c["name"] for c in insp.get_columns("messages")}
     assert {"conversation_id", "position", "role", "content", "status", "finish_reason"} <= msg_cols
     with store.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0005"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0006"
+    assert {"parent_id"} <= msg_cols and "head_id" in conv_cols
+    assert {"message_id", "conversation_id", "rating", "reason"} <= {c["name"] for c in insp.get_columns("feedback")}
     judgment_cols = {c["name"] for c in insp.get_columns("judgments")}
     assert {"conversation_id", "judge_id", "rubric_hash", "status", "score", "distribution", "rationale",
             "flags"} <= judgment_cols
@@ -169,3 +171,89 @@ def test_a_yes_after_a_consent_rejection_is_decided_again(store: Store) -> None:
     store.choose_publish(conv.id, False)
     store.choose_publish(conv.id, True)
     assert store.publication(conv.id).state == "rejected"
+
+
+def test_migration_0006_makes_each_existing_conversation_one_branch(store_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from thresher.store import MIGRATIONS
+
+    st = Store(store_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with st.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0005")
+    now = utcnow()
+    with st.engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO conversations (id, created_at, updated_at, status, publish_allowed, licence, source)"
+            " VALUES ('C1', :t, :t, 'open', false, 'CC0', 'web')"), {"t": now})
+        for i, (role, text) in enumerate([("user", "Hi"), ("assistant", "Hello"), ("user", "Bye")]):
+            conn.execute(sa.text(
+                "INSERT INTO messages (conversation_id, position, role, content, status, created_at)"
+                " VALUES ('C1', :i, :r, :c, 'complete', :t)"), {"i": i, "r": role, "c": text, "t": now})
+    st.migrate()
+    assert [m.content for m in st.get("C1").messages] == ["Hi", "Hello", "Bye"]
+    _, turns = st.thread("C1")
+    assert [t.parent_id for t in turns] == [None, turns[0].id, turns[1].id]
+    st.append("C1", Message("assistant", "Cheers"))
+    assert [m.content for m in st.get("C1").messages] == ["Hi", "Hello", "Bye", "Cheers"]
+    st.close()
+
+
+def test_branches_versions_and_switching(store: Store) -> None:
+    from thresher.store import ROOT
+
+    conv = store.create(Conversation(messages=[Message("user", "Hi"), Message("assistant", "Hello")]))
+    _, (u1, a1) = store.thread(conv.id)
+    a2 = store.append(conv.id, Message("assistant", "Hey"), after=u1.id)  # a regenerated reply
+    got, turns = store.thread(conv.id)
+    assert [m.content for m in got.messages] == ["Hi", "Hey"]
+    assert turns[1].versions == [a1.id, a2] and turns[0].versions == [u1.id]
+    u2 = store.append(conv.id, Message("user", "Hi there"), after=ROOT)  # the first message, edited
+    assert [m.content for m in store.get(conv.id).messages] == ["Hi there"]
+    _, turns = store.thread(conv.id)
+    assert turns[0].versions == [u1.id, u2]
+    # Back to the first version: the newest reply below it comes with it.
+    assert [m.content for m in store.switch(conv.id, u1.id).messages] == ["Hi", "Hey"]
+    assert [m.content for m in store.switch(conv.id, a1.id).messages] == ["Hi", "Hello"]
+    # The stitching hash follows the branch: an API client continuing "Hi/Hello" finds it.
+    assert store.find_continuation(None, [{"role": "user", "content": "Hi"},
+                                          {"role": "assistant", "content": "Hello"}]) == conv.id
+    with pytest.raises(NotFound):
+        store.switch(conv.id, 10**9)
+    other = store.create(Conversation(messages=[Message("user", "x")]))
+    with pytest.raises(NotFound):
+        store.switch(other.id, a1.id)  # a message of another conversation
+
+
+def test_feedback_delete_and_the_owners_list(store: Store) -> None:
+    conv = store.create(Conversation(messages=[Message("user", "  Tell me\nabout tides " + "x" * 80),
+                                               Message("assistant", "Moon.")], owner_hash="o1"))
+    store.create(Conversation(messages=[Message("user", "someone else's")], owner_hash="o2"))
+    _, (user, reply) = store.thread(conv.id)
+    store.set_feedback(conv.id, reply.id, "down", "  too short ")
+    _, turns = store.thread(conv.id)
+    assert turns[1].feedback is not None and (turns[1].feedback.rating, turns[1].feedback.reason) == (
+        "down", "too short")
+    store.set_feedback(conv.id, reply.id, "up")
+    assert [(f.rating, f.reason, f.position) for f in store.feedback([conv.id])[conv.id]] == [("up", None, 1)]
+    with pytest.raises(ValueError, match="only replies"):
+        store.set_feedback(conv.id, user.id, "up")
+    with pytest.raises(ValueError, match="rating must be one of up, down"):
+        store.set_feedback(conv.id, reply.id, "meh")
+    with pytest.raises(NotFound):
+        store.set_feedback("OTHER", reply.id, "up")
+    (line,) = store.conversations_of("o1")
+    assert line.id == conv.id and line.title.startswith("Tell me about tides x") and len(line.title) == 60
+    assert store.delete(conv.id) is True
+    assert store.conversations_of("o1") == [] and store.feedback([conv.id]) == {}
+    with pytest.raises(NotFound):
+        store.get(conv.id)
+    with store.engine.connect() as c:
+        assert c.execute(sa.text("SELECT count(*) FROM messages WHERE conversation_id = :c"),
+                         {"c": conv.id}).scalar() == 0
+    published = store.create(Conversation(messages=[Message("user", "y")], owner_hash="o1", status="published"))
+    assert store.delete(published.id) is False and store.get(published.id)

@@ -4,6 +4,9 @@
 history, so a request that extends an open conversation of the same client continues it) and commits the user's
 message before anything is generated. `ChatService.reply` streams the assistant's answer and saves it as it grows:
 on completion it is marked complete; on a stop, a disconnect or a crash the partial text stays, marked interrupted.
+
+The chat page also branches: `reply(after=...)` writes another version of a reply (the earlier ones are kept),
+`edit` adds another version of a user message, and `continue_reply` extends a reply that was cut off.
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ from dataclasses import dataclass
 
 from thresher.conversation import COMPLETE, INTERRUPTED, STREAMING, Conversation, Message
 from thresher.engines import ChatParams, Chunk, Engine
-from thresher.store import Store
+from thresher.store import ROOT, Store, Turn
 
 FLUSH_SECONDS = 0.5  # how often a growing reply is written to the store (what survives a SIGKILL)
 
 
 class ConversationEnded(ValueError):
     """The conversation was ended; a new message needs a new conversation."""
+
+
+class NotOnBranch(ValueError):
+    """The message named is not one this action applies to on the conversation's current branch."""
 
 
 @dataclass
@@ -71,16 +78,62 @@ class ChatService:
             raise ConversationEnded(conv_id)
         self.store.append(conv_id, Message(role="user", content=text))
 
+    def _turn(self, conv_id: str, message_id: int, role: str) -> Turn:
+        conv, turns = self.store.thread(conv_id)
+        if conv.ended:
+            raise ConversationEnded(conv_id)
+        turn = next((t for t in turns if t.id == message_id), None)
+        if turn is None or turn.role != role:
+            raise NotOnBranch(f"message {message_id} is not a {role} message of this conversation's current branch")
+        return turn
+
+    def edit(self, conv_id: str, message_id: int, text: str) -> int:
+        """Another version of one of the user's messages, starting a new branch there; returns its id."""
+        turn = self._turn(conv_id, message_id, "user")
+        return self.store.append(conv_id, Message(role="user", content=text), after=turn.parent_id or ROOT)
+
+    def regenerate_after(self, conv_id: str, message_id: int) -> int:
+        """The user message a new version of reply `message_id` answers (for `reply(after=...)`)."""
+        turn = self._turn(conv_id, message_id, "assistant")
+        if turn.parent_id is None:
+            raise NotOnBranch("this reply answers no message")
+        return turn.parent_id
+
     def reply(
-        self, conv_id: str, params: ChatParams, cancel: threading.Event | None = None
+        self, conv_id: str, params: ChatParams, cancel: threading.Event | None = None, after: int | None = None
     ) -> Iterator[Chunk]:
-        """Stream the assistant's answer to the conversation so far, saving it as it grows.
+        """Stream the assistant's answer to the conversation so far (or to the branch ending at message `after`:
+        another version of the reply that follows it), saving it as it grows.
 
         Setting `cancel` (or closing the iterator) stops generation; the partial answer is kept as interrupted."""
+        msg_id = self.store.append(conv_id, Message(role="assistant", content="", status=STREAMING), after=after)
         conv = self.store.get(conv_id)
         prompt = [m.to_openai() for m in conv.messages if m.content or m.role != "assistant"]
-        msg_id = self.store.append(conv_id, Message(role="assistant", content="", status=STREAMING))
-        text, last_flush = "", time.monotonic()
+        return self._generate(msg_id, prompt, params, cancel, "")
+
+    def continue_reply(
+        self, conv_id: str, message_id: int, params: ChatParams, cancel: threading.Event | None = None
+    ) -> Iterator[Chunk]:
+        """Extend the last reply (one that was stopped or ran out of length) in place.
+
+        The engine interface has no prefix for a chat reply, so the model sees its cut-off reply as the last
+        message and writes what follows; the text is appended to the same message."""
+        conv, turns = self.store.thread(conv_id)
+        if conv.ended:
+            raise ConversationEnded(conv_id)
+        if not turns or turns[-1].id != message_id or turns[-1].role != "assistant":
+            raise NotOnBranch("only the last reply of the current branch can be continued")
+        if turns[-1].status == STREAMING:
+            raise NotOnBranch("this reply is still being written")
+        prompt = [m.to_openai() for m in conv.messages if m.content or m.role != "assistant"]
+        self.store.update_reply(message_id, turns[-1].content, STREAMING)
+        return self._generate(message_id, prompt, params, cancel, turns[-1].content)
+
+    def _generate(
+        self, msg_id: int, prompt: list[dict[str, str]], params: ChatParams, cancel: threading.Event | None,
+        text: str,
+    ) -> Iterator[Chunk]:
+        last_flush = time.monotonic()
         final: Chunk | None = None
         stream: Iterator[Chunk] | None = None
         try:

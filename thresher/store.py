@@ -68,9 +68,12 @@ class ConversationRow(Base):
     source: Mapped[str] = mapped_column(sa.String(16))
     # Hash of the complete messages so far: how a stateless API request that extends them is recognised.
     tail_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    # The last message of the branch the conversation is on (regenerating or editing starts another branch).
+    head_id: Mapped[int | None] = mapped_column(sa.Integer())
 
+    # Every message of every branch, oldest first; `_path` picks the current branch out of them.
     messages: Mapped[list[MessageRow]] = relationship(
-        order_by="MessageRow.position", cascade="all, delete-orphan", passive_deletes=True
+        order_by="MessageRow.id", cascade="all, delete-orphan", passive_deletes=True
     )
 
     __table_args__ = (sa.Index("ix_conversations_stitch", "client_hash", "tail_hash"),)
@@ -81,7 +84,8 @@ class MessageRow(Base):
 
     id: Mapped[int] = mapped_column(sa.Integer(), primary_key=True, autoincrement=True)
     conversation_id: Mapped[str] = mapped_column(sa.ForeignKey("conversations.id", ondelete="CASCADE"))
-    position: Mapped[int] = mapped_column(sa.Integer())
+    parent_id: Mapped[int | None] = mapped_column(sa.Integer())  # the message before it on its branch
+    position: Mapped[int] = mapped_column(sa.Integer())  # depth on its branch; siblings share it
     role: Mapped[str] = mapped_column(sa.String(16))
     content: Mapped[str] = mapped_column(sa.Text())
     status: Mapped[str] = mapped_column(sa.String(16))
@@ -90,7 +94,22 @@ class MessageRow(Base):
     completion_tokens: Mapped[int | None] = mapped_column(sa.Integer())
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
-    __table_args__ = (sa.UniqueConstraint("conversation_id", "position", name="uq_messages_position"),)
+    __table_args__ = (sa.Index("ix_messages_conversation", "conversation_id", "position"),)
+
+
+class FeedbackRow(Base):
+    """A reader's thumbs up or down on one reply, with an optional reason."""
+
+    __tablename__ = "feedback"
+
+    message_id: Mapped[int] = mapped_column(sa.ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(sa.ForeignKey("conversations.id", ondelete="CASCADE"))
+    rating: Mapped[str] = mapped_column(sa.String(8))  # up | down
+    reason: Mapped[str | None] = mapped_column(sa.Text())
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+    __table_args__ = (sa.Index("ix_feedback_conversation", "conversation_id"),)
 
 
 class JudgmentRow(Base):
@@ -205,6 +224,64 @@ class Correction:
     rejudged_at: datetime | None = None
 
 
+RATINGS = ("up", "down")
+ROOT = 0  # `append(after=ROOT)`: a new first message (row ids start at 1)
+
+
+@dataclass
+class Feedback:
+    """A reader's rating of one reply: stored with the conversation, shown to reviewers, and available to the
+    judge's training."""
+
+    conversation_id: str
+    message_id: int
+    rating: str  # up | down
+    reason: str | None = None
+    position: int | None = None  # where the reply is in the conversation's current branch; None: another branch
+
+
+@dataclass
+class Turn:
+    """One message of a conversation's current branch as its owner's page shows it: with its id, the ids of the
+    other versions at the same place (regenerated replies, edited messages; oldest first, itself included), and the
+    owner's rating."""
+
+    id: int
+    parent_id: int | None
+    role: str
+    content: str
+    status: str
+    finish_reason: str | None
+    versions: list[int]
+    feedback: Feedback | None = None
+
+
+@dataclass
+class Summary:
+    """A line of an owner's conversation list."""
+
+    id: str
+    title: str
+    updated_at: datetime
+    ended: bool
+    publish_allowed: bool
+    status: str
+
+
+def _path(row: ConversationRow) -> list[MessageRow]:
+    """The messages of the conversation's current branch, first to last."""
+    if row.head_id is None:  # no messages yet, or being edited from its first message
+        return []
+    by_id = {m.id: m for m in row.messages}
+    path: list[MessageRow] = []
+    at = by_id.get(row.head_id)
+    while at is not None:
+        path.append(at)
+        at = by_id.get(at.parent_id) if at.parent_id is not None else None
+    path.reverse()
+    return path
+
+
 def _aware(dt: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; everything we store is UTC.
     if dt is not None and dt.tzinfo is None:
@@ -236,7 +313,7 @@ def _to_message(row: MessageRow) -> Message:
 def _to_conversation(row: ConversationRow) -> Conversation:
     return Conversation(
         id=row.id,
-        messages=[_to_message(m) for m in row.messages],
+        messages=[_to_message(m) for m in _path(row)],
         created_at=_aware(row.created_at),  # type: ignore[arg-type]
         updated_at=_aware(row.updated_at),  # type: ignore[arg-type]
         ended_at=_aware(row.ended_at),
@@ -249,6 +326,11 @@ def _to_conversation(row: ConversationRow) -> Conversation:
         owner_hash=row.owner_hash,
         source=row.source,
     )
+
+
+def _title(text: str, limit: int = 60) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
 
 
 def _tail_hash(rows: list[MessageRow]) -> str:
@@ -323,6 +405,11 @@ class Store:
                 )
             row.tail_hash = _tail_hash(row.messages)
             s.add(row)
+            if row.messages:  # one branch: each message's parent is the one before it
+                s.flush()
+                for before, after in zip(row.messages, row.messages[1:], strict=False):
+                    after.parent_id = before.id
+                row.head_id = row.messages[-1].id
         return conv
 
     def get(self, conv_id: str) -> Conversation:
@@ -349,16 +436,21 @@ class Store:
             )
             return s.scalar(stmt)
 
-    def append(self, conv_id: str, message: Message) -> int:
-        """Commit one message at the end of a conversation; returns its row id."""
+    def append(self, conv_id: str, message: Message, after: int | None = None) -> int:
+        """Commit one message at the end of the conversation's current branch, or after message `after` (ROOT: as
+        its first message), which starts a new branch when that message already has a successor; returns its id."""
         with self.session() as s:
             row = s.get(ConversationRow, conv_id, with_for_update=True)
             if row is None:
                 raise NotFound(conv_id)
             if row.ended_at is not None:
                 raise ValueError(f"conversation {conv_id} has ended")
+            if after is not None:
+                self._move_head(row, after)
+            path = _path(row)
             msg = MessageRow(
-                position=len(row.messages),
+                parent_id=path[-1].id if path else None,
+                position=len(path),
                 role=message.role,
                 content=message.content,
                 status=message.status,
@@ -366,10 +458,134 @@ class Store:
                 created_at=message.created_at,
             )
             row.messages.append(msg)
-            row.updated_at = utcnow()
-            row.tail_hash = _tail_hash(row.messages)
             s.flush()
+            row.head_id = msg.id
+            row.updated_at = utcnow()
+            row.tail_hash = _tail_hash([*path, msg])
             return msg.id
+
+    @staticmethod
+    def _move_head(row: ConversationRow, message_id: int) -> None:
+        if message_id == ROOT:
+            row.head_id = None
+            return
+        if not any(m.id == message_id for m in row.messages):
+            raise NotFound(f"message {message_id} in conversation {row.id}")
+        row.head_id = message_id
+
+    def switch(self, conv_id: str, message_id: int) -> Conversation:
+        """Put the conversation on the branch through `message_id` (one of several versions), following the
+        newest version below it to the end."""
+        with self.session() as s:
+            row = s.get(ConversationRow, conv_id, with_for_update=True)
+            if row is None:
+                raise NotFound(conv_id)
+            self._move_head(row, message_id)
+            children: dict[int, int] = {}
+            for m in row.messages:  # oldest first, so the newest child wins
+                if m.parent_id is not None:
+                    children[m.parent_id] = m.id
+            at = message_id
+            while at in children:
+                at = children[at]
+            row.head_id = at
+            row.tail_hash = _tail_hash(_path(row))
+            return _to_conversation(row)
+
+    def thread(self, conv_id: str) -> tuple[Conversation, list[Turn]]:
+        """The conversation and its current branch as turns (ids, versions, ratings) for its owner's page."""
+        with self.session() as s:
+            row = s.get(ConversationRow, conv_id)
+            if row is None:
+                raise NotFound(conv_id)
+            siblings: dict[tuple[int | None, str], list[int]] = {}
+            for m in row.messages:
+                siblings.setdefault((m.parent_id, m.role), []).append(m.id)
+            path = _path(row)
+            ratings = {f.message_id: f for f in s.scalars(
+                sa.select(FeedbackRow).where(FeedbackRow.conversation_id == conv_id))}
+            turns = []
+            for i, m in enumerate(path):
+                f = ratings.get(m.id)
+                turns.append(Turn(
+                    m.id, m.parent_id, m.role, m.content, m.status, m.finish_reason,
+                    siblings[(m.parent_id, m.role)],
+                    None if f is None else Feedback(conv_id, m.id, f.rating, f.reason, i)))
+            return _to_conversation(row), turns
+
+    def conversations_of(self, owner_hash: str, limit: int = 200) -> list[Summary]:
+        """An owner's conversations, most recently active first, each titled by its first user message."""
+        with self.session() as s:
+            rows = s.scalars(sa.select(ConversationRow).where(ConversationRow.owner_hash == owner_hash)
+                             .order_by(ConversationRow.updated_at.desc(), ConversationRow.id.desc())
+                             .limit(limit)).all()
+            ids = [r.id for r in rows]
+            firsts: dict[str, str] = {}
+            if ids:
+                first_user = (sa.select(MessageRow.conversation_id, sa.func.min(MessageRow.id).label("mid"))
+                              .where(MessageRow.conversation_id.in_(ids), MessageRow.role == "user")
+                              .group_by(MessageRow.conversation_id).subquery())
+                firsts = {cid: text for cid, text in s.execute(
+                    sa.select(first_user.c.conversation_id, MessageRow.content)
+                    .join(MessageRow, MessageRow.id == first_user.c.mid))}
+            return [Summary(r.id, _title(firsts.get(r.id, "")), _aware(r.updated_at),  # type: ignore[arg-type]
+                            r.ended_at is not None, r.publish_allowed, r.status) for r in rows]
+
+    def delete(self, conv_id: str) -> bool:
+        """Delete a conversation with everything kept about it (messages of every branch, judgments, curation's
+        decision, ratings). One already published (or being published) is not deleted: the dataset holds it and
+        only a takedown removes it; returns False then."""
+        with self.session() as s:
+            row = s.get(ConversationRow, conv_id, with_for_update=True)
+            if row is None:
+                raise NotFound(conv_id)
+            if row.status in LOCKED:
+                return False
+            # Explicit deletes, not only ON DELETE CASCADE: SQLite enforces it only with foreign_keys on.
+            for table in (FeedbackRow, JudgmentRow, PublicationRow, ReviewRow, CorrectionRow):
+                s.execute(sa.delete(table).where(table.conversation_id == conv_id))  # type: ignore[attr-defined]
+            s.delete(row)
+            return True
+
+    def set_feedback(self, conv_id: str, message_id: int, rating: str | None, reason: str | None = None) -> None:
+        """Rate a reply up or down (with an optional reason), or take the rating back (rating None)."""
+        if rating is not None and rating not in RATINGS:
+            raise ValueError(f"rating must be one of {', '.join(RATINGS)} (or none), not {rating!r}")
+        with self.session() as s:
+            msg = s.get(MessageRow, message_id)
+            if msg is None or msg.conversation_id != conv_id:
+                raise NotFound(f"message {message_id} in conversation {conv_id}")
+            if msg.role != "assistant":
+                raise ValueError("only replies can be rated")
+            row = s.get(FeedbackRow, message_id)
+            if rating is None:
+                if row is not None:
+                    s.delete(row)
+                return
+            now = utcnow()
+            if row is None:
+                row = FeedbackRow(message_id=message_id, conversation_id=conv_id, created_at=now)
+                s.add(row)
+            row.rating, row.reason, row.updated_at = rating, (reason or "").strip() or None, now
+
+    def feedback(self, ids: list[str]) -> dict[str, list[Feedback]]:
+        """Ratings of these conversations' replies, each with its place in the current branch, by conversation."""
+        out: dict[str, list[Feedback]] = {}
+        with self.session() as s:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                rows = s.scalars(sa.select(FeedbackRow).where(FeedbackRow.conversation_id.in_(chunk))
+                                 .order_by(FeedbackRow.message_id)).all()
+                if not rows:
+                    continue
+                convs = {c.id: c for c in s.scalars(sa.select(ConversationRow).where(
+                    ConversationRow.id.in_({r.conversation_id for r in rows})))}
+                places = {cid: {m.id: i for i, m in enumerate(_path(c))} for cid, c in convs.items()}
+                for r in rows:
+                    out.setdefault(r.conversation_id, []).append(Feedback(
+                        r.conversation_id, r.message_id, r.rating, r.reason,
+                        places.get(r.conversation_id, {}).get(r.message_id)))
+        return out
 
     def update_reply(
         self,
@@ -394,7 +610,7 @@ class Store:
             assert conv is not None
             conv.updated_at = utcnow()
             if status != STREAMING:
-                conv.tail_hash = _tail_hash(conv.messages)
+                conv.tail_hash = _tail_hash(_path(conv))
 
     def end(self, conv_id: str, reason: str) -> Conversation:
         """Mark a conversation ended (idempotent: the first end time and reason stay)."""

@@ -16,10 +16,14 @@ T = TypeVar("T")
 _END = object()
 
 
-async def stream_in_thread(start: Callable[[threading.Event], Iterator[T]]) -> AsyncIterator[T]:
+async def stream_in_thread(
+    start: Callable[[threading.Event], Iterator[T]], cancel: threading.Event | None = None
+) -> AsyncIterator[T]:
+    """`cancel` (made here if not given) is handed to `start`; setting it from elsewhere (a Stop button) stops the
+    producer at its next item, as a client going away does."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[object] = asyncio.Queue()
-    cancel = threading.Event()
+    cancel = cancel or threading.Event()
 
     def put(item: object) -> None:
         # If the loop closed under us (server shutting down), nobody is listening any more.

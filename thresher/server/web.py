@@ -1,29 +1,48 @@
 """The web chat page and the small JSON/SSE API behind it; /healthz; admin routes.
 
 A browser is tied to its conversations by an anonymous random cookie (never an account); the store keeps only a
-salted hash of it.
+salted hash of it. Replies stream as server-sent events of plain text; when a reply ends, the `done` event carries
+the whole conversation with every reply rendered to sanitised HTML on the server (`render.py`), which the page puts
+in place of the streamed text.
+
+Routes under /api (all for the browser's own conversations; anyone else's are 404):
+    GET    /api/conversations                 the list, newest first
+    GET    /api/conversations/{id}            one conversation's current branch, rendered
+    DELETE /api/conversations/{id}            delete it (409 once published: that needs a takedown)
+    POST   /api/chat                          send a message (a new conversation without conversation_id): SSE
+    POST   /api/conversations/{id}/regenerate another version of a reply: SSE
+    POST   /api/conversations/{id}/edit       another version of one of the user's messages, answered: SSE
+    POST   /api/conversations/{id}/continue   extend a cut-off reply: SSE
+    POST   /api/conversations/{id}/stop       stop the reply being written (the partial text is kept)
+    POST   /api/conversations/{id}/switch     show another version (and the branch below it)
+    POST   /api/conversations/{id}/publish    the owner's publishing choice (409 once published)
+    POST   /api/conversations/{id}/end        end it (it then goes to the judge, if publishing is allowed)
+    POST   /api/conversations/{id}/messages/{message_id}/feedback   thumbs up/down with an optional reason
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from thresher.chat import ConversationEnded
+from thresher.chat import ConversationEnded, NotOnBranch
 from thresher.conversation import Conversation, Message
-from thresher.engines import ChatParams, EngineError
+from thresher.engines import ChatParams, Chunk, EngineError
 from thresher.server.guard import ApiError, check_admin, client_hash, salted_hash
+from thresher.server.render import highlight_css, render
 from thresher.server.streaming import stream_in_thread
-from thresher.store import NotFound, PublishLocked
+from thresher.store import LOCKED, NotFound, PublishLocked, Turn
 
 HERE = Path(__file__).parent
 router = APIRouter()
@@ -51,13 +70,16 @@ async def chat_page(request: Request) -> Response:
     rt = request.app.state.rt
     token, fresh = _session(request)
     response = templates.TemplateResponse(
-        request,
-        "chat.html",
-        {"licence": rt.settings.licence, "model": rt.model_name},
-    )
+        request, "chat.html", {"licence": rt.settings.licence, "model": rt.model_name,
+                               "max_chars": rt.settings.max_chars})
     if fresh:
         _set_cookie(response, token)
     return response
+
+
+@router.get("/highlight.css")
+async def highlight_stylesheet() -> Response:
+    return Response(highlight_css(), media_type="text/css", headers={"Cache-Control": "public, max-age=86400"})
 
 
 @router.get("/healthz")
@@ -73,18 +95,60 @@ class SendRequest(BaseModel):
     publish: bool = False  # the page sends its switch; nothing is published without the user's yes
 
 
+class MessageRef(BaseModel):
+    message_id: int
+
+
+class EditRequest(BaseModel):
+    message_id: int
+    content: str = Field(min_length=1)
+
+
 class PublishRequest(BaseModel):
     allowed: bool
 
 
-def _public_view(conv: Conversation) -> dict[str, Any]:
+class FeedbackRequest(BaseModel):
+    rating: Literal["up", "down"] | None
+    reason: str | None = Field(None, max_length=2000)
+
+
+def _publication(conv: Conversation) -> dict[str, Any]:
+    """Where the conversation stands, in the owner's words."""
+    if conv.status in LOCKED:
+        said = {"publishing": "Being published now: it can no longer be withdrawn here.",
+                "published": "Published in the public dataset. To have it removed, ask the operator for a takedown.",
+                "taken_down": "Taken down: removed from the dataset, and never published again."}[conv.status]
+        return {"state": conv.status, "locked": True, "text": said}
+    if not conv.publish_allowed:
+        return {"state": "private", "locked": False, "text": "Private: it will not be published."}
+    if conv.status == "rejected":
+        return {"state": "not_selected", "locked": False, "text": "Not selected for the dataset: it stays private."}
+    return {"state": "allowed", "locked": False,
+            "text": "You allowed publishing: once it ends, it may be published if it is rated highly."}
+
+
+def _turn_view(t: Turn) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": t.id, "parent_id": t.parent_id, "role": t.role, "content": t.content, "status": t.status,
+        "finish_reason": t.finish_reason, "versions": t.versions, "version": t.versions.index(t.id) + 1,
+        "feedback": None if t.feedback is None else {"rating": t.feedback.rating, "reason": t.feedback.reason},
+    }
+    if t.role == "assistant":
+        view["html"] = render(t.content)
+    return view
+
+
+def _view(conv: Conversation, turns: list[Turn], generating: bool = False) -> dict[str, Any]:
     return {
         "id": conv.id,
         "ended": conv.ended,
         "end_reason": conv.end_reason,
         "publish_allowed": conv.publish_allowed,
+        "publication": _publication(conv),
         "licence": conv.licence,
-        "messages": [{"role": m.role, "content": m.content, "status": m.status} for m in conv.messages],
+        "generating": generating,
+        "messages": [_turn_view(t) for t in turns],
     }
 
 
@@ -101,16 +165,52 @@ async def _own(request: Request, conv_id: str) -> Conversation:
     return conv
 
 
+def _generating(request: Request) -> dict[str, threading.Event]:
+    """Replies being written now, by conversation: what the Stop button stops."""
+    state = request.app.state
+    if not hasattr(state, "generating"):
+        state.generating = {}
+    return state.generating
+
+
+async def _thread_view(request: Request, conv_id: str) -> dict[str, Any]:
+    conv, turns = await run_in_threadpool(request.app.state.rt.store.thread, conv_id)
+    return _view(conv, turns, conv_id in _generating(request))
+
+
+@router.get("/api/conversations")
+async def list_conversations(request: Request) -> dict[str, Any]:
+    token = request.cookies.get(COOKIE)
+    if token is None:
+        return {"data": []}
+    lines = await run_in_threadpool(request.app.state.rt.store.conversations_of, _owner(request, token))
+    return {"data": [{"id": c.id, "title": c.title or "(empty)", "updated_at": c.updated_at.isoformat(),
+                      "ended": c.ended, "publish_allowed": c.publish_allowed, "status": c.status} for c in lines]}
+
+
 @router.get("/api/conversations/{conv_id}")
 async def get_conversation(conv_id: str, request: Request) -> dict[str, Any]:
-    return _public_view(await _own(request, conv_id))
+    await _own(request, conv_id)
+    return await _thread_view(request, conv_id)
+
+
+@router.delete("/api/conversations/{conv_id}")
+async def delete_conversation(conv_id: str, request: Request) -> dict[str, Any]:
+    await _own(request, conv_id)
+    cancel = _generating(request).get(conv_id)
+    if cancel is not None:
+        raise ApiError(409, "a reply is still being written: stop it first", "reply_in_progress")
+    if not await run_in_threadpool(request.app.state.rt.store.delete, conv_id):
+        raise ApiError(409, "this conversation is already published, so deleting it here cannot remove it from the "
+                       "dataset; ask the operator for a takedown", "already_published")
+    return {"id": conv_id, "deleted": True}
 
 
 @router.post("/api/conversations/{conv_id}/end")
 async def end_conversation(conv_id: str, request: Request) -> dict[str, Any]:
     await _own(request, conv_id)
-    conv = await run_in_threadpool(request.app.state.rt.chat.end, conv_id, "button")
-    return _public_view(conv)
+    await run_in_threadpool(request.app.state.rt.chat.end, conv_id, "button")
+    return await _thread_view(request, conv_id)
 
 
 @router.post("/api/conversations/{conv_id}/publish")
@@ -118,21 +218,52 @@ async def set_publish(conv_id: str, body: PublishRequest, request: Request) -> d
     rt = request.app.state.rt
     await _own(request, conv_id)
     try:
-        conv = await run_in_threadpool(rt.store.choose_publish, conv_id, body.allowed)
+        await run_in_threadpool(rt.store.choose_publish, conv_id, body.allowed)
     except PublishLocked as e:
         raise ApiError(409, f"{e}; ask the operator for a takedown to remove it", "already_published") from None
-    return _public_view(conv)
+    return await _thread_view(request, conv_id)
+
+
+@router.post("/api/conversations/{conv_id}/switch")
+async def switch_version(conv_id: str, body: MessageRef, request: Request) -> dict[str, Any]:
+    await _own(request, conv_id)
+    if conv_id in _generating(request):
+        raise ApiError(409, "a reply is still being written: stop it first", "reply_in_progress")
+    try:
+        await run_in_threadpool(request.app.state.rt.store.switch, conv_id, body.message_id)
+    except NotFound:
+        raise ApiError(404, f"no message {body.message_id} in this conversation", "message_not_found") from None
+    return await _thread_view(request, conv_id)
+
+
+@router.post("/api/conversations/{conv_id}/messages/{message_id}/feedback")
+async def set_feedback(conv_id: str, message_id: int, body: FeedbackRequest, request: Request) -> dict[str, Any]:
+    await _own(request, conv_id)
+    try:
+        await run_in_threadpool(request.app.state.rt.store.set_feedback, conv_id, message_id, body.rating,
+                                body.reason)
+    except NotFound:
+        raise ApiError(404, f"no message {message_id} in this conversation", "message_not_found") from None
+    except ValueError as e:
+        raise ApiError(400, str(e), "invalid_feedback") from None
+    return await _thread_view(request, conv_id)
+
+
+@router.post("/api/conversations/{conv_id}/stop")
+async def stop(conv_id: str, request: Request) -> dict[str, Any]:
+    await _own(request, conv_id)
+    cancel = _generating(request).get(conv_id)
+    if cancel is not None:
+        cancel.set()
+    return {"stopped": cancel is not None}
 
 
 @router.post("/api/chat")
 async def send(body: SendRequest, request: Request) -> Response:
     """Add the user's message and stream the reply as server-sent events: meta, delta..., done (or error)."""
     rt = request.app.state.rt
-    s = rt.settings
     token, fresh = _session(request)
-    if len(body.content) > s.max_chars:
-        raise ApiError(413, f"message too long: {len(body.content)} characters (limit {s.max_chars})",
-                       "too_many_characters")
+    _check_length(request, body.content)
     who = client_hash(request, rt.salt)
     rt.limiter.check(who)
     if body.conversation_id is None:
@@ -143,32 +274,130 @@ async def send(body: SendRequest, request: Request) -> Response:
         conv_id = opened.conversation_id
     else:
         conv_id = (await _own(request, body.conversation_id)).id
+        _claim(request, conv_id)
         try:
             await run_in_threadpool(rt.chat.add_user_message, conv_id, body.content)
         except ConversationEnded:
+            _release(request, conv_id)
             raise ApiError(409, "this conversation has ended; start a new one", "conversation_ended") from None
-    params = ChatParams(max_tokens=s.max_tokens_default)
-
-    async def events() -> AsyncIterator[str]:
-        yield _sse("meta", {"conversation_id": conv_id})
-        final = None
-        try:
-            async for chunk in stream_in_thread(lambda cancel: rt.chat.reply(conv_id, params, cancel)):
-                if chunk.text:
-                    yield _sse("delta", {"text": chunk.text})
-                if chunk.finish_reason:
-                    final = chunk
-        except EngineError as e:
-            yield _sse("error", {"message": f"the model failed: {e}"})
-            return
-        if final is not None:
-            rt.limiter.spend(who, final.completion_tokens or 0)
-        yield _sse("done", {"finish_reason": final.finish_reason if final else "stop"})
-
-    response = StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    response = _reply_stream(request, conv_id, who, lambda params, cancel: rt.chat.reply(conv_id, params, cancel))
     if fresh:
         _set_cookie(response, token)
     return response
+
+
+@router.post("/api/conversations/{conv_id}/regenerate")
+async def regenerate(conv_id: str, body: MessageRef, request: Request) -> Response:
+    rt = request.app.state.rt
+    who = await _start(request, conv_id)
+    after = await _branch_call(request, conv_id, rt.chat.regenerate_after, conv_id, body.message_id)
+    return _reply_stream(request, conv_id, who,
+                         lambda params, cancel: rt.chat.reply(conv_id, params, cancel, after=after))
+
+
+@router.post("/api/conversations/{conv_id}/edit")
+async def edit(conv_id: str, body: EditRequest, request: Request) -> Response:
+    rt = request.app.state.rt
+    _check_length(request, body.content)
+    who = await _start(request, conv_id)
+    await _branch_call(request, conv_id, rt.chat.edit, conv_id, body.message_id, body.content)
+    return _reply_stream(request, conv_id, who, lambda params, cancel: rt.chat.reply(conv_id, params, cancel))
+
+
+@router.post("/api/conversations/{conv_id}/continue")
+async def continue_reply(conv_id: str, body: MessageRef, request: Request) -> Response:
+    rt = request.app.state.rt
+    who = await _start(request, conv_id)
+    await _branch_call(request, conv_id, rt.chat.regenerate_after, conv_id, body.message_id)  # validates early
+    return _reply_stream(request, conv_id, who,
+                         lambda params, cancel: rt.chat.continue_reply(conv_id, body.message_id, params, cancel))
+
+
+def _check_length(request: Request, text: str) -> None:
+    limit = request.app.state.rt.settings.max_chars
+    if len(text) > limit:
+        raise ApiError(413, f"message too long: {len(text)} characters (limit {limit})", "too_many_characters")
+
+
+def _claim(request: Request, conv_id: str) -> threading.Event:
+    """One reply at a time per conversation."""
+    generating = _generating(request)
+    if conv_id in generating:
+        raise ApiError(409, "a reply is still being written in this conversation: wait, or stop it",
+                       "reply_in_progress")
+    cancel = generating[conv_id] = threading.Event()
+    return cancel
+
+
+def _release(request: Request, conv_id: str, cancel: threading.Event | None = None) -> None:
+    generating = _generating(request)
+    if cancel is None or generating.get(conv_id) is cancel:
+        generating.pop(conv_id, None)
+
+
+async def _start(request: Request, conv_id: str) -> str:
+    rt = request.app.state.rt
+    await _own(request, conv_id)
+    who = client_hash(request, rt.salt)
+    rt.limiter.check(who)
+    _claim(request, conv_id)
+    return who
+
+
+async def _branch_call(request: Request, conv_id: str, fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return await run_in_threadpool(fn, *args)
+    except ConversationEnded:
+        _release(request, conv_id)
+        raise ApiError(409, "this conversation has ended; start a new one", "conversation_ended") from None
+    except (NotOnBranch, NotFound) as e:
+        _release(request, conv_id)
+        raise ApiError(409, str(e), "not_on_branch") from None
+
+
+def _reply_stream(
+    request: Request, conv_id: str, who: str,
+    generate: Callable[[ChatParams, threading.Event], Iterator[Chunk]],
+) -> Response:
+    rt = request.app.state.rt
+    generating = _generating(request)
+    cancel = generating.get(conv_id) or _claim(request, conv_id)
+    params = ChatParams(max_tokens=rt.settings.max_tokens_default)
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            yield _sse("meta", {"conversation_id": conv_id})
+            final = None
+            try:
+                async for chunk in stream_in_thread(lambda c: generate(params, c), cancel):
+                    if chunk.text:
+                        yield _sse("delta", {"text": chunk.text})
+                    if chunk.finish_reason:
+                        final = chunk
+            except EngineError as e:
+                _release(request, conv_id, cancel)
+                yield _sse("error", {"message": f"the model failed: {e}",
+                                     "conversation": await _thread_view(request, conv_id)})
+                return
+            except NotFound:  # deleted meanwhile
+                yield _sse("error", {"message": "this conversation was deleted", "conversation": None})
+                return
+            except (NotOnBranch, ConversationEnded, ValueError) as e:
+                _release(request, conv_id, cancel)
+                yield _sse("error", {"message": str(e) or "this conversation has ended",
+                                     "conversation": await _thread_view(request, conv_id)})
+                return
+            if final is not None:
+                rt.limiter.spend(who, final.completion_tokens or 0)
+            _release(request, conv_id, cancel)
+            yield _sse("done", {"finish_reason": final.finish_reason if final else "interrupted",
+                                "conversation": await _thread_view(request, conv_id)})
+        finally:
+            _release(request, conv_id, cancel)
+
+    # The background task also releases the conversation when the client left before the stream began.
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                             background=BackgroundTask(_release, request, conv_id, cancel))
 
 
 def _sse(name: str, data: dict[str, Any]) -> str:
@@ -180,8 +409,11 @@ async def admin_conversations(request: Request, status: str | None = None, limit
     rt = request.app.state.rt
     check_admin(request, rt.settings.admin_token)
     convs = await run_in_threadpool(rt.store.list, status, None, min(max(limit, 1), 500))
-    return {"data": [_public_view(c) | {"source": c.source, "model_version": c.model_version,
-                                        "created_at": c.created_at.isoformat()} for c in convs]}
+    return {"data": [{"id": c.id, "ended": c.ended, "end_reason": c.end_reason,
+                      "publish_allowed": c.publish_allowed, "licence": c.licence, "source": c.source,
+                      "model_version": c.model_version, "created_at": c.created_at.isoformat(),
+                      "messages": [{"role": m.role, "content": m.content, "status": m.status}
+                                   for m in c.messages]} for c in convs]}
 
 
 @router.get("/admin/stats")
