@@ -127,8 +127,10 @@ def test_the_server_switches_to_the_promoted_version_and_back_without_a_restart(
     store = Store(settings.db_url)
     with LiveServer(create_app(settings, engine=embedded_engine)) as live:
         def served() -> str:
+            model = httpx.get(f"{live.url}/v1/models", timeout=60).json()["data"][0]["id"]
             r = httpx.post(f"{live.url}/v1/chat/completions", timeout=60, json={
-                "model": "x", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]})
+                "model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}],
+                "thresher_publish": False})
             assert r.status_code == 200, r.text
             return store.get(r.headers["x-thresher-conversation"]).model_version
 

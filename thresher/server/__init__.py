@@ -47,9 +47,11 @@ class Runtime:
     limiter: RateLimiter
     salt: str
 
+    started_as: str | None = None  # the engine's id at start: the name clients use survives a model switch
+
     @property
     def model_name(self) -> str:
-        return self.settings.model_name or self.engine.model_id
+        return self.settings.model_name or self.started_as or self.engine.model_id
 
 
 def end_idle(store: Store, idle_minutes: float) -> list[str]:
@@ -188,7 +190,8 @@ def create_app(settings: Settings, engine: Engine | None = None, store: Store | 
             settings.rate_limit_requests if settings.public else 0,
             settings.rate_limit_tokens if settings.public else 0,
         )
-        app.state.rt = Runtime(settings, st, eng, ChatService(st, eng, settings.licence), limiter, settings.salt())
+        app.state.rt = Runtime(settings, st, eng, ChatService(st, eng, settings.licence), limiter, settings.salt(),
+                               started_as=eng.model_id)
         tasks = [asyncio.create_task(_idle_loop(app.state.rt))]
         judge = await run_in_threadpool(make_judge, settings, eng)
         if judge is not None:
