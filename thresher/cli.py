@@ -875,7 +875,7 @@ def worker_cmd(
 @app.command("demo")
 def demo_cmd(
     data_dir: Annotated[Path, typer.Option(help="A fresh directory for the demo's data.")] = Path("thresher-demo"),
-    quick: Annotated[bool, typer.Option(help="4 simulated users and a tiny round: about 3 minutes on 2 cores.")] = (
+    quick: Annotated[bool, typer.Option(help="4 simulated users and a tiny round (a few minutes on 2 cores).")] = (
         False),
     serve_after: Annotated[bool, typer.Option("--serve/--exit", help="Keep the server running afterwards so you "
                                                                    "can look at the chat page and dashboard.")] = True,
