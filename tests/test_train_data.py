@@ -128,7 +128,7 @@ def test_each_degradation_changes_the_conversation_but_keeps_its_shape(kind: str
 
 def test_swaps_take_the_answer_of_a_question_on_the_same_topic() -> None:
     src = _sources()
-    for i, j in enumerate(nearest(src, 1)):
+    for i, j in enumerate(nearest(src)):
         assert j != i and src[j].topic == src[i].topic
 
 

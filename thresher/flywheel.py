@@ -271,13 +271,13 @@ def rejudge_corrections(store: Store, repo: DatasetRepo, judge: Judge) -> int:
 
 def approved_since_last_round(data_dir: Path, approved_now: int) -> int:
     """Approved conversations beyond what the newest finished round trained on."""
-    import json
+    from thresher.train.round import RoundState
 
     last = 0
     for state in sorted((data_dir / "rounds").glob("*/state.json"), key=lambda p: int(p.parent.name)):
-        stages = json.loads(state.read_text()).get("stages", {})
-        if "published" in stages:
-            last = stages.get("data", {}).get("approved", last)
+        rs = RoundState(state.parent)
+        if rs.done("published"):
+            last = (rs.get("data") or {}).get("approved", last)
     return approved_now - last
 
 
@@ -315,9 +315,9 @@ class RoundRunner:
 
 
 def _finished(state_file: Path) -> bool:
-    import json
+    from thresher.train.round import RoundState
 
     try:
-        return "published" in json.loads(state_file.read_text()).get("stages", {})
+        return RoundState(state_file.parent).done("published")
     except (OSError, ValueError):
         return False

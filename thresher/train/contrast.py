@@ -89,7 +89,7 @@ def _question(messages: Sequence[dict[str, str]]) -> str:
     return next((m["content"] for m in reversed(messages[:i]) if m["role"] == "user"), "")
 
 
-def nearest(sources: Sequence[Source], k: int) -> list[int]:
+def nearest(sources: Sequence[Source]) -> list[int]:
     """For each source, the index of the most related other one: same topic first, then most shared words of the
     question."""
     words = [_words(_question(s.messages)) for s in sources]
@@ -183,9 +183,9 @@ def contrast_rows(sources: Sequence[Source], seed: int = 0, two_turn_share: floa
     rng = random.Random(seed)
     if len(sources) < 2:
         raise ValueError("contrast pairs need at least two good conversations")
-    related = nearest(sources, 1)
+    related = nearest(sources)
     extended = list(sources) + two_turn(sources, related, rng, round(len(sources) * two_turn_share))
-    rel_all = related + nearest(extended, 1)[len(sources):]
+    rel_all = related + nearest(extended)[len(sources):]
     kinds = DEGRADATIONS[:]
     rows = []
     for n, (src, j) in enumerate(zip(extended, rel_all, strict=True)):

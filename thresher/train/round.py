@@ -205,7 +205,7 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
     chat_rec = state.get("chat")
 
     if not state.done("evaluated"):
-        state.mark("evaluated", _evaluate(settings, config, root, pin, chat_rec, held_convs, say))
+        state.mark("evaluated", _evaluate(settings, config, n, root, pin, chat_rec, held_convs, say))
     ev = state.get("evaluated")
 
     if not state.done("gated"):
@@ -322,7 +322,7 @@ def _train_chat(settings: Settings, config: RoundConfig, registry: Registry, com
             "seconds": time.perf_counter() - t}
 
 
-def _evaluate(settings: Settings, config: RoundConfig, root: Path, pin: dict, chat_rec: dict,
+def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: dict, chat_rec: dict,
               held_convs: list[dict], say: Callable[[str], None]) -> dict[str, Any]:
     from thresher.engines import load as load_engine
     from thresher.evaluate import answers, pairwise_win_rate
@@ -331,7 +331,7 @@ def _evaluate(settings: Settings, config: RoundConfig, root: Path, pin: dict, ch
     t = time.perf_counter()
     prompts = [p["prompt"] for p in load_rows(str(sample_path().parent / "eval_prompts.json"))][
         : config.eval_prompts]
-    say(f"round {n_of(root)}: answering {len(prompts)} held-out prompts with the new and the serving model")
+    say(f"round {n}: answering {len(prompts)} held-out prompts with the new and the serving model")
     new = load_engine(chat_rec["spec"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     new_answers = answers(new, prompts, config.eval_tokens, progress="new model")
     del new
@@ -339,7 +339,7 @@ def _evaluate(settings: Settings, config: RoundConfig, root: Path, pin: dict, ch
     old_answers = answers(old, prompts, config.eval_tokens, progress="serving model")
     judge = old if pin["serving_judge"] == pin["serving"] else load_engine(pin["serving_judge"], n_ctx=settings.n_ctx)
     wr = pairwise_win_rate(judge, prompts, new_answers, old_answers)
-    say(f"round {n_of(root)}: win rate {wr.win_rate:.3f} over {wr.prompts} prompts "
+    say(f"round {n}: win rate {wr.win_rate:.3f} over {wr.prompts} prompts "
         f"(position bias {wr.position_bias:.2f})")
     loss_new = loss_old = ratio = None
     if held_convs:
@@ -351,12 +351,8 @@ def _evaluate(settings: Settings, config: RoundConfig, root: Path, pin: dict, ch
         m, tok = load_base(pin["base"])
         loss_old = heldout_loss(m, tok, convs, config.chat.max_length)
         ratio = loss_new / loss_old if loss_new is not None and loss_old else None
-        say(f"round {n_of(root)}: held-out loss {loss_old} -> {loss_new}")
+        say(f"round {n}: held-out loss {loss_old} -> {loss_new}")
     (root / "win_rate_examples.json").write_text(json.dumps(wr.examples, indent=2, ensure_ascii=False))
     return {"win_rate": wr.win_rate, "prompts": wr.prompts, "ties": wr.ties, "position_bias": wr.position_bias,
             "heldout_loss_new": loss_new, "heldout_loss_serving": loss_old, "loss_ratio": ratio,
             "heldout_conversations": len(held_convs), "seconds": time.perf_counter() - t}
-
-
-def n_of(root: Path) -> str:
-    return root.name
