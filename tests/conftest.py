@@ -36,9 +36,11 @@ class ScriptedEngine:
     version: str = "scripted@1"
     started: threading.Event = field(default_factory=threading.Event)
     prompts: list[list[dict[str, str]]] = field(default_factory=list)
+    prefixes: list[str] = field(default_factory=list)
 
     def stream_chat(self, messages: Sequence[dict[str, str]], params: ChatParams) -> Iterator[Chunk]:
         self.prompts.append([dict(m) for m in messages])
+        self.prefixes.append(params.prefix)
         self.started.set()
         n = 0
         for word in self.words[: params.max_tokens]:

@@ -92,11 +92,12 @@ def test_regenerate_edit_and_continue_keep_every_version(store: Store) -> None:
     _, (user, first) = store.thread(cid)
     assert (first.content, first.finish_reason) == ("Hello there", "length")
 
-    # Continue: the same message grows; the model saw its cut-off reply last.
+    # Continue: the same message grows; the model was given its cut-off reply as the start of its turn.
     list(chat.continue_reply(cid, first.id, ChatParams()))
     _, (_, grown) = store.thread(cid)
     assert grown.id == first.id and grown.content == "Hello there" + "Hello there, friend."
-    assert grown.status == COMPLETE and engine.prompts[-1][-1] == {"role": "assistant", "content": "Hello there"}
+    assert grown.status == COMPLETE and engine.prompts[-1] == [{"role": "user", "content": "Hi"}]
+    assert engine.prefixes[-1] == "Hello there"
 
     # Regenerate: another version of the reply to the same message; the first is kept.
     list(chat.reply(cid, ChatParams(), after=chat.regenerate_after(cid, grown.id)))

@@ -130,6 +130,23 @@ def test_transformers_engine_agrees_with_llamacpp(embedded_engine) -> None:
 
 
 @pytest.mark.slow
+def test_a_reply_continues_after_its_prefix(embedded_engine) -> None:
+    """Given the start of its own reply, each local engine writes what follows it (what "continue" does): with greedy
+    decoding, the continuation of a reply's first words is the rest of that reply."""
+    hf = load(f"hf:{embedded_model_path()}")
+    ask = [{"role": "user", "content": "Describe the water cycle in a few sentences."}]
+    for engine in (embedded_engine, hf):
+        whole = "".join(c.text for c in engine.stream_chat(ask, ChatParams(max_tokens=30, temperature=0.0)))
+        head = " ".join(whole.split(" ")[:3])
+        chunks = list(engine.stream_chat(ask, ChatParams(max_tokens=30, temperature=0.0, prefix=head)))
+        rest = "".join(c.text for c in chunks)
+        assert len(head) > 5 and rest and not rest.startswith(head)
+        n = min(len(rest), len(whole) - len(head)) - 8  # the two replies may end at different token budgets
+        assert n > 10 and (head + rest)[: len(head) + n] == whole[: len(head) + n]
+        assert chunks[-1].prompt_tokens > engine.count_tokens(ask)
+
+
+@pytest.mark.slow
 def test_openai_engine_against_a_real_server(serve, embedded_engine) -> None:
     with serve(embedded_engine) as srv:
         remote = load(f"openai:{srv.url}/v1")  # the model id comes from /v1/models

@@ -15,7 +15,7 @@ from tests_helpers import bare_remote, git, judged
 from typer.testing import CliRunner
 
 from thresher.cli import app
-from thresher.conversation import Message
+from thresher.conversation import Conversation, Message
 from thresher.dataset_repo import DatasetRepo
 from thresher.flywheel import publish
 from thresher.judge import Judgment
@@ -58,6 +58,27 @@ def test_publish_scrubs_selects_and_keeps_rejections(store: Store, tmp_path: Pat
     # Nothing is decided twice.
     again = publish(store, repo, threshold=8.0)
     assert again.published == [] and again.rejected == {}
+
+
+def test_the_owners_thumbs_are_published_with_the_conversation(store: Store, tmp_path: Path, remote: Path) -> None:
+    """Feedback is stored with the conversation and shown to reviewers: it goes into the published file, its reason
+    scrubbed like the messages, and only for replies of the branch that is published."""
+    cid = store.create(Conversation(messages=[Message("user", "How far away is the moon?")],
+                                    publish_allowed=True)).id
+    _, (question,) = store.thread(cid)
+    reply = store.append(cid, Message("assistant", "About 384,000 km on average."))
+    other = store.append(cid, Message("assistant", "Quite far."), after=question.id)  # another version
+    store.set_feedback(cid, other, "down", "vague")
+    store.switch(cid, reply)
+    store.set_feedback(cid, reply, "up", "precise; tell bob@example.org")
+    store.end(cid, "button")
+    store.save_judgment(cid, Judgment(score=9.0, status="ok", judge_id="judge@1", rubric_hash="r1"))
+    repo = DatasetRepo(tmp_path / "clone", str(remote)).open()
+    assert publish(store, repo, threshold=8.0).published == [cid]
+    (text,) = [t for n, t in remote_files(remote).items() if n.endswith(f"{cid}.json")]
+    rec = json.loads(text)
+    assert rec["feedback"] == [{"message": 1, "rating": "up", "reason": "precise; tell <EMAIL>"}]
+    assert rec["messages"][1]["content"] == "About 384,000 km on average."
 
 
 def test_duplicates_are_rejected(store: Store, tmp_path: Path, remote: Path) -> None:

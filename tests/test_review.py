@@ -261,6 +261,8 @@ def test_thresher_review_then_thresher_sync(store: Store, store_url: str, tmp_pa
     `thresher sync`."""
     ids = [judged(store, f"Tell me about {t}, please.", f"Here is a careful answer about {t}.", 9.0,
                   rationale=f"Good on {t}.") for t in ("tides", "owls", "bread", "glass")]
+    for cid in ids:
+        store.set_feedback(cid, store.thread(cid)[1][1].id, "up", "clear")
     for key, value in (("DATA_DIR", tmp_path / "data"), ("DATABASE_URL", store_url), ("DATASET_REMOTE", remote)):
         monkeypatch.setenv(f"THRESHER_{key}", str(value))
     runner = CliRunner()
@@ -274,6 +276,7 @@ def test_thresher_review_then_thresher_sync(store: Store, store_url: str, tmp_pa
     assert result.exit_code == 0, result.output
     assert "4 conversation(s) to review as ada-example.org" in result.output
     assert "Good on tides" in result.output and "Tell me about owls" in result.output
+    assert "user: thumbs up (clear)" in result.output  # the owner's feedback, published with the conversation
     assert "approved 1, rejected 1, skipped 1, corrected 0" in result.output
     assert git(ada.path, "status", "--porcelain") == ""
     assert git(ada.path, "rev-parse", "HEAD") == git(remote, "rev-parse", "main")  # pushed

@@ -114,7 +114,7 @@ def test_set_publish_and_list(store: Store) -> None:
 def test_judgments_pending_save_and_replace(store: Store) -> None:
     from thresher.judge import Judgment
 
-    ended = store.create(Conversation(messages=[Message("user", "a")]))
+    ended = store.create(Conversation(messages=[Message("user", "a")], publish_allowed=True))
     store.end(ended.id, "button")
     private = store.create(Conversation(messages=[Message("user", "b")], publish_allowed=False))
     store.end(private.id, "button")

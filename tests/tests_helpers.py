@@ -21,7 +21,7 @@ def ended_conversations(store: Store, n: int) -> list[str]:
         conv = store.create(Conversation(messages=[
             Message("user", f"Tell me one fact about {topic}."),
             Message("assistant", f"Here is a fact about {topic}: it has been studied for centuries."),
-        ]))
+        ], publish_allowed=True))
         store.end(conv.id, "button")
         ids.append(conv.id)
     return ids

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from thresher.conversation import COMPLETE, INTERRUPTED, STREAMING, Conversation, Message
 from thresher.engines import ChatParams, Chunk, Engine
@@ -114,10 +114,9 @@ class ChatService:
     def continue_reply(
         self, conv_id: str, message_id: int, params: ChatParams, cancel: threading.Event | None = None
     ) -> Iterator[Chunk]:
-        """Extend the last reply (one that was stopped or ran out of length) in place.
-
-        The engine interface has no prefix for a chat reply, so the model sees its cut-off reply as the last
-        message and writes what follows; the text is appended to the same message."""
+        """Extend the last reply (one that was stopped or ran out of length) in place: the engine is given the
+        cut-off text as the start of its own turn (`ChatParams.prefix`) and writes what follows, which is appended
+        to the same message."""
         conv, turns = self.store.thread(conv_id)
         if conv.ended:
             raise ConversationEnded(conv_id)
@@ -125,9 +124,10 @@ class ChatService:
             raise NotOnBranch("only the last reply of the current branch can be continued")
         if turns[-1].status == STREAMING:
             raise NotOnBranch("this reply is still being written")
-        prompt = [m.to_openai() for m in conv.messages if m.content or m.role != "assistant"]
+        prompt = [m.to_openai() for m in conv.messages[:-1]]
         self.store.update_reply(message_id, turns[-1].content, STREAMING)
-        return self._generate(message_id, prompt, params, cancel, turns[-1].content)
+        return self._generate(message_id, prompt, replace(params, prefix=turns[-1].content), cancel,
+                              turns[-1].content)
 
     def _generate(
         self, msg_id: int, prompt: list[dict[str, str]], params: ChatParams, cancel: threading.Event | None,

@@ -466,9 +466,13 @@ def review_cmd(
 
 
 def _show_conversation(out: Any, rec: dict[str, Any], where: str) -> None:
-    """One published conversation for a reviewer: score, the judge's rationale and flags, then the messages."""
+    """One published conversation for a reviewer: score, the judge's rationale and flags, then the messages with
+    the user's thumbs on them."""
     from rich.panel import Panel
     from rich.text import Text
+
+    thumbs = {f["message"]: f for f in rec.get("feedback") or [] if isinstance(f, dict) and
+              isinstance(f.get("message"), int) and f.get("rating") in ("up", "down")}
 
     score = rec.get("score")
     out.rule(f"{where}  {rec.get('id')}  score {'-' if score is None else f'{score:.2f}'}")
@@ -476,8 +480,11 @@ def _show_conversation(out: Any, rec: dict[str, Any], where: str) -> None:
         out.print(Text(f"judge: {rec['rationale']}", style="italic"))
     if rec.get("flags"):
         out.print(Text("flags: " + ", ".join(rec["flags"]), style="yellow"))
-    for m in rec.get("messages", []):
-        out.print(Panel(Text(str(m.get("content", ""))), title=str(m.get("role", "?")), title_align="left"))
+    for i, m in enumerate(rec.get("messages", [])):
+        f = thumbs.get(i)
+        note = None if f is None else f"user: thumbs {f['rating']}" + (f" ({f['reason']})" if f.get("reason") else "")
+        out.print(Panel(Text(str(m.get("content", ""))), title=str(m.get("role", "?")), title_align="left",
+                        subtitle=None if note is None else Text(note), subtitle_align="right"))
 
 
 @app.command("takedown")

@@ -55,7 +55,7 @@ class Conversation:
     ended_at: datetime | None = None
     end_reason: str | None = None
     status: str = "open"
-    publish_allowed: bool = True
+    publish_allowed: bool = False  # nothing is published without its owner's affirmative choice
     licence: str = "CC-BY-4.0"
     model_version: str | None = None
     client_hash: str | None = None

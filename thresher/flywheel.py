@@ -15,12 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from thresher.conversation import Conversation, Message, utcnow
 from thresher.curate import Deduplicator, rejection, scrub, scrub_text
 from thresher.dataset_repo import DatasetRepo, GitError, conversation_path
 from thresher.judge import Judge, Judgment
-from thresher.store import Publication, Store
+from thresher.store import Feedback, Publication, Store
 
 log = logging.getLogger("thresher.flywheel")
 
@@ -64,11 +65,26 @@ class PublishReport:
     pii: Counter[str] = field(default_factory=Counter)  # placeholders by type; never the values
 
 
-def _record(conv: Conversation, judgment: Judgment, messages: list[dict[str, str]], rationale: str | None) -> dict:
+def _feedback(items: list[Feedback]) -> list[dict[str, Any]]:
+    """The owner's thumbs on replies of the published branch, with each reason scrubbed like the messages."""
+    out: list[dict[str, Any]] = []
+    for f in items:
+        if f.position is None:  # on a reply of another branch: not what is published
+            continue
+        item: dict[str, Any] = {"message": f.position, "rating": f.rating}
+        if f.reason:
+            item["reason"] = scrub_text(f.reason)[0]
+        out.append(item)
+    return out
+
+
+def _record(conv: Conversation, judgment: Judgment, messages: list[dict[str, str]], rationale: str | None,
+            feedback: list[Feedback]) -> dict:
     """What a published conversation file holds. No client or owner hash ever leaves the machine."""
     return {
         "id": conv.id,
         "messages": messages,
+        "feedback": _feedback(feedback),
         "score": None if judgment.score is None else round(judgment.score, 4),
         "distribution": judgment.distribution,
         "rationale": rationale,
@@ -155,6 +171,7 @@ def _publish(store: Store, repo: DatasetRepo, threshold: float, daily_cap: int) 
     done: list[Publication] = []
     withdrawn: list[Publication] = []
     judges: set[str] = set()
+    thumbs = store.feedback(list(claimed))
     for p in accepted:
         conv = convs.get(p.conversation_id)
         if conv is None:  # deleted by its owner meanwhile
@@ -171,7 +188,7 @@ def _publish(store: Store, repo: DatasetRepo, threshold: float, daily_cap: int) 
             clean, _ = scrub(conv)
             rationale = scrub_text(judgment.rationale)[0] if judgment.rationale else None
         p.path = p.path or conversation_path(conv.id, conv.created_at)
-        repo.write(p.path, _record(conv, judgment, clean.to_openai(), rationale))
+        repo.write(p.path, _record(conv, judgment, clean.to_openai(), rationale, thumbs.get(conv.id, [])))
         done.append(p)
         judges.add(judgment.judge_id)
     store.set_publications(withdrawn)

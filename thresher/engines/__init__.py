@@ -44,6 +44,9 @@ class ChatParams:
     seed: int | None = None
     # Background work (judging): an engine that queues requests serves waiting chats first.
     background: bool = False
+    # The reply already begun (a cut-off reply being continued): the model sees it as the start of its own turn
+    # and writes what follows; only the new text is streamed.
+    prefix: str = ""
 
 
 @dataclass

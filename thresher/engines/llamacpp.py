@@ -55,16 +55,16 @@ class LlamaCppEngine:
         self.n_ctx = n_ctx
         self._worker = _Worker()
 
-    def _prompt(self, messages: Sequence[dict[str, str]]) -> tuple[list[int], list[str]]:
+    def _prompt(self, messages: Sequence[dict[str, str]], prefix: str = "") -> tuple[list[int], list[str]]:
         res = self._formatter(messages=[dict(m) for m in messages])
         stops = res.stop if isinstance(res.stop, list) else [res.stop] if res.stop else []
-        return self.llm.tokenize(res.prompt.encode("utf-8"), add_bos=False, special=True), stops
+        return self.llm.tokenize((res.prompt + prefix).encode("utf-8"), add_bos=False, special=True), stops
 
     def count_tokens(self, messages: Sequence[dict[str, str]]) -> int:
         return len(self._prompt(messages)[0])
 
     def stream_chat(self, messages: Sequence[dict[str, str]], params: ChatParams) -> Iterator[Chunk]:
-        tokens, template_stops = self._prompt(messages)
+        tokens, template_stops = self._prompt(messages, params.prefix)
         budget = min(params.max_tokens, self.n_ctx - len(tokens))
         if budget <= 0:
             raise EngineError(f"the prompt has {len(tokens)} tokens; the context holds {self.n_ctx}")

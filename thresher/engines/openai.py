@@ -48,9 +48,13 @@ class OpenAIEngine:
             raise EngineError(f"could not list models at {self.base_url}/models ({e}); name one as URL#MODEL") from e
 
     def _body(self, messages: Sequence[dict[str, str]], params: ChatParams) -> dict[str, Any]:
+        msgs = list(messages)
+        if params.prefix:
+            # Continue a started assistant turn (vLLM's and llama-server's continue_final_message).
+            msgs.append({"role": "assistant", "content": params.prefix})
         body: dict[str, Any] = {
             "model": self.model_id,
-            "messages": list(messages),
+            "messages": msgs,
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
@@ -59,6 +63,8 @@ class OpenAIEngine:
             body["stop"] = params.stop
         if params.seed is not None:
             body["seed"] = params.seed
+        if params.prefix:
+            body |= {"continue_final_message": True, "add_generation_prompt": False}
         return body
 
     def stream_chat(self, messages: Sequence[dict[str, str]], params: ChatParams) -> Iterator[Chunk]:
@@ -95,13 +101,8 @@ class OpenAIEngine:
     def next_token_probs(
         self, messages: Sequence[dict[str, str]], choices: Sequence[str], prefix: str = ""
     ) -> dict[str, float]:
-        msgs = list(messages)
-        if prefix:
-            # Ask the model to continue a started assistant turn (vLLM's continue_final_message).
-            msgs.append({"role": "assistant", "content": prefix})
-        body = self._body(msgs, ChatParams(max_tokens=1, temperature=0.0)) | {"logprobs": True, "top_logprobs": 20}
-        if prefix:
-            body |= {"continue_final_message": True, "add_generation_prompt": False}
+        body = self._body(messages, ChatParams(max_tokens=1, temperature=0.0, prefix=prefix)) | {
+            "logprobs": True, "top_logprobs": 20}
         try:
             r = self._client.post("/chat/completions", json=body)
         except httpx.HTTPError as e:

@@ -64,7 +64,7 @@ class TransformersEngine:
         return len(self._ids(messages))
 
     def stream_chat(self, messages: Sequence[dict[str, str]], params: ChatParams) -> Iterator[Chunk]:
-        ids = self._ids(messages)
+        ids = self._ids(messages, params.prefix)
         budget = min(params.max_tokens, self.n_ctx - len(ids))
         if budget <= 0:
             raise EngineError(f"the prompt has {len(ids)} tokens; the context holds {self.n_ctx}")
