@@ -71,7 +71,8 @@ that scored at or above the threshold, and that passed personal-data scrubbing a
   was replaced by typed placeholders such as `<EMAIL>` before publication. If you find any that slipped through,
   please report it: the conversation will be taken down.
 - **Layout:** `conversations/YYYY/MM/<id>.json` (messages, the user's thumbs up or down on replies with their
-  scrubbed reasons, score, score distribution, rationale, flags, judge and model versions, licence, times); `reviews/<id>/<reviewer>.json` (verdicts); `rounds/<n>.json` (training rounds).
+  scrubbed reasons, score, score distribution, rationale, flags, judge and model versions, licence, times);
+  `reviews/<id>/<reviewer>.json` (verdicts); `rounds/<n>.json` (training rounds).
 
 ```python
 import datasets
