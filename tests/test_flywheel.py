@@ -100,3 +100,27 @@ def test_serve_judges_ended_conversations_in_the_background(serve) -> None:
         judgments = store.judgments(cid)
     assert len(judgments) == 1 and judgments[0].score == pytest.approx(5.5)  # the scripted engine is uniform
     assert judgments[0].judge_id == "scripted@1"
+
+
+def test_a_judge_without_a_server_follows_promotions(settings, tmp_path: Path) -> None:
+    """What `thresher worker` does each tick: its judge switches to a promoted judge version, or (judge = serving)
+    to the promoted chat model, and back on rollback."""
+    from thresher.registry import Registry, Version
+    from thresher.server import ModelFollower
+
+    judge = Judge(ScriptedEngine(), rationale="never")
+    follower = ModelFollower(settings.model_copy(update={"judge": "serving", "data_dir": tmp_path}), judge)
+    assert follower.check() == [] and judge.judge_id == "scripted@1"
+    reg = Registry(tmp_path / "models")
+    url = "http://127.0.0.1:9/v1"  # an OpenAI-compatible engine with its model named connects only when asked
+    reg.add(Version("chat-r1", "chat", f"openai:{url}#chat-r1"))
+    reg.promote("chat-r1")
+    assert follower.check() == [f"judge -> chat-r1@{url}"] and judge.judge_id == f"chat-r1@{url}"
+    assert follower.check() == []
+    reg.add(Version("judge-r1", "judge", f"openai:{url}#judge-r1"))
+    reg.promote("judge-r1")
+    assert follower.check() == ["judge -> judge-r1"] and judge.judge_id == f"judge-r1@{url}"
+    reg.rollback("judge")
+    assert follower.check() == [f"judge -> chat-r1@{url}"]
+    reg.rollback("chat")
+    assert follower.check() == ["judge -> scripted@1"] and judge.engine.model_id == "scripted"

@@ -836,7 +836,7 @@ def worker_cmd(
     from thresher.engines import load as load_engine
     from thresher.flywheel import RoundRunner, judge_pending, publish, rejudge_corrections
     from thresher.review import sync
-    from thresher.server import make_judge
+    from thresher.server import ModelFollower, make_judge
     from thresher.store import Store
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -846,12 +846,16 @@ def worker_cmd(
         raise typer.Exit(2)
     store = Store(s.db_url)
     store.migrate()
-    judge = make_judge(s, load_engine(s.model, n_ctx=s.n_ctx, n_threads=s.n_threads))
+    serving = load_engine(s.model, n_ctx=s.n_ctx, n_threads=s.n_threads) if s.judge == "serving" else None
+    judge = make_judge(s, serving)
+    follower = ModelFollower(s, judge) if s.follow_registry else None
     repo = DatasetRepo(s.dataset_path, s.dataset_remote)
     rounds = RoundRunner(s.data_dir, s.round_min_new_approved, env={**os.environ, **s.as_env()})
     next_publish = 0.0
     try:
         while True:
+            for what in follower.check() if follower else []:
+                typer.echo(f"now judging with: {what.removeprefix('judge -> ')}")
             n = judge_pending(store, judge)
             if n:
                 typer.echo(f"judged {n} conversation(s)")

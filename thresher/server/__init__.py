@@ -70,13 +70,16 @@ async def _judge_loop(rt: Runtime, judge: Judge) -> None:
         await asyncio.sleep(rt.settings.judge_interval_seconds)
 
 
-def make_judge(settings: Settings, serving: Engine) -> Judge | None:
+def make_judge(settings: Settings, serving: Engine | None) -> Judge | None:
     """The judge `settings.judge` asks for: the serving engine itself, another engine, or none."""
     if settings.judge == "off":
         return None
-    engine = serving if settings.judge == "serving" else load_engine(
-        settings.judge, n_ctx=settings.n_ctx, n_threads=settings.n_threads
-    )
+    if settings.judge == "serving":
+        if serving is None:
+            raise ValueError("judge = 'serving' needs the serving engine")
+        engine = serving
+    else:
+        engine = load_engine(settings.judge, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     return Judge(engine, threshold=settings.judge_threshold, rationale=settings.judge_rationale,
                  context_tokens=settings.n_ctx)
 
@@ -109,43 +112,50 @@ async def _publish_loop(rt: Runtime, judge: Judge) -> None:
 
 class ModelFollower:
     """Switches the chat model and the judge to the registry's promoted versions without a restart: a request
-    already streaming finishes on the engine it started with, the next one gets the new engine."""
+    already streaming finishes on the engine it started with, the next one gets the new engine.
 
-    def __init__(self, rt: Runtime, judge: Judge | None) -> None:
+    With no `rt` (the stand-alone worker) only the judge follows. A judge set to "serving" judges with whatever chat
+    model is promoted, unless a judge version is promoted too."""
+
+    def __init__(self, settings: Settings, judge: Judge | None, rt: Runtime | None = None) -> None:
         from thresher.registry import Registry
 
-        self.rt, self.judge = rt, judge
-        self.registry = Registry(rt.settings.data_dir / "models")
-        self.configured = rt.engine
+        self.settings, self.judge, self.rt = settings, judge, rt
+        self.registry = Registry(settings.data_dir / "models")
+        self.configured = rt.engine if rt else None
         self.judge_configured = judge.engine if judge else None
         self.served: dict[str, str | None] = {"chat": None, "judge": None}
 
     def _load(self, spec: str) -> Engine:
-        s = self.rt.settings
-        return load_engine(spec, n_ctx=s.n_ctx, n_threads=s.n_threads)
+        return load_engine(spec, n_ctx=self.settings.n_ctx, n_threads=self.settings.n_threads)
 
     def check(self) -> list[str]:
         """Load and switch to whatever was promoted (or rolled back) since the last check; returns what changed."""
         changed = []
         chat, judge_v = self.registry.current("chat"), self.registry.current("judge")
-        if (chat.id if chat else None) != self.served["chat"]:
-            engine = self._load(chat.spec) if chat else self.configured
-            self.rt.engine = self.rt.chat.engine = engine
-            self.served["chat"] = chat.id if chat else None
-            changed.append(f"chat -> {chat.id if chat else 'the configured model'}")
-        if self.judge is not None:
-            want = judge_v.id if judge_v else None
-            if want != self.served["judge"] or (judge_v is None and self.rt.settings.judge == "serving"
-                                                and self.judge.engine is not self.rt.engine):
-                if judge_v is not None:
-                    engine = self._load(judge_v.spec)
-                elif self.rt.settings.judge == "serving":
-                    engine = self.rt.engine
-                else:
-                    engine = self.judge_configured
-                self.judge.engine, self.judge.judge_id = engine, engine.version
-                self.served["judge"] = want
-                changed.append(f"judge -> {want or engine.version}")
+        chat_id = chat.id if chat else None
+        if chat_id != self.served["chat"]:
+            if self.rt is not None:
+                engine = self._load(chat.spec) if chat else self.configured
+                self.rt.engine = self.rt.chat.engine = engine
+                changed.append(f"chat -> {chat_id or 'the configured model'}")
+            self.served["chat"] = chat_id
+        if self.judge is None:
+            return changed
+        follows_chat = judge_v is None and self.settings.judge == "serving"
+        want = judge_v.id if judge_v else f"serving {chat_id}" if follows_chat and chat_id else None
+        if want != self.served["judge"]:
+            if judge_v is not None:
+                engine = self._load(judge_v.spec)
+            elif follows_chat and self.rt is not None:
+                engine = self.rt.engine
+            elif follows_chat and chat is not None:
+                engine = self._load(chat.spec)
+            else:
+                engine = self.judge_configured
+            self.judge.engine, self.judge.judge_id = engine, engine.version
+            self.served["judge"] = want
+            changed.append(f"judge -> {judge_v.id if judge_v else engine.version}")
         return changed
 
 
@@ -198,7 +208,7 @@ def create_app(settings: Settings, engine: Engine | None = None, store: Store | 
             tasks.append(asyncio.create_task(_judge_loop(app.state.rt, judge)))
             tasks.append(asyncio.create_task(_publish_loop(app.state.rt, judge)))
         if settings.follow_registry:
-            app.state.follower = ModelFollower(app.state.rt, judge)
+            app.state.follower = ModelFollower(settings, judge, app.state.rt)
             tasks.append(asyncio.create_task(_follow_loop(app.state.follower)))
         try:
             yield
