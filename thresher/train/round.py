@@ -36,12 +36,13 @@ class RoundConfig:
     """How big a round is. `tiny()` is for tests and `thresher demo --quick`."""
 
     chat: TrainConfig = field(default_factory=lambda: TrainConfig(max_length=512, epochs=1.0))
-    judge: TrainConfig = field(default_factory=lambda: TrainConfig(max_length=768, epochs=1.0))
+    # Three epochs at 5e-4: one epoch leaves a 135M judge at chance (it learns the label's base rate first).
+    judge: TrainConfig = field(default_factory=lambda: TrainConfig(max_length=768, epochs=3.0, learning_rate=5e-4))
     replay: str | None = "sample"  # base instruction data mixed in so a round does not forget; None: none
     replay_limit: int | None = None
     heldout_share: float = 0.1  # approved conversations kept out of training for the held-out loss
     judge_heldout_rows: int = 80
-    judge_train_rows: int | None = 160  # a balanced sample of the training rows: about 10 minutes on 2 cores
+    judge_train_rows: int | None = 320  # a balanced sample of the training rows: about 30 minutes on 2 cores
     eval_prompts: int = 40
     eval_tokens: int = 160
     gate: Gate = field(default_factory=Gate)
