@@ -162,3 +162,25 @@ def test_the_judge_learns_only_the_rating_digits(tokenizer) -> None:
         row = JudgeRow(CONVO, "good", rating, "contrast")
         t = rating_only(tokenizer, tokenise(tokenizer, row.judge_example(), 1024))
         assert tokenizer.decode([i for i, m in zip(t.input_ids, t.assistant_masks, strict=True) if m]) == str(rating)
+
+
+@pytest.mark.slow
+def test_thresher_train_judge_reports_before_and_after(tmp_path: Path, settings, monkeypatch) -> None:
+    """The command end to end on the embedded model, cut to one step: AUC and accuracy before and after, by
+    degradation, the calibrated threshold, and a report file with the same figures."""
+    from typer.testing import CliRunner
+
+    from thresher.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "judge"
+    result = CliRunner().invoke(app, ["train", "judge", "--max-steps", "1", "--batch-size", "2", "--heldout-rows",
+                                      "8", "--no-export", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "judge_eval.json").read_text())
+    assert report["rows_heldout"] == 8 and report["train"]["steps"] == 1
+    for when in ("before", "after"):
+        auc = report[when]["auc"]
+        assert 0 <= auc <= 1 and f"{auc:.3f}" in result.output
+    assert "AUC by degradation, before -> after: " in result.output
+    assert (out / "loss.png").stat().st_size > 0

@@ -571,11 +571,15 @@ app.add_typer(train_app, name="train")
 
 
 def _train_config(max_length: int, epochs: float, max_steps: int, lr: float, batch_size: int, lora_r: int,
-                  save_steps: int) -> Any:
+                  save_steps: int, grad_accum: int = 1) -> Any:
     from thresher.train.sft import TrainConfig
 
+    if min(batch_size, grad_accum, lora_r, save_steps) < 1:
+        err.print("[red]error:[/red] --batch-size, --grad-accum, --lora-r and --save-steps must be at least 1")
+        raise typer.Exit(2)
     return TrainConfig(max_length=max_length, epochs=epochs, max_steps=max_steps, learning_rate=lr,
-                       batch_size=batch_size, lora_r=lora_r, lora_alpha=2 * lora_r, save_steps=save_steps)
+                       batch_size=batch_size, grad_accum=grad_accum, lora_r=lora_r, lora_alpha=2 * lora_r,
+                       save_steps=save_steps)
 
 
 def _base_spec(base: str | None) -> tuple[str, Path | None]:
@@ -660,7 +664,10 @@ def train_judge_cmd(
     epochs: Annotated[float, typer.Option(help="Passes over the rows (one leaves a small judge at chance).")] = 3.0,
     max_steps: Annotated[int, typer.Option(help="Stop after this many steps (> 0 overrides --epochs).")] = -1,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 5e-4,
-    batch_size: Annotated[int, typer.Option()] = 8,
+    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 4,
+    grad_accum: Annotated[int, typer.Option(help="Forward passes per optimiser step (the step sees "
+                                                 "batch-size x grad-accum rows; smaller batches need less "
+                                                 "memory).")] = 2,
     lora_r: Annotated[int, typer.Option(help="LoRA rank (alpha is twice this).")] = 16,
     save_steps: Annotated[int, typer.Option(help="Checkpoint every this many steps.")] = 5,
     heldout_rows: Annotated[int, typer.Option(help="Most held-out rows to measure AUC on.")] = 80,
@@ -695,7 +702,7 @@ def train_judge_cmd(
 
     try:
         report, model, tok = train_judge(spec, out, rows, _train_config(max_length, epochs, max_steps, lr,
-                                                                        batch_size, lora_r, save_steps),
+                                                                        batch_size, lora_r, save_steps, grad_accum),
                                          threshold=s.judge_threshold, seed=seed, max_heldout=heldout_rows)
     except TrainError as e:
         err.print(f"[red]error:[/red] {e}")
@@ -710,6 +717,9 @@ def train_judge_cmd(
                f"(threshold {s.judge_threshold:g})")
     typer.echo(f"best threshold on held-out rows: {report.calibrated_threshold:g} "
                f"(accuracy {report.calibrated_accuracy:.3f})")
+    per = report.per_degradation
+    typer.echo("AUC by degradation, before -> after: " + ", ".join(
+        f"{k} {fmt(per['before'].get(k))} -> {fmt(v)}" for k, v in per["after"].items()))
     typer.echo(f"report: {out / 'judge_eval.json'}; loss curve: {report.train.plot}")
     if export:
         ex = export_model(model, tok, out / "export", gguf, {

@@ -22,7 +22,7 @@ from typing import Any
 from thresher.config import Settings
 from thresher.evaluate import Gate, apply_gate
 from thresher.registry import PROMOTED, Registry, Version
-from thresher.train.sft import TrainConfig
+from thresher.train.sft import TrainConfig, release_memory
 
 log = logging.getLogger("thresher.round")
 
@@ -36,8 +36,10 @@ class RoundConfig:
     """How big a round is. `tiny()` is for tests and `thresher demo --quick`."""
 
     chat: TrainConfig = field(default_factory=lambda: TrainConfig(max_length=512, epochs=1.0))
-    # Three epochs at 5e-4: one epoch leaves a 135M judge at chance (it learns the label's base rate first).
-    judge: TrainConfig = field(default_factory=lambda: TrainConfig(max_length=768, epochs=3.0, learning_rate=5e-4))
+    # Three epochs at 5e-4: one epoch leaves a 135M judge at chance (it learns the label's base rate first). Batches
+    # of 4, two per optimiser step: the same step as 8 at a time, with peak memory 9 GB instead of 14.5 GB.
+    judge: TrainConfig = field(default_factory=lambda: TrainConfig(max_length=768, epochs=3.0, learning_rate=5e-4,
+                                                                   batch_size=4, grad_accum=2))
     replay: str | None = "sample"  # base instruction data mixed in so a round does not forget; None: none
     replay_limit: int | None = None
     heldout_share: float = 0.1  # approved conversations kept out of training for the held-out loss
@@ -162,6 +164,7 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
     from thresher.store import Store
 
     t0 = time.perf_counter()
+    earlier = sum(s.get("seconds", 0) for s in state.data["stages"].values() if isinstance(s, dict))  # killed runs
     repo = DatasetRepo(settings.dataset_path, settings.dataset_remote).open(settings.licence)
 
     if not state.done("pinned"):
@@ -198,11 +201,13 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
 
     if not state.done("judge"):
         state.mark("judge", _train_judge(settings, config, registry, repo, commit, n, root, pin, train_convs, say))
+        release_memory()
     judge_rec = state.get("judge")
 
     if not state.done("chat"):
         state.mark("chat", _train_chat(settings, config, registry, commit, n, root, pin, train_convs, judge_rec,
                                        say))
+        release_memory()
     chat_rec = state.get("chat")
 
     if not state.done("evaluated"):
@@ -233,8 +238,7 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
         "evaluation": ev, "gate": gated,
         "promoted": [v for v in (chat_rec["version"], judge_rec["version"])
                      if registry.get(v).status == PROMOTED],
-        "seconds": round(sum(s.get("seconds", 0) for s in state.data["stages"].values() if isinstance(s, dict))
-                         + time.perf_counter() - t0, 1),
+        "seconds": round(earlier + time.perf_counter() - t0, 1),
     }
     if not state.done("published"):
         with repo.lock():

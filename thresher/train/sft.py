@@ -74,6 +74,18 @@ class TrainResult:
         return d
 
 
+def release_memory() -> None:
+    """Give back what a finished training stage held (trainer objects live in reference cycles) and, on glibc, return
+    freed heap pages to the system, so the next stage of a round does not start on top of the last one's peak."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def bf16_available() -> bool:
     import torch
 
@@ -172,31 +184,33 @@ def train_lora(model: Any, tokenizer: Any, rows: Sequence[Tokenised], out: Path,
     start = newest_checkpoint(checkpoints) if resume else None
     dataset = Dataset.from_list([r.as_row() for r in rows])
     packing = torch.cuda.is_available() if config.packing is None else config.packing
-    args = SFTConfig(
-        output_dir=str(checkpoints),
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.05,
-        logging_steps=1,
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        seed=config.seed,
-        data_seed=config.seed,
-        max_length=config.max_length,
-        packing=packing,
-        train_sampling_strategy="random" if packing else "group_by_length",
-        bf16=bf16_available() if config.bf16 is None else config.bf16,
-        gradient_checkpointing=False,  # a 135M model's activations fit; recomputing them costs a third
-        use_cpu=not torch.cuda.is_available(),
-        report_to=[],
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-        save_only_model=False,
-    )
+    with warnings.catch_warnings():  # transformers 5 renames gradient_checkpointing (deprecated, still honoured)
+        warnings.simplefilter("ignore", FutureWarning)
+        args = SFTConfig(
+            output_dir=str(checkpoints),
+            per_device_train_batch_size=config.batch_size,
+            gradient_accumulation_steps=config.grad_accum,
+            learning_rate=config.learning_rate,
+            num_train_epochs=config.epochs,
+            max_steps=config.max_steps,
+            lr_scheduler_type="cosine",
+            warmup_steps=0.05,
+            logging_steps=1,
+            save_steps=config.save_steps,
+            save_total_limit=2,
+            seed=config.seed,
+            data_seed=config.seed,
+            max_length=config.max_length,
+            packing=packing,
+            train_sampling_strategy="random" if packing else "group_by_length",
+            bf16=bf16_available() if config.bf16 is None else config.bf16,
+            gradient_checkpointing=False,  # a 135M model's activations fit; recomputing them costs a third
+            use_cpu=not torch.cuda.is_available(),
+            report_to=[],
+            dataloader_num_workers=0,
+            disable_tqdm=False,
+            save_only_model=False,
+        )
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=list(config.targets), task_type="CAUSAL_LM")
     with warnings.catch_warnings():
