@@ -77,7 +77,7 @@ def test_judge_needs_a_file_or_pending(settings, tmp_path) -> None:
     assert missing.exit_code == 2 and "no such file" in missing.output
 
 
-def test_status_shows_counts_and_scores(settings) -> None:
+def test_status_shows_counts_and_scores(settings, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests_helpers import ended_conversations
 
     from thresher.judge import Judgment
@@ -99,6 +99,7 @@ def test_status_shows_counts_and_scores(settings) -> None:
     result = runner.invoke(app, ["status", "--data-dir", str(settings.data_dir)])
     assert result.exit_code == 0, result.output
     assert "conversations: ended 1, published 1, rejected 1" in result.output
-    assert "dataset: published 1, rejected 1 (1 not pushed yet)" in result.output
+    assert "dataset: published 1, rejected 1 (in " in result.output
+    assert "no dataset_remote set, so nothing is pushed)" in " ".join(result.output.split())
     assert "judgments: ok 2" in result.output and "mean score: 5.50" in result.output
     assert "mean score: 5.50" in result.output

@@ -287,7 +287,8 @@ def status(
             states = Counter(p.state for p in pubs)
             unpushed = sum(1 for p in pubs if p.state == "published" and not p.pushed)
             typer.echo("dataset: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
-                       + (f" ({unpushed} not pushed yet)" if unpushed else ""))
+                       + (f" ({unpushed} not pushed yet)" if unpushed and s.dataset_remote else
+                          f" (in {s.dataset_path}; no dataset_remote set, so nothing is pushed)" if unpushed else ""))
         if judgment_stats["mean_score"] is not None:
             typer.echo(f"mean score: {judgment_stats['mean_score']:.2f}")
         figures = stats.collect(store, s.data_dir, s.judge_threshold, s.quorum_approvals)
