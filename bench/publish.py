@@ -109,7 +109,8 @@ class Texts:
         return Conversation(id=cid, messages=[Message("user", user, created_at=created_at),
                                               Message("assistant", answer, created_at=created_at)],
                             created_at=created_at, updated_at=created_at, ended_at=created_at, end_reason="button",
-                            status="judged", client_hash="c" * 32, owner_hash="o" * 32, model_version="bench@1")
+                            status="judged", publish_allowed=True, client_hash="c" * 32, owner_hash="o" * 32,
+                            model_version="bench@1")
 
 
 def judgment(at: datetime) -> Judgment:

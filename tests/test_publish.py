@@ -224,6 +224,7 @@ def test_seeded_personal_data_never_reaches_the_repository(tmp_path: Path, remot
     for i, (conv, planted) in enumerate(seeded):
         # Make each conversation distinct, so dedup does not hide a leak by dropping it.
         conv.messages.append(Message("assistant", f"Reply number {i}: noted, thank you for item {i * 31}."))
+        conv.publish_allowed = True
         store.create(conv)
         store.end(conv.id, "button")
         store.save_judgment(conv.id, Judgment(score=9.0, status="ok", judge_id="j", rubric_hash="r"))
