@@ -131,16 +131,22 @@ def insert_rows(store: Store, convs: list[Conversation], published: dict[str, tu
     """Bulk-insert conversations, their messages and judgments, and (when `published` maps id -> (path, sha))
     publication rows: published and pushed. A few big transactions, not one Store call per row."""
     c_rows, m_rows, j_rows, p_rows = [], [], [], []
+    with store.engine.connect() as conn:  # messages form a tree: ids are given here so parents and heads can be
+        next_id = (conn.execute(sa.select(sa.func.max(MessageRow.id))).scalar() or 0) + 1
     for conv in convs:
         msgs = conv.to_openai()
+        ids = list(range(next_id, next_id + len(conv.messages)))
+        next_id += len(ids)
         c_rows.append(dict(id=conv.id, created_at=conv.created_at, updated_at=conv.updated_at,
                            ended_at=conv.ended_at, end_reason=conv.end_reason,
                            status="published" if published else "judged", publish_allowed=True,
                            licence=conv.licence, model_version=conv.model_version, client_hash=conv.client_hash,
-                           owner_hash=conv.owner_hash, source=conv.source, tail_hash=messages_hash(msgs)))
+                           owner_hash=conv.owner_hash, source=conv.source, tail_hash=messages_hash(msgs),
+                           head_id=ids[-1] if ids else None))
         for i, m in enumerate(conv.messages):
-            m_rows.append(dict(conversation_id=conv.id, position=i, role=m.role, content=m.content,
-                               status=m.status, finish_reason="stop" if m.role == "assistant" else None,
+            m_rows.append(dict(id=ids[i], conversation_id=conv.id, parent_id=ids[i - 1] if i else None, position=i,
+                               role=m.role, content=m.content, status=m.status,
+                               finish_reason="stop" if m.role == "assistant" else None,
                                prompt_tokens=None, completion_tokens=None, created_at=m.created_at))
         j = judgment(conv.created_at)
         j_rows.append(dict(conversation_id=conv.id, judge_id=j.judge_id, rubric_hash=j.rubric_hash, status=j.status,
@@ -308,7 +314,8 @@ def run_publish(store: Store, repo: DatasetRepo, stages: Stages, expect: int) ->
             calls += 1
             if not report.published or report.rejected or not report.pushed:
                 raise SystemExit(f"publish call {calls}: published {len(report.published)}, rejected "
-                                 f"{len(report.rejected)}, pushed {report.pushed}: the bench's set-up is wrong")
+                                 f"{len(report.rejected)} (e.g. {next(iter(report.rejected.values()), '-')}), "
+                                 f"pushed {report.pushed}: the bench's set-up is wrong")
             published += len(report.published)
     if published != expect:
         raise SystemExit(f"published {published}, expected {expect}")

@@ -11,7 +11,7 @@ import logging
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -65,7 +65,7 @@ class PublishReport:
     pii: Counter[str] = field(default_factory=Counter)  # placeholders by type; never the values
 
 
-def _feedback(items: list[Feedback]) -> list[dict[str, Any]]:
+def _feedback(items: Sequence[Feedback]) -> list[dict[str, Any]]:
     """The owner's thumbs on replies of the published branch, with each reason scrubbed like the messages."""
     out: list[dict[str, Any]] = []
     for f in items:
@@ -79,7 +79,7 @@ def _feedback(items: list[Feedback]) -> list[dict[str, Any]]:
 
 
 def _record(conv: Conversation, judgment: Judgment, messages: list[dict[str, str]], rationale: str | None,
-            feedback: list[Feedback]) -> dict:
+            feedback: Sequence[Feedback] = ()) -> dict:
     """What a published conversation file holds. No client or owner hash ever leaves the machine."""
     return {
         "id": conv.id,
