@@ -197,9 +197,7 @@ async def get_conversation(conv_id: str, request: Request) -> dict[str, Any]:
 @router.delete("/api/conversations/{conv_id}")
 async def delete_conversation(conv_id: str, request: Request) -> dict[str, Any]:
     await _own(request, conv_id)
-    cancel = _generating(request).get(conv_id)
-    if cancel is not None:
-        raise ApiError(409, "a reply is still being written: stop it first", "reply_in_progress")
+    _not_generating(request, conv_id)
     if not await run_in_threadpool(request.app.state.rt.store.delete, conv_id):
         raise ApiError(409, "this conversation is already published, so deleting it here cannot remove it from the "
                        "dataset; ask the operator for a takedown", "already_published")
@@ -227,8 +225,7 @@ async def set_publish(conv_id: str, body: PublishRequest, request: Request) -> d
 @router.post("/api/conversations/{conv_id}/switch")
 async def switch_version(conv_id: str, body: MessageRef, request: Request) -> dict[str, Any]:
     await _own(request, conv_id)
-    if conv_id in _generating(request):
-        raise ApiError(409, "a reply is still being written: stop it first", "reply_in_progress")
+    _not_generating(request, conv_id)
     try:
         await run_in_threadpool(request.app.state.rt.store.switch, conv_id, body.message_id)
     except NotFound:
@@ -317,6 +314,12 @@ def _check_length(request: Request, text: str) -> None:
     limit = request.app.state.rt.settings.max_chars
     if len(text) > limit:
         raise ApiError(413, f"message too long: {len(text)} characters (limit {limit})", "too_many_characters")
+
+
+def _not_generating(request: Request, conv_id: str) -> None:
+    """Refuse a change to the conversation while a reply is being written into it."""
+    if conv_id in _generating(request):
+        raise ApiError(409, "a reply is still being written: stop it first", "reply_in_progress")
 
 
 def _claim(request: Request, conv_id: str) -> threading.Event:
