@@ -1,41 +1,26 @@
-"""The judge's one-pass score against generating and parsing a rating: throughput and AUC, same model, same run.
+"""The head judge's speed against the engine's raw prompt processing, and against a judge that reasons first.
 
-What it measures, in one process on one machine, over a labelled set of good conversations and bad ones derived
-from them (bench/judge_data.py: answers swapped, truncated, refused, rude, looping, wrong, or carrying text aimed at
-the evaluator; every conversation written for this benchmark):
+Three ways of judging the same labelled conversations with the same engine object, in one process, interleaved in
+chunks of 8 (the order flipping every chunk) so drift in machine speed hits all alike, each warmed up first:
 
-* one-pass: `Judge(engine, rationale="never").judge(messages)`, which asks the engine for the probabilities of the
-  first digit after `Rating: [[` and of `0` vs `]]` after `Rating: [[1` (two `engine.next_token_probs` calls that
-  share all but one token of prompt) and takes the expectation over 1..10 as the score;
-* generate-and-parse: the same `Judge` class over a thin wrapper of the *same* engine object whose
-  `next_token_probs` raises `ProbabilitiesUnavailable`, so `Judge.judge` itself falls back to generating the answer
-  to the same prompt (greedy, `Judge._generate(prompt, 24)`, i.e. 24 tokens at most) and parsing it with
-  `parse_rating`. An answer with no rating counts as the lowest score, 1, for the AUC, and the fraction of such
-  answers is reported (with the AUC over parsed answers only beside it).
+* head: thresher's default judge (`make_judge("serving", engine)`: the head shipped for the embedded model, or the
+  one given with --judge): one forward pass over a short prompt per conversation, the final hidden state read,
+  plus the text signals and the sentence encoder's figures; timed around `judge_many` on the chunk;
+* raw: llama.cpp evaluating exactly the token sequences the head reads (`Llama.eval`, KV cache cleared before
+  each), nothing else: the ceiling for a one-pass judge on this engine;
+* reasoning: an MT-Bench-style judge, which writes its explanation first and then `Rating: [[N]]` (greedy, at most
+  --reason-tokens tokens), parsed with thresher's `parse_rating`; an answer with no rating scores 1.
 
-For each: conversations/second (conversations judged / seconds spent inside `Judge.judge`), median seconds per
-conversation, AUC (good vs bad; Mann-Whitney with ties counted half, `thresher.evaluate.auc`) with a 95% bootstrap
-interval, mean scores, and per degradation the AUC of the good rows against that degradation's rows. Then the ratio
-one-pass / generate in throughput and the AUC difference (paired bootstrap), printed beside the goal:
-one-pass >= 10x the throughput of generate-and-parse at equal or better AUC.
-
-Both paths run interleaved in chunks of 8 conversations (one-pass on the chunk, then generate on it, the order
-flipping every chunk) so drift in machine speed hits both alike; each path is warmed up once first. The
-conversations within a chunk differ, so neither path ever finds its own prompt in llama.cpp's KV cache; both reuse
-the longest prefix they share with the previous prompt (the rubric, most of the prompt), as the judge runs. A
-second, small comparison clears the KV cache before every call of both paths ("cold"), which isolates the cost of
-the method itself from prefix caching.
-
-Injection rows: `Judge.judge` flags text aimed at the evaluator with regular expressions and caps the score below
-the threshold, whatever the model says; the per-degradation table shows how many rows were flagged, so the model's
-share of the injection AUC can be told from the patterns'.
+Printed: tokens judged per second for head and raw (tokens = the head's prompt tokens) and their ratio (goal:
+head >= 0.8x raw), conversations per second for head and reasoning and their ratio (goal: >= 10x), and each one's
+AUC overall and per spoiling kind (goal: head's AUC >= reasoning's). The rows are bench/judge_data.py's
+conversations (written for this benchmark) by default, or real ones from --source FILE (Alpaca, ShareGPT or
+messages), spoiled with the held-out wordings; AUC from a few dozen rows is noisy, so its 95% bootstrap interval is
+printed beside it.
 
 Run:
-    python bench/judge.py [--model SPEC] [--limit N] [--seed N] [--threads N] [--json PATH] [--dump PATH]
---limit picks N rows of the ~255 (a third good, the rest spread evenly over the degradations; 0 = all); the default,
-90, takes about 3-4 minutes with the embedded model on an idle 2-core machine. --dump PATH writes the selected rows
-(same --limit and --seed) as JSONL for `thresher judge-eval PATH` and exits without judging. The bench also prints
-how much CPU other processes used while it ran; above 10% the timings are noisy, so run it again on an idle machine.
+    python bench/judge.py [--model SPEC] [--judge DIR] [--limit N] [--source FILE] [--reason-tokens N] [--json PATH]
+The default, 48 rows, takes about 4 minutes with the embedded model on an idle 2-core machine.
 """
 
 from __future__ import annotations
@@ -43,320 +28,169 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cpu_load import OtherLoad
-from judge_data import DEGRADATIONS, build_labelled_set, select, write_jsonl
+from judge_data import build_labelled_set, select
 from rich.console import Console
 from rich.table import Table
 
-from thresher.engines import ChatParams, Chunk, Engine, ProbabilitiesUnavailable, load
+from thresher.engines import ChatParams, load
 from thresher.evaluate import auc
-from thresher.judge import FLAGGED, UNPARSEABLE, Judge, judge_messages
+from thresher.judge import make_judge, parse_rating, render
+from thresher.reward import head_prompt, shorten_for_head
 
-GOAL_RATIO = 10.0  # one-pass throughput >= 10x generate-and-parse ...
-# ... at equal or better AUC
-UNPARSEABLE_SCORE = 1.0  # an answer with no rating counts as the lowest score
 CHUNK = 8
-DEFAULT_LIMIT = 90
-COLD_ROWS = 8
-BOOTSTRAP = 1000
+GOAL_RAW = 0.8
+GOAL_REASONING = 10.0
+REASON_PROMPT = (
+    "Please act as an impartial judge and evaluate the quality of the AI assistant's last answer in the conversation "
+    "below, as an example to fine-tune an assistant on. Consider helpfulness, relevance, accuracy, completeness and "
+    "politeness. Begin your evaluation with a short explanation, then output your rating on a scale of 1 to 10 in "
+    "exactly this form: \"Rating: [[5]]\".\n\n{conversation}"
+)
 
 
-class GenerateOnly:
-    """The real engine without next-token probabilities, so `Judge.judge` generates and parses. Keeps the text of
-    the last reply and its token count."""
+def rows_from(args: argparse.Namespace) -> list[dict]:
+    if args.source:
+        from thresher.train import sources
+        from thresher.train.contrast import contrast_rows
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self.model_id = engine.model_id
-        self.version = engine.version
-        self.last_text = ""
-        self.last_tokens: int | None = None
-
-    def next_token_probs(self, messages: Sequence[dict[str, str]], choices: Sequence[str],
-                         prefix: str = "") -> dict[str, float]:
-        raise ProbabilitiesUnavailable("bench: generate and parse")
-
-    def count_tokens(self, messages: Sequence[dict[str, str]]) -> int:
-        return self._engine.count_tokens(messages)
-
-    def stream_chat(self, messages: Sequence[dict[str, str]], params: ChatParams) -> Iterator[Chunk]:
-        self.last_text, self.last_tokens = "", None
-        for chunk in self._engine.stream_chat(messages, params):
-            self.last_text += chunk.text
-            if chunk.finish_reason is not None:
-                self.last_tokens = chunk.completion_tokens
-            yield chunk
-
-    def __getattr__(self, name: str) -> Any:  # anything else: the real engine's
-        return getattr(self._engine, name)
+        good = sources.load([args.source])
+        random.Random(args.seed).shuffle(good)
+        built = contrast_rows(good[: max(2, args.limit // 3)], args.seed, heldout=True, two_turn_share=0.2)
+        return [{"id": f"r{i}", "messages": r.messages, "label": r.label, "degradation": r.degradation}
+                for i, r in enumerate(built)][: args.limit]
+    return select(build_labelled_set(args.seed), args.limit, args.seed)
 
 
-@dataclass
-class Result:
-    id: str
-    label: str
-    degradation: str
-    method: str  # one-pass | generate | one-pass-cold | generate-cold
-    seconds: float
-    score: float | None
-    status: str
-    flags: list[str] = field(default_factory=list)
-    generated: str | None = None  # generate only: the judge's answer
-    completion_tokens: int | None = None
-
-    @property
-    def auc_score(self) -> float:
-        return UNPARSEABLE_SCORE if self.score is None else self.score
-
-
-def cold_cache(engine: Engine) -> None:
-    """Forget the llama.cpp KV cache so the next call evaluates its whole prompt (no prefix reuse)."""
-    reset = getattr(getattr(engine, "llm", None), "reset", None)
-    if callable(reset):
-        reset()
-
-
-def judge_one(judge: Judge, wrapper: GenerateOnly | None, row: dict, method: str) -> Result:
-    start = time.perf_counter()
-    j = judge.judge(row["messages"])
-    seconds = time.perf_counter() - start
-    return Result(row["id"], row["label"], row["degradation"], method, seconds, j.score, j.status, list(j.flags),
-                  generated=wrapper.last_text.strip() if wrapper else None,
-                  completion_tokens=wrapper.last_tokens if wrapper else None)
-
-
-# ---------------------------------------------------------------------------------------------------- statistics
-
-
-def auc_of(results: Sequence[Result], degradation: str | None = None) -> float | None:
-    good = [r.auc_score for r in results if r.label == "good"]
-    bad = [r.auc_score for r in results if r.label == "bad" and degradation in (None, r.degradation)]
-    return auc(good, bad)
-
-
-def bootstrap(one: list[Result], gen: list[Result], seed: int) -> dict[str, tuple[float, float]]:
-    """95% intervals for each AUC and their difference, resampling good and bad rows (paired across methods)."""
+def bootstrap(scores: list[float], labels: list[str], seed: int, n: int = 1000) -> tuple[float, float]:
     rng = random.Random(seed)
-    g = [i for i, r in enumerate(one) if r.label == "good"]
-    b = [i for i, r in enumerate(one) if r.label == "bad"]
-    a1, a2, d = [], [], []
-    for _ in range(BOOTSTRAP):
-        idx = [rng.choice(g) for _ in g] + [rng.choice(b) for _ in b]
-        x = auc_of([one[i] for i in idx])
-        y = auc_of([gen[i] for i in idx])
-        if x is None or y is None:
-            continue
-        a1.append(x)
-        a2.append(y)
-        d.append(x - y)
-
-    def ci(xs: list[float]) -> tuple[float, float]:
-        xs = sorted(xs)
-        return xs[int(0.025 * (len(xs) - 1))], xs[int(0.975 * (len(xs) - 1))]
-
-    return {"one-pass": ci(a1), "generate": ci(a2), "difference": ci(d)}
-
-
-def f3(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
-
-
-def summary(results: list[Result]) -> dict[str, Any]:
-    secs = [r.seconds for r in results]
-    good = [r.auc_score for r in results if r.label == "good"]
-    bad = [r.auc_score for r in results if r.label == "bad"]
-    parsed = [r for r in results if r.score is not None]
-    return {
-        "n": len(results), "seconds": sum(secs), "per_s": len(results) / sum(secs),
-        "median_s": statistics.median(secs), "auc": auc_of(results),
-        "auc_parsed_only": auc([r.score for r in parsed if r.label == "good"],
-                               [r.score for r in parsed if r.label == "bad"]),
-        "unparseable": sum(r.status == UNPARSEABLE for r in results) / len(results),
-        "flagged": sum(r.status == FLAGGED for r in results),
-        "mean_good": statistics.fmean(good) if good else None, "mean_bad": statistics.fmean(bad) if bad else None,
-    }
-
-
-# ---------------------------------------------------------------------------------------------------- main
+    vals = []
+    idx = list(range(len(scores)))
+    for _ in range(n):
+        pick = [rng.choice(idx) for _ in idx]
+        a = auc([scores[i] for i in pick if labels[i] == "good"], [scores[i] for i in pick if labels[i] != "good"])
+        if a is not None:
+            vals.append(a)
+    vals.sort()
+    return vals[int(0.025 * len(vals))], vals[int(0.975 * len(vals)) - 1]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="embedded", help="engine spec (default: embedded)")
-    ap.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
-                    help=f"rows to judge, a third good (default: {DEFAULT_LIMIT}; 0 = all)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the degradations and the sample (default: 0)")
+    ap.add_argument("--judge", default="serving", help="the head judge: a directory from `thresher train judge` "
+                                                       "(default: the one shipped for the model)")
+    ap.add_argument("--limit", type=int, default=48, help="rows to judge (default: 48)")
+    ap.add_argument("--source", help="real good conversations to spoil instead of bench/judge_data.py's")
+    ap.add_argument("--reason-tokens", type=int, default=160, help="most tokens the reasoning judge writes")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     ap.add_argument("--json", type=Path, help="also write the results to this file")
-    ap.add_argument("--dump", type=Path, help="write the selected labelled rows as JSONL and exit")
     args = ap.parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 120)
 
-    everything = build_labelled_set(args.seed)
-    rows = select(everything, args.limit, args.seed)
-    counts = Counter(r["degradation"] for r in rows)
-    if args.dump:
-        write_jsonl(rows, args.dump)
-        console.print(f"wrote {len(rows)} rows ({counts['none']} good, {len(rows) - counts['none']} bad) of "
-                      f"{len(everything)} to {args.dump}; try `thresher judge-eval {args.dump}`")
-        return 0
-
-    t0 = time.perf_counter()
     engine = load(args.model, n_threads=args.threads)
-    load_s = time.perf_counter() - t0
-    n_threads = getattr(getattr(getattr(engine, "llm", None), "context_params", None), "n_threads", None)
-    one = Judge(engine, rationale="never")
-    wrapper = GenerateOnly(engine)
-    gen = Judge(wrapper, rationale="never")  # type: ignore[arg-type]
-    prompt_tokens = [engine.count_tokens(judge_messages(r["messages"])) for r in rows]
-    console.print(f"[bold]thresher judge bench[/]  model={engine.model_id} ({engine.version}), loaded in "
-                  f"{load_s:.1f}s; cpus={os.cpu_count()}, llama.cpp threads={n_threads}; "
-                  f"python {platform.python_version()} on {platform.machine()}")
-    console.print(f"{len(rows)} of {len(everything)} labelled rows (seed {args.seed}): {counts['none']} good, "
-                  f"{len(rows) - counts['none']} bad ("
-                  + ", ".join(f"{d} {counts[d]}" for d in DEGRADATIONS) + "); judge prompt "
-                  f"{statistics.median(prompt_tokens):.0f} tokens median ({min(prompt_tokens)}-{max(prompt_tokens)});"
-                  f" threshold {one.threshold:g}, rationale never")
+    judge = make_judge(args.judge, engine)
+    if not hasattr(judge, "judge_many"):
+        console.print(f"[red]{args.model} has no head judge[/]: train one with `thresher train judge`")
+        return 2
+    rows = rows_from(args)
+    labels = [r["label"] for r in rows]
+    kinds = Counter(r["degradation"] for r in rows)
+    seqs = [engine._prompt(head_prompt(shorten_for_head(engine, r["messages"])[0]))[0] for r in rows]
+    console.print(f"[bold]thresher judge bench[/]  {engine.model_id} ({engine.version}); judge {judge.judge_id}; "
+                  f"cpus={os.cpu_count()}; {len(rows)} rows ({kinds['none']} good): "
+                  + ", ".join(f"{k} {v}" for k, v in kinds.items() if k != "none")
+                  + f"; head prompt {statistics.median(len(s) for s in seqs):.0f} tokens median")
 
+    def raw(chunk: list[int]) -> None:
+        for i in chunk:
+            engine.llm.reset()
+            engine.llm._ctx.kv_cache_clear()
+            engine.llm.eval(seqs[i])
+
+    def head(chunk: list[int]) -> list[float]:
+        return [j.score for j in judge.judge_many([rows[i]["messages"] for i in chunk])]
+
+    def reasoning(chunk: list[int]) -> list[float]:
+        out = []
+        for i in chunk:
+            prompt = [{"role": "user", "content": REASON_PROMPT.format(conversation=render(rows[i]["messages"]))}]
+            params = ChatParams(max_tokens=args.reason_tokens, temperature=0.0, seed=0, background=True)
+            text = "".join(c.text for c in engine.stream_chat(prompt, params))
+            rating = parse_rating(text)
+            out.append(float(rating) if rating is not None else 1.0)
+        return out
+
+    ways = {"head": head, "raw": raw, "reasoning": reasoning}
+    seconds = dict.fromkeys(ways, 0.0)
+    scores: dict[str, list[float]] = {"head": [0.0] * len(rows), "reasoning": [0.0] * len(rows)}
+    for fn in ways.values():
+        fn([0])  # warm-up
     other = OtherLoad()
-    # Warm up each path once (llama.cpp buffers, first generation).
-    judge_one(one, None, rows[0], "warm-up")
-    judge_one(gen, wrapper, rows[0], "warm-up")
-    cold_cache(engine)
+    chunks = [list(range(k, min(k + CHUNK, len(rows)))) for k in range(0, len(rows), CHUNK)]
+    t0 = time.perf_counter()
+    for n, chunk in enumerate(chunks):
+        order = list(ways) if n % 2 == 0 else list(ways)[::-1]
+        for name in order:
+            t = time.perf_counter()
+            got = ways[name](chunk)
+            seconds[name] += time.perf_counter() - t
+            if got is not None:
+                for i, s in zip(chunk, got, strict=True):
+                    scores[name][i] = s
+        console.print(f"  {chunk[-1] + 1}/{len(rows)} rows, all three ways ({time.perf_counter() - t0:.0f}s)")
+    share = other.share()
+    tokens = sum(len(s) for s in seqs)
+    tok_head, tok_raw = tokens / seconds["head"], tokens / seconds["raw"]
+    conv_head, conv_reason = len(rows) / seconds["head"], len(rows) / seconds["reasoning"]
+    res: dict[str, Any] = {"rows": len(rows), "tokens": tokens, "seconds": seconds,
+                           "tokens_per_s": {"head": tok_head, "raw": tok_raw},
+                           "conversations_per_s": {"head": conv_head, "reasoning": conv_reason},
+                           "ratio_raw": tok_head / tok_raw, "ratio_reasoning": conv_head / conv_reason,
+                           "auc": {}, "auc_ci": {}, "by_kind": {}, "other_cpu_share": share}
+    for name in scores:
+        s = scores[name]
+        res["auc"][name] = auc([x for x, lab in zip(s, labels, strict=True) if lab == "good"],
+                               [x for x, lab in zip(s, labels, strict=True) if lab != "good"])
+        res["auc_ci"][name] = bootstrap(s, labels, args.seed)
+        good = [x for x, lab in zip(s, labels, strict=True) if lab == "good"]
+        res["by_kind"][name] = {k: auc(good, [x for x, r in zip(s, rows, strict=True) if r["degradation"] == k])
+                                for k in kinds if k != "none"}
 
-    res: dict[str, list[Result]] = {"one-pass": [], "generate": []}
-    chunks = [rows[i:i + CHUNK] for i in range(0, len(rows), CHUNK)]
-    for k, chunk in enumerate(chunks):
-        order = ("one-pass", "generate") if k % 2 == 0 else ("generate", "one-pass")
-        for method in order:
-            for row in chunk:
-                if method == "one-pass":
-                    res[method].append(judge_one(one, None, row, method))
-                else:
-                    res[method].append(judge_one(gen, wrapper, row, method))
-        done = sum(len(c) for c in chunks[:k + 1])
-        if k % 3 == 2 or k == len(chunks) - 1:
-            console.print(f"  {done}/{len(rows)} conversations, both ways ({time.perf_counter() - t0:.0f}s)")
-    res["one-pass"].sort(key=lambda r: r.id)
-    res["generate"].sort(key=lambda r: r.id)
-    assert [r.id for r in res["one-pass"]] == [r.id for r in res["generate"]]  # paired for the bootstrap
-
-    # Cold: KV cache cleared before every call of both paths, on the first few rows.
-    cold: dict[str, list[Result]] = {"one-pass-cold": [], "generate-cold": []}
-    for i, row in enumerate(rows[:COLD_ROWS]):
-        pair = (("one-pass-cold", one, None), ("generate-cold", gen, wrapper))
-        for method, judge, wrap in pair if i % 2 == 0 else pair[::-1]:
-            cold_cache(engine)
-            cold[method].append(judge_one(judge, wrap, row, method))
-    other_share = other.share()
-    total_s = time.perf_counter() - t0
-
-    s1, s2 = summary(res["one-pass"]), summary(res["generate"])
-    ci = bootstrap(res["one-pass"], res["generate"], args.seed)
-    ratio = s1["per_s"] / s2["per_s"]
-    c1, c2 = summary(cold["one-pass-cold"]), summary(cold["generate-cold"])
-    cold_ratio = c1["per_s"] / c2["per_s"]
-    gen_tokens = [r.completion_tokens for r in res["generate"] if r.completion_tokens is not None]
-
-    # --- the two methods
-    tab = Table(title=f"One-pass vs generate-and-parse ({len(rows)} conversations each, {args.model}, "
-                      f"cpus={os.cpu_count()})", title_justify="left")
-    for col in ("method", "conv/s", "median s", "AUC", "AUC 95% CI", "AUC parsed", "unparseable", "flagged",
-                "mean good", "mean bad"):
-        tab.add_column(col, justify="left" if col == "method" else "right")
-    for key, s in (("one-pass", s1), ("generate", s2)):
-        tab.add_row(key, f"{s['per_s']:.3f}", f"{s['median_s']:.3f}", f3(s["auc"]),
-                    f"{ci[key][0]:.3f}-{ci[key][1]:.3f}", f3(s["auc_parsed_only"]), f"{s['unparseable']:.1%}",
-                    str(s["flagged"]), f3(s["mean_good"]), f3(s["mean_bad"]))
-    console.print(tab)
-    console.print("one-pass: engine.next_token_probs over the first digit after `Rating: [[` (and 0 vs ]] after a 1), "
-                  "expected score; generate: greedy answer to the same prompt, parsed with parse_rating")
-    console.print(f"generate: {statistics.fmean(gen_tokens):.1f} tokens generated on average (max_tokens 24); "
-                  f"unparseable answers count as {UNPARSEABLE_SCORE:g} for the AUC")
-
-    # --- the goal
-    auc_ok = s1["auc"] is not None and s2["auc"] is not None and s1["auc"] >= s2["auc"]
-    met = ratio >= GOAL_RATIO and auc_ok
-    goal = Table(title="Goal: one-pass >= 10x the throughput of generate-and-parse at equal or better AUC",
-                 title_justify="left")
-    for col in ("measure", "one-pass / generate", "goal", "met"):
-        goal.add_column(col, justify="left" if col == "measure" else "right")
-    goal.add_row("throughput ratio, as the judge runs", f"{ratio:.2f}x", f">= {GOAL_RATIO:g}x",
-                 "yes" if ratio >= GOAL_RATIO else "[red]no[/]")
-    goal.add_row(f"throughput ratio, KV cache cleared before each call ({len(cold['one-pass-cold'])} rows: "
-                 f"{c1['per_s']:.3f} vs {c2['per_s']:.3f} conv/s)", f"{cold_ratio:.2f}x", "(reference)", "")
-    goal.add_row(f"AUC difference (95% CI {ci['difference'][0]:+.3f} to {ci['difference'][1]:+.3f})",
-                 f"{s1['auc'] - s2['auc']:+.3f}", ">= 0", "yes" if auc_ok else "[red]no[/]")
-    goal.add_row("[bold]goal[/]", "", "", "[bold green]MET[/]" if met else "[bold red]NOT MET[/]")
-    console.print(goal)
-
-    # --- per degradation
-    per = Table(title="Per degradation (AUC: the good rows against that degradation's rows; flagged: by thresher's "
-                      "injection patterns)", title_justify="left")
-    for col in ("degradation", "rows", "flagged", "mean one-pass", "AUC one-pass", "mean generate",
-                "AUC generate", "unparseable"):
-        per.add_column(col, justify="left" if col == "degradation" else "right")
-    per_deg: dict[str, dict[str, Any]] = {}
-    for d in ["none", *DEGRADATIONS]:
-        r1 = [r for r in res["one-pass"] if r.degradation == d]
-        r2 = [r for r in res["generate"] if r.degradation == d]
-        if not r1:
-            continue
-        row = {
-            "rows": len(r1), "flagged": sum(bool(r.flags) for r in r1),
-            "mean_one_pass": statistics.fmean(r.auc_score for r in r1),
-            "auc_one_pass": None if d == "none" else auc_of(res["one-pass"], d),
-            "mean_generate": statistics.fmean(r.auc_score for r in r2),
-            "auc_generate": None if d == "none" else auc_of(res["generate"], d),
-            "unparseable": sum(r.status == UNPARSEABLE for r in r2) / len(r2),
-        }
-        per_deg[d] = row
-        per.add_row("good (none)" if d == "none" else d, str(row["rows"]), str(row["flagged"]),
-                    f"{row['mean_one_pass']:.2f}", "" if d == "none" else f3(row["auc_one_pass"]),
-                    f"{row['mean_generate']:.2f}", "" if d == "none" else f3(row["auc_generate"]),
-                    f"{row['unparseable']:.0%}")
-    console.print(per)
-
-    # --- what the judge wrote when generating
-    answers = Counter(r.generated or "" for r in res["generate"])
-    gen_tab = Table(title="Most common generated answers", title_justify="left")
-    gen_tab.add_column("times", justify="right")
-    gen_tab.add_column("parsed", justify="right")
-    gen_tab.add_column("answer (first 90 characters)")
-    parsed_of = {r.generated: r.score for r in res["generate"]}
-    for text, n in answers.most_common(5):
-        p = parsed_of.get(text)
-        gen_tab.add_row(str(n), "-" if p is None else f"{p:g}", repr(text[:90]))
-    console.print(gen_tab)
-
-    console.print(f"total {total_s:.0f}s; other processes used "
-                  + ("n/a" if other_share is None else f"{other_share:.0%}") + " of the CPUs while the bench ran"
-                  + (" [yellow](noisy: run again on an idle machine)[/]" if (other_share or 0) > 0.10 else ""))
-
+    t = Table(title="Speed", title_justify="left")
+    for col in ("measure", "head", "other", "ratio", "goal", "met"):
+        t.add_column(col, justify="left" if col == "measure" else "right")
+    t.add_row("tokens/s: head vs raw prompt processing", f"{tok_head:.0f}", f"{tok_raw:.0f}",
+              f"{res['ratio_raw']:.2f}x", f">= {GOAL_RAW}x", "yes" if res["ratio_raw"] >= GOAL_RAW else "no")
+    t.add_row("conversations/s: head vs reasoning judge", f"{conv_head:.2f}", f"{conv_reason:.3f}",
+              f"{res['ratio_reasoning']:.1f}x", f">= {GOAL_REASONING:g}x",
+              "yes" if res["ratio_reasoning"] >= GOAL_REASONING else "no")
+    console.print(t)
+    a = Table(title="AUC (good rows against bad rows; 95% bootstrap interval)", title_justify="left")
+    for col in ("judge", "AUC", "95% CI", *[k for k in kinds if k != "none"]):
+        a.add_column(col, justify="left" if col == "judge" else "right")
+    for name in scores:
+        lo, hi = res["auc_ci"][name]
+        a.add_row(name, f"{res['auc'][name]:.3f}", f"{lo:.2f}-{hi:.2f}",
+                  *[f"{res['by_kind'][name][k]:.2f}" for k in kinds if k != "none"])
+    console.print(a)
+    met = res["auc"]["head"] >= res["auc"]["reasoning"]
+    console.print(f"head AUC >= reasoning AUC: {'yes' if met else 'no'}; per-kind figures rest on "
+                  f"{min(v for k, v in kinds.items() if k != 'none')}-{max(kinds.values())} rows each: noise")
+    console.print("other processes used " + ("n/a" if share is None else f"{share:.0%}") + " of the CPUs"
+                  + (" [yellow](noisy: run again on an idle machine)[/]" if (share or 0) > 0.10 else ""))
     if args.json:
-        out = {
-            "model": args.model, "model_id": engine.model_id, "version": engine.version, "cpus": os.cpu_count(),
-            "llama_threads": n_threads, "seed": args.seed, "limit": args.limit, "rows": len(rows),
-            "goal": {"ratio": GOAL_RATIO, "auc": ">= generate", "met": met},
-            "one_pass": s1, "generate": s2, "auc_ci": ci, "throughput_ratio": ratio,
-            "cold": {"rows": len(cold["one-pass-cold"]), "one_pass": c1, "generate": c2, "ratio": cold_ratio},
-            "per_degradation": per_deg, "other_cpu_share": other_share, "total_s": total_s,
-            "results": [asdict(r) for rs in (*res.values(), *cold.values()) for r in rs],
-        }
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2, ensure_ascii=False), encoding="utf-8")
-        console.print(f"wrote {args.json}")
+        args.json.write_text(json.dumps(res, indent=2))
     return 0
 
 

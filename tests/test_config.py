@@ -51,3 +51,23 @@ def test_salt_is_generated_once_and_kept(settings: Settings) -> None:
     assert len(first) == 32 and settings.salt() == first
     assert (settings.data_dir / "salt").read_text() == first
     assert Settings(data_dir=settings.data_dir, client_salt="fixed").salt() == "fixed"
+
+
+def test_the_judge_threshold_is_auto_by_default_and_a_number_overrides(settings, monkeypatch) -> None:
+    from thresher.reward import Head, default_head_path
+
+    assert Settings(data_dir=settings.data_dir).judge_threshold == "auto"
+    shipped = Head.load(default_head_path()).threshold
+    assert Settings(data_dir=settings.data_dir).threshold() == shipped  # the embedded model's calibrated one
+    assert Settings(data_dir=settings.data_dir, judge_threshold=6.5).threshold() == 6.5
+    monkeypatch.setenv("THRESHER_JUDGE_THRESHOLD", "7")
+    assert Settings(data_dir=settings.data_dir).threshold() == 7.0
+    monkeypatch.setenv("THRESHER_JUDGE_THRESHOLD", "AUTO")
+    assert Settings(data_dir=settings.data_dir).judge_threshold == "auto"
+    for bad in ("eleven", "0.5", "11"):
+        monkeypatch.setenv("THRESHER_JUDGE_THRESHOLD", bad)
+        with pytest.raises(ValueError, match="judge_threshold"):
+            Settings(data_dir=settings.data_dir)
+    # a judge without a calibration of its own (another engine, no head) falls back to 8
+    monkeypatch.delenv("THRESHER_JUDGE_THRESHOLD")
+    assert Settings(data_dir=settings.data_dir, model="openai:http://127.0.0.1:9/v1#x").threshold() == 8.0

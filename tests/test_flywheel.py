@@ -4,6 +4,7 @@ with SIGKILL mid-batch loses nothing and continues; `thresher serve` judges in t
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -13,12 +14,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ScriptedEngine
-from tests_helpers import ended_conversations
+from conftest import LiveServer, ScriptedEngine
+from tests_helpers import ended_conversations, git
 
 from thresher.conversation import Conversation, Message
 from thresher.flywheel import judge_pending
-from thresher.judge import Judge
+from thresher.judge import Judge, SwitchableJudge
+from thresher.reward import Head, HeadJudge, features, fit_head
 from thresher.store import Store
 
 
@@ -108,7 +110,7 @@ def test_a_judge_without_a_server_follows_promotions(settings, tmp_path: Path) -
     from thresher.registry import Registry, Version
     from thresher.server import ModelFollower
 
-    judge = Judge(ScriptedEngine(), rationale="never")
+    judge = SwitchableJudge(Judge(ScriptedEngine(), rationale="never"))
     follower = ModelFollower(settings.model_copy(update={"judge": "serving", "data_dir": tmp_path}), judge)
     assert follower.check() == [] and judge.judge_id == "scripted@1"
     reg = Registry(tmp_path / "models")
@@ -124,3 +126,62 @@ def test_a_judge_without_a_server_follows_promotions(settings, tmp_path: Path) -
     assert follower.check() == [f"judge -> chat-r1@{url}"]
     reg.rollback("chat")
     assert follower.check() == ["judge -> scripted@1"] and judge.engine.model_id == "scripted"
+    # a head judge version (what a round registers): text signals only, so it needs no model
+    head = _text_head()
+    head.save(tmp_path / "head")
+    reg.add(Version("judge-r2", "judge", f"head:{tmp_path / 'head'}"))
+    reg.promote("judge-r2")
+    assert follower.check() == ["judge -> judge-r2"] and judge.judge_id == head.id
+    assert judge.threshold == head.threshold and isinstance(judge.current, HeadJudge)
+    reg.rollback("judge")
+    assert follower.check() == ["judge -> scripted@1"]
+
+
+def _text_head() -> Head:
+    good = [[{"role": "user", "content": f"What is {i} + {i}?"}, {"role": "assistant", "content": f"It is {2 * i}."}]
+            for i in range(12)]
+    bad = [[c[0], {"role": "assistant", "content": "I'm sorry, I can't help with that"}] for c in good]
+    head = fit_head(features(good + bad, None, encoder=False), ["good"] * 12 + ["bad"] * 12,
+                    {"encoder": False, "hidden": False}, "none", "none")
+    head.threshold = 6.0
+    return head
+
+
+@pytest.mark.slow
+def test_serve_with_default_settings_publishes_good_conversations_and_not_bad_ones(settings, remote: Path,
+                                                                                   embedded_engine) -> None:
+    """Real questions with their real answers (topics the shipped judge never trained on) and copies of them
+    spoiled in every family, ended in a server left at its default judge and threshold: the good ones reach the
+    public repository, the bad ones stay out."""
+    from thresher.reward import default_head_path
+    from thresher.server import create_app
+    from thresher.train import sources
+    from thresher.train.contrast import contrast_rows
+
+    held_topics = set(Head.load(default_head_path()).info["heldout_topics"])
+    pool = [s for s in sources.load(["zaragoza", "chatterbot"]) if s.topic in held_topics]
+    rows = contrast_rows(random.Random(4).sample(pool, 16), seed=11, heldout=True, per_good=1, two_turn_share=0)
+    s = settings.model_copy(update={"judge": "serving", "dataset_remote": str(remote), "judge_interval_seconds": 0.2,
+                                    "publish_interval_seconds": 0.5})
+    assert s.judge_threshold == "auto"
+    label: dict[str, str] = {}
+    with LiveServer(create_app(s, engine=embedded_engine)) as srv:
+        store = srv.server.config.app.state.rt.store
+        for r in rows:
+            conv = store.create(Conversation(messages=[Message(m["role"], m["content"]) for m in r.messages],
+                                             publish_allowed=True))
+            store.end(conv.id, "button")
+            label[conv.id] = r.label
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            decided = {p.conversation_id: p.state for p in store.publications()}
+            if len(decided) == len(rows) and "accepted" not in decided.values():
+                break
+            time.sleep(0.5)
+    published = {cid for cid, state in decided.items() if state == "published"}
+    good = {cid for cid, lab in label.items() if lab == "good"}
+    assert len(decided) == len(rows)
+    assert len(published & good) >= 0.6 * len(good), (decided, label)
+    assert len(published - good) <= 0.2 * (len(label) - len(good)), (decided, label)
+    files = git(remote, "ls-tree", "-r", "--name-only", "main", "conversations").split()
+    assert len(files) == len(published)

@@ -40,8 +40,8 @@ def _env(data_dir: Path, remote: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def finished_round(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
-    """Publish and approve a few conversations, start `thresher round --tiny`, kill it (SIGKILL) once the judge has
-    written a checkpoint, run it again to the end. Returns (data dir, remote, the second run's output)."""
+    """Publish and approve a few conversations, start `thresher round --tiny`, kill it (SIGKILL) once the chat
+    model has written a checkpoint, run it again to the end. Returns (data dir, remote, the second run's output)."""
     root = tmp_path_factory.mktemp("round")
     data_dir, remote = root / "data", bare_remote(root / "remote.git")
     settings = Settings(data_dir=data_dir, dataset_remote=str(remote), judge="off")
@@ -57,7 +57,7 @@ def finished_round(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     cmd = [sys.executable, "-m", "thresher", "round", "--tiny"]
     first = subprocess.Popen(cmd, env=_env(data_dir, remote), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, start_new_session=True)
-    checkpoint = data_dir / "rounds" / "1" / "judge" / "checkpoints" / "checkpoint-1"
+    checkpoint = data_dir / "rounds" / "1" / "chat" / "checkpoints" / "checkpoint-1"
     deadline = time.monotonic() + 900
     while not (checkpoint / "trainer_state.json").exists():
         assert first.poll() is None, f"the round ended before its first checkpoint:\n{first.stdout.read()}"
@@ -75,8 +75,9 @@ def finished_round(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
 def test_a_killed_round_continues_from_its_checkpoint_and_finishes(finished_round) -> None:
     data_dir, remote, out = finished_round
     assert "round 1: continuing" in out
-    judge_train = json.loads((data_dir / "rounds" / "1" / "judge" / "train.json").read_text())
-    assert judge_train["resumed_from"] and judge_train["resumed_from"].endswith(("checkpoint-1", "checkpoint-2"))
+    chat_train = json.loads((data_dir / "rounds" / "1" / "chat" / "train.json").read_text())
+    assert chat_train["resumed_from"] and chat_train["resumed_from"].endswith(("checkpoint-1", "checkpoint-2"))
+    assert (data_dir / "rounds" / "1" / "judge" / "judge.json").exists()  # the judge's stage was done before
     state = json.loads((data_dir / "rounds" / "1" / "state.json").read_text())["stages"]
     assert list(state) == ["pinned", "data", "judge", "chat", "evaluated", "gated", "published"]
     assert state["data"]["approved"] == len(QA)
@@ -91,6 +92,7 @@ def test_the_round_is_recorded_in_the_dataset_repository(finished_round, tmp_pat
     assert record["commit"] == git(clone, "rev-list", "-n1", "HEAD~1")  # the pinned commit precedes the record
     assert record["counts"]["approved"] == len(QA)
     assert record["judge"]["before_auc"] is not None and record["judge"]["after_auc"] is not None
+    assert "family:relevance" in record["judge"]["by_family"]  # the same figures, by failure family
     assert set(record["gate"]) == {"chat", "judge"} and 0 <= record["evaluation"]["win_rate"] <= 1
 
 

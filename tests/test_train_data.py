@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 
 from thresher.conversation import InvalidConversation, from_format, to_alpaca, to_sharegpt
-from thresher.train.contrast import DEGRADATIONS, HELDOUT_TEMPLATES, Source, contrast_rows, degrade, nearest
-from thresher.train.data import DataError, load_conversations, load_rows, split_rows
+from thresher.train.data import DataError, load_conversations, load_rows
 
 CONVO = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "2 + 2 is 4."},
          {"role": "user", "content": "And 3 + 3?"}, {"role": "assistant", "content": "3 + 3 is 6."}]
@@ -101,86 +99,3 @@ def test_too_long_conversations_keep_their_first_turns_or_are_skipped(tokenizer)
     cut = tokenise(tokenizer, CONVO, len(full.input_ids) - 1)
     assert cut is not None and cut.input_ids == first.input_ids
     assert tokenise(tokenizer, CONVO, 5) is None
-
-
-def _sources(n: int = 24) -> list[Source]:
-    rng = random.Random(1)
-    topics = ["maths", "cooking", "space"]
-    out = []
-    for i in range(n):
-        topic = topics[i % 3]
-        out.append(Source(f"s{i}", [{"role": "user", "content": f"Question {i} about {topic} number {rng.random()}?"},
-                                    {"role": "assistant", "content": f"Answer {i}. It is about {topic}. More detail "
-                                                                     f"follows here, in a second sentence."}], topic))
-    return out
-
-
-@pytest.mark.parametrize("kind", DEGRADATIONS)
-def test_each_degradation_changes_the_conversation_but_keeps_its_shape(kind: str) -> None:
-    src = _sources()
-    msgs = src[0].messages + src[3].messages  # a two-turn conversation
-    bad, template = degrade(msgs, kind, src[6].messages, random.Random(0))
-    assert bad != msgs
-    assert [m["role"] for m in bad] == [m["role"] for m in msgs]
-    assert bad[:2] == msgs[:2] or kind == "injection"  # only the last answer changes (injection may touch turn 1)
-    assert (template != "") == (kind in ("refusal", "rude", "injection"))
-
-
-def test_swaps_take_the_answer_of_a_question_on_the_same_topic() -> None:
-    src = _sources()
-    for i, j in enumerate(nearest(src)):
-        assert j != i and src[j].topic == src[i].topic
-
-
-def test_contrast_rows_are_balanced_and_every_degradation_appears() -> None:
-    rows = contrast_rows(_sources(), seed=3)
-    good = [r for r in rows if r.label == "good"]
-    bad = [r for r in rows if r.label == "bad"]
-    assert len(good) == len(bad)
-    assert {r.degradation for r in bad} == set(DEGRADATIONS)
-    turns = lambda rs: sorted(len(r.messages) for r in rs)  # noqa: E731
-    assert turns(good) == turns(bad)  # no "more turns means good" shortcut to learn
-    assert all(r.judge_example()[-1]["content"] in ("Rating: [[9]]", "Rating: [[2]]") for r in rows)
-
-
-def test_held_out_rows_share_no_source_and_no_template_with_training() -> None:
-    rows = contrast_rows(_sources(60), seed=0)
-    train, test = split_rows(rows, 0.25, seed=0, heldout_templates=HELDOUT_TEMPLATES)
-    assert train and test
-    parts = lambda rs: set().union(*(r.source.split("+") for r in rs))  # noqa: E731
-    test_sources = {r.source for r in test if r.template not in HELDOUT_TEMPLATES}
-    assert not parts(train) & set().union(*(s.split("+") for s in test_sources))
-    assert not {r.template for r in train} & HELDOUT_TEMPLATES
-    assert {r.label for r in test} == {"good", "bad"}
-
-
-def test_the_judge_learns_only_the_rating_digits(tokenizer) -> None:
-    from thresher.train.data import JudgeRow, tokenise
-    from thresher.train.judge import rating_only
-
-    for rating in (2, 10):
-        row = JudgeRow(CONVO, "good", rating, "contrast")
-        t = rating_only(tokenizer, tokenise(tokenizer, row.judge_example(), 1024))
-        assert tokenizer.decode([i for i, m in zip(t.input_ids, t.assistant_masks, strict=True) if m]) == str(rating)
-
-
-@pytest.mark.slow
-def test_thresher_train_judge_reports_before_and_after(tmp_path: Path, settings, monkeypatch) -> None:
-    """The command end to end on the embedded model, cut to one step: AUC and accuracy before and after, by
-    degradation, the calibrated threshold, and a report file with the same figures."""
-    from typer.testing import CliRunner
-
-    from thresher.cli import app
-
-    monkeypatch.chdir(tmp_path)
-    out = tmp_path / "judge"
-    result = CliRunner().invoke(app, ["train", "judge", "--max-steps", "1", "--batch-size", "2", "--heldout-rows",
-                                      "8", "--no-export", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    report = json.loads((out / "judge_eval.json").read_text())
-    assert report["rows_heldout"] == 8 and report["train"]["steps"] == 1
-    for when in ("before", "after"):
-        auc = report[when]["auc"]
-        assert 0 <= auc <= 1 and f"{auc:.3f}" in result.output
-    assert "AUC by degradation, before -> after: " in result.output
-    assert (out / "loss.png").stat().st_size > 0

@@ -95,18 +95,23 @@ def serve(
 
 
 def _load_judge(s: Any, spec: str | None, threshold: float | None, rationale: str | None) -> Any:
-    from thresher.engines import EngineError, load
-    from thresher.judge import Judge
+    from thresher.engines import EngineError
+    from thresher.judge import make_judge
+    from thresher.reward import HeadError
 
-    spec = spec or (s.model if s.judge in ("serving", "off") else s.judge)
+    spec = spec or (s.model if s.judge == "off" else s.judge)
     try:
         with err.status(f"Loading judge {spec} …"):
-            engine = load(spec, n_ctx=s.n_ctx, n_threads=s.n_threads)
-    except EngineError as e:
+            serving = None
+            if spec == "serving":
+                from thresher.engines import load
+
+                serving = load(s.model, n_ctx=s.n_ctx, n_threads=s.n_threads)
+            return make_judge(spec, serving, threshold=s.judge_threshold if threshold is None else threshold,
+                              rationale=rationale or s.judge_rationale, n_ctx=s.n_ctx, n_threads=s.n_threads)
+    except (EngineError, HeadError) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
-    return Judge(engine, threshold=s.judge_threshold if threshold is None else threshold,
-                 rationale=rationale or s.judge_rationale, context_tokens=s.n_ctx)
 
 
 def _progress() -> Any:
@@ -116,9 +121,11 @@ def _progress() -> Any:
                     console=err, transient=False)
 
 
-JudgeSpec = Annotated[str | None, typer.Option("--judge", help="Engine spec of the judge [default: the serving "
-                                                               "model, or the `judge` setting].")]
-Threshold = Annotated[float | None, typer.Option(help="Acceptance threshold, 1-10 [default: 8].")]
+JudgeSpec = Annotated[str | None, typer.Option("--judge", help="A judge directory written by `thresher train "
+                                                               "judge`, or an engine spec [default: the `judge` "
+                                                               "setting: the serving model with its shipped head].")]
+Threshold = Annotated[float | None, typer.Option(help="Acceptance threshold, 1-10 [default: the judge's calibrated "
+                                                      "threshold].")]
 
 
 @app.command()
@@ -197,54 +204,109 @@ def judge(
 
 @app.command("judge-eval")
 def judge_eval(
-    file: Annotated[Path, typer.Argument(help="JSONL with `messages` (or a `score`) and a `label` (good/bad) "
-                                              "or `human_score`.")],
-    plot: Annotated[Path | None, typer.Option(help="PNG of the score distributions [default: FILE.png].")] = None,
+    file: Annotated[Path | None, typer.Argument(help="JSONL with `messages` (or a `score`), a `label` (good/bad) "
+                                                     "or `human_score`, and optionally a `degradation`.")] = None,
+    source: Annotated[list[str] | None, typer.Option(help="Build the labelled set instead: real good "
+                                                          "conversations (an Alpaca, ShareGPT or messages file, or "
+                                                          "zaragoza / chatterbot / sample), each spoiled in every "
+                                                          "failure family with wordings training never used; "
+                                                          "repeatable.")] = None,
+    write: Annotated[Path | None, typer.Option(help="With --source: also write the built set here (JSONL).")] = None,
+    limit: Annotated[int | None, typer.Option(help="With --source: use at most this many good conversations.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="PNG of the score distributions [default: FILE.png, or "
+                                                   "judge-eval.png].")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the figures as JSON here.")] = None,
     judge_spec: JudgeSpec = None,
     threshold: Threshold = None,
+    seed: Annotated[int, typer.Option(help="With --source: how conversations are spoiled.")] = 0,
 ) -> None:
-    """Measure a judge against labels: AUC, accuracy at the threshold, acceptance rates, Spearman.
+    """Measure a judge against labels: AUC overall and by failure family, accuracy at the threshold, acceptance
+    rates, Spearman against human scores.
 
-    Example: `thresher judge-eval labelled.jsonl --threshold 7 --plot scores.png`
+    Example: `thresher judge-eval --source alpaca_en_demo.json --judge thresher-data/train/judge`
 
-    Lines that already carry a `score` (output of `thresher judge`) are not judged again.
+    Lines that already carry a `score` (output of `thresher judge`) are not judged again. A conversation flagged
+    for text aimed at the evaluator counts as not accepted, whatever its score.
     """
+    import json
+    import random
+
     from thresher.conversation import InvalidConversation, messages_from_openai
     from thresher.evaluate import judge_report, plot_scores
-    from thresher.judge import read_jsonl
+    from thresher.judge import BLOCKING, read_jsonl
+    from thresher.train.judge import per_family
 
-    if not file.is_file():
+    if (file is None) == (not source):
+        err.print("[red]error:[/red] give a labelled FILE, or --source to build one (not both)")
+        raise typer.Exit(2)
+    if file is not None and not file.is_file():
         err.print(f"[red]error:[/red] no such file: {file}")
         raise typer.Exit(2)
     s = _settings()
     bad: list[tuple[int, str]] = []
-    lines = list(read_jsonl(file, bad))
-    need = [obj for _, obj in lines if obj.get("score") is None]
+    if source:
+        from thresher.train import sources as shipped
+        from thresher.train.contrast import contrast_rows
+
+        try:
+            good = shipped.load(source)
+        except (shipped.SourceError, ValueError, OSError) as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from None
+        if limit:
+            random.Random(seed).shuffle(good)
+            good = good[:limit]
+        built = contrast_rows(good, seed, heldout=True)
+        lines = [(i + 1, {"id": f"{r.source}:{r.degradation}:{i}", "messages": r.messages, "label": r.label,
+                          "degradation": r.degradation}) for i, r in enumerate(built)]
+        if write is not None:
+            write.write_text("".join(json.dumps(obj, ensure_ascii=False) + "\n" for _, obj in lines),
+                             encoding="utf-8")
+            err.print(f"wrote {len(lines)} labelled rows to {write}")
+    else:
+        assert file is not None
+        lines = list(read_jsonl(file, bad))
+    need = [(n, obj) for n, obj in lines if obj.get("score") is None]
     j = _load_judge(s, judge_spec, threshold, "never") if need else None
-    thr = threshold if threshold is not None else (j.threshold if j else s.judge_threshold)
-    rows = []
+    thr = threshold if threshold is not None else (j.threshold if j else s.threshold())
+    rows: list[dict] = []
+    scored: dict[int, tuple[float | None, list[str]]] = {}
+    valid: list[tuple[int, list[dict[str, str]]]] = []
+    for n, obj in need:
+        try:
+            msgs = messages_from_openai(obj.get("messages"), user_last=False)
+        except InvalidConversation as e:
+            bad.append((n, str(e)))
+            continue
+        valid.append((n, [m.to_openai() for m in msgs]))
     with _progress() as bar:
-        task = bar.add_task("judging", total=len(need))
-        for n, obj in lines:
-            row = {"label": obj.get("label"), "human_score": obj.get("human_score")}
-            if obj.get("score") is not None:
-                row["score"] = float(obj["score"])
-            else:
-                try:
-                    msgs = messages_from_openai(obj.get("messages"), user_last=False)
-                except InvalidConversation as e:
-                    bad.append((n, str(e)))
-                    bar.advance(task)
-                    continue
-                row["score"] = j.judge([m.to_openai() for m in msgs]).score  # type: ignore[union-attr]
-                bar.advance(task)
-            row["accepted"] = row["score"] is not None and row["score"] >= thr
-            rows.append(row)
+        task = bar.add_task("judging", total=len(valid))
+        for start in range(0, len(valid), 16):
+            chunk = valid[start:start + 16]
+            many = getattr(j, "judge_many", None)
+            results = many([m for _, m in chunk]) if many else [j.judge(m) for _, m in chunk]  # type: ignore
+            for (n, _), res in zip(chunk, results, strict=True):
+                scored[n] = (res.score, res.flags)
+            bar.advance(task, len(chunk))
+    for n, obj in lines:
+        if obj.get("score") is not None:
+            score, flags = float(obj["score"]), list(obj.get("flags") or [])
+        elif n in scored:
+            score, flags = scored[n]
+        else:
+            continue
+        rows.append({"label": obj.get("label"), "human_score": obj.get("human_score"), "score": score,
+                     "degradation": obj.get("degradation") or ("none" if obj.get("label") == "good" else "bad"),
+                     "accepted": score is not None and score >= thr and not BLOCKING.intersection(flags),
+                     "flagged": bool(BLOCKING.intersection(flags))})
     for n, why in bad:
         err.print(f"[yellow]line {n}:[/yellow] {why} (skipped)")
     rep = judge_report(rows, thr)
     unscored = sum(r.get("score") is None for r in rows)
-    path = plot_scores(rows, thr, plot or file.with_suffix(".png"))
+    path = plot_scores(rows, thr, plot or (file.with_suffix(".png") if file else Path("judge-eval.png")))
+    labelled = [r for r in rows if r["label"] in ("good", "bad")]
+    fam = per_family([r["score"] for r in labelled], [r["label"] for r in labelled],
+                     [r["degradation"] for r in labelled])
 
     def f(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.3f}"
@@ -253,10 +315,33 @@ def judge_eval(
     if unscored:
         typer.echo(f"no score (unparseable or failed): {unscored}, left out of the figures below")
     typer.echo(f"AUC: {f(rep.auc)}")
+    counts = {k: sum(r["degradation"] == k for r in labelled) for k in fam}
+    kinds = [k for k in fam if k != "all" and not k.startswith("family:")]
+    if kinds:
+        typer.echo("AUC by failure family (bad rows): " + ", ".join(
+            f"{k.removeprefix('family:')} {f(v)}" for k, v in fam.items() if k.startswith("family:")))
+        typer.echo("AUC by kind: " + ", ".join(f"{k} {f(fam[k])} ({counts[k]})" for k in kinds))
+    small = [k for k in kinds if counts[k] < 30]
+    if small:
+        typer.echo(f"note: fewer than 30 rows for {', '.join(small)}: those figures are noise")
+    flagged_accepted = sum(r["flagged"] and r["accepted"] for r in rows)
+    aimed = [r for r in rows if str(r["degradation"]).startswith("injection")]
+    if aimed:
+        typer.echo(f"rows with text aimed at the evaluator: {len(aimed)}, flagged {sum(r['flagged'] for r in aimed)}"
+                   f", accepted {sum(r['accepted'] for r in aimed)}")
     typer.echo(f"accuracy at threshold {thr:g}: {f(rep.accuracy)}")
-    typer.echo(f"acceptance rate: good {f(rep.accept_good)}, bad {f(rep.accept_bad)}")
+    typer.echo(f"acceptance rate: good {f(rep.accept_good)}, bad {f(rep.accept_bad)}; flagged for text aimed at "
+               f"the evaluator: {sum(r['flagged'] for r in rows)}, of them accepted: {flagged_accepted}")
     typer.echo(f"Spearman vs human scores: {f(rep.spearman)}")
     typer.echo(f"plot: {path}")
+    if report is not None:
+        report.write_text(json.dumps({"judge": j.judge_id if j else None, "threshold": thr, "auc": rep.auc,
+                                      "by_family": fam, "counts": counts, "accuracy": rep.accuracy,
+                                      "accept_good": rep.accept_good, "accept_bad": rep.accept_bad,
+                                      "flagged": sum(r["flagged"] for r in rows),
+                                      "flagged_accepted": flagged_accepted,
+                                      "injection_rows": len(aimed),
+                                      "injection_accepted": sum(r["accepted"] for r in aimed)}, indent=2))
 
 
 @app.command()
@@ -291,7 +376,7 @@ def status(
                           f" (in {s.dataset_path}; no dataset_remote set, so nothing is pushed)" if unpushed else ""))
         if judgment_stats["mean_score"] is not None:
             typer.echo(f"mean score: {judgment_stats['mean_score']:.2f}")
-        figures = stats.collect(store, s.data_dir, s.judge_threshold, s.quorum_approvals)
+        figures = stats.collect(store, s.data_dir, s.threshold(), s.quorum_approvals)
         recent = [(conv, store.judgments(conv.id)[-1]) for conv in store.list(status="judged", limit=5)]
     finally:
         store.close()
@@ -327,7 +412,7 @@ def publish_cmd(
     store.migrate()
     try:
         repo = DatasetRepo(s.dataset_path, s.dataset_remote).open(s.licence)
-        report = publish(store, repo, threshold=s.judge_threshold if min_score is None else min_score,
+        report = publish(store, repo, threshold=s.threshold() if min_score is None else min_score,
                          daily_cap=s.publish_daily_cap)
     except GitError as e:
         err.print(f"[red]error:[/red] {e}")
@@ -653,82 +738,96 @@ def train_sft(
 
 @train_app.command("judge")
 def train_judge_cmd(
-    base: Annotated[str | None, typer.Option(help="GGUF file, model directory or hub name [default: the "
-                                                  "configured model].")] = None,
-    out: Annotated[Path, typer.Option(help="Where checkpoints, the adapter, reports and the export go.")] = Path(
+    base: Annotated[str | None, typer.Option(help="The model whose hidden states the judge reads: a GGUF file or "
+                                                  "an engine spec [default: the configured model].")] = None,
+    out: Annotated[Path, typer.Option(help="Where the judge (judge.json), its report and plot go.")] = Path(
         "thresher-data/train/judge"),
-    data: Annotated[list[str] | None, typer.Option(help="Good conversations to make contrast pairs from (a "
-                                                        "`thresher dataset build` dir); repeatable. The shipped "
-                                                        "sample is always used.")] = None,
+    source: Annotated[list[str] | None, typer.Option(help="Real good conversations to learn from: zaragoza, "
+                                                          "chatterbot, sample, or an Alpaca / ShareGPT / messages "
+                                                          "file; repeatable [default: zaragoza and chatterbot].")
+                      ] = None,
+    data: Annotated[list[str] | None, typer.Option(help="Approved conversations too (a `thresher dataset build` "
+                                                        "directory); repeatable.")] = None,
     verdicts: Annotated[bool, typer.Option(help="Also learn from reviewers' verdicts in the dataset clone.")] = True,
-    max_length: Annotated[int, typer.Option(help="Tokens per packed row.")] = 768,
-    epochs: Annotated[float, typer.Option(help="Passes over the rows (one leaves a small judge at chance).")] = 3.0,
-    max_steps: Annotated[int, typer.Option(help="Stop after this many steps (> 0 overrides --epochs).")] = -1,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 5e-4,
-    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 4,
-    grad_accum: Annotated[int, typer.Option(help="Forward passes per optimiser step (the step sees "
-                                                 "batch-size x grad-accum rows; smaller batches need less "
-                                                 "memory).")] = 2,
-    lora_r: Annotated[int, typer.Option(help="LoRA rank (alpha is twice this).")] = 16,
-    save_steps: Annotated[int, typer.Option(help="Checkpoint every this many steps.")] = 5,
-    heldout_rows: Annotated[int, typer.Option(help="Most held-out rows to measure AUC on.")] = 80,
-    seed: Annotated[int, typer.Option()] = 0,
-    export: Annotated[bool, typer.Option(help="Merge and export HF safetensors, GGUF and a model card.")] = True,
+    train_rows: Annotated[int, typer.Option(help="Most rows to train on (each costs one forward pass).")] = 2400,
+    heldout_rows: Annotated[int, typer.Option(help="Most held-out rows to measure on.")] = 900,
+    hidden: Annotated[bool, typer.Option(help="Read the model's hidden state (off: text signals only, no "
+                                              "model).")] = True,
+    encoder: Annotated[bool, typer.Option(help="Use the small sentence encoder's relevance figures.")] = True,
+    seed: Annotated[int, typer.Option(help="How rows are spoiled and split.")] = 0,
 ) -> None:
-    """Train to train: teach the model to rate conversations, from contrast pairs and reviewers' verdicts.
+    """Train to train: fit the judge's head on real good conversations, copies of them spoiled in every failure
+    family, and reviewers' verdicts.
 
-    Example: `thresher train judge` (about 30 minutes on 2 CPU cores for the shipped sample's 304 rows)
+    Example: `thresher train judge --out thresher-data/train/judge` (about 25 minutes on 2 CPU cores), then
+    `thresher judge chats.jsonl --judge thresher-data/train/judge`
 
-    Prints the judge's AUC and accuracy on held-out rows (sources and degradation wordings training never saw)
-    before and after, and the acceptance threshold that fits the held-out rows best.
+    Prints AUC on held-out rows (whole topics and spoiling wordings training never saw) overall and by failure
+    family, and the acceptance threshold chosen on them, which the judge then applies (`judge_threshold = "auto"`).
+    Serve it with `judge = "thresher-data/train/judge"`.
     """
     from thresher.dataset_repo import DatasetRepo
-    from thresher.train.contrast import Source
-    from thresher.train.data import rows_from_verdicts
-    from thresher.train.export import export as export_model
-    from thresher.train.judge import judge_rows, sample_sources, sources_from_build
-    from thresher.train.sft import TrainError
+    from thresher.engines import EngineError, embedded_model_path
+    from thresher.engines import load as load_engine
+    from thresher.judge import head_for
+    from thresher.train import sources as shipped
+    from thresher.train.data import rows_from_corrections, rows_from_verdicts
+    from thresher.train.judge import JudgeTrainError, sources_from_build, train_head_judge
 
     s = _settings()
-    spec, gguf = _base_spec(base)
-    sources: list[Source] = sample_sources()
+    spec = base or s.model
+    if spec.endswith(".gguf") and not spec.startswith("llama.cpp:"):
+        spec = f"llama.cpp:{spec}"
+    if spec == f"llama.cpp:{embedded_model_path()}":
+        spec = "embedded"
+    try:
+        good = shipped.load(source or list(shipped.DEFAULT))
+    except (shipped.SourceError, ValueError, OSError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
     for d in data or []:
-        sources += sources_from_build(Path(d))
+        good += sources_from_build(Path(d))
     repo = DatasetRepo(s.dataset_path)
     has_clone = (repo.path / ".git").exists() and repo.has_commits()
-    vrows = rows_from_verdicts(repo) if verdicts and has_clone else []
-    rows = judge_rows(sources, vrows, seed)
-    typer.echo(f"{len(rows)} judge rows: {len(rows) - len(vrows)} from contrast pairs, {len(vrows)} from verdicts")
-    from thresher.train.judge import train_judge
-
+    vrows = [*rows_from_verdicts(repo), *rows_from_corrections(repo)] if verdicts and has_clone else []
+    engine = None
+    if hidden:
+        try:
+            with err.status(f"Loading {spec} …"):
+                engine = load_engine(spec, n_ctx=s.n_ctx, n_threads=s.n_threads)
+        except EngineError as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(1) from None
+        if not hasattr(engine, "last_hidden"):
+            err.print("[red]error:[/red] this engine gives no hidden states; use a GGUF file, or --no-hidden")
+            raise typer.Exit(2)
+    shipped_head = head_for(engine) if engine is not None else None
+    typer.echo(f"{len(good)} good conversations from {', '.join(source or shipped.DEFAULT)}"
+               + (f" and {len(data or [])} build(s)" if data else "") + f"; {len(vrows)} rows from reviewers' "
+               "verdicts and corrections")
     try:
-        report, model, tok = train_judge(spec, out, rows, _train_config(max_length, epochs, max_steps, lr,
-                                                                        batch_size, lora_r, save_steps, grad_accum),
-                                         threshold=s.judge_threshold, seed=seed, max_heldout=heldout_rows)
-    except TrainError as e:
+        report = train_head_judge(engine, spec, out, good, vrows, seed=seed, max_train=train_rows,
+                                  max_heldout=heldout_rows, encoder=encoder, hidden=hidden, before=shipped_head,
+                                  say=typer.echo)
+    except JudgeTrainError as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
 
     def fmt(x: float | None) -> str:
         return "-" if x is None else f"{x:.3f}"
 
-    typer.echo(f"held-out rows: {report.rows_heldout} (trained on {report.rows_train})")
-    typer.echo(f"AUC:      before {fmt(report.before.auc)}  after {fmt(report.after.auc)}")
-    typer.echo(f"accuracy: before {fmt(report.before.accuracy)}  after {fmt(report.after.accuracy)} "
-               f"(threshold {s.judge_threshold:g})")
-    typer.echo(f"best threshold on held-out rows: {report.calibrated_threshold:g} "
-               f"(accuracy {report.calibrated_accuracy:.3f})")
-    per = report.per_degradation
-    typer.echo("AUC by degradation, before -> after: " + ", ".join(
-        f"{k} {fmt(per['before'].get(k))} -> {fmt(v)}" for k, v in per["after"].items()))
-    typer.echo(f"report: {out / 'judge_eval.json'}; loss curve: {report.train.plot}")
-    if export:
-        ex = export_model(model, tok, out / "export", gguf, {
-            "name": "thresher judge", "kind": "judge", "base": spec, "examples": report.rows_train,
-            "licence": "apache-2.0", "metrics": {"judge_auc_before": report.before.auc,
-                                                 "judge_auc_after": report.after.auc}})
-        typer.echo(f"exported: {ex.hf_dir}" + (f", {ex.gguf} (serve it with judge = "
-                                                f"\"llama.cpp:{ex.gguf}\")" if ex.gguf else f" (no GGUF: {ex.note})"))
+    before = report.auc_before or {}
+    typer.echo(f"held-out rows: {report.rows_heldout} (trained on {report.rows_train}), in {report.seconds:.0f} s")
+    typer.echo(f"AUC: {fmt(report.auc_after['all'])}" + (f" (the shipped judge: {fmt(before.get('all'))})"
+                                                        if before else ""))
+    typer.echo("AUC by failure family: " + ", ".join(
+        f"{k.removeprefix('family:')} {fmt(v)}" for k, v in report.auc_after.items() if k.startswith("family:")))
+    typer.echo("AUC by kind: " + ", ".join(f"{k} {fmt(v)}" for k, v in report.auc_after.items()
+                                           if k != "all" and not k.startswith("family:")))
+    typer.echo(f"threshold chosen on held-out rows: {report.threshold:g} (balanced accuracy "
+               f"{report.balanced_accuracy:.3f})")
+    typer.echo(f"judge: {out / 'judge.json'}; report: {out / 'judge_eval.json'}; plot: {out / 'heldout_scores.png'}")
+    typer.echo(f"use it: thresher judge FILE --judge {out}   or   judge = \"{out}\" in thresher.toml")
 
 
 models_app = typer.Typer(help="Model versions: list, promote, roll back.", no_args_is_help=True)
@@ -874,7 +973,7 @@ def worker_cmd(
                 next_publish = time.monotonic() + s.publish_interval_seconds
                 try:
                     repo.open(s.licence)
-                    report = publish(store, repo, threshold=s.judge_threshold, daily_cap=s.publish_daily_cap)
+                    report = publish(store, repo, threshold=judge.threshold, daily_cap=s.publish_daily_cap)
                     synced = sync(store, repo, s.quorum_approvals)
                     rejudge_corrections(store, repo, judge)
                     typer.echo(f"published {len(report.published)}, rejected {len(report.rejected)}; "

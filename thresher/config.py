@@ -47,10 +47,13 @@ class Settings(BaseSettings):
 
     judge: str = Field(
         "serving",
-        description="Who rates ended conversations: 'serving' (the chat model judges its own conversations), "
+        description="Who rates ended conversations: 'serving' (the chat model judges its own conversations, with "
+        "the judge head shipped for the embedded model), a judge directory written by `thresher train judge`, "
         "any engine spec, or 'off'.",
     )
-    judge_threshold: float = Field(8.0, ge=1, le=10, description="Score (1-10) a conversation needs to be accepted.")
+    judge_threshold: float | Literal["auto"] = Field(
+        "auto", description="Score (1-10) a conversation needs to be accepted: 'auto' takes the threshold "
+        "calibrated on held-out rows with the judge version (8 for a judge without one); a number overrides it.")
     judge_rationale: Literal["near", "always", "never"] = Field(
         "near", description="When the judge writes a rationale: near or above the threshold, always, or never."
     )
@@ -149,6 +152,32 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_file = os.environ.get("THRESHER_CONFIG", "thresher.toml")
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+
+    @field_validator("judge_threshold", mode="before")
+    @classmethod
+    def _check_threshold(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError("judge_threshold is 'auto' or a number from 1 to 10") from None
+        if not 1 <= number <= 10:
+            raise ValueError("judge_threshold must be between 1 and 10 (or 'auto')")
+        return number
+
+    def threshold(self) -> float:
+        """The acceptance threshold in force, read without loading a model: the number set, or with 'auto' the one
+        calibrated with the judge (the registry's promoted judge when following it)."""
+        from thresher.judge import configured_threshold
+
+        judge = self.judge
+        if self.follow_registry:
+            from thresher.registry import Registry
+
+            current = Registry(self.data_dir / "models").current("judge")
+            judge = current.spec if current else judge
+        return configured_threshold(judge, self.model, self.judge_threshold)
 
     @field_validator("reviewer_tokens")
     @classmethod

@@ -43,7 +43,7 @@ REVIEWER_POLICY = ("approve when the judge scored it at least {min_score:g} and 
 class DemoConfig:
     users: int = 12
     reply_tokens: int = 96
-    min_score: float = 1.0  # the demo publishes whatever the untrained judge rates at all
+    min_score: float = 1.0  # the demo publishes every judged conversation, so the reviewer has some to review
     review_min_score: float = 4.0
     review_min_words: int = 4
     quick: bool = False
@@ -125,7 +125,7 @@ def run_demo(data_dir: Path, quick: bool, say: Callable[[str], None], keep_servi
     judged = judge_pending(store, judge)
     say(f"judged {judged} conversation(s)")
     repo = DatasetRepo(settings.dataset_path, str(remote)).open(settings.licence)
-    report = publish(store, repo, threshold=settings.judge_threshold)
+    report = publish(store, repo, threshold=judge.threshold)
     say(f"published {len(report.published)} to {remote}; rejected {len(report.rejected)}")
 
     say("the SIMULATED reviewer's policy: " + REVIEWER_POLICY.format(min_score=config.review_min_score,

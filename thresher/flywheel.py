@@ -42,8 +42,9 @@ def judge_pending(
         todo = [c for c in todo if c.id not in failed]
         if not todo:
             break
-        for conv in todo:
-            judgment = judge.judge(conv.to_openai())
+        many = getattr(judge, "judge_many", None)  # a head judge reads a batch in one go
+        judgments = many([c.to_openai() for c in todo]) if many else [judge.judge(c.to_openai()) for c in todo]
+        for conv, judgment in zip(todo, judgments, strict=True):
             store.save_judgment(conv.id, judgment)
             done += 1
             if judgment.status == "failed":
@@ -79,7 +80,7 @@ def _feedback(items: Sequence[Feedback]) -> list[dict[str, Any]]:
 
 
 def _record(conv: Conversation, judgment: Judgment, messages: list[dict[str, str]], rationale: str | None,
-            feedback: Sequence[Feedback] = ()) -> dict:
+            feedback: Sequence[Feedback] = (), threshold: float | None = None) -> dict:
     """What a published conversation file holds. No client or owner hash ever leaves the machine."""
     return {
         "id": conv.id,
@@ -88,6 +89,7 @@ def _record(conv: Conversation, judgment: Judgment, messages: list[dict[str, str
         "score": None if judgment.score is None else round(judgment.score, 4),
         "distribution": judgment.distribution,
         "rationale": rationale,
+        "threshold": threshold,  # the acceptance threshold this conversation was published at
         "flags": judgment.flags,
         "judge": judgment.judge_id,
         "rubric": judgment.rubric_hash,
@@ -188,7 +190,8 @@ def _publish(store: Store, repo: DatasetRepo, threshold: float, daily_cap: int) 
             clean, _ = scrub(conv)
             rationale = scrub_text(judgment.rationale)[0] if judgment.rationale else None
         p.path = p.path or conversation_path(conv.id, conv.created_at)
-        repo.write(p.path, _record(conv, judgment, clean.to_openai(), rationale, thumbs.get(conv.id, [])))
+        repo.write(p.path, _record(conv, judgment, clean.to_openai(), rationale, thumbs.get(conv.id, []),
+                                   threshold))
         done.append(p)
         judges.add(judgment.judge_id)
     store.set_publications(withdrawn)

@@ -1,14 +1,19 @@
 """The judge: rate a finished conversation "out of 10" as fine-tuning data.
 
-One pass: the judge prompt ends with `Rating: [[` and the engine gives the probabilities of the ratings 1 … 10; the
-score is their expectation and the whole distribution is kept. Engines without probabilities generate `Rating: [[N]]`
-instead, which is parsed; an answer with no rating is a failure, never an invented score. A short rationale is
-generated only where a reviewer will read it (near or above the threshold), unless set to always or never.
+Two judges share one face (`judge`, `threshold`, `judge_id`, `rubric_hash` -> Judgment). The head judge
+(thresher.reward) reads the serving model's own hidden state in one forward pass and weighs it with cheap signals of
+the text; it is the default for the embedded model, which ships with a trained head, and `thresher train judge`
+fits one for any local model. The rating judge here asks the model itself: the judge prompt ends with `Rating: [[`
+and the engine gives the probabilities of the ratings 1 … 10, whose expectation is the score; engines without
+probabilities generate `Rating: [[N]]`, which is parsed (no rating is a failure, never an invented score). It
+serves models without a head and remote servers, and on a small model it ranks barely better than chance.
 
-The conversation is shown to the judge as quoted data (each message a JSON string, so no text inside it can open a
-new turn). Text aimed at the evaluator (requests for a score, "ignore previous instructions", fake ratings or
-rubrics, chat-template role tags) is flagged, caps the score below the threshold and leaves the conversation for a
-human. A conversation too long for the judge keeps its beginning and end; the middle is cut and the cut flagged.
+The conversation is shown to the rating judge as quoted data (each message a JSON string, so no text inside it can
+open a new turn). Text aimed at the evaluator (requests for a score, "ignore previous instructions", fake ratings
+or rubrics, chat-template role tags) is flagged by both judges, scores 1 (the bottom, so it ranks below every good
+conversation) and leaves the conversation for a human. A conversation too long for a judge keeps its beginning and
+end; the middle is cut and the cut flagged. A rationale is written only where a reviewer will read it (near or
+above the threshold), and only when it says something about the conversation.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from thresher.conversation import utcnow
 from thresher.engines import ChatParams, Engine, EngineError, ProbabilitiesUnavailable
@@ -204,8 +209,7 @@ class Judge:
             return Judgment(None, FAILED, self.judge_id, flags=flags, error=str(e))
         status = OK
         if BLOCKING.intersection(flags):
-            score = min(score, self.threshold - 1.0)
-            status = FLAGGED
+            score, status = 1.0, FLAGGED  # the bottom of the scale: below every good conversation in any ranking
         rationale = None
         if self.rationale == "always" or (self.rationale == "near" and score >= self.threshold - self.margin):
             rationale = self._rationale(prompt, score)
@@ -236,13 +240,30 @@ class Judge:
             text = self._generate(ask, self.rationale_tokens)
         except EngineError:
             return None
-        return _sentences(text, 4) or None
+        text = _sentences(text, 4)
+        return text if worth_reading(text) else None
 
 
 def _sentences(text: str, most: int) -> str:
     parts = re.split(r"(?<=[.!?])\s+", text.strip())
     out = " ".join(parts[:most]).strip()
     return out
+
+
+_PROMPT_WORDS = set(re.findall(r"[a-z]+", f"{RUBRIC} {INSTRUCTION}".lower()))
+
+
+def worth_reading(text: str) -> bool:
+    """Whether a generated rationale says something about the conversation: not a bare or echoed rating, not a
+    line of the rubric, at least two sentences' worth of words."""
+    words = re.findall(r"[a-z]+", text.lower())
+    if len(words) < 12 or re.search(r"rating\s*:|\[\[|\b\d+\s*(/|out of)\s*10\b", text, re.I):
+        return False
+    for line in re.split(r"(?<=[.!?])\s+", text):
+        if len(line) > 30 and line.strip() in f"{RUBRIC}\n{INSTRUCTION}":
+            return False  # a sentence of the prompt, word for word
+    novel = [w for w in words if w not in _PROMPT_WORDS]
+    return len(novel) >= 0.25 * len(words)
 
 
 @dataclass
@@ -300,3 +321,111 @@ def judge_jsonl(judge: Judge, src: Path, out: TextIO, done: set[str] | None = No
         out.flush()
         result.judged += 1
     return result
+
+
+# ------------------------------------------------------------------------------------------- choosing a judge
+
+DEFAULT_THRESHOLD = 8.0  # for the rating judge, which has no calibration of its own
+
+
+def head_for(engine: Engine) -> Any:
+    """The head shipped for this engine's exact weights (the embedded model), or None."""
+    from thresher.reward import Head, default_head_path
+
+    path = default_head_path()
+    if not path.is_file() or not hasattr(engine, "last_hidden"):
+        return None
+    head = Head.load(path)
+    return head if head.engine_version == getattr(engine, "version", None) else None
+
+
+def is_head(spec: str) -> bool:
+    """Whether a judge spec names a head: a directory holding judge.json (what `thresher train judge` wrote), that
+    file itself, or `head:PATH`."""
+    from thresher.reward import HEAD_FILE
+
+    path = Path(spec.removeprefix("head:"))
+    return spec.startswith("head:") or (path / HEAD_FILE).is_file() or path.name == HEAD_FILE
+
+
+def make_judge(spec: str, serving: Engine | None = None, *, threshold: float | str = "auto",
+               rationale: str = "near", n_ctx: int = 2048, n_threads: int | None = None) -> Any:
+    """The judge a spec asks for:
+
+    - `serving`: the serving engine itself; with the head shipped for it (the embedded model) when there is one,
+      else it rates with the rubric prompt;
+    - a head (a directory written by `thresher train judge`): that head over the engine it was trained on (the
+      serving engine when the weights are the same, so the model is not loaded twice);
+    - any other engine spec: that engine, with its shipped head if there is one, else the rubric prompt.
+    `threshold` "auto" takes the head's calibrated threshold (8 for the rubric prompt); a number overrides."""
+    from thresher.engines import load
+    from thresher.reward import Head, HeadJudge
+
+    number = None if threshold == "auto" else float(threshold)
+    if is_head(spec):
+        head = Head.load(Path(spec.removeprefix("head:")))
+        if not head.use.get("hidden") or (serving is not None and getattr(serving, "version", None)
+                                          == head.engine_version):
+            engine = serving  # text signals alone need no model; the same weights are not loaded twice
+        else:
+            engine = load(head.engine_spec, n_ctx=n_ctx, n_threads=n_threads)
+        return HeadJudge(engine, head, number, rationale)
+    if spec == "serving":
+        if serving is None:
+            raise ValueError("judge = 'serving' needs the serving engine")
+        engine = serving
+    else:
+        engine = load(spec, n_ctx=n_ctx, n_threads=n_threads)
+    head = head_for(engine)
+    if head is not None:
+        return HeadJudge(engine, head, number, rationale)
+    return Judge(engine, threshold=DEFAULT_THRESHOLD if number is None else number, rationale=rationale,
+                 context_tokens=n_ctx)
+
+
+def configured_threshold(judge_spec: str, model_spec: str, threshold: float | str) -> float:
+    """The threshold a judge would apply, read without loading a model (for `thresher publish` and status)."""
+    from thresher.reward import Head, HeadError, default_head_path
+
+    if threshold != "auto":
+        return float(threshold)
+    try:
+        if is_head(judge_spec):
+            return Head.load(Path(judge_spec.removeprefix("head:"))).threshold
+        if (judge_spec == "serving" and model_spec == "embedded") or judge_spec == "embedded":
+            return Head.load(default_head_path()).threshold
+    except HeadError:
+        pass
+    return DEFAULT_THRESHOLD
+
+
+class SwitchableJudge:
+    """A judge that can be replaced while loops hold on to it: the registry follower sets `current`, and the next
+    call goes to the new judge. Same face as the judges it holds."""
+
+    def __init__(self, current: Any) -> None:
+        self.current = current
+
+    @property
+    def engine(self) -> Engine:
+        return self.current.engine
+
+    @property
+    def threshold(self) -> float:
+        return self.current.threshold
+
+    @property
+    def judge_id(self) -> str:
+        return self.current.judge_id
+
+    @property
+    def rubric_hash(self) -> str:
+        return self.current.rubric_hash
+
+    def judge(self, conversation: Sequence[dict[str, str]]) -> Judgment:
+        return self.current.judge(conversation)
+
+    def judge_many(self, conversations: Sequence[Sequence[dict[str, str]]]) -> list[Judgment]:
+        judge = self.current
+        return judge.judge_many(conversations) if hasattr(judge, "judge_many") else [judge.judge(c)
+                                                                                     for c in conversations]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import queue
 import threading
@@ -62,6 +63,42 @@ class LlamaCppEngine:
 
     def count_tokens(self, messages: Sequence[dict[str, str]]) -> int:
         return len(self._prompt(messages)[0])
+
+    def last_hidden(self, prompts: Sequence[Sequence[dict[str, str]]], prefix: str = "") -> np.ndarray:
+        """The final hidden state (after the last norm) at the last token of each prompt, rendered with the chat
+        template and the assistant's turn opened (then `prefix`): one row per prompt."""
+        seqs = [self._prompt(m, prefix)[0] for m in prompts]
+        for s in seqs:
+            if len(s) > self.n_ctx:
+                raise EngineError(f"the prompt has {len(s)} tokens; the context holds {self.n_ctx}")
+        # One job per prompt: a chat reply waiting in the queue goes between two of them.
+        return np.vstack([self._worker.call(self._hidden, [s], priority=1) for s in seqs]) if seqs else np.zeros(
+            (0, self.llm.n_embd()), dtype=np.float32)
+
+    def _hidden(self, seqs: list[list[int]]) -> np.ndarray:
+        # The chat context itself, with embeddings switched on for the call: no second copy of the model, and
+        # faster than a context made in embedding mode with last-token pooling (measured: ~270 vs ~180 tokens/s).
+        import llama_cpp
+
+        ctx, width = self.llm._ctx.ctx, self.llm.n_embd()
+        out = np.zeros((len(seqs), width), dtype=np.float32)
+        llama_cpp.llama_set_embeddings(ctx, True)
+        # llama.cpp then outputs every token's state (it says so as an error, once per call: silenced here)
+        quiet = logging.getLogger("llama-cpp-python")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            for i, tokens in enumerate(seqs):
+                self.llm.reset()
+                self.llm._ctx.kv_cache_clear()
+                self.llm.eval(tokens)
+                out[i] = np.ctypeslib.as_array(llama_cpp.llama_get_embeddings_ith(ctx, -1), shape=(width,))
+        finally:
+            quiet.setLevel(level)
+            llama_cpp.llama_set_embeddings(ctx, False)
+            self.llm.reset()
+            self.llm._ctx.kv_cache_clear()
+        return out
 
     def stream_chat(self, messages: Sequence[dict[str, str]], params: ChatParams) -> Iterator[Chunk]:
         tokens, template_stops = self._prompt(messages, params.prefix)

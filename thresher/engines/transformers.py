@@ -10,6 +10,7 @@ import copy
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -100,6 +101,17 @@ class TransformersEngine:
             if len(text) > len(emitted):
                 yield Chunk(text=text[len(emitted):])
         yield Chunk(finish_reason=finish, prompt_tokens=len(ids), completion_tokens=len(out))
+
+    def last_hidden(self, prompts: Sequence[Sequence[dict[str, str]]], prefix: str = "") -> Any:
+        """The last layer's state (after its norm) at the last token of each prompt, one numpy row per prompt."""
+        import numpy as np
+
+        rows = []
+        with self._lock, torch.inference_mode():
+            for messages in prompts:
+                res = self.model(input_ids=torch.tensor([self._ids(messages, prefix)]), output_hidden_states=True)
+                rows.append(res.hidden_states[-1][0, -1].float().numpy())
+        return np.vstack(rows) if rows else np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
 
     def next_token_probs(
         self, messages: Sequence[dict[str, str]], choices: Sequence[str], prefix: str = ""

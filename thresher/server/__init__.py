@@ -14,6 +14,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,8 +29,10 @@ from thresher.dataset_repo import DatasetRepo
 from thresher.engines import Engine
 from thresher.engines import load as load_engine
 from thresher.flywheel import RoundRunner, judge_pending, publish, rejudge_corrections
-from thresher.judge import Judge
+from thresher.judge import SwitchableJudge
+from thresher.judge import make_judge as make_judge_for
 from thresher.review import sync as sync_reviews
+from thresher.reward import HeadJudge
 from thresher.server.guard import ApiError, RateLimiter
 from thresher.store import Store
 
@@ -58,7 +61,7 @@ def end_idle(store: Store, idle_minutes: float) -> list[str]:
     return store.end_idle(utcnow() - timedelta(minutes=idle_minutes))
 
 
-async def _judge_loop(rt: Runtime, judge: Judge) -> None:
+async def _judge_loop(rt: Runtime, judge: SwitchableJudge) -> None:
     """Judge ended conversations in the background, one at a time, between chats."""
     while True:
         try:
@@ -70,21 +73,16 @@ async def _judge_loop(rt: Runtime, judge: Judge) -> None:
         await asyncio.sleep(rt.settings.judge_interval_seconds)
 
 
-def make_judge(settings: Settings, serving: Engine | None) -> Judge | None:
+def make_judge(settings: Settings, serving: Engine | None) -> SwitchableJudge | None:
     """The judge `settings.judge` asks for: the serving engine itself, another engine, or none."""
     if settings.judge == "off":
         return None
-    if settings.judge == "serving":
-        if serving is None:
-            raise ValueError("judge = 'serving' needs the serving engine")
-        engine = serving
-    else:
-        engine = load_engine(settings.judge, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
-    return Judge(engine, threshold=settings.judge_threshold, rationale=settings.judge_rationale,
-                 context_tokens=settings.n_ctx)
+    return SwitchableJudge(make_judge_for(settings.judge, serving, threshold=settings.judge_threshold,
+                                          rationale=settings.judge_rationale, n_ctx=settings.n_ctx,
+                                          n_threads=settings.n_threads))
 
 
-async def _publish_loop(rt: Runtime, judge: Judge) -> None:
+async def _publish_loop(rt: Runtime, judge: SwitchableJudge) -> None:
     """Curate and publish judged conversations now and then, read reviewers' verdicts back and judge corrected
     conversations again; a failed push is retried on the next tick."""
     s = rt.settings
@@ -94,7 +92,7 @@ async def _publish_loop(rt: Runtime, judge: Judge) -> None:
         await asyncio.sleep(s.publish_interval_seconds)
         try:
             await run_in_threadpool(repo.open, s.licence)
-            report = await run_in_threadpool(publish, rt.store, repo, threshold=s.judge_threshold,
+            report = await run_in_threadpool(publish, rt.store, repo, threshold=judge.threshold,
                                              daily_cap=s.publish_daily_cap)
             if report.published or report.rejected:
                 log.info("published %d, rejected %d conversation(s)", len(report.published), len(report.rejected))
@@ -115,19 +113,25 @@ class ModelFollower:
     already streaming finishes on the engine it started with, the next one gets the new engine.
 
     With no `rt` (the stand-alone worker) only the judge follows. A judge set to "serving" judges with whatever chat
-    model is promoted, unless a judge version is promoted too."""
+    model is promoted, unless a judge version is promoted too; a head judge stays on the model it was trained for
+    when the promoted chat model has no head of its own (it keeps that model loaded for judging)."""
 
-    def __init__(self, settings: Settings, judge: Judge | None, rt: Runtime | None = None) -> None:
+    def __init__(self, settings: Settings, judge: SwitchableJudge | None, rt: Runtime | None = None) -> None:
         from thresher.registry import Registry
 
         self.settings, self.judge, self.rt = settings, judge, rt
         self.registry = Registry(settings.data_dir / "models")
         self.configured = rt.engine if rt else None
-        self.judge_configured = judge.engine if judge else None
+        self.judge_configured = judge.current if judge else None
         self.served: dict[str, str | None] = {"chat": None, "judge": None}
 
     def _load(self, spec: str) -> Engine:
         return load_engine(spec, n_ctx=self.settings.n_ctx, n_threads=self.settings.n_threads)
+
+    def _make(self, spec: str, serving: Engine | None) -> Any:
+        s = self.settings
+        return make_judge_for(spec, serving, threshold=s.judge_threshold, rationale=s.judge_rationale,
+                              n_ctx=s.n_ctx, n_threads=s.n_threads)
 
     def check(self) -> list[str]:
         """Load and switch to whatever was promoted (or rolled back) since the last check; returns what changed."""
@@ -146,16 +150,16 @@ class ModelFollower:
         want = judge_v.id if judge_v else f"serving {chat_id}" if follows_chat and chat_id else None
         if want != self.served["judge"]:
             if judge_v is not None:
-                engine = self._load(judge_v.spec)
-            elif follows_chat and self.rt is not None:
-                engine = self.rt.engine
+                new = self._make(judge_v.spec, self.rt.engine if self.rt else None)
             elif follows_chat and chat is not None:
-                engine = self._load(chat.spec)
+                new = self._make("serving", self.rt.engine if self.rt is not None else self._load(chat.spec))
+                if isinstance(self.judge_configured, HeadJudge) and not isinstance(new, HeadJudge):
+                    new = self.judge_configured  # no head for the new model: the trained head judges on
             else:
-                engine = self.judge_configured
-            self.judge.engine, self.judge.judge_id = engine, engine.version
+                new = self.judge_configured
+            self.judge.current = new
             self.served["judge"] = want
-            changed.append(f"judge -> {judge_v.id if judge_v else engine.version}")
+            changed.append(f"judge -> {judge_v.id if judge_v else new.judge_id}")
         return changed
 
 

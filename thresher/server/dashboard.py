@@ -79,7 +79,7 @@ class _Cache:
         with self.lock:
             if self.figures is None or time.monotonic() - self.figures[0] > CACHE_SECONDS:
                 s = rt.settings
-                self.figures = (time.monotonic(), stats.collect(rt.store, s.data_dir, s.judge_threshold,
+                self.figures = (time.monotonic(), stats.collect(rt.store, s.data_dir, s.threshold(),
                                                                 s.quorum_approvals))
                 self.plots.clear()
             return self.figures[1]

@@ -1,21 +1,19 @@
-"""Training examples: chat examples from a file, a dataset build or the hub; judge examples from reviewers' verdicts
-and from contrast pairs; tokenisation with the base's chat template and a mask of the assistant's tokens.
+"""Training examples: chat examples from a file, a dataset build or the hub; judge rows from reviewers' verdicts and
+corrections (contrast rows are thresher.train.contrast's); tokenisation with the base's chat template and a mask of
+the assistant's tokens.
 
-Everything becomes OpenAI-style `messages` first (thresher.conversation's converters), so one tokeniser serves the
-chat model and the judge.
+Everything becomes OpenAI-style `messages` first (thresher.conversation's converters).
 """
 
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from thresher.conversation import FORMATS, InvalidConversation, from_format
-from thresher.judge import PREFIX, judge_messages, shorten
 
 SAMPLES = Path(__file__).parent / "samples"
 SAMPLE = "sample"  # the name of the Alpaca-format sample that ships with thresher
@@ -139,12 +137,7 @@ class JudgeRow:
     origin: str  # reviewer | contrast
     degradation: str = "none"
     source: str = ""  # the conversation it came from, for splitting without leakage
-    template: str = ""  # which degradation template made it, for held-out templates
-
-    def judge_example(self, fits: Any = None) -> list[dict[str, str]]:
-        """The judge's prompt for this conversation and the answer it should give."""
-        convo = self.messages if fits is None else shorten(self.messages, fits)[0]
-        return [*judge_messages(convo), {"role": "assistant", "content": f"{PREFIX}{self.rating}]]"}]
+    template: str = ""  # which wording spoiled it (evaluation uses wordings training never saw)
 
 
 def rows_from_verdicts(repo: Any, at: str = "HEAD") -> list[JudgeRow]:
@@ -171,24 +164,28 @@ def rows_from_verdicts(repo: Any, at: str = "HEAD") -> list[JudgeRow]:
     return rows
 
 
-def split_rows(rows: Sequence[JudgeRow], heldout: float, seed: int,
-               heldout_templates: frozenset[str] = frozenset()) -> tuple[list[JudgeRow], list[JudgeRow]]:
-    """Train and held-out rows. Whole source conversations go to one side (a degraded copy never tests what its
-    original taught), and every row made by a held-out template is held out, so the held-out set also measures
-    degradations worded in ways training never saw."""
-    def parts(r: JudgeRow) -> set[str]:  # a two-turn row made of two conversations has both as sources
-        return set(r.source.split("+"))
+def rows_from_corrections(repo: Any, at: str = "HEAD") -> list[JudgeRow]:
+    """Reviewers' corrections as pairs: the conversation as a reviewer left it (good) and as it was published (bad),
+    for files edited after publication whose assistant text changed."""
+    from thresher.dataset_repo import GitError
 
-    sources = sorted(set().union(*(parts(r) for r in rows))) if rows else []
-    random.Random(seed).shuffle(sources)
-    held = set(sources[: max(1, round(len(sources) * heldout))]) if heldout > 0 and len(sources) > 1 else set()
-    train, test = [], []
-    for r in rows:
-        if parts(r) <= held:
-            test.append(r)
-        elif not parts(r) & held and r.template not in heldout_templates:
-            train.append(r)
-        elif not parts(r) & held:
-            test.append(r)  # a held-out wording on a training source: still never trained on
-        # rows mixing held-out and training sources are left out of both
-    return train, test
+    try:
+        changed = repo.git("log", "--diff-filter=M", "--name-only", "--format=", at, "--", "conversations")
+    except GitError:
+        return []
+    rows = []
+    for path in sorted({p for p in changed.splitlines() if p.endswith(".json")}):
+        try:
+            first = repo.git("log", "--diff-filter=A", "--format=%H", at, "--", path).split()[-1]
+            now = json.loads(repo.git("show", f"{at}:{path}"))
+            before = json.loads(repo.git("show", f"{first}:{path}"))
+        except (GitError, IndexError, ValueError):
+            continue  # removed since, or not JSON: nothing to learn from
+        new = [{"role": m["role"], "content": m["content"]} for m in now.get("messages", [])]
+        old = [{"role": m["role"], "content": m["content"]} for m in before.get("messages", [])]
+        said = lambda ms: [m["content"] for m in ms if m["role"] == "assistant"]  # noqa: E731
+        if new and old and said(new) != said(old):
+            cid = now.get("id", path)
+            rows.append(JudgeRow(new, "good", GOOD_RATING, "correction", source=cid))
+            rows.append(JudgeRow(old, "bad", BAD_RATING, "correction", "corrected", source=cid))
+    return rows

