@@ -11,6 +11,7 @@ import pytest
 
 from thresher.conversation import Conversation, Message
 from thresher.curate import Deduplicator, iban_ok, luhn_ok, normalised_hash, scrub, scrub_text
+from thresher.store import Publication, Store
 
 # --- per type: what must go, and what must stay ---------------------------------------------------------------------
 
@@ -351,3 +352,31 @@ def test_distinct_conversations_are_kept_and_batch_duplicates_found() -> None:
     assert reasons[2] == f"exact duplicate of {a.id}"
     assert reasons[3] is not None and reasons[3].startswith(f"near duplicate of {b.id}")
     assert dedup.check_batch(fresh[:1]) == [None]  # the same conversation (same id) is not its own duplicate
+
+
+def test_the_store_index_finds_what_memory_finds(store: Store) -> None:
+    """Published conversations looked up in the store's index (hash and band rows, by SQL) give the same answers,
+    in the same order, as holding them all in memory: exact copies, near copies with a few to many words changed,
+    copies of candidates earlier in the batch, and distinct conversations."""
+    rng = random.Random(4)
+    published = [_conv(rng) for _ in range(150)]
+    candidates: list[Conversation] = []
+    for _ in range(200):
+        if rng.random() < 0.3:
+            candidates.append(_conv(rng))
+            continue
+        base = rng.choice(published + candidates)
+        words = base.messages[1].content.split()
+        for _ in range(rng.randint(0, 12)):
+            words[rng.randrange(len(words))] = rng.choice(VOCAB)
+        candidates.append(_with(base, [base.messages[0].content, " ".join(words)]))
+    for conv in published:
+        store.create(Conversation(id=conv.id, messages=conv.messages))
+    keys = Deduplicator()
+    store.set_publications([Publication(c.id, "published", dedup_hash=keys.keys(c)[0], minhash=keys.keys(c)[1])
+                            for c in published])
+    in_memory = Deduplicator(published).check_batch(candidates)
+    assert Deduplicator(index=store).check_batch(candidates) == in_memory
+    assert sum(r is not None and r.startswith("exact") for r in in_memory) > 10
+    assert sum(r is not None and r.startswith("near") for r in in_memory) > 30
+    assert sum(r is None for r in in_memory) > 50

@@ -56,7 +56,9 @@ def build(store: Store, data_dir: Path) -> dict[str, str]:
     one.root.mkdir(parents=True)
     one.mark("pinned", {"commit": "c0ffee" * 7, "parent": None})
     one.mark("data", {"approved": 6, "train": 4, "heldout": 2})
-    one.mark("judge", {"version": "judge-r1", "after_auc": 0.75, "gain": 0.25})
+    one.mark("judge", {"version": "judge-r1", "after_auc": 0.75, "gain": 0.25,
+                       "by_family": {"all": 0.75, "family:relevance": 0.61, "family:refusal": 0.93, "swap": 0.6,
+                                     "reviewers": 0.7}})
     one.mark("chat", {"version": "chat-r1"})
     one.mark("evaluated", {"win_rate": 0.6, "loss_ratio": 0.98})
     gate = Gate()
@@ -104,6 +106,7 @@ def test_figures_from_known_data(store: Store, tmp_path: Path) -> None:
         1, True, 6, 0.6, 0.98, 0.75, 0.25)
     assert (r1.chat_gate, r1.judge_gate, r1.promoted) == (True, False, ["chat-r1"])
     assert r1.reasons == ["judge: judge_gain -0.100 is not >= 0.0"]
+    assert r1.judge_families == {"relevance": 0.61, "refusal": 0.93, "reviewers": 0.7}
     assert (r2.n, r2.finished, r2.stages, r2.commit, r2.chat_gate) == (2, False, ["pinned"], "beef" * 10, None)
 
     by_id = {v.id: v for v in f.versions}
@@ -189,7 +192,8 @@ def test_public_dashboard_needs_the_admin_token(serve, settings) -> None:
         assert page.status_code == 200
         assert "script-src" not in page.headers["content-security-policy"]
         for text in ("judge@2", "chat-r2 ← chat-r1 ← base", "judge: judge_gain -0.100 is not &gt;= 0.0",
-                     "published, approved by reviewers", "running or stopped after pinned"):
+                     "published, approved by reviewers", "running or stopped after pinned",
+                     "by failure family", "<th scope=\"col\" class=\"n\">relevance</th>", "0.610"):
             assert text in page.text, text
         assert "No data yet" not in page.text
         for name in stats.PLOTS:

@@ -5,17 +5,21 @@ recovery, finishing after a crash, and the `thresher publish` command."""
 from __future__ import annotations
 
 import json
+import random
 import subprocess
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests_helpers import bare_remote, git, judged
 from typer.testing import CliRunner
 
 from thresher.cli import app
-from thresher.conversation import Conversation, Message
+from thresher.conversation import Conversation, Message, utcnow
 from thresher.dataset_repo import DatasetRepo
 from thresher.flywheel import publish
 from thresher.judge import Judgment
@@ -199,7 +203,11 @@ def test_publish_command(settings, tmp_path: Path, remote: Path, monkeypatch: py
     runner = CliRunner()
     result = runner.invoke(app, ["publish", "--data-dir", str(settings.data_dir)])
     assert result.exit_code == 0, result.output
-    assert "published 0, rejected 1" in result.output and "below the threshold 8" in result.output
+    from thresher.reward import Head, default_head_path
+
+    calibrated = Head.load(default_head_path()).threshold  # judge_threshold "auto": the shipped judge's
+    assert 6.5 < calibrated
+    assert "published 0, rejected 1" in result.output and f"below the threshold {calibrated:g}" in result.output
     # --min-score overrides the threshold for one run; the rejection above stands (decisions are kept).
     cid2 = judged(Store(settings.db_url), "Call me on +44 20 7946 0958 about glass.", "Glass is made from sand.",
                   6.5)
@@ -289,18 +297,126 @@ def test_git_stays_sound_after_sigkill_during_publish(tmp_path: Path, remote: Pa
     store.close()
 
 
+def _keys(store: Store) -> list[tuple[str, str | None, bytes | None, str | None]]:
+    from thresher.store import PublicationRow
+
+    t = PublicationRow.__table__
+    with store.engine.connect() as c:
+        return [tuple(r) for r in c.execute(sa.select(t.c.conversation_id, t.c.dedup_hash, t.c.minhash, t.c.path)
+                                            .where(t.c.state == "published").order_by(t.c.conversation_id))]
+
+
+def _bands(store: Store) -> dict[str, int]:
+    """Band rows in the near-duplicate index, by conversation."""
+    from thresher.store import DedupBandRow
+
+    t = DedupBandRow.__table__
+    with store.engine.connect() as c:
+        return dict(c.execute(sa.select(t.c.conversation_id, sa.func.count()).group_by(t.c.conversation_id)).all())
+
+
 def test_dedup_keys_are_kept_and_old_publications_backfilled(store: Store, tmp_path: Path, remote: Path) -> None:
+    from thresher.curate import BANDS
+    from thresher.store import DedupBandRow, PublicationRow
+
     a = judged(store, "How do owls see at night?", "Owls have large eyes with many rod cells.", 9.0)
     repo = DatasetRepo(tmp_path / "clone", str(remote)).open()
     publish(store, repo, threshold=8.0)
-    ((cid, h, sig, path),) = store.dedup_keys()
+    ((cid, h, sig, path),) = _keys(store)
     assert cid == a and len(h) == 64 and sig and len(sig) % 128 == 0  # one hash value per permutation
+    assert _bands(store) == {a: BANDS}
     # A publication made before keys were kept: the next run reads its file once and stores its keys.
-    from thresher.store import PublicationRow
-
     with store.engine.begin() as c:
+        c.execute(sa.delete(DedupBandRow.__table__))
         c.execute(PublicationRow.__table__.update().values(dedup_hash=None, minhash=None))
     b = judged(store, "How do owls see at night?", "Owls have  LARGE eyes with many rod cells.", 9.0)
     report = publish(store, repo, threshold=8.0)
     assert report.rejected[b] == f"exact duplicate of {a}"
-    assert store.dedup_keys() == [(a, h, sig, path)]
+    assert _keys(store) == [(a, h, sig, path)] and _bands(store) == {a: BANDS}
+    # ... and is in the near-duplicate index too.
+    words = ("Owls have large eyes with many rod cells, and their eyes are tubes that do not move in their "
+             "sockets, so owls turn their heads to look around; a few species hunt in full daylight.")
+    with store.engine.begin() as c:
+        c.execute(sa.delete(DedupBandRow.__table__))
+        c.execute(PublicationRow.__table__.update().values(dedup_hash=None, minhash=None))
+    c1 = judged(store, "How do owls see at night and in daylight?", words, 9.0)
+    assert publish(store, repo, threshold=8.0).published == [c1]
+    with store.engine.begin() as c:
+        c.execute(sa.delete(DedupBandRow.__table__))
+        c.execute(PublicationRow.__table__.update().values(dedup_hash=None, minhash=None))
+    near = judged(store, "How do owls see at night and in daylight?", words.replace("a few", "some"), 9.0)
+    report = publish(store, repo, threshold=8.0)
+    assert report.rejected[near].startswith(f"near duplicate of {c1} (jaccard ~0.")
+    assert set(_bands(store)) == {a, c1}  # the rejected copy is not in the index
+
+
+def test_a_takedown_leaves_the_dedup_index(store: Store, tmp_path: Path, remote: Path) -> None:
+    """A conversation taken down no longer counts: a copy of it submitted again is no duplicate (exact or near)."""
+    from thresher.flywheel import takedown
+
+    text = ("Bread rises because yeast eats sugar and breathes out carbon dioxide, which the gluten in the dough "
+            "traps as bubbles; the heat of the oven then sets them.")
+    first = judged(store, "Why does bread rise?", text, 9.0)
+    repo = DatasetRepo(tmp_path / "clone", str(remote)).open()
+    assert publish(store, repo, threshold=8.0).published == [first]
+    copy = judged(store, "Why does bread rise?", text, 9.0)
+    near = judged(store, "Why does bread rise?", text.replace("the heat", "the great heat"), 9.0)
+    report = publish(store, repo, threshold=8.0)
+    assert report.rejected[copy] == f"exact duplicate of {first}"
+    assert report.rejected[near].startswith(f"near duplicate of {first}")
+    assert set(_bands(store)) == {first}
+
+    takedown(store, repo, first, "asked by its owner")
+    assert _bands(store) == {}
+    again = judged(store, "Why does bread rise?", text, 9.0)
+    assert publish(store, repo, threshold=8.0).published == [again]
+    assert set(_bands(store)) == {again}
+
+
+def test_a_publish_call_does_not_read_every_publication(store: Store, tmp_path: Path, remote: Path) -> None:
+    """The store work of publishing one conversation stays the same whether 20 or 620 are published: counted in
+    SQLite's virtual-machine steps, which grow with every row a query reads (reading all publications, or all
+    judgments, would add thousands)."""
+    if not store.url.startswith("sqlite"):
+        pytest.skip("counts SQLite's virtual-machine steps")
+    rng = random.Random(7)
+    vocab = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(3, 9))) for _ in range(2000)]
+    repo = DatasetRepo(tmp_path / "clone", str(remote)).open()
+
+    def grow(n: int) -> None:
+        for _ in range(n):
+            judged(store, " ".join(rng.choices(vocab, k=20)), " ".join(rng.choices(vocab, k=60)), 9.0)
+
+    steps = [0]
+
+    def tick() -> int:
+        steps[0] += 1
+        return 0  # go on
+
+    def count(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        dbapi_conn.set_progress_handler(tick, 10)
+
+    def steps_of_one_publish() -> int:
+        grow(1)
+        store.engine.dispose()  # every connection is checked out afresh, and counted
+        sa.event.listen(store.engine, "checkout", count)
+        steps[0] = 0
+        try:
+            assert len(publish(store, repo, threshold=8.0).published) == 1
+        finally:
+            sa.event.remove(store.engine, "checkout", count)
+        return steps[0]
+
+    def publish_earlier(n: int) -> None:  # published days ago, as a dataset grows: not in today's count
+        from thresher.store import PublicationRow
+
+        grow(n)
+        assert len(publish(store, repo, threshold=8.0).published) == n
+        with store.engine.begin() as c:
+            c.execute(PublicationRow.__table__.update().values(created_at=utcnow() - timedelta(days=3)))
+
+    publish_earlier(20)
+    small = steps_of_one_publish()
+    publish_earlier(600)
+    large = steps_of_one_publish()
+    assert large < 1.3 * small, (small, large)

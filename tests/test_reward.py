@@ -21,7 +21,6 @@ from thresher.reward import (
     default_head_path,
     features,
     fit_head,
-    fit_logistic,
     head_prompt,
     rationale,
 )
@@ -61,7 +60,7 @@ class HiddenEngine(ScriptedEngine):
 
 def _text_head(convs, labels) -> Head:
     return fit_head(features(convs, None, encoder=False), labels, {"encoder": False, "hidden": False}, "none",
-                    "none", l2=1.0)
+                    "none")
 
 
 def _rows() -> tuple[list, list[str]]:
@@ -75,16 +74,6 @@ def _rows() -> tuple[list, list[str]]:
                   [q, {"role": "assistant", "content": good["content"][: rng.randint(20, 40)].rstrip(" .")}]]
         labels += ["good", "bad", "bad"]
     return convs, labels
-
-
-def test_logistic_regression_separates_what_is_separable() -> None:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(200, 3))
-    y = (x[:, 0] - 2 * x[:, 1] > 0).astype(float)
-    beta = fit_logistic(x, y, l2=0.1)
-    pred = (x @ beta[:-1] + beta[-1]) > 0
-    assert (pred == y.astype(bool)).mean() > 0.97
-    assert beta[0] > 0 > beta[1]
 
 
 def test_a_head_ranks_its_training_failures_and_round_trips_through_its_file(tmp_path: Path) -> None:
@@ -207,8 +196,24 @@ def test_the_shipped_head_ranks_real_answers_above_their_spoiled_copies(embedded
     assert wins > 0.8, (good, bad)
 
 
-def test_features_are_one_row_per_conversation() -> None:
-    f = Features(np.zeros((3, len(NAMES))), None, None)
-    assert f.matrix({"encoder": False, "hidden": False}).shape == (3, len(NAMES))
-    with pytest.raises(HeadError):
-        f.matrix({"encoder": True})
+def test_a_head_refuses_features_it_was_not_made_for() -> None:
+    convs, labels = _rows()
+    head = _text_head(convs, labels)
+    f = features(convs[:3], None, encoder=False)
+    narrow = Features(f.signals[:, :-1], None, None)
+    with pytest.raises(HeadError, match="another version of thresher"):
+        head.logits(narrow)
+    hidden_head = Head(**{**head.__dict__, "use": {"hidden": True}})
+    with pytest.raises(HeadError, match="hidden states"):
+        hidden_head.logits(f)
+
+
+def test_the_threshold_lets_at_most_one_bad_row_in_ten_through() -> None:
+    from thresher.train.judge import choose_threshold
+
+    bad = [1.0 + i * 0.4 for i in range(20)]  # 1.0 ... 8.6
+    good = [6.0, 7.0, 8.0, 9.0, 9.5]
+    threshold, accept_good, accept_bad = choose_threshold(bad + good, ["bad"] * 20 + ["good"] * 5)
+    assert sum(b >= threshold for b in bad) <= 2 and accept_bad <= 0.1
+    assert threshold == pytest.approx((7.8 + 8.2) / 2) and accept_good == 0.6  # no row sits on it
+    assert choose_threshold([2.0, 3.0], ["good", "good"]) == (7.0, 0.0, 0.0)  # nothing to choose from

@@ -19,7 +19,7 @@ def test_migrate_blank_database_creates_columns(store: Store) -> None:
     msg_cols = {c["name"] for c in insp.get_columns("messages")}
     assert {"conversation_id", "position", "role", "content", "status", "finish_reason"} <= msg_cols
     with store.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0006"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0007"
     assert {"parent_id"} <= msg_cols and "head_id" in conv_cols
     assert {"message_id", "conversation_id", "rating", "reason"} <= {c["name"] for c in insp.get_columns("feedback")}
     judgment_cols = {c["name"] for c in insp.get_columns("judgments")}
@@ -257,3 +257,79 @@ def test_feedback_delete_and_the_owners_list(store: Store) -> None:
                          {"c": conv.id}).scalar() == 0
     published = store.create(Conversation(messages=[Message("user", "y")], owner_hash="o1", status="published"))
     assert store.delete(published.id) is False and store.get(published.id)
+
+
+def _signature(text: str) -> tuple[str, bytes]:
+    from thresher.curate import Deduplicator
+
+    return Deduplicator().keys(Conversation(messages=[Message("user", text)]))
+
+
+def _band_rows(store: Store) -> dict[str, int]:
+    with store.engine.connect() as c:
+        return dict(c.execute(sa.text("SELECT conversation_id, count(*) FROM dedup_bands GROUP BY conversation_id"))
+                    .all())
+
+
+def test_the_dedup_index_follows_publication_states(store: Store) -> None:
+    """Band rows exist exactly for publications accepted or published with a signature: a takedown, a withdrawn
+    consent or a deleted conversation takes them out."""
+    from thresher.curate import BANDS, band_keys
+    from thresher.store import Publication
+
+    convs = [store.create(Conversation(messages=[Message("user", f"question {i}")])) for i in range(3)]
+    keys = [_signature(text) for text in ("why do rivers meander across flat plains", "what pulls the tides twice a "
+                                          "day", "how far away is the moon from the earth")]
+    store.set_publications([Publication(c.id, "accepted", dedup_hash=h, minhash=sig)
+                            for c, (h, sig) in zip(convs, keys, strict=True)])
+    assert _band_rows(store) == {c.id: BANDS for c in convs}
+    store.set_publications([Publication(c.id, "published", commit_sha="abc") for c in convs])  # keys are kept
+    assert _band_rows(store) == {c.id: BANDS for c in convs}
+    h, sig = keys[0]
+    assert store.dedup_by_hash([h, "0" * 64]) == {h: convs[0].id}
+    found = store.dedup_by_band(band_keys(sig))
+    assert {cid for _, cid, _ in found} == {convs[0].id} and all(s == sig for *_, s in found)
+
+    store.set_publication(Publication(convs[0].id, "taken_down", "asked by its owner"))
+    store.set_publication(Publication(convs[1].id, "rejected", "owner withdrew consent"))
+    assert _band_rows(store) == {convs[2].id: BANDS}
+    assert store.dedup_by_hash([h]) == {} and store.dedup_by_band(band_keys(sig)) == []
+
+    fresh = store.create(Conversation(messages=[Message("user", "another")]))
+    store.set_publication(Publication(fresh.id, "accepted", dedup_hash=h, minhash=sig))  # a copy, being published
+    assert store.dedup_by_hash([h]) == {h: fresh.id}
+    assert store.delete(fresh.id) is True  # accepted is not locked yet: its owner may still delete it
+    assert _band_rows(store) == {convs[2].id: BANDS}
+
+
+def test_migration_0007_indexes_the_signatures_already_kept(store_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from thresher.curate import BANDS
+    from thresher.store import MIGRATIONS
+
+    st = Store(store_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with st.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0006")
+    now = utcnow()
+    h, sig = _signature("how do owls see at night with such large eyes")
+    with st.engine.begin() as conn:
+        for cid, state, keys in (("C1", "published", (h, sig)), ("C2", "published", (None, None)),
+                                 ("C3", "taken_down", (h, sig)), ("C4", "rejected", (None, None))):
+            conn.execute(sa.text(
+                "INSERT INTO conversations (id, created_at, updated_at, status, publish_allowed, licence, source)"
+                " VALUES (:c, :t, :t, :s, false, 'CC0', 'web')"), {"c": cid, "t": now, "s": state})
+            conn.execute(sa.text(
+                "INSERT INTO publications (conversation_id, state, pushed, dedup_hash, minhash, created_at, updated_at)"
+                " VALUES (:c, :s, true, :h, :m, :t, :t)"), {"c": cid, "s": state, "h": keys[0], "m": keys[1], "t": now})
+    st.migrate()
+    assert _band_rows(st) == {"C1": BANDS}
+    assert st.missing_dedup_keys() == [("C2", None)]  # left for publishing to backfill from its file
+    insp = sa.inspect(st.engine)
+    assert {"ix_publications_dedup_hash", "ix_publications_recent", "ix_publications_unpushed"} <= {
+        i["name"] for i in insp.get_indexes("publications")}
+    st.close()

@@ -103,7 +103,7 @@ def _load_judge(s: Any, spec: str | None, threshold: float | None, rationale: st
     try:
         with err.status(f"Loading judge {spec} …"):
             serving = None
-            if spec == "serving":
+            if spec in ("serving", "rating:serving"):
                 from thresher.engines import load
 
                 serving = load(s.model, n_ctx=s.n_ctx, n_threads=s.n_threads)
@@ -122,8 +122,9 @@ def _progress() -> Any:
 
 
 JudgeSpec = Annotated[str | None, typer.Option("--judge", help="A judge directory written by `thresher train "
-                                                               "judge`, or an engine spec [default: the `judge` "
-                                                               "setting: the serving model with its shipped head].")]
+                                                               "judge`, an engine spec, or rating:SPEC (the rubric "
+                                                               "prompt) [default: the `judge` setting: the serving "
+                                                               "model with its shipped head].")]
 Threshold = Annotated[float | None, typer.Option(help="Acceptance threshold, 1-10 [default: the judge's calibrated "
                                                       "threshold].")]
 
@@ -824,8 +825,8 @@ def train_judge_cmd(
         f"{k.removeprefix('family:')} {fmt(v)}" for k, v in report.auc_after.items() if k.startswith("family:")))
     typer.echo("AUC by kind: " + ", ".join(f"{k} {fmt(v)}" for k, v in report.auc_after.items()
                                            if k != "all" and not k.startswith("family:")))
-    typer.echo(f"threshold chosen on held-out rows: {report.threshold:g} (balanced accuracy "
-               f"{report.balanced_accuracy:.3f})")
+    typer.echo(f"threshold chosen on held-out rows: {report.threshold:g}: it accepts {report.accept_good:.0%} of "
+               f"the good rows and {report.accept_bad:.0%} of the bad ones")
     typer.echo(f"judge: {out / 'judge.json'}; report: {out / 'judge_eval.json'}; plot: {out / 'heldout_scores.png'}")
     typer.echo(f"use it: thresher judge FILE --judge {out}   or   judge = \"{out}\" in thresher.toml")
 

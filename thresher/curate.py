@@ -7,24 +7,23 @@ here is a regular expression plus a validator written in this module: it runs of
 enough to run on every conversation. Person names need a model; an operator may pass one in as `name_finder`.
 
 `Deduplicator` finds exact duplicates (hash of lower-cased, whitespace-collapsed roles and contents) and near
-duplicates (MinHash LSH over word 3-grams) against already-published conversations and within a batch.
+duplicates (MinHash LSH over word 3-grams) against already-published conversations and within a batch; the published
+ones' keys (hash, signature, band keys) live in the store and are looked up there, so no run re-reads the dataset.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from thresher.conversation import Conversation, messages_hash
 from thresher.judge import Judgment
-
-if TYPE_CHECKING:
-    from datasketch import MinHash
 
 # A person-name finder, only ever supplied by the operator (e.g. a local NER model loaded from a path they chose):
 # given a text, it returns the (start, end) character spans of names. thresher never downloads one.
@@ -362,83 +361,135 @@ def _shingles(conv: Conversation, n: int = 3) -> set[bytes]:
     return {" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)}
 
 
+# MinHash over 128 permutations, cut into 14 bands of 9 values: what datasketch's MinHashLSH chooses for a threshold
+# of 0.7. The band keys are stored with each publication (`Store.dedup_by_band`), so the banding is fixed here, not
+# derived from the threshold: changing it means a migration that recomputes every publication's keys.
+NUM_PERM, BANDS, ROWS = 128, 14, 9
+
+
+def band_keys(signature: bytes) -> list[int]:
+    """The LSH keys of a MinHash signature (its 128 hash values' bytes): per band, its number and values hashed to a
+    signed 64-bit integer (what SQL stores everywhere). Conversations sharing a key are candidate near duplicates."""
+    if not signature or len(signature) % NUM_PERM:
+        return []
+    width = ROWS * (len(signature) // NUM_PERM)
+    return [int.from_bytes(hashlib.blake2b(bytes([i]) + signature[i * width:(i + 1) * width], digest_size=8)
+                           .digest(), "big", signed=True) for i in range(BANDS)]
+
+
+class DedupIndex(Protocol):
+    """The published conversations' dedup keys, kept and looked up outside memory: the store implements it."""
+
+    def dedup_by_hash(self, hashes: Sequence[str]) -> dict[str, str]:
+        """For each of these normalised hashes that a published conversation has, the earliest such id."""
+        ...
+
+    def dedup_by_band(self, bands: Sequence[int]) -> list[tuple[int, str, bytes]]:
+        """(band key, id, signature) of every published conversation with one of these band keys."""
+        ...
+
+
 class Deduplicator:
     """Exact and near-duplicate detection against a growing set of conversations.
 
-    Seed it with what is already published, then `check_batch` the candidates: each candidate is compared with the
-    seeds and with the candidates before it, and those that are not duplicates join the set (as if published).
-    Compare scrubbed conversations with scrubbed ones, so that placeholders match placeholders. The default threshold
+    Seed it with what is already published, or give it the `index` (the store) that holds the keys of everything
+    published, then `check_batch` the candidates: each candidate is compared with the published conversations and
+    with the candidates before it, and those that are not duplicates join the set (as if published). With an index
+    only what was added since is held in memory, and `prefetch` looks a whole batch up in a few queries. Compare
+    scrubbed conversations with scrubbed ones, so that placeholders match placeholders. The default threshold
     (estimated Jaccard similarity of word 3-grams >= 0.7) flags a 100-word conversation with three words changed."""
 
     def __init__(
-        self, published: Iterable[Conversation] = (), *, threshold: float = 0.7, num_perm: int = 128
+        self, published: Iterable[Conversation] = (), *, threshold: float = 0.7, index: DedupIndex | None = None
     ) -> None:
-        from datasketch import MinHashLSH  # heavy (numpy, scipy): only curation pays for it
-
-        self.threshold, self.num_perm = threshold, num_perm
-        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-        self._hashes: dict[str, str] = {}  # normalised hash -> id
-        self._minhashes: dict[str, MinHash] = {}
+        self.threshold, self.index = threshold, index
+        self._added: set[str] = set()
+        self._hashes: dict[str, str] = {}  # normalised hash -> id, of what was added here
+        self._bands: dict[int, list[str]] = {}  # band key -> ids, of what was added here
+        self._found_hashes: dict[str, str] = {}  # the same two, of what the index answered
+        self._found_bands: dict[int, list[str]] = {}
+        self._asked_hashes: set[str] = set()
+        self._asked_bands: set[int] = set()
+        self._signatures: dict[str, Any] = {}  # id -> MinHash values (numpy), added here or found in the index
+        self._computed: dict[str, tuple[Conversation, str, Any, list[int]]] = {}  # id -> (conv, hash, values, bands)
         self._template: Any = None
-        self._last: tuple[Conversation, Any] | None = None  # duplicate_of's signature, for the add() after it
         for conv in published:
             self.add(conv)
 
-    def _minhash(self, conv: Conversation) -> MinHash:
-        from datasketch import MinHash
+    def _keys_of(self, conv: Conversation) -> tuple[str, Any, list[int]]:
+        entry = self._computed.get(conv.id)
+        if entry is None or entry[0] is not conv:  # each conversation's MinHash is computed once
+            from datasketch import MinHash  # heavy (numpy, scipy): only curation pays for it
 
-        if self._template is None:  # computing the permutations is most of a MinHash's set-up: do it once
-            self._template = MinHash(num_perm=self.num_perm, seed=1)
-        mh = MinHash(num_perm=self.num_perm, seed=1, permutations=self._template.permutations,
-                     scheme=self._template.scheme)
-        mh.update_batch(sorted(_shingles(conv)))
-        return mh
+            if self._template is None:  # computing the permutations is most of a MinHash's set-up: do it once
+                self._template = MinHash(num_perm=NUM_PERM, seed=1)
+            mh = MinHash(num_perm=NUM_PERM, seed=1, permutations=self._template.permutations,
+                         scheme=self._template.scheme)
+            mh.update_batch(sorted(_shingles(conv)))
+            entry = (conv, normalised_hash(conv), mh.hashvalues, band_keys(mh.hashvalues.tobytes()))
+            self._computed[conv.id] = entry
+        return entry[1], entry[2], entry[3]
+
+    def prefetch(self, convs: Sequence[Conversation]) -> None:
+        """Look up in the index, in a few queries, what checking these conversations needs."""
+        if self.index is None:
+            return
+        import numpy as np
+
+        hashes, bands = set(), set()
+        for conv in convs:
+            h, _, keys = self._keys_of(conv)
+            hashes.add(h)
+            bands.update(keys)
+        hashes -= self._asked_hashes
+        bands -= self._asked_bands
+        if hashes:
+            self._found_hashes.update(self.index.dedup_by_hash(sorted(hashes)))
+            self._asked_hashes |= hashes
+        if bands:
+            dtype = self._template.hashvalues.dtype
+            for band, cid, signature in self.index.dedup_by_band(sorted(bands)):
+                if len(signature) == NUM_PERM * dtype.itemsize:
+                    self._found_bands.setdefault(band, []).append(cid)
+                    self._signatures.setdefault(cid, np.frombuffer(signature, dtype=dtype))
+            self._asked_bands |= bands
 
     def add(self, conv: Conversation) -> None:
-        if conv.id in self._minhashes:
+        if conv.id in self._added:
             return
-        self._hashes.setdefault(normalised_hash(conv), conv.id)
-        # duplicate_of has usually just computed this signature for the same object
-        mh = self._last[1] if self._last is not None and self._last[0] is conv else self._minhash(conv)
-        self._last = None
-        self._lsh.insert(conv.id, mh)
-        self._minhashes[conv.id] = mh
-
-    def add_keys(self, conv_id: str, norm_hash: str, signature: bytes) -> None:
-        """Remember a conversation by its stored keys (see `keys`), without its text: ~25 µs instead of ~400."""
-        import numpy as np
-        from datasketch import MinHash
-
-        if conv_id in self._minhashes:
-            return
-        if self._template is None:
-            self._template = MinHash(num_perm=self.num_perm, seed=1)
-        mh = MinHash(num_perm=self.num_perm, seed=1, permutations=self._template.permutations,
-                     scheme=self._template.scheme,
-                     hashvalues=np.frombuffer(signature, dtype=self._template.hashvalues.dtype).copy())
-        self._hashes.setdefault(norm_hash, conv_id)
-        self._lsh.insert(conv_id, mh)
-        self._minhashes[conv_id] = mh
+        h, values, bands = self._keys_of(conv)
+        self._added.add(conv.id)
+        self._hashes.setdefault(h, conv.id)
+        for band in bands:
+            self._bands.setdefault(band, []).append(conv.id)
+        self._signatures[conv.id] = values
 
     def keys(self, conv: Conversation) -> tuple[str, bytes]:
-        """The keys to store for a remembered conversation: its normalised hash and MinHash signature bytes."""
-        return normalised_hash(conv), self._minhashes[conv.id].hashvalues.tobytes()
+        """The keys to store for a conversation: its normalised hash and MinHash signature bytes."""
+        h, values, _ = self._keys_of(conv)
+        return h, values.tobytes()
 
     def duplicate_of(self, conv: Conversation) -> str | None:
         """Why `conv` is a duplicate ("exact duplicate of ID" / "near duplicate of ID (jaccard ~0.91)"), or None."""
-        exact = self._hashes.get(normalised_hash(conv))
+        import numpy as np
+
+        self.prefetch([conv])  # a no-op when the batch was prefetched
+        h, values, bands = self._keys_of(conv)
+        exact = self._found_hashes.get(h) or self._hashes.get(h)
         if exact is not None and exact != conv.id:
             return f"exact duplicate of {exact}"
-        mh = self._minhash(conv)
-        self._last = (conv, mh)
-        # LSH gives candidates; the estimated Jaccard similarity decides (LSH alone has false positives).
-        best = max(((mh.jaccard(self._minhashes[k]), k) for k in self._lsh.query(mh) if k != conv.id), default=None)
+        # Sharing a band makes a candidate; the estimated Jaccard similarity decides (bands have false positives).
+        candidates = {k for b in bands for k in (*self._found_bands.get(b, ()), *self._bands.get(b, ()))}
+        candidates.discard(conv.id)
+        best = max(((np.count_nonzero(values == self._signatures[k]) / NUM_PERM, k) for k in candidates),
+                   default=None)
         if best is not None and best[0] >= self.threshold:
             return f"near duplicate of {best[1]} (jaccard ~{best[0]:.2f})"
         return None
 
     def check_batch(self, convs: Sequence[Conversation]) -> list[str | None]:
         """For each conversation, in order: None (kept, and remembered) or the reason it is a duplicate."""
+        self.prefetch(convs)
         reasons = []
         for conv in convs:
             reason = self.duplicate_of(conv)

@@ -119,27 +119,20 @@ def _publish(store: Store, repo: DatasetRepo, threshold: float, daily_cap: int) 
     except GitError as e:
         log.warning("could not pull the dataset (publishing locally, pushing later): %s", e)
 
-    # Seed the de-duplicator from the keys stored with each publication; read a file only for publications made
-    # before keys were kept, and store theirs, so no later run reads it again.
-    dedup = Deduplicator()
-    backfill: list[tuple[str, str, bytes]] = []
-    for cid, norm_hash, signature, path in store.dedup_keys():
-        if norm_hash and signature:
-            dedup.add_keys(cid, norm_hash, signature)
-        elif path and (repo.path / path).exists():
-            rec = repo.read(path)
-            old = Conversation(id=rec["id"], messages=[Message(m["role"], m["content"]) for m in rec["messages"]])
-            dedup.add(old)
-            backfill.append((cid, *dedup.keys(old)))
-    store.set_dedup_keys(backfill)
+    # Duplicates are looked up in the store's index of what is published, a batch at a time: no run reads all of it.
+    _backfill_dedup_keys(store, repo)
+    dedup = Deduplicator(index=store)
 
     room = max(0, daily_cap - store.published_since(utcnow() - timedelta(days=1)))
+    screened = []
+    for conv, judgment in store.undecided():
+        clean, counts = scrub(conv)
+        screened.append((conv, judgment, rejection(conv, judgment, threshold), clean, counts))
+    dedup.prefetch([clean for _c, _j, reason, clean, _n in screened if reason is None])
     batch: list[tuple[Conversation, Judgment, Conversation, str | None, Counter[str]]] = []
     rejected: list[Publication] = []
     keys: dict[str, tuple[str, bytes]] = {}
-    for conv, judgment in store.undecided():
-        reason = rejection(conv, judgment, threshold)
-        clean, counts = scrub(conv)
+    for conv, judgment, reason, clean, counts in screened:
         if reason is None:
             reason = dedup.duplicate_of(clean)
         if reason is not None:
@@ -215,6 +208,23 @@ def _publish(store: Store, repo: DatasetRepo, threshold: float, daily_cap: int) 
     if report.pii:
         log.info("scrubbed personal data: %s", ", ".join(f"{k} {v}" for k, v in sorted(report.pii.items())))
     return report
+
+
+def _backfill_dedup_keys(store: Store, repo: DatasetRepo) -> None:
+    """Store the dedup keys of publications made before keys were kept (and so index them), reading each one's file
+    once, a page at a time (a run killed midway keeps the pages done): the first run after the upgrade does it; later
+    runs find none in one index lookup. A file gone from the clone is skipped."""
+    after = ""
+    while rows := store.missing_dedup_keys(after):
+        dedup = Deduplicator()  # a fresh one per page: it keeps what it hashed
+        keys: list[tuple[str, str, bytes]] = []
+        for cid, path in rows:
+            if path and (repo.path / path).exists():
+                rec = repo.read(path)
+                old = Conversation(id=rec["id"], messages=[Message(m["role"], m["content"]) for m in rec["messages"]])
+                keys.append((cid, *dedup.keys(old)))
+        store.set_dedup_keys(keys)
+        after = rows[-1][0]
 
 
 @dataclass

@@ -356,7 +356,8 @@ def make_judge(spec: str, serving: Engine | None = None, *, threshold: float | s
       else it rates with the rubric prompt;
     - a head (a directory written by `thresher train judge`): that head over the engine it was trained on (the
       serving engine when the weights are the same, so the model is not loaded twice);
-    - any other engine spec: that engine, with its shipped head if there is one, else the rubric prompt.
+    - any other engine spec: that engine, with its shipped head if there is one, else the rubric prompt;
+    - `rating:SPEC`: the rubric prompt on that engine (or on the serving one, `rating:serving`), head or not.
     `threshold` "auto" takes the head's calibrated threshold (8 for the rubric prompt); a number overrides."""
     from thresher.engines import load
     from thresher.reward import Head, HeadJudge
@@ -370,6 +371,12 @@ def make_judge(spec: str, serving: Engine | None = None, *, threshold: float | s
         else:
             engine = load(head.engine_spec, n_ctx=n_ctx, n_threads=n_threads)
         return HeadJudge(engine, head, number, rationale)
+    if spec.startswith("rating:"):  # the rubric prompt on this engine, even where a head exists
+        target = spec.removeprefix("rating:")
+        engine = serving if target == "serving" and serving is not None else load(target, n_ctx=n_ctx,
+                                                                                   n_threads=n_threads)
+        return Judge(engine, threshold=DEFAULT_THRESHOLD if number is None else number, rationale=rationale,
+                     context_tokens=n_ctx)
     if spec == "serving":
         if serving is None:
             raise ValueError("judge = 'serving' needs the serving engine")

@@ -93,6 +93,8 @@ class Round:
     loss_ratio: float | None = None
     judge_auc: float | None = None
     judge_gain: float | None = None
+    # the judge's held-out AUC by failure family ("relevance", ...) and against reviewers' verdicts ("reviewers")
+    judge_families: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -224,7 +226,9 @@ def read_rounds(root: Path, problems: list[str] | None = None) -> list[Round]:
                   chat_version=chat.get("version"), judge_version=judge.get("version"),
                   win_rate=ev.get("win_rate"), loss_ratio=ev.get("loss_ratio"),
                   judge_auc=judge.get("after_auc"), judge_gain=judge.get("gain"),
-                  promoted=list(record.get("promoted") or []))
+                  promoted=list(record.get("promoted") or []),
+                  judge_families={k.removeprefix("family:"): v for k, v in (judge.get("by_family") or {}).items()
+                                  if k.startswith("family:") or k == "reviewers"})
         for kind in ("chat", "judge"):
             g = gated.get(kind)
             if isinstance(g, dict):

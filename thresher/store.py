@@ -7,7 +7,7 @@ Alembic migrations in `thresher/migrations`, applied by `Store.migrate()`. Metho
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +20,7 @@ from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
     Session,
+    aliased,
     mapped_column,
     relationship,
     selectinload,
@@ -140,7 +141,8 @@ class PublicationRow(Base):
         sa.ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
     )
     # accepted (chosen, file not committed yet) | published (committed) | rejected (with the reason, kept)
-    state: Mapped[str] = mapped_column(sa.String(16), index=True)
+    # | taken_down
+    state: Mapped[str] = mapped_column(sa.String(16))
     reason: Mapped[str | None] = mapped_column(sa.Text())
     path: Mapped[str | None] = mapped_column(sa.String(200))
     commit_sha: Mapped[str | None] = mapped_column(sa.String(64))
@@ -153,6 +155,33 @@ class PublicationRow(Base):
     minhash: Mapped[bytes | None] = mapped_column(sa.LargeBinary())
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+    # Each publishing run looks up only its own few rows: by content hash (exact duplicates; also the publications
+    # still without keys), the day's count against the cap, and what is not pushed yet.
+    __table_args__ = (
+        sa.Index("ix_publications_dedup_hash", "dedup_hash", "state", "conversation_id"),
+        sa.Index("ix_publications_recent", "state", "created_at"),
+        sa.Index("ix_publications_unpushed", "state", "pushed", "created_at"),
+    )
+
+
+# Publication states whose conversations new ones must not duplicate: those in the dataset and those on their way.
+DEDUP_STATES = ("accepted", "published")
+
+
+class DedupBandRow(Base):
+    """The near-duplicate index: one row per LSH band of each publication in `DEDUP_STATES` that has a MinHash
+    signature (`thresher.curate.band_keys`); candidates are the publications sharing a band key. `_set_publications`
+    keeps it in step with their states: a takedown or a withdrawn consent takes a publication out."""
+
+    __tablename__ = "dedup_bands"
+
+    band_hash: Mapped[int] = mapped_column(sa.BigInteger(), primary_key=True, autoincrement=False)
+    conversation_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("publications.conversation_id", ondelete="CASCADE"), primary_key=True
+    )
+
+    __table_args__ = (sa.Index("ix_dedup_bands_conversation", "conversation_id"), {"sqlite_with_rowid": False})
 
 
 @dataclass
@@ -542,7 +571,7 @@ class Store:
             if row.status in LOCKED:
                 return False
             # Explicit deletes, not only ON DELETE CASCADE: SQLite enforces it only with foreign_keys on.
-            for table in (FeedbackRow, JudgmentRow, PublicationRow, ReviewRow, CorrectionRow):
+            for table in (FeedbackRow, JudgmentRow, DedupBandRow, PublicationRow, ReviewRow, CorrectionRow):
                 s.execute(sa.delete(table).where(table.conversation_id == conv_id))  # type: ignore[attr-defined]
             s.delete(row)
             return True
@@ -761,20 +790,18 @@ class Store:
     # -- publications ----------------------------------------------------------------------------------------
 
     def undecided(self, limit: int = 1000) -> list[tuple[Conversation, Judgment]]:
-        """Judged conversations that curation has not decided on yet, each with its latest judgment."""
+        """Judged conversations that curation has not decided on yet, each with its latest judgment. Reads only
+        conversations waiting (ended or judged: a decision moves a conversation out of both), never the decided."""
         with self.session() as s:
-            decided = sa.select(PublicationRow.conversation_id)
-            latest = (
-                sa.select(JudgmentRow.conversation_id, sa.func.max(JudgmentRow.id).label("jid"))
-                .group_by(JudgmentRow.conversation_id)
-                .subquery()
-            )
+            j = aliased(JudgmentRow)
+            latest = (sa.select(sa.func.max(j.id)).where(j.conversation_id == ConversationRow.id)
+                      .correlate(ConversationRow).scalar_subquery())
+            decided = sa.exists().where(PublicationRow.conversation_id == ConversationRow.id)
             stmt = (
                 sa.select(ConversationRow, JudgmentRow)
                 .options(selectinload(ConversationRow.messages))
-                .join(latest, latest.c.conversation_id == ConversationRow.id)
-                .join(JudgmentRow, JudgmentRow.id == latest.c.jid)
-                .where(ConversationRow.id.not_in(decided), JudgmentRow.status != "failed")
+                .join(JudgmentRow, JudgmentRow.id == latest)
+                .where(ConversationRow.status.in_(("ended", "judged")), ~decided, JudgmentRow.status != "failed")
                 .order_by(ConversationRow.ended_at, ConversationRow.id)
                 .limit(limit)
             )
@@ -798,11 +825,13 @@ class Store:
                 sa.select(PublicationRow).where(PublicationRow.conversation_id.in_(ids)))}
             convs = {c.id: c for c in s.scalars(sa.select(ConversationRow).where(ConversationRow.id.in_(ids)))}
             now = utcnow()
+            before: dict[str, bytes | None] = {}  # what the band index holds of each, before this
             for p in pubs:
                 row = rows.get(p.conversation_id)
                 if row is None:
                     row = rows[p.conversation_id] = PublicationRow(conversation_id=p.conversation_id, created_at=now)
                     s.add(row)
+                before.setdefault(row.conversation_id, _indexed(row))
                 for name in ("state", "reason", "path", "commit_sha", "pushed", "score", "judge_id", "pii_counts"):
                     setattr(row, name, getattr(p, name))
                 if p.dedup_hash is not None:  # kept once set: later updates need not carry them
@@ -812,21 +841,69 @@ class Store:
                 if conv is not None and conv.status in ("ended", "judged", "published", "rejected", "accepted",
                                                         "publishing", "taken_down"):
                     conv.status = p.state
+            # The band index follows: in it go signatures that entered DEDUP_STATES (accepted), out go those that
+            # left (a takedown, a withdrawn consent); published after accepted changes nothing.
+            changed = {cid: (old, _indexed(rows[cid])) for cid, old in before.items() if old != _indexed(rows[cid])}
+            s.flush()  # the publication rows first: band rows refer to them
+            _unband(s, sorted(cid for cid, (old, _new) in changed.items() if old is not None))
+            _band(s, {cid: new for cid, (_old, new) in changed.items() if new is not None})
 
-    def dedup_keys(self) -> list[tuple[str, str | None, bytes | None, str | None]]:
-        """(id, normalised hash, MinHash bytes, path) of every published conversation, in one light query."""
+    # The lookups below name one indexed column each and filter the rest in Python: given a second condition (the
+    # state), a planner without statistics may walk every published row through that column's index instead.
+
+    def dedup_by_hash(self, hashes: Sequence[str]) -> dict[str, str]:
+        """For each of these normalised hashes that a publication in DEDUP_STATES has, the earliest one's id (ids
+        sort by creation time). Part of `thresher.curate.DedupIndex`."""
         t = PublicationRow.__table__
-        with self.engine.connect() as c:
-            rows = c.execute(sa.select(t.c.conversation_id, t.c.dedup_hash, t.c.minhash, t.c.path)
-                             .where(t.c.state == "published"))
-            return [(r[0], r[1], r[2], r[3]) for r in rows]
+        out: dict[str, str] = {}
+        with self.session() as s:
+            for start in range(0, len(hashes), 500):
+                for h, cid, state in s.execute(sa.select(t.c.dedup_hash, t.c.conversation_id, t.c.state)
+                                               .where(t.c.dedup_hash.in_(hashes[start:start + 500]))):
+                    if state in DEDUP_STATES and (h not in out or cid < out[h]):
+                        out[h] = cid
+        return out
 
-    def set_dedup_keys(self, keys: list[tuple[str, str, bytes]]) -> None:
-        """Backfill dedup keys for publications made before they were kept."""
+    def dedup_by_band(self, bands: Sequence[int]) -> list[tuple[int, str, bytes]]:
+        """(band key, id, MinHash signature) of every publication in DEDUP_STATES with one of these band keys.
+        Part of `thresher.curate.DedupIndex`."""
+        b, t = DedupBandRow.__table__, PublicationRow.__table__
+        found: list[tuple[int, str]] = []
+        signatures: dict[str, bytes] = {}
+        with self.session() as s:
+            for start in range(0, len(bands), 500):
+                found.extend((k, cid) for k, cid in s.execute(
+                    sa.select(b.c.band_hash, b.c.conversation_id).where(b.c.band_hash.in_(bands[start:start + 500]))))
+            ids = sorted({cid for _, cid in found})
+            for start in range(0, len(ids), 500):
+                signatures.update((cid, sig) for cid, state, sig in s.execute(
+                    sa.select(t.c.conversation_id, t.c.state, t.c.minhash)
+                    .where(t.c.conversation_id.in_(ids[start:start + 500])))
+                    if state in DEDUP_STATES and sig is not None)
+        return [(k, cid, signatures[cid]) for k, cid in found if cid in signatures]
+
+    def missing_dedup_keys(self, after: str = "", limit: int = 500) -> list[tuple[str, str | None]]:
+        """(id, path) of published conversations without dedup keys (published before keys were kept), by id,
+        from the first id after `after`: an index lookup, empty once every one has been backfilled."""
         t = PublicationRow.__table__
         with self.session() as s:
+            return [(cid, path) for cid, path in s.execute(
+                sa.select(t.c.conversation_id, t.c.path)
+                .where(t.c.dedup_hash.is_(None), t.c.state == "published", t.c.conversation_id > after)
+                .order_by(t.c.conversation_id).limit(limit))]
+
+    def set_dedup_keys(self, keys: list[tuple[str, str, bytes]]) -> None:
+        """Backfill dedup keys (id, normalised hash, MinHash signature) for publications made before they were kept,
+        and put them in the band index."""
+        t = PublicationRow.__table__
+        with self.session() as s:
+            indexed = set()
             for cid, h, sig in keys:
-                s.execute(sa.update(t).where(t.c.conversation_id == cid).values(dedup_hash=h, minhash=sig))
+                done = s.execute(sa.update(t).where(t.c.conversation_id == cid, t.c.dedup_hash.is_(None),
+                                                    t.c.state.in_(DEDUP_STATES)).values(dedup_hash=h, minhash=sig))
+                if done.rowcount:
+                    indexed.add(cid)
+            _band(s, {cid: sig for cid, _h, sig in keys if cid in indexed})
 
     def get_many(self, ids: list[str]) -> dict[str, Conversation]:
         """Several conversations, with their messages, in a few queries."""
@@ -961,6 +1038,27 @@ class Store:
             s.execute(sa.update(CorrectionRow).where(CorrectionRow.conversation_id == conv_id,
                                                      CorrectionRow.commit_sha == commit_sha)
                       .values(rejudged_at=utcnow()))
+
+
+def _indexed(row: PublicationRow) -> bytes | None:
+    """The signature the band index holds for this publication (None: it is not in the index)."""
+    return row.minhash if row.state in DEDUP_STATES else None
+
+
+def _band(s: Session, signatures: dict[str, bytes]) -> None:
+    """Put these publications (id -> MinHash signature) in the band index."""
+    from thresher.curate import band_keys
+
+    rows = [{"band_hash": k, "conversation_id": cid} for cid, sig in signatures.items() for k in set(band_keys(sig))]
+    for start in range(0, len(rows), 5000):
+        s.execute(sa.insert(DedupBandRow.__table__), rows[start:start + 5000])
+
+
+def _unband(s: Session, ids: list[str]) -> None:
+    """Take these publications out of the band index."""
+    t = DedupBandRow.__table__
+    for start in range(0, len(ids), 500):
+        s.execute(sa.delete(t).where(t.c.conversation_id.in_(ids[start:start + 500])))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

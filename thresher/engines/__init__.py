@@ -1,7 +1,9 @@
 """One small interface for every model backend, and `load(spec)` to pick one.
 
 An engine streams chat replies for a list of OpenAI-style messages using the model's own chat template, and gives
-next-token probabilities over a set of choices (the judge's one-pass score). Nothing outside this package imports
+next-token probabilities over a set of choices (the rating judge's one-pass score). Local engines also give
+`last_hidden(prompts)`: the final hidden state at each prompt's last token, which the head judge scores (a remote
+server has no such method). Nothing outside this package imports
 llama_cpp, transformers or an HTTP client for a model server.
 
 Specs:

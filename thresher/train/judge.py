@@ -3,8 +3,8 @@
 Rows come from (a) real good conversations (thresher.train.sources: shipped Q/A sets and approved conversations),
 each kept as a good row and spoiled in known ways (thresher.train.contrast), and (b) reviewers' verdicts and
 corrections. Whole topics are held out: their rows are spoiled with wordings training never used, scored by the
-trained head, and give its AUC per failure family, the acceptance threshold (the one that best separates good from
-bad there) and, when an earlier head is given, the same figures for it on the same rows.
+trained head, and give its AUC per failure family, the acceptance threshold (the lowest that lets at most one bad
+row in ten through there) and, when an earlier head is given, the same figures for it on the same rows.
 """
 
 from __future__ import annotations
@@ -83,26 +83,24 @@ def per_family(scores: Sequence[float], labels: Sequence[str], kinds: Sequence[s
     return out
 
 
-def best_threshold(scores: Sequence[float], labels: Sequence[str]) -> tuple[float, float]:
-    """The threshold (on the 1-10 scale) that best separates good from bad rows, by balanced accuracy, and that
-    accuracy; halfway between neighbouring scores so it does not sit on a row."""
-    pairs = sorted(zip(scores, labels, strict=True))
-    n_good = sum(lab == "good" for _, lab in pairs)
-    n_bad = len(pairs) - n_good
-    if not n_good or not n_bad:
-        return 7.0, 0.0
-    best, best_acc = pairs[0][0], 0.0
-    bad_below = good_below = 0
-    for i in range(len(pairs) + 1):
-        acc = 0.5 * (bad_below / n_bad + (n_good - good_below) / n_good)
-        if acc > best_acc and (i == len(pairs) or i == 0 or pairs[i][0] != pairs[i - 1][0]):
-            best_acc = acc
-            best = pairs[i][0] if i == 0 else pairs[-1][0] + 1e-3 if i == len(pairs) else (
-                pairs[i - 1][0] + pairs[i][0]) / 2
-        if i < len(pairs):
-            bad_below += pairs[i][1] != "good"
-            good_below += pairs[i][1] == "good"
-    return round(float(best), 3), round(best_acc, 4)
+MAX_BAD_ACCEPTED = 0.1  # the threshold lets at most this share of held-out bad rows through
+
+
+def choose_threshold(scores: Sequence[float], labels: Sequence[str], max_bad: float = MAX_BAD_ACCEPTED
+                     ) -> tuple[float, float, float]:
+    """The lowest threshold (on the 1-10 scale) that accepts at most `max_bad` of the bad rows: publishing wants
+    few bad conversations more than every good one. Returns it, and the shares of good and bad rows it accepts.
+    It sits halfway between neighbouring scores, so no row lies on it."""
+    good = sorted(s for s, lab in zip(scores, labels, strict=True) if lab == "good")
+    bad = sorted(s for s, lab in zip(scores, labels, strict=True) if lab != "good")
+    if not good or not bad:
+        return 7.0, 0.0, 0.0
+    allowed = int(max_bad * len(bad))  # bad rows that may score at or above the threshold
+    k = len(bad) - allowed  # the threshold must sit above the k-th lowest bad score
+    threshold = bad[k - 1] + 1e-3 if k == len(bad) else (bad[k - 1] + bad[k]) / 2 if k > 0 else bad[0]
+    threshold = max(1.0, min(10.0, threshold))
+    accept = lambda xs: sum(x >= threshold for x in xs) / len(xs)  # noqa: E731
+    return round(float(threshold), 3), round(accept(good), 4), round(accept(bad), 4)
 
 
 @dataclass
@@ -114,39 +112,16 @@ class JudgeTraining:
     auc_after: dict[str, float | None]
     auc_before: dict[str, float | None] | None
     threshold: float
-    balanced_accuracy: float
+    accept_good: float  # shares of held-out good and bad rows the threshold accepts
+    accept_bad: float
     seconds: float
     sources: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"head": self.head.id, "rows_train": self.rows_train, "rows_heldout": self.rows_heldout,
                 "from_verdicts": self.from_verdicts, "auc_after": self.auc_after, "auc_before": self.auc_before,
-                "threshold": self.threshold, "balanced_accuracy": self.balanced_accuracy,
+                "threshold": self.threshold, "accept_good": self.accept_good, "accept_bad": self.accept_bad,
                 "seconds": round(self.seconds, 1), "sources": self.sources}
-
-
-def choose_l2(feats: Features, labels: Sequence[str], groups: Sequence[str], use: dict[str, bool], seed: int,
-              grid: Sequence[float] = (1.0, 10.0, 100.0, 1000.0)) -> float:
-    """The L2 strength whose head ranks a held-back fifth of the training sources best (never the held-out rows)."""
-    names = sorted(set(groups))
-    random.Random(seed + 7).shuffle(names)
-    val = set(names[: max(1, len(names) // 5)])
-    idx_val = [i for i, g in enumerate(groups) if g in val]
-    idx_fit = [i for i, g in enumerate(groups) if g not in val]
-    sub = lambda f, idx: Features(f.signals[idx], None if f.encoder is None else f.encoder[idx],  # noqa: E731
-                                  None if f.hidden is None else f.hidden[idx])
-    lab_fit, lab_val = [labels[i] for i in idx_fit], [labels[i] for i in idx_val]
-    if {*lab_fit} != {"good", "bad"} or {*lab_val} != {"good", "bad"}:
-        return grid[1]
-    best, best_auc = grid[1], -1.0
-    for l2 in grid:
-        head = fit_head(sub(feats, idx_fit), lab_fit, use, "", "", l2=l2)
-        logits = head.logits(sub(feats, idx_val))
-        a = auc([x for x, lab in zip(logits, lab_val, strict=True) if lab == "good"],
-                [x for x, lab in zip(logits, lab_val, strict=True) if lab == "bad"]) or 0.0
-        if a > best_auc:
-            best, best_auc = l2, a
-    return best
 
 
 def _features(engine: Any, rows: Sequence[JudgeRow], encoder: bool, desc: str, cache: Any = None) -> Features:
@@ -162,7 +137,7 @@ def train_head_judge(engine: Any, engine_spec: str, out: Path, sources: Sequence
                      verdict_rows: Sequence[JudgeRow] = (), *, heldout: float = 0.2, seed: int = 0,
                      per_good: int = 2, max_train: int | None = JUDGE_TRAIN_ROWS,
                      max_heldout: int | None = JUDGE_HELDOUT_ROWS,
-                     encoder: bool = True, hidden: bool = True, l2: float | None = None, before: Head | None = None,
+                     encoder: bool = True, hidden: bool = True, before: Head | None = None,
                      say: Callable[[str], None] = log.info) -> JudgeTraining:
     """Build rows, read their features, fit the head, measure it on held-out topics, and save it in `out`."""
     t0 = time.perf_counter()
@@ -195,10 +170,7 @@ def train_head_judge(engine: Any, engine_spec: str, out: Path, sources: Sequence
     f_test = _features(model, test_rows, encoder, "reading held-out rows", cache)
     labels_train = [r.label for r in train_rows]
     version = getattr(engine, "version", "none")
-    if l2 is None:
-        l2 = choose_l2(f_train, labels_train, [r.source for r in train_rows], use, seed)
-        say(f"regularisation chosen on a validation split of the training topics: {l2:g}")
-    head = fit_head(f_train, labels_train, use, version, engine_spec, l2=l2)
+    head = fit_head(f_train, labels_train, use, version, engine_spec, seed=seed)
     flagged = [bool(BLOCKING.intersection(detect_injection(r.messages))) for r in test_rows]
     # as the judge scores them: text aimed at the evaluator goes to the bottom
     scores = [1.0 if f else Head.score(x) for x, f in zip(head.logits(f_test), flagged, strict=True)]
@@ -211,7 +183,7 @@ def train_head_judge(engine: Any, engine_spec: str, out: Path, sources: Sequence
                    [sc[i] for i in people if test_rows[i].label == "bad"])
 
     after["reviewers"] = agreement(scores)
-    threshold, bal = best_threshold(scores, [r.label for r in test_rows])
+    threshold, accept_good, accept_bad = choose_threshold(scores, [r.label for r in test_rows])
     head.threshold = threshold
     auc_before = None
     if before is not None:
@@ -228,7 +200,7 @@ def train_head_judge(engine: Any, engine_spec: str, out: Path, sources: Sequence
         key = s.id.split("-")[0]
         counts[key] = counts.get(key, 0) + 1
     report = JudgeTraining(head, len(train_rows), len(test_rows), len(verdict_rows), after, auc_before, threshold,
-                           bal, time.perf_counter() - t0, counts)
+                           accept_good, accept_bad, time.perf_counter() - t0, counts)
     head.info = {"trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **report.to_json()}
     head.info.pop("head", None)
     head.info["heldout_topics"] = sorted({s.topic for s in test_src if s.topic})
