@@ -22,6 +22,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,12 @@ QUESTION = "Is the assistant's last reply a good, relevant, complete and polite 
 HEAD_TOKENS = 512  # the longest prompt a hidden state is read from; longer conversations keep beginning and end
 HEAD_FILE = "judge.json"
 ENCODER_NAMES = ["cos_question_answer", "cos_question_answer_end", "cos_question_answer_start",
-                 "cos_earlier_answer"]
+                 "cos_earlier_answer", "like_hostile", "like_refusal", "like_injection", "like_filler",
+                 "like_injection_user"]
+# Families whose training wordings the answer's first and last sentences are compared with, by meaning: a
+# paraphrase of an insult is as close to one as the words themselves.
+LIKE = {"like_hostile": ("insult", "rude_reply"), "like_refusal": ("refusal",), "like_injection": ("injection",),
+        "like_filler": ("filler",)}
 _SPECIAL = re.compile(r"<\|([a-z_]+)\|>")
 
 
@@ -62,24 +68,60 @@ def _thirds(text: str) -> tuple[str, str]:
     return " ".join(words[:k]), " ".join(words[-k:])
 
 
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def _edges(text: str) -> list[str]:
+    """The first two and last two sentences (or lines) of a text: where an insult or a note to the evaluator sits."""
+    parts = [p.strip() for p in _SENTENCE.split(text) if p.strip()]
+    return list(dict.fromkeys(parts[:2] + parts[-2:])) or [text or " "]
+
+
+@cache
+def _prototypes() -> dict[str, np.ndarray]:
+    from thresher.encoder import shared
+    from thresher.train.contrast import TRAIN_WORDINGS
+
+    enc = shared()
+    return {name: enc.encode([w for f in fams for w in TRAIN_WORDINGS[f]]) for name, fams in LIKE.items()}
+
+
 def encoder_features(conversations: Sequence[Sequence[dict[str, str]]]) -> np.ndarray:
-    """Meaning-closeness of the last answer (whole, start, end) to its question, and to the assistant's earlier
-    answers; one row per conversation, columns `ENCODER_NAMES`."""
+    """Meaning-closeness of the last answer (whole, start, end) to its question and to the assistant's earlier
+    answers, and of its first and last sentences (and the user's) to known insults, refusals, notes to the evaluator
+    and filler; one row per conversation, columns `ENCODER_NAMES`."""
     from thresher.encoder import shared
 
     enc = shared()
     texts: list[str] = []
+    edges: list[tuple[int, int, int]] = []  # per conversation: where its answer's and user's edge sentences start
     for messages in conversations:
         question, answer, earlier = parts(messages)
         start, end = _thirds(answer)
         texts += [question, answer, end, start, earlier[-1] if earlier else ""]
+    for messages in conversations:
+        _, answer, _ = parts(messages)
+        users = "\n".join(m["content"] for m in messages if m["role"] == "user")
+        a, u = _edges(answer), _edges(users)
+        edges.append((len(texts), len(a), len(u)))
+        texts += a + u
     unique = list(dict.fromkeys(texts))  # a short answer is its own start and end: encode each text once
     where = {t: i for i, t in enumerate(unique)}
     vectors = enc.encode(unique)
-    v = vectors[[where[t] for t in texts]].reshape(len(conversations), 5, -1)
+    rows = vectors[[where[t] for t in texts]]
+    n = len(conversations)
+    v = rows[: 5 * n].reshape(n, 5, -1)
     q, a, end, start, prev = (v[:, i] for i in range(5))
     has_prev = np.array([bool(parts(m)[2]) for m in conversations], dtype=np.float32)
-    return np.stack([(q * a).sum(1), (q * end).sum(1), (q * start).sum(1), (prev * a).sum(1) * has_prev], axis=1)
+    protos = _prototypes()
+    like = np.zeros((n, len(LIKE) + 1), dtype=np.float32)
+    for i, (at, na, nu) in enumerate(edges):
+        ans, usr = rows[at:at + na], rows[at + na:at + na + nu]
+        for j, name in enumerate(LIKE):
+            like[i, j] = float((ans @ protos[name].T).max())
+        like[i, -1] = float((usr @ protos["like_injection"].T).max())
+    return np.hstack([np.stack([(q * a).sum(1), (q * end).sum(1), (q * start).sum(1), (prev * a).sum(1) * has_prev],
+                               axis=1), like])
 
 
 @dataclass
@@ -339,6 +381,10 @@ _REASONS: dict[str, tuple[str | None, str | None]] = {
     "cos_question_answer_end": ("The end of the answer drifts away from the question.", None),
     "cos_earlier_answer": ("The last answer says much the same as the one before it.", None),
     "log_words": ("The answer is very short for the question.", "The answer is substantial."),
+    "like_hostile": ("Part of the reply reads like an insult or a brush-off.", None),
+    "like_refusal": ("Part of the reply reads like a refusal.", None),
+    "like_injection": ("Part of the reply reads like a note to whoever rates it.", None),
+    "like_filler": ("The reply reads like generic filler.", None),
     "meta": ("The answer talks about its own quality or rating, as text aimed at an evaluator does.", None),
     "meta_user": ("The user's messages talk about rating the conversation.", None),
 }

@@ -223,7 +223,8 @@ def _plot(scores: Sequence[float], rows: Sequence[JudgeRow], threshold: float, p
         (f, [s for s, r in zip(scores, rows, strict=True) if r.label == "bad" and
              FAMILY_OF.get(r.degradation, r.degradation) == f]) for f in fams]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(groups) + 1.2))
-    ax.boxplot([g[1] for g in groups], vert=False, tick_labels=[f"{g[0]} ({len(g[1])})" for g in groups])
+    ax.boxplot([g[1] for g in groups], orientation="horizontal",
+               tick_labels=[f"{g[0]} ({len(g[1])})" for g in groups])
     ax.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:.2f}")
     ax.set_xlim(1, 10)
     ax.set_xlabel("score (1-10)")
