@@ -206,7 +206,7 @@ def test_publish_command(settings, tmp_path: Path, remote: Path, monkeypatch: py
     from thresher.reward import Head, default_head_path
 
     calibrated = Head.load(default_head_path()).threshold  # judge_threshold "auto": the shipped judge's
-    assert 6.5 < calibrated
+    assert calibrated > 6.5
     assert "published 0, rejected 1" in result.output and f"below the threshold {calibrated:g}" in result.output
     # --min-score overrides the threshold for one run; the rejection above stands (decisions are kept).
     cid2 = judged(Store(settings.db_url), "Call me on +44 20 7946 0958 about glass.", "Glass is made from sand.",
