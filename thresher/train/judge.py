@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from thresher.evaluate import auc
 from thresher.judge import BLOCKING, detect_injection
 from thresher.reward import Features, Head, fit_head
@@ -233,11 +231,3 @@ def _plot(scores: Sequence[float], rows: Sequence[JudgeRow], threshold: float, p
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-
-
-def score_rows(judge: Any, rows: Sequence[dict]) -> np.ndarray:
-    """Scores of labelled rows ({messages, ...}) with any judge that has `judge_many` or `judge`."""
-    msgs = [r["messages"] for r in rows]
-    if hasattr(judge, "judge_many"):
-        return np.array([j.score if j.score is not None else np.nan for j in judge.judge_many(msgs)])
-    return np.array([(j.score if j.score is not None else np.nan) for j in map(judge.judge, msgs)])
