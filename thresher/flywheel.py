@@ -42,9 +42,12 @@ def judge_pending(
         todo = [c for c in todo if c.id not in failed]
         if not todo:
             break
-        many = getattr(judge, "judge_many", None)  # a head judge reads a batch in one go
-        judgments = many([c.to_openai() for c in todo]) if many else [judge.judge(c.to_openai()) for c in todo]
-        for conv, judgment in zip(todo, judgments, strict=True):
+        many = getattr(judge, "judge_many", None)  # a head judge reads a few at a time, saved before the next few
+        chunks = [todo[i:i + 4] for i in range(0, len(todo), 4)] if many else [[c] for c in todo]
+        judged = ((c, j) for chunk in chunks for c, j in zip(
+            chunk, many([c.to_openai() for c in chunk]) if many else [judge.judge(chunk[0].to_openai())],
+            strict=True))
+        for conv, judgment in judged:
             store.save_judgment(conv.id, judgment)
             done += 1
             if judgment.status == "failed":

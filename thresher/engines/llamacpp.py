@@ -113,6 +113,11 @@ class LlamaCppEngine:
     def _generate(self, tokens: list[int], stop: list[str], budget: int, params: ChatParams) -> Iterator[Chunk]:
         text = ""
         finish = "stop"
+        if params.seed is not None:
+            # A seeded reply must come out the same every time: evaluate the whole prompt afresh, as the first time
+            # (llama.cpp's logits for a reused prefix plus a short suffix differ in the last bits, and sampling
+            # follows them). Unseeded replies keep reusing the cached prefix.
+            self.llm.reset()
         stream = self.llm.create_completion(
             prompt=tokens,
             max_tokens=budget,
