@@ -223,10 +223,13 @@ def test_embedded_model_judges_a_handful(embedded_engine) -> None:
         assert j.status in (OK, FLAGGED) and 1 <= j.score <= 10
         assert sum(j.distribution.values()) == pytest.approx(1)
         assert j.judge_id == embedded_engine.version
-    assert results[3].status == FLAGGED and results[3].score <= 7
+    assert results[3].status == FLAGGED and results[3].score == 1.0
     # The same conversation gets the same score: one pass, no sampling.
     assert judge.judge(GOOD).score == pytest.approx(results[0].score)
-    # A rationale, when asked for, is a few plain sentences.
+    # A rationale, when asked for, is a few plain sentences about the conversation, or none (a 135M model mostly
+    # echoes the rubric or the rating, which is dropped).
+    from thresher.judge import worth_reading
+
     text = Judge(embedded_engine, rationale="always").judge(GOOD).rationale
-    assert text and len(text) < 1200
+    assert text is None or (worth_reading(text) and len(text) < 1200)
     assert "".join(c.text for c in embedded_engine.stream_chat(GOOD[:1], ChatParams(max_tokens=5))).strip()
