@@ -8,8 +8,8 @@ chunks of 8 (the order flipping every chunk) so drift in machine speed hits all 
   plus the text signals and the sentence encoder's figures; timed around `judge_many` on the chunk;
 * raw: llama.cpp evaluating exactly the token sequences the head reads (`Llama.eval`, KV cache cleared before
   each), nothing else: the ceiling for a one-pass judge on this engine;
-* reasoning: an MT-Bench-style judge, which writes its explanation first and then `Rating: [[N]]` (greedy, at most
-  --reason-tokens tokens), parsed with thresher's `parse_rating`; an answer with no rating scores 1.
+* reasoning: a judge that writes its explanation first (as MT-Bench's judge does) and then `Rating: [[N]]`
+  (greedy, at most --reason-tokens tokens), parsed with thresher's `parse_rating`; no rating scores 1.
 
 Printed: tokens judged per second for head and raw (tokens = the head's prompt tokens) and their ratio (goal:
 head >= 0.8x raw), conversations per second for head and reasoning and their ratio (goal: >= 10x), and each one's
@@ -50,10 +50,10 @@ CHUNK = 8
 GOAL_RAW = 0.8
 GOAL_REASONING = 10.0
 REASON_PROMPT = (
-    "Please act as an impartial judge and evaluate the quality of the AI assistant's last answer in the conversation "
-    "below, as an example to fine-tune an assistant on. Consider helpfulness, relevance, accuracy, completeness and "
-    "politeness. Begin your evaluation with a short explanation, then output your rating on a scale of 1 to 10 in "
-    "exactly this form: \"Rating: [[5]]\".\n\n{conversation}"
+    "Below is a conversation between a user and an AI assistant. Decide how useful its last answer would be as an "
+    "example for training an assistant: is it helpful, on topic, correct, complete and polite? First explain your "
+    "view in a few sentences. Then give a whole number from 1 to 10 on its own line, written like this: "
+    "\"Rating: [[5]]\".\n\n{conversation}"
 )
 
 
