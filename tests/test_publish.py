@@ -50,6 +50,7 @@ def test_publish_scrubs_selects_and_keeps_rejections(store: Store, tmp_path: Pat
     rec = json.loads(files[path])
     assert rec["messages"][0]["content"] == "Email me at <EMAIL> about tides."
     assert "<EMAIL>" in rec["rationale"] and rec["score"] == 9.1 and rec["judge"] == "judge@1"
+    assert rec["threshold"] == 8.0  # the threshold it was published at, whatever the settings say
     everything = "\n".join(files.values()) + git(remote, "log", "-p", "--all")
     assert "ada@example.org" not in everything and "c" * 32 not in everything
     assert "Rivers flow downhill" not in everything
