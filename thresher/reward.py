@@ -131,10 +131,11 @@ class Features:
     signals: np.ndarray
     encoder: np.ndarray | None
     hidden: np.ndarray | None
+    cut: list[bool] = field(default_factory=list)  # conversations shortened to fit the hidden state's prompt
 
     def rows(self, idx: Sequence[int]) -> Features:
         return Features(self.signals[idx], None if self.encoder is None else self.encoder[idx],
-                        None if self.hidden is None else self.hidden[idx])
+                        None if self.hidden is None else self.hidden[idx], [self.cut[i] for i in idx if self.cut])
 
 
 def shorten_for_head(engine: Any, messages: Sequence[dict[str, str]]) -> tuple[list[dict[str, str]], bool]:
@@ -180,11 +181,14 @@ def features(conversations: Sequence[Sequence[dict[str, str]]], engine: Any = No
     sig = np.array([signals(m) for m in conversations], dtype=np.float64).reshape(len(conversations), -1)
     enc = encoder_features(conversations) if encoder and conversations else None
     hid = None
+    cut: list[bool] = []
     if engine is not None:
         rows: list[np.ndarray] = []
         for start in range(0, len(conversations), batch):
             chunk = conversations[start:start + batch]
-            prompts = [head_prompt(shorten_for_head(engine, m)[0]) for m in chunk]
+            short = [shorten_for_head(engine, m) for m in chunk]
+            cut += [c for _, c in short]
+            prompts = [head_prompt(m) for m, _ in short]
             keys = [HiddenCache.key(engine.version, p) for p in prompts] if cache is not None else []
             todo = [i for i in range(len(prompts)) if cache is None or keys[i] not in cache.rows]
             fresh = engine.last_hidden([prompts[i] for i in todo]) if todo else None
@@ -201,7 +205,7 @@ def features(conversations: Sequence[Sequence[dict[str, str]]], engine: Any = No
         if cache is not None:
             cache.save()
         hid = np.vstack(rows) if rows else None
-    return Features(sig, enc, hid)
+    return Features(sig, enc, hid, cut)
 
 
 PCA_DIMS = 16  # the hidden state's leading directions the head reads (all 576 overfit the topics it saw)
@@ -449,11 +453,10 @@ class HeadJudge:
         flags = [detect_injection(c) for c in convos]
         engine = self.engine if self.head.use.get("hidden") else None
         try:
-            if engine is not None:
-                for f, c in zip(flags, convos, strict=True):
-                    if shorten_for_head(engine, c)[1]:
-                        f.append(TRUNCATED)
             feats = features(convos, engine, encoder=bool(self.head.use.get("encoder")), batch=self.batch)
+            for f, was_cut in zip(flags, feats.cut, strict=False):
+                if was_cut:
+                    f.append(TRUNCATED)
             logits = self.head.logits(feats)
         except EngineError as e:
             return [Judgment(None, FAILED, self.judge_id, self.rubric_hash, flags=f, method="head", error=str(e))
