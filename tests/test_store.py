@@ -173,18 +173,24 @@ def test_a_yes_after_a_consent_rejection_is_decided_again(store: Store) -> None:
     assert store.publication(conv.id).state == "rejected"
 
 
-def test_migration_0006_makes_each_existing_conversation_one_branch(store_url: str) -> None:
+def _store_at_revision(url: str, revision: str) -> Store:
+    """A store migrated only up to `revision`, to test what a later migration does to rows already there."""
     from alembic import command
     from alembic.config import Config
 
     from thresher.store import MIGRATIONS
 
-    st = Store(store_url)
+    st = Store(url)
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with st.engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0005")
+        command.upgrade(cfg, revision)
+    return st
+
+
+def test_migration_0006_makes_each_existing_conversation_one_branch(store_url: str) -> None:
+    st = _store_at_revision(store_url, "0005")
     now = utcnow()
     with st.engine.begin() as conn:
         conn.execute(sa.text(
@@ -303,18 +309,9 @@ def test_the_dedup_index_follows_publication_states(store: Store) -> None:
 
 
 def test_migration_0007_indexes_the_signatures_already_kept(store_url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
     from thresher.curate import BANDS
-    from thresher.store import MIGRATIONS
 
-    st = Store(store_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with st.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0006")
+    st = _store_at_revision(store_url, "0006")
     now = utcnow()
     h, sig = _signature("how do owls see at night with such large eyes")
     with st.engine.begin() as conn:
