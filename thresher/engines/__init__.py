@@ -49,6 +49,18 @@ class ChatParams:
     # The reply already begun (a cut-off reply being continued): the model sees it as the start of its own turn
     # and writes what follows; only the new text is streamed.
     prefix: str = ""
+    # Log-probabilities of the generated tokens (the OpenAI `logprobs` field): None = not asked; otherwise the number
+    # of most likely alternatives to report beside each chosen token (0 = the chosen token's own only, at most 20).
+    logprobs: int | None = None
+
+
+@dataclass
+class TokenLogprob:
+    """One generated token's log-probability and, when asked, the likeliest alternatives at that step."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -59,6 +71,8 @@ class Chunk:
     finish_reason: str | None = None  # "stop" or "length" on the last chunk
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # The tokens of `text` with their log-probabilities, when ChatParams.logprobs is set (else empty).
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @runtime_checkable
