@@ -19,8 +19,8 @@ def test_migrate_blank_database_creates_columns(store: Store) -> None:
     msg_cols = {c["name"] for c in insp.get_columns("messages")}
     assert {"conversation_id", "position", "role", "content", "status", "finish_reason"} <= msg_cols
     with store.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0007"
-    assert {"parent_id"} <= msg_cols and "head_id" in conv_cols
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0008"
+    assert {"parent_id"} <= msg_cols and {"head_id", "title", "reply_settings"} <= conv_cols
     assert {"message_id", "conversation_id", "rating", "reason"} <= {c["name"] for c in insp.get_columns("feedback")}
     judgment_cols = {c["name"] for c in insp.get_columns("judgments")}
     assert {"conversation_id", "judge_id", "rubric_hash", "status", "score", "distribution", "rationale",
@@ -68,17 +68,19 @@ def test_recover_interrupted_keeps_partial_text(store: Store) -> None:
     assert store.recover_interrupted() == 0
 
 
-def test_find_continuation_matches_only_same_client_and_open(store: Store) -> None:
-    conv = store.create(Conversation(messages=[Message("user", "Hi")], client_hash="alice"))
+def test_find_continuation_matches_only_same_owner_source_and_open(store: Store) -> None:
+    conv = store.create(Conversation(messages=[Message("user", "Hi")], client_hash="addr", owner_hash="alice"))
     mid = store.append(conv.id, Message("assistant", "", status=STREAMING))
     earlier = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
-    assert store.find_continuation("alice", earlier) is None  # reply not complete yet
+    assert store.find_continuation("api", "alice", earlier) is None  # reply not complete yet
     store.update_reply(mid, "Hello!", COMPLETE, "stop")
-    assert store.find_continuation("alice", earlier) == conv.id
-    assert store.find_continuation("bob", earlier) is None
-    assert store.find_continuation("alice", earlier[:1]) is None
+    assert store.find_continuation("api", "alice", earlier) == conv.id
+    assert store.find_continuation("api", "bob", earlier) is None
+    assert store.find_continuation("api", "addr", earlier) is None  # the same address is not the same owner
+    assert store.find_continuation("web", "alice", earlier) is None
+    assert store.find_continuation("api", "alice", earlier[:1]) is None
     store.end(conv.id, "api")
-    assert store.find_continuation("alice", earlier) is None
+    assert store.find_continuation("api", "alice", earlier) is None
 
 
 def test_end_is_idempotent_and_append_after_end_refused(store: Store) -> None:
@@ -226,8 +228,8 @@ def test_branches_versions_and_switching(store: Store) -> None:
     assert [m.content for m in store.switch(conv.id, u1.id).messages] == ["Hi", "Hey"]
     assert [m.content for m in store.switch(conv.id, a1.id).messages] == ["Hi", "Hello"]
     # The stitching hash follows the branch: an API client continuing "Hi/Hello" finds it.
-    assert store.find_continuation(None, [{"role": "user", "content": "Hi"},
-                                          {"role": "assistant", "content": "Hello"}]) == conv.id
+    assert store.find_continuation("api", None, [{"role": "user", "content": "Hi"},
+                                                 {"role": "assistant", "content": "Hello"}]) == conv.id
     with pytest.raises(NotFound):
         store.switch(conv.id, 10**9)
     other = store.create(Conversation(messages=[Message("user", "x")]))

@@ -137,6 +137,12 @@ def wait_reply_done(page: Page, said: str = "Reply complete.") -> None:
     expect(page.get_by_role("status")).to_have_text(said)
 
 
+def end_conversation(page: Page) -> None:
+    """Press End and confirm in the dialog that says what ending does."""
+    page.get_by_role("button", name="End conversation").click()
+    page.get_by_role("dialog", name="End this conversation?").get_by_role("button", name="End it").click()
+
+
 def shoot(page: Page, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / ".gitignore").write_text("*\n")
@@ -420,8 +426,8 @@ def test_end_conversation_then_start_a_new_one_with_the_shortcut(open_chat) -> N
     send(page, "Hello")
     wait_reply_done(page)
     first = only_conversation(live)
-    end.click()
-    expect(page.get_by_role("status")).to_contain_text("You chose not to publish it")
+    end_conversation(page)
+    expect(page.get_by_role("status")).to_contain_text("Private: it will not be published")
     expect(message_box(page)).to_be_disabled()
     expect(page.get_by_role("button", name="Send")).to_be_disabled()
     assert store_of(live).get(first).end_reason == "button"
@@ -544,8 +550,8 @@ def test_withdrawal_before_publication_is_honoured_end_to_end(open_chat, remote:
         page.keyboard.press("Control+Shift+O")
         send(page, f"Tell me about {topic}")
         wait_reply_done(page)
-        page.get_by_role("button", name="End conversation").click()
-        expect(page.get_by_role("status")).to_contain_text("It will be rated")
+        end_conversation(page)
+        expect(page.get_by_role("status")).to_contain_text(re.compile("rates it as training data|Rated 5.5"))
         ids.append(next(c.id for c in store_of(live).list() if c.messages[0].content.endswith(topic)))
     store = store_of(live)
     wait_for(lambda: all(store.get(i).status == "judged" for i in ids))  # 5.5 from the uniform scripted judge
@@ -555,7 +561,7 @@ def test_withdrawal_before_publication_is_honoured_end_to_end(open_chat, remote:
     switch = page.get_by_role("switch", name="Publish this conversation")
     expect(switch).to_be_checked()
     switch.uncheck()
-    expect(page.locator("#pubstate")).to_have_text("Private: it will not be published.")
+    expect(page.locator("#pubstate")).to_have_text("Ended. Private: it will not be published.")
 
     repo = DatasetRepo(tmp_path / "clone", str(remote)).open()
     report = publish(store, repo, threshold=5.0)

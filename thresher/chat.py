@@ -1,9 +1,10 @@
 """Chatting: keep every turn in the store while the engine answers.
 
 `ChatService.open` finds or starts the conversation a request belongs to (stateless API clients send the whole
-history, so a request that extends an open conversation of the same client continues it) and commits the user's
-message before anything is generated. `ChatService.reply` streams the assistant's answer and saves it as it grows:
-on completion it is marked complete; on a stop, a disconnect or a crash the partial text stays, marked interrupted.
+history, so a request that extends an open conversation of the same owner and source continues it) and commits the
+user's message before anything is generated. `ChatService.reply` streams the assistant's answer and saves it as it
+grows: on completion it is marked complete; on a stop, a disconnect or a crash the partial text stays, marked
+interrupted.
 
 The chat page also branches: `reply(after=...)` writes another version of a reply (the earlier ones are kept),
 `edit` adds another version of a user message, and `continue_reply` extends a reply that was cut off.
@@ -51,12 +52,14 @@ class ChatService:
         source: str,
         publish_allowed: bool = False,
         owner_hash: str | None = None,
+        stitch: bool = True,
     ) -> Opened:
-        """Attach a request's messages (ending with a user message) to a conversation and commit the last one."""
+        """Attach a request's messages (ending with a user message) to a conversation and commit the last one.
+        With `stitch` off (the web page: its new chats are always new) no earlier conversation is continued."""
         earlier, last = messages[:-1], messages[-1]
         conv_id = None
-        if earlier:
-            conv_id = self.store.find_continuation(client_hash, [m.to_openai() for m in earlier])
+        if earlier and stitch:
+            conv_id = self.store.find_continuation(source, owner_hash, [m.to_openai() for m in earlier])
         if conv_id is not None:
             self.store.append(conv_id, last)
             return Opened(conv_id, continued=True)

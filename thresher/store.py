@@ -71,6 +71,9 @@ class ConversationRow(Base):
     tail_hash: Mapped[str | None] = mapped_column(sa.String(64))
     # The last message of the branch the conversation is on (regenerating or editing starts another branch).
     head_id: Mapped[int | None] = mapped_column(sa.Integer())
+    # The owner's own name for it (None: titled by its first message) and the reply settings they chose for it.
+    title: Mapped[str | None] = mapped_column(sa.String(200))
+    reply_settings: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON())
 
     # Every message of every branch, oldest first; `_path` picks the current branch out of them.
     messages: Mapped[list[MessageRow]] = relationship(
@@ -283,6 +286,7 @@ class Turn:
     finish_reason: str | None
     versions: list[int]
     feedback: Feedback | None = None
+    created_at: datetime | None = None
 
 
 @dataclass
@@ -295,6 +299,8 @@ class Summary:
     ended: bool
     publish_allowed: bool
     status: str
+    created_at: datetime | None = None
+    renamed: bool = False  # the title is the owner's own, not the first message
 
 
 def _path(row: ConversationRow) -> list[MessageRow]:
@@ -448,17 +454,19 @@ class Store:
                 raise NotFound(conv_id)
             return _to_conversation(row)
 
-    def find_continuation(self, client_hash: str | None, earlier: list[dict[str, str]]) -> str | None:
-        """The open conversation of this client whose messages so far are exactly `earlier`, if any."""
+    def find_continuation(self, source: str, owner_hash: str | None, earlier: list[dict[str, str]]) -> str | None:
+        """The open conversation from `source` of this owner whose messages so far are exactly `earlier`, if any:
+        a request never continues a conversation of another owner or of another source."""
         h = messages_hash(earlier)
         with self.session() as s:
             stmt = (
                 sa.select(ConversationRow.id)
-                .where(ConversationRow.tail_hash == h, ConversationRow.ended_at.is_(None))
+                .where(ConversationRow.tail_hash == h, ConversationRow.ended_at.is_(None),
+                       ConversationRow.source == source)
                 .where(
-                    ConversationRow.client_hash.is_(None)
-                    if client_hash is None
-                    else ConversationRow.client_hash == client_hash
+                    ConversationRow.owner_hash.is_(None)
+                    if owner_hash is None
+                    else ConversationRow.owner_hash == owner_hash
                 )
                 .order_by(ConversationRow.updated_at.desc())
                 .limit(1)
@@ -539,26 +547,63 @@ class Store:
                 turns.append(Turn(
                     m.id, m.parent_id, m.role, m.content, m.status, m.finish_reason,
                     siblings[(m.parent_id, m.role)],
-                    None if f is None else Feedback(conv_id, m.id, f.rating, f.reason, i)))
+                    None if f is None else Feedback(conv_id, m.id, f.rating, f.reason, i), _aware(m.created_at)))
             return _to_conversation(row), turns
 
     def conversations_of(self, owner_hash: str, limit: int = 200) -> list[Summary]:
-        """An owner's conversations, most recently active first, each titled by its first user message."""
+        """An owner's conversations, most recently active first, each titled by its owner's name for it or else by
+        the first user message of the branch it is on (an edited first message retitles it)."""
         with self.session() as s:
             rows = s.scalars(sa.select(ConversationRow).where(ConversationRow.owner_hash == owner_hash)
                              .order_by(ConversationRow.updated_at.desc(), ConversationRow.id.desc())
                              .limit(limit)).all()
-            ids = [r.id for r in rows]
+            untitled = [r for r in rows if not r.title and r.head_id is not None]
+            parents: dict[int, int | None] = {}
+            users: dict[int, str] = {}
+            for start in range(0, len(untitled), 500):
+                ids = [r.id for r in untitled[start:start + 500]]
+                for mid, parent, role, content in s.execute(
+                        sa.select(MessageRow.id, MessageRow.parent_id, MessageRow.role, MessageRow.content)
+                        .where(MessageRow.conversation_id.in_(ids))):
+                    parents[mid] = parent
+                    if role == "user":
+                        users[mid] = content
             firsts: dict[str, str] = {}
-            if ids:
-                first_user = (sa.select(MessageRow.conversation_id, sa.func.min(MessageRow.id).label("mid"))
-                              .where(MessageRow.conversation_id.in_(ids), MessageRow.role == "user")
-                              .group_by(MessageRow.conversation_id).subquery())
-                firsts = {cid: text for cid, text in s.execute(
-                    sa.select(first_user.c.conversation_id, MessageRow.content)
-                    .join(MessageRow, MessageRow.id == first_user.c.mid))}
-            return [Summary(r.id, _title(firsts.get(r.id, "")), _aware(r.updated_at),  # type: ignore[arg-type]
-                            r.ended_at is not None, r.publish_allowed, r.status) for r in rows]
+            for r in untitled:
+                at: int | None = r.head_id
+                while at is not None:  # up the current branch; the last user message seen is the first
+                    if at in users:
+                        firsts[r.id] = users[at]
+                    at = parents.get(at)
+            return [Summary(r.id, r.title or _title(firsts.get(r.id, "")), _aware(r.updated_at),  # type: ignore[arg-type]
+                            r.ended_at is not None, r.publish_allowed, r.status, _aware(r.created_at),
+                            bool(r.title)) for r in rows]
+
+    def rename(self, conv_id: str, title: str | None) -> None:
+        """Give a conversation its owner's own title; None or blank goes back to its first message."""
+        line = " ".join((title or "").split())
+        if len(line) > 200:
+            raise ValueError(f"a title has at most 200 characters, not {len(line)}")
+        with self.session() as s:
+            row = s.get(ConversationRow, conv_id)
+            if row is None:
+                raise NotFound(conv_id)
+            row.title = line or None
+
+    def reply_settings(self, conv_id: str) -> dict[str, Any]:
+        """The reply settings its owner chose for this conversation ({} when none)."""
+        with self.session() as s:
+            row = s.get(ConversationRow, conv_id)
+            if row is None:
+                raise NotFound(conv_id)
+            return dict(row.reply_settings or {})
+
+    def set_reply_settings(self, conv_id: str, settings: dict[str, Any]) -> None:
+        with self.session() as s:
+            row = s.get(ConversationRow, conv_id)
+            if row is None:
+                raise NotFound(conv_id)
+            row.reply_settings = dict(settings) or None
 
     def delete(self, conv_id: str) -> bool:
         """Delete a conversation with everything kept about it (messages of every branch, judgments, curation's

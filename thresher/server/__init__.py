@@ -51,6 +51,7 @@ class Runtime:
     salt: str
 
     started_as: str | None = None  # the engine's id at start: the name clients use survives a model switch
+    judge: SwitchableJudge | None = None  # what rates ended conversations (its threshold is what publishes)
 
     @property
     def model_name(self) -> str:
@@ -208,6 +209,7 @@ def create_app(settings: Settings, engine: Engine | None = None, store: Store | 
                                started_as=eng.model_id)
         tasks = [asyncio.create_task(_idle_loop(app.state.rt))]
         judge = await run_in_threadpool(make_judge, settings, eng)
+        app.state.rt.judge = judge
         if judge is not None:
             tasks.append(asyncio.create_task(_judge_loop(app.state.rt, judge)))
             tasks.append(asyncio.create_task(_publish_loop(app.state.rt, judge)))

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from thresher.conversation import InvalidConversation, messages_from_openai, new_id
-from thresher.engines import ChatParams, Chunk, EngineError
-from thresher.server.guard import ApiError, check_api_key, client_hash, read_body
+from thresher.engines import ChatParams, Chunk, EngineError, TokenLogprob
+from thresher.server.guard import ApiError, api_owner, check_api_key, client_hash, parse_json, read_body
 from thresher.server.streaming import stream_in_thread
 from thresher.store import NotFound, PublishLocked
 
@@ -48,8 +48,35 @@ class ChatRequest(BaseModel):
     top_p: float = Field(0.95, gt=0, le=1)
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int = 1
+    n: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    # Accepted only when they ask for nothing this server lacks (see _refuse_unsupported), never silently ignored.
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    response_format: Any = None
     thresher_publish: bool | None = None
+
+
+def _refuse_unsupported(req: ChatRequest) -> None:
+    """A 400 naming the first field that asks for what this server cannot do."""
+    unsupported = {
+        "n": "only n=1 is supported" if req.n not in (None, 1) else None,
+        "tools": "tools are not supported" if req.tools else None,
+        "functions": "functions are not supported" if req.functions else None,
+        "tool_choice": "tool_choice is not supported (there are no tools)"
+        if req.tool_choice not in (None, "none", "auto") else None,
+        "function_call": "function_call is not supported" if req.function_call not in (None, "none", "auto") else None,
+        "response_format": "only response_format {\"type\": \"text\"} is supported"
+        if req.response_format not in (None, {"type": "text"}) else None,
+        "top_logprobs": "top_logprobs needs logprobs: true" if req.top_logprobs is not None and not req.logprobs
+        else None,
+    }
+    for param, message in unsupported.items():
+        if message:
+            raise ApiError(400, message, "unsupported_value", param)
 
 
 def _flag(request: Request, name: str) -> bool | None:
@@ -94,13 +121,15 @@ def _model_card(rt: Any) -> dict[str, Any]:
 
 @router.post("/conversations/{conv_id}/end")
 async def end_conversation(conv_id: str, request: Request) -> dict[str, Any]:
+    """End one of this client's API conversations (its API key's, where keys are on); anyone else's is 404."""
     rt = request.app.state.rt
-    check_api_key(request, rt.settings.api_keys)
+    api_key = check_api_key(request, rt.settings.api_keys)
     try:
         conv = await run_in_threadpool(rt.store.get, conv_id)
     except NotFound:
-        raise ApiError(404, f"no conversation {conv_id}", "conversation_not_found") from None
-    if conv.client_hash != client_hash(request, rt.salt):
+        conv = None
+    if conv is None or conv.source != "api" or conv.owner_hash != api_owner(client_hash(request, rt.salt), api_key,
+                                                                             rt.salt):
         raise ApiError(404, f"no conversation {conv_id}", "conversation_not_found")
     conv = await run_in_threadpool(rt.chat.end, conv_id, "api")
     return {"id": conv.id, "object": "conversation", "ended": True, "end_reason": conv.end_reason}
@@ -111,11 +140,7 @@ async def chat_completions(request: Request) -> Any:
     rt = request.app.state.rt
     s = rt.settings
     api_key = check_api_key(request, s.api_keys)
-    raw = await read_body(request, s.max_body_bytes)
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(400, "the request body is not valid JSON", "invalid_json") from None
+    data = parse_json(await read_body(request, s.max_body_bytes))
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object", "invalid_json")
     try:
@@ -127,8 +152,7 @@ async def chat_completions(request: Request) -> Any:
     if req.model != rt.model_name:
         raise ApiError(404, f"model {req.model!r} does not exist; this server serves {rt.model_name!r}",
                        "model_not_found", "model")
-    if req.n != 1:
-        raise ApiError(400, "only n=1 is supported", "unsupported_value", "n")
+    _refuse_unsupported(req)
     if req.messages is None:
         raise ApiError(400, "'messages' is required", "missing_messages", "messages")
     try:
@@ -147,8 +171,9 @@ async def chat_completions(request: Request) -> Any:
         raise ApiError(400, f"max_tokens is {max_tokens}; this server allows at most {s.max_tokens_limit}",
                        "max_tokens_too_large", "max_tokens")
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-    params = ChatParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, stop=stop,
-                        seed=req.seed)
+    params = ChatParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+                        stop=[x for x in stop if x],  # an empty stop string would end every reply before it began
+                        seed=req.seed, logprobs=(req.top_logprobs or 0) if req.logprobs else None)
     publish = _flag(request, "x-thresher-publish")
     if publish is not None and req.thresher_publish is not None and publish != req.thresher_publish:
         raise ApiError(400, "the X-Thresher-Publish header and the thresher_publish field disagree",
@@ -159,6 +184,7 @@ async def chat_completions(request: Request) -> Any:
     who = client_hash(request, rt.salt)
     limit_key = f"key:{api_key}" if api_key else who
     rt.limiter.check(limit_key)
+    meter = rt.limiter.meter(limit_key)
 
     prompt = [m.to_openai() for m in messages]
     n_prompt = await run_in_threadpool(rt.engine.count_tokens, prompt)
@@ -167,7 +193,7 @@ async def chat_completions(request: Request) -> Any:
                        "context_length_exceeded", "messages")
 
     opened = await run_in_threadpool(
-        rt.chat.open, messages, client_hash=who, source="api",
+        rt.chat.open, messages, client_hash=who, source="api", owner_hash=api_owner(who, api_key, rt.salt),
         publish_allowed=s.api_publish_by_default if publish is None else publish,
     )
     if opened.continued and publish is not None:
@@ -180,24 +206,24 @@ async def chat_completions(request: Request) -> Any:
     completion_id = f"chatcmpl-{new_id()}"
     created = int(time.time())
 
-    def finish(final: Chunk | None) -> None:
-        if final is not None:
-            rt.limiter.spend(limit_key, final.completion_tokens or 0)
+    def finish() -> None:
         if end_after:
             rt.chat.end(conv_id, "api")
 
     chunks = stream_in_thread(lambda cancel: rt.chat.reply(conv_id, params, cancel))
 
     if not req.stream:
-        text, final = "", None
+        text, final, tokens = "", None, []
         try:
             async for chunk in chunks:
+                meter.add(chunk)
                 text += chunk.text
+                tokens += chunk.logprobs
                 if chunk.finish_reason:
                     final = chunk
         except EngineError as e:
             raise ApiError(503, f"the model failed: {e}", "engine_error") from None
-        await run_in_threadpool(finish, final)
+        await run_in_threadpool(finish)
         return JSONResponse(
             {
                 "id": completion_id,
@@ -208,7 +234,7 @@ async def chat_completions(request: Request) -> Any:
                 "choices": [{
                     "index": 0,
                     "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
-                    "logprobs": None,
+                    "logprobs": _logprobs(tokens) if params.logprobs is not None else None,
                     "finish_reason": final.finish_reason if final else "stop",
                 }],
                 "usage": _usage(final),
@@ -231,8 +257,10 @@ async def chat_completions(request: Request) -> Any:
         final = None
         try:
             async for chunk in chunks:
+                meter.add(chunk)
                 if chunk.text:
-                    yield event([{"index": 0, "delta": {"content": chunk.text}, "logprobs": None,
+                    logprobs = _logprobs(chunk.logprobs) if params.logprobs is not None else None
+                    yield event([{"index": 0, "delta": {"content": chunk.text}, "logprobs": logprobs,
                                   "finish_reason": None}])
                 if chunk.finish_reason:
                     final = chunk
@@ -240,7 +268,7 @@ async def chat_completions(request: Request) -> Any:
             yield f"data: {json.dumps(ApiError(503, f'the model failed: {e}', 'engine_error').body())}\n\n"
             yield "data: [DONE]\n\n"
             return
-        await run_in_threadpool(finish, final)
+        await run_in_threadpool(finish)
         yield event([{"index": 0, "delta": {}, "logprobs": None,
                       "finish_reason": final.finish_reason if final else "stop"}])
         if include_usage:
@@ -249,6 +277,16 @@ async def chat_completions(request: Request) -> Any:
 
     return StreamingResponse(sse(), media_type="text/event-stream",
                              headers=headers | {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _logprobs(tokens: list[TokenLogprob]) -> dict[str, Any]:
+    """Tokens with their log-probabilities, in the OpenAI shape (`choices[].logprobs`)."""
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    return {"content": [entry(t.token, t.logprob) | {"top_logprobs": [entry(alt, lp) for alt, lp in t.top]}
+                        for t in tokens], "refusal": None}
 
 
 def _usage(final: Chunk | None) -> dict[str, int]:

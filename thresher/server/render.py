@@ -57,7 +57,9 @@ def render(text: str) -> str:
 
 @cache
 def highlight_css() -> str:
-    """The colours of highlighted code, light and dark (following the reader's system setting)."""
+    """The colours of highlighted code, light and dark (the theme the reader chose on the page, else the system's)."""
     light = HtmlFormatter(style="default").get_style_defs(".reply pre")
-    dark = HtmlFormatter(style="monokai").get_style_defs(".reply pre")
-    return f"{light}\n@media (prefers-color-scheme: dark) {{\n{dark}\n}}\n"
+    # Dark when the reader chose it on the page, or when the system is dark and the reader did not choose light.
+    chosen = HtmlFormatter(style="monokai").get_style_defs(':root[data-theme="dark"] .reply pre')
+    system = HtmlFormatter(style="monokai").get_style_defs(':root:not([data-theme="light"]) .reply pre')
+    return f"{light}\n{chosen}\n@media (prefers-color-scheme: dark) {{\n{system}\n}}\n"

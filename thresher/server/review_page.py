@@ -273,7 +273,8 @@ async def give_verdict(conv_id: str, request: Request) -> Response:
     except Refused as e:
         return _refusal(request, e.status, e.message, off=e.status == 403)
     form = await _form(request)
-    if reviewer.via_cookie and not hmac.compare_digest(form.get("csrf", ""), _csrf(request, reviewer.token)):
+    if reviewer.via_cookie and not hmac.compare_digest(form.get("csrf", "").encode(),
+                                                       _csrf(request, reviewer.token).encode()):
         return _refusal(request, 403, "This form did not come from the review page (or has expired); nothing was "
                                       "recorded. Reload the page and try again.")
     verdict, reason, score_text = form.get("verdict", ""), form.get("reason", "").strip(), form.get("score", "")

@@ -17,6 +17,8 @@ Routes under /api (all for the browser's own conversations; anyone else's are 40
     POST   /api/conversations/{id}/switch     show another version (and the branch below it)
     POST   /api/conversations/{id}/publish    the owner's publishing choice (409 once published)
     POST   /api/conversations/{id}/end        end it (it then goes to the judge, if publishing is allowed)
+    POST   /api/conversations/{id}/title      rename it (a blank title goes back to its first message)
+    POST   /api/conversations/{id}/settings   its reply settings: temperature, reply length
     POST   /api/conversations/{id}/messages/{message_id}/feedback   thumbs up/down with an optional reason
 """
 
@@ -32,14 +34,14 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel, Field
+from pydantic import Field
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from thresher.chat import ConversationEnded, NotOnBranch
 from thresher.conversation import Conversation, Message
 from thresher.engines import ChatParams, Chunk, EngineError
-from thresher.server.guard import ApiError, check_admin, client_hash, salted_hash
+from thresher.server.guard import ApiError, JsonBody, check_admin, client_hash, salted_hash
 from thresher.server.render import highlight_css, render
 from thresher.server.streaming import stream_in_thread
 from thresher.store import LOCKED, NotFound, PublishLocked, Turn
@@ -61,8 +63,11 @@ def _owner(request: Request, token: str) -> str:
     return salted_hash(request.app.state.rt.salt, f"session:{token}")
 
 
-def _set_cookie(response: Response, token: str) -> None:
-    response.set_cookie(COOKIE, token, max_age=365 * 24 * 3600, httponly=True, samesite="lax")
+def _set_cookie(request: Request, response: Response, token: str) -> None:
+    # Secure over https (uvicorn takes the scheme from X-Forwarded-Proto of a trusted proxy), and always in public
+    # mode, which is served over https.
+    secure = request.url.scheme == "https" or request.app.state.rt.settings.public
+    response.set_cookie(COOKIE, token, max_age=365 * 24 * 3600, httponly=True, samesite="lax", secure=secure)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -71,9 +76,12 @@ async def chat_page(request: Request) -> Response:
     token, fresh = _session(request)
     response = templates.TemplateResponse(
         request, "chat.html", {"licence": rt.settings.licence, "model": rt.model_name,
-                               "max_chars": rt.settings.max_chars})
+                               "max_chars": rt.settings.max_chars,
+                               "max_tokens_limit": rt.settings.max_tokens_limit,
+                               "max_tokens_default": rt.settings.max_tokens_default,
+                               "temperature_default": ChatParams().temperature})
     if fresh:
-        _set_cookie(response, token)
+        _set_cookie(request, response, token)
     return response
 
 
@@ -89,43 +97,75 @@ async def healthz(request: Request) -> dict[str, Any]:
     return {"status": "ok", "model": rt.model_name, "version": rt.engine.version, "conversations": counts}
 
 
-class SendRequest(BaseModel):
+class ReplySettings(JsonBody):
+    """What the owner chose for a conversation's replies; unset fields take the server's defaults."""
+
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(None, ge=1)
+
+
+class SendRequest(JsonBody):
     conversation_id: str | None = None
     content: str = Field(min_length=1)
     publish: bool = False  # the page sends its switch; nothing is published without the user's yes
+    # A new conversation only: instructions for the assistant (stored as its first message, published with it) and
+    # its reply settings.
+    system: str | None = None
+    settings: ReplySettings | None = None
 
 
-class MessageRef(BaseModel):
+class TitleRequest(JsonBody):
+    title: str | None = Field(None, max_length=200)
+
+
+class MessageRef(JsonBody):
     message_id: int
 
 
-class EditRequest(BaseModel):
+class EditRequest(JsonBody):
     message_id: int
     content: str = Field(min_length=1)
 
 
-class PublishRequest(BaseModel):
+class PublishRequest(JsonBody):
     allowed: bool
 
 
-class FeedbackRequest(BaseModel):
+class FeedbackRequest(JsonBody):
     rating: Literal["up", "down"] | None
     reason: str | None = Field(None, max_length=2000)
 
 
-def _publication(conv: Conversation) -> dict[str, Any]:
-    """Where the conversation stands, in the owner's words."""
+def _publication(conv: Conversation, score: float | None = None, threshold: float | None = None) -> dict[str, Any]:
+    """Where the conversation stands, in the owner's words, with the rating the model gave it once it has one."""
+    rated = f"Rated {score:.1f} out of 10 as training data" if score is not None else None
+    bar = f" ({threshold:g} or more is published)" if threshold is not None else ""
     if conv.status in LOCKED:
         said = {"publishing": "Being published now: it can no longer be withdrawn here.",
                 "published": "Published in the public dataset. To have it removed, ask the operator for a takedown.",
                 "taken_down": "Taken down: removed from the dataset, and never published again."}[conv.status]
+        if rated and conv.status != "taken_down":
+            said = f"{rated}. {said}"
         return {"state": conv.status, "locked": True, "text": said}
     if not conv.publish_allowed:
-        return {"state": "private", "locked": False, "text": "Private: it will not be published."}
+        text = "Private: it will not be published."
+        return {"state": "private", "locked": False, "text": f"Ended. {text}" if conv.ended else text}
     if conv.status == "rejected":
-        return {"state": "not_selected", "locked": False, "text": "Not selected for the dataset: it stays private."}
+        why = f"{rated}. Not selected" if rated else "Not selected"
+        return {"state": "not_selected", "locked": False, "text": f"{why} for the dataset: it stays private."}
+    if conv.status == "judged" and rated:
+        if threshold is not None and score is not None and score < threshold:
+            return {"state": "not_selected", "locked": False,
+                    "text": f"{rated}. Only conversations rated {threshold:g} or more are published, so this one "
+                            "stays private."}
+        return {"state": "selected", "locked": False,
+                "text": f"{rated}{bar}: it goes into the public dataset in the next batch. Switch publishing off "
+                        "now if you changed your mind."}
+    if conv.ended:
+        return {"state": "waiting", "locked": False,
+                "text": "Ended. The model rates it as training data shortly; the best ones are published."}
     return {"state": "allowed", "locked": False,
-            "text": "You allowed publishing: once it ends, it may be published if it is rated highly."}
+            "text": "You allowed publishing: when you end it, the model rates it and the best ones are published."}
 
 
 def _turn_view(t: Turn) -> dict[str, Any]:
@@ -133,19 +173,24 @@ def _turn_view(t: Turn) -> dict[str, Any]:
         "id": t.id, "parent_id": t.parent_id, "role": t.role, "content": t.content, "status": t.status,
         "finish_reason": t.finish_reason, "versions": t.versions, "version": t.versions.index(t.id) + 1,
         "feedback": None if t.feedback is None else {"rating": t.feedback.rating, "reason": t.feedback.reason},
+        "created_at": t.created_at.isoformat() if t.created_at else None,
     }
     if t.role == "assistant":
         view["html"] = render(t.content)
     return view
 
 
-def _view(conv: Conversation, turns: list[Turn], generating: bool = False) -> dict[str, Any]:
+def _view(conv: Conversation, turns: list[Turn], generating: bool = False, score: float | None = None,
+          threshold: float | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": conv.id,
         "ended": conv.ended,
         "end_reason": conv.end_reason,
         "publish_allowed": conv.publish_allowed,
-        "publication": _publication(conv),
+        "publication": _publication(conv, score, threshold),
+        "rating": None if score is None else {"score": round(score, 2), "threshold": threshold},
+        "settings": settings or {},
+        "created_at": conv.created_at.isoformat(),
         "licence": conv.licence,
         "generating": generating,
         "messages": [_turn_view(t) for t in turns],
@@ -174,8 +219,19 @@ def _generating(request: Request) -> dict[str, threading.Event]:
 
 
 async def _thread_view(request: Request, conv_id: str) -> dict[str, Any]:
-    conv, turns = await run_in_threadpool(request.app.state.rt.store.thread, conv_id)
-    return _view(conv, turns, conv_id in _generating(request))
+    rt = request.app.state.rt
+
+    def load() -> dict[str, Any]:
+        conv, turns = rt.store.thread(conv_id)
+        score = threshold = None
+        if conv.ended and conv.publish_allowed:
+            scored = [j for j in rt.store.judgments(conv_id) if j.score is not None]
+            score = scored[-1].score if scored else None
+            threshold = rt.judge.threshold if rt.judge is not None else None
+        return _view(conv, turns, conv_id in _generating(request), score, threshold,
+                     rt.store.reply_settings(conv_id))
+
+    return await run_in_threadpool(load)
 
 
 @router.get("/api/conversations")
@@ -185,6 +241,7 @@ async def list_conversations(request: Request) -> dict[str, Any]:
         return {"data": []}
     lines = await run_in_threadpool(request.app.state.rt.store.conversations_of, _owner(request, token))
     return {"data": [{"id": c.id, "title": c.title or "(empty)", "updated_at": c.updated_at.isoformat(),
+                      "created_at": c.created_at.isoformat() if c.created_at else None, "renamed": c.renamed,
                       "ended": c.ended, "publish_allowed": c.publish_allowed, "status": c.status} for c in lines]}
 
 
@@ -209,6 +266,32 @@ async def end_conversation(conv_id: str, request: Request) -> dict[str, Any]:
     await _own(request, conv_id)
     await run_in_threadpool(request.app.state.rt.chat.end, conv_id, "button")
     return await _thread_view(request, conv_id)
+
+
+@router.post("/api/conversations/{conv_id}/title")
+async def rename(conv_id: str, body: TitleRequest, request: Request) -> dict[str, Any]:
+    await _own(request, conv_id)
+    await run_in_threadpool(request.app.state.rt.store.rename, conv_id, body.title)
+    return {"id": conv_id, "title": body.title}
+
+
+@router.post("/api/conversations/{conv_id}/settings")
+async def set_settings(conv_id: str, body: ReplySettings, request: Request) -> dict[str, Any]:
+    await _own(request, conv_id)
+    await run_in_threadpool(request.app.state.rt.store.set_reply_settings, conv_id,
+                            _reply_settings(request, body))
+    return await _thread_view(request, conv_id)
+
+
+def _reply_settings(request: Request, body: ReplySettings | None) -> dict[str, Any]:
+    """The settings to store, checked against the server's limits."""
+    if body is None:
+        return {}
+    limit = request.app.state.rt.settings.max_tokens_limit
+    if body.max_tokens is not None and body.max_tokens > limit:
+        raise ApiError(400, f"reply length: at most {limit} tokens, not {body.max_tokens}", "invalid_value",
+                       "max_tokens")
+    return body.model_dump(exclude_none=True)
 
 
 @router.post("/api/conversations/{conv_id}/publish")
@@ -264,11 +347,17 @@ async def send(body: SendRequest, request: Request) -> Response:
     who = client_hash(request, rt.salt)
     rt.limiter.check(who)
     if body.conversation_id is None:
+        chosen = _reply_settings(request, body.settings)
+        system = (body.system or "").strip()
+        _check_length(request, system)
+        first = [Message(role="system", content=system)] if system else []
         opened = await run_in_threadpool(
-            rt.chat.open, [Message(role="user", content=body.content)], client_hash=who, source="web",
-            publish_allowed=body.publish, owner_hash=_owner(request, token),
+            rt.chat.open, [*first, Message(role="user", content=body.content)], client_hash=who, source="web",
+            publish_allowed=body.publish, owner_hash=_owner(request, token), stitch=False,
         )
         conv_id = opened.conversation_id
+        if chosen:
+            await run_in_threadpool(rt.store.set_reply_settings, conv_id, chosen)
     else:
         conv_id = (await _own(request, body.conversation_id)).id
         _claim(request, conv_id)
@@ -279,7 +368,7 @@ async def send(body: SendRequest, request: Request) -> Response:
             raise ApiError(409, "this conversation has ended; start a new one", "conversation_ended") from None
     response = _reply_stream(request, conv_id, who, lambda params, cancel: rt.chat.reply(conv_id, params, cancel))
     if fresh:
-        _set_cookie(response, token)
+        _set_cookie(request, response, token)
     return response
 
 
@@ -365,14 +454,14 @@ def _reply_stream(
     rt = request.app.state.rt
     generating = _generating(request)
     cancel = generating.get(conv_id) or _claim(request, conv_id)
-    params = ChatParams(max_tokens=rt.settings.max_tokens_default)
 
     async def events() -> AsyncIterator[str]:
         try:
             yield _sse("meta", {"conversation_id": conv_id})
-            final = None
+            final, meter = None, rt.limiter.meter(who)
             try:
-                async for chunk in stream_in_thread(lambda c: generate(params, c), cancel):
+                async for chunk in stream_in_thread(lambda c: generate(_params(rt, conv_id), c), cancel):
+                    meter.add(chunk)
                     if chunk.text:
                         yield _sse("delta", {"text": chunk.text})
                     if chunk.finish_reason:
@@ -390,8 +479,6 @@ def _reply_stream(
                 yield _sse("error", {"message": str(e) or "this conversation has ended",
                                      "conversation": await _thread_view(request, conv_id)})
                 return
-            if final is not None:
-                rt.limiter.spend(who, final.completion_tokens or 0)
             _release(request, conv_id, cancel)
             yield _sse("done", {"finish_reason": final.finish_reason if final else "interrupted",
                                 "conversation": await _thread_view(request, conv_id)})
@@ -401,6 +488,16 @@ def _reply_stream(
     # The background task also releases the conversation when the client left before the stream began.
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
                              background=BackgroundTask(_release, request, conv_id, cancel))
+
+
+def _params(rt: Any, conv_id: str) -> ChatParams:
+    """Sampling for the next reply: the server's defaults, with what the owner chose for this conversation."""
+    chosen = rt.store.reply_settings(conv_id)
+    params = ChatParams(max_tokens=min(chosen.get("max_tokens", rt.settings.max_tokens_default),
+                                       rt.settings.max_tokens_limit))
+    if "temperature" in chosen:
+        params.temperature = chosen["temperature"]
+    return params
 
 
 def _sse(name: str, data: dict[str, Any]) -> str:

@@ -7,11 +7,25 @@ const $ = (id) => document.getElementById(id);
 const log = $("log"), scroller = $("scroller"), input = $("input"), form = $("composer"), statusLine = $("status");
 const endButton = $("end"), newButton = $("new"), sendButton = $("send"), stopButton = $("stop");
 const publishSwitch = $("publish"), pubState = $("pubstate"), consent = $("consent"), jump = $("jump");
-const historyList = $("history"), sidebar = $("sidebar"), menu = $("menu");
+const historyList = $("history"), sidebar = $("sidebar"), menu = $("menu"), search = $("search");
+const panel = $("panel"), optionsButton = $("options"), systemBox = $("system"), temperature = $("temperature");
+const lengthBox = $("length"), starters = $("starters"), endDialog = $("end-dialog");
 const CONSENT_KEY = "thresher.publish";  // "yes" | "no": the answer to the first-visit notice, in this browser
+const THEME_KEY = "thresher.theme";      // "light" | "dark"; absent: follow the system
 const touch = window.matchMedia("(pointer: coarse)").matches;
+const DEFAULTS = { temperature: Number(document.body.dataset.temperature),
+                   max_tokens: Number(document.body.dataset.maxTokens) };
+// Enter sends on a keyboard; on a touch keyboard Enter is the only way to start a new line, so Send sends there.
+const PLACEHOLDER = touch ? "Type a message." : "Type a message. Enter sends, Shift+Enter adds a line.";
+const STARTERS = [
+  "Explain photosynthesis in two sentences.",
+  "Write a short poem about the sea.",
+  "Give me three tips for a job interview.",
+  "What is the difference between weather and climate?",
+];
 
 let conv = null;        // the conversation shown (the server's view), or null for a new chat
+let chosen = {};        // a new chat's reply settings, until its first message creates it
 let busy = false;       // a reply is being written
 let follow = true;      // keep the newest text in sight, until the reader scrolls up
 
@@ -109,15 +123,28 @@ function addCodeButtons(body) {
   }
 }
 
+function when(iso) {  // a message's time: the time of day, with the date when it was not today
+  const t = new Date(iso), today = new Date();
+  const time = t.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return t.toDateString() === today.toDateString() ? time
+    : t.toLocaleDateString([], { day: "numeric", month: "short", year: t.getFullYear() === today.getFullYear() ? undefined : "numeric" }) + " " + time;
+}
+function whoLine(name, iso) {
+  const who = el("span", { className: "who", textContent: name });
+  if (iso) who.append(el("time", { dateTime: iso, textContent: when(iso) }));
+  return who;
+}
+
 function messageNode(m, index, count) {
   const mine = m.role === "user";
   const node = el("article", { className: "msg " + m.role });
   node.dataset.id = m.id;
-  node.setAttribute("aria-label", mine ? "You said" : "Assistant replied");
-  const body = el("div", { className: mine ? "body" : "body reply" });
+  const name = mine ? "You" : m.role === "system" ? "Instructions for the assistant" : "Assistant";
+  node.setAttribute("aria-label", mine ? "You said" : m.role === "system" ? name : "Assistant replied");
+  const body = el("div", { className: mine || m.role === "system" ? "body" : "body reply" });
   if (mine || m.html === undefined) body.textContent = m.content;
   else { body.innerHTML = m.html; addCodeButtons(body); }
-  node.append(el("span", { className: "who", textContent: mine ? "You" : "Assistant" }), body);
+  node.append(whoLine(name, m.created_at), body);
   const cutOff = !mine && (m.status === "interrupted" || m.finish_reason === "length");
   if (cutOff) node.append(el("p", { className: "cut", textContent:
     m.finish_reason === "length" ? "(cut off: it reached the length limit)" : "(stopped before the end)" }));
@@ -184,6 +211,10 @@ function showConversation(view, keepScroll) {
   const top = scroller.scrollTop, wasFollowing = follow && !readerMoved();
   conv = view;
   log.replaceChildren(...view.messages.map((m, i) => messageNode(m, i, view.messages.length)));
+  const replies = log.querySelectorAll(".msg.assistant");
+  if (replies.length) replies[replies.length - 1].classList.add("latest");
+  showStarters();
+  showSettings();
   if (keepScroll && !wasFollowing) scroller.scrollTop = top; else toBottom();
   if (location.hash !== "#" + view.id) history_replace("#" + view.id);
   refreshControls();
@@ -197,8 +228,7 @@ function refreshControls() {
   sendButton.hidden = busy;
   stopButton.hidden = !busy;
   input.disabled = ended;
-  input.placeholder = ended ? "This conversation has ended. Start a new chat to keep talking."
-                            : "Type a message. Enter sends, Shift+Enter adds a line.";
+  input.placeholder = ended ? "This conversation has ended. Start a new chat to keep talking." : PLACEHOLDER;
   newButton.disabled = busy;
   endButton.disabled = busy || ended || conv === null;
   for (const b of historyList.querySelectorAll("button")) b.disabled = busy;
@@ -214,19 +244,62 @@ function refreshControls() {
 }
 
 // --- history ----------------------------------------------------------------------------------------------------
+function badgeOf(c) {
+  return c.status === "published" ? "published" : c.status === "taken_down" ? "taken down"
+    : c.publish_allowed ? "may publish" : "private";
+}
 async function loadHistory() {
   let data;
   try { data = (await getJSON("/api/conversations")).data; } catch (e) { say("Could not load your conversations: " + e.message); return; }
   historyList.replaceChildren(...data.map((c) => {
-    const open = button(c.title, null, () => openConversation(c.id), { className: "open" });
+    const meta = when(c.updated_at) + " · " + badgeOf(c) + (c.ended ? " · ended" : "");
+    const open = button("", null, () => openConversation(c.id), { className: "open", title: c.title + "\n" + meta });
+    open.append(el("span", { className: "t", textContent: c.title }), el("span", { className: "meta", textContent: meta }));
     open.dataset.id = c.id;
-    const badge = c.status === "published" ? "published" : c.publish_allowed ? "may publish" : "";
-    if (badge) open.append(" ", el("span", { className: "badge", textContent: "(" + badge + ")" }));
-    const del = button("✕", "Delete conversation: " + c.title, () => remove(c), { className: "icon" });
-    return el("li", {}, open, del);
+    open.setAttribute("aria-label", c.title + ", " + meta);
+    const li = el("li", {}, open);
+    li.dataset.title = c.title.toLowerCase();
+    li.append(button("✎", "Rename conversation: " + c.title, () => startRename(li, c), { className: "icon" }),
+              button("✕", "Delete conversation: " + c.title, () => remove(c), { className: "icon" }));
+    return li;
   }));
+  filterHistory();
   markCurrent();
   refreshControls();
+}
+function filterHistory() {
+  const words = search.value.toLowerCase().split(/\s+/).filter(Boolean);
+  let shown = 0;
+  for (const li of historyList.children) {
+    li.hidden = !words.every((w) => li.dataset.title.includes(w));
+    if (!li.hidden) shown++;
+  }
+  $("no-match").hidden = shown > 0 || words.length === 0;
+}
+search.addEventListener("input", filterHistory);
+function startRename(li, c) {
+  const box = el("input", { type: "text", value: c.renamed ? c.title : "", className: "rename-box", maxLength: 200,
+                            placeholder: c.title });
+  box.setAttribute("aria-label", "New title (empty: its first message)");
+  li.replaceChildren(box);
+  box.focus(); box.select();
+  let done = false;
+  const finish = async (save) => {
+    if (done) return;
+    done = true;
+    if (save) {
+      try { await postJSON(`/api/conversations/${c.id}/title`, { title: box.value }); say("Conversation renamed."); }
+      catch (e) { say("Could not rename it: " + e.message); }
+    }
+    await loadHistory();
+    const again = historyList.querySelector(`.open[data-id="${c.id}"]`);
+    if (again) again.focus();
+  };
+  box.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") { e.preventDefault(); finish(true); }
+    else if (e.key === "Escape") { e.preventDefault(); e.stopPropagation(); finish(false); }
+  });
+  box.addEventListener("blur", () => finish(true));
 }
 function markCurrent() {
   for (const b of historyList.querySelectorAll(".open")) {
@@ -237,9 +310,10 @@ async function openConversation(id) {
   if (busy) return;
   try {
     showConversation(await getJSON("/api/conversations/" + id));
-    say("");
+    say(conv.ended ? conv.publication.text : "");
     closeSidebar();
     input.focus();
+    waitForRating(id);
   } catch (e) { say("Could not open that conversation: " + e.message); }
 }
 async function remove(c) {
@@ -258,7 +332,8 @@ function newChat(announce = true) {
   log.replaceChildren();
   history_replace(location.pathname);
   publishSwitch.checked = localStorage.getItem(CONSENT_KEY) === "yes";
-  refreshControls(); markCurrent(); closeSidebar();
+  systemBox.value = ""; chosen = {};
+  refreshControls(); markCurrent(); closeSidebar(); showStarters(); showSettings();
   if (announce) say("New chat.");
   input.focus();
 }
@@ -288,10 +363,9 @@ function clearErrors() { for (const e of log.querySelectorAll(".error")) e.remov
 
 // Run one streamed request. `pending` is the node that shows the reply as it streams in; `refused(message)` runs
 // when the server turned the request down (nothing stored); `failed(message)` when it failed after storing.
-async function stream(url, body, pending, { refused, failed }) {
-  busy = true; refreshControls(); clearErrors();
-  const target = el("div", { className: "body streaming" });
-  pending.append(target);
+async function stream(url, body, pending, { refused, failed, target }) {
+  busy = true; refreshControls(); clearErrors(); showStarters();
+  if (!target) { target = el("div", { className: "body streaming" }); pending.append(target); }
   say("The assistant is replying…");
   let accepted = false;
   try {
@@ -339,8 +413,9 @@ async function send(text) {
   log.append(mine);
   toBottom();
   const firstTurn = conv === null;
-  await stream("/api/chat", { conversation_id: conv ? conv.id : null, content: text, publish: publishSwitch.checked },
-               pendingReply(), {
+  const body = { conversation_id: conv ? conv.id : null, content: text, publish: publishSwitch.checked };
+  if (firstTurn) Object.assign(body, { system: systemBox.value.trim() || null, settings: chosen });
+  await stream("/api/chat", body, pendingReply(), {
     refused: (message) => {
       mine.remove();
       if (firstTurn) conv = null;
@@ -372,6 +447,7 @@ async function continueReply(messageId) {
   await stream(`/api/conversations/${conv.id}/continue`, { message_id: messageId }, node, {
     refused: async (message) => { await reload(); inlineError(message, () => continueReply(messageId)); },
     failed: (message) => inlineError(message, retryLast),
+    target: pending,  // the continuation grows the same text, on the same line
   });
 }
 
@@ -422,9 +498,11 @@ async function switchTo(messageId) {
 }
 
 async function rate(m, rating) {
+  // A reason belongs to its rating: "Short and correct" must not stay behind when Good becomes Bad.
+  const same = m.feedback && m.feedback.rating === rating;
   try {
     showConversation(await postJSON(`/api/conversations/${conv.id}/messages/${m.id}/feedback`,
-                                    { rating, reason: m.feedback ? m.feedback.reason : null }), true);
+                                    { rating, reason: same ? m.feedback.reason : null }), true);
     say(rating === null ? "Rating removed." : "Thanks: rated " + (rating === "up" ? "good" : "bad") +
         ". You can add a reason below the reply.");
     const field = log.querySelector(`[data-id="${m.id}"] .why input`);
@@ -453,19 +531,50 @@ form.addEventListener("submit", (e) => {
   const text = input.value;
   if (!text.trim() || busy || (conv && conv.ended)) return;
   input.value = "";
+  grow();
   send(text);
 });
 
-endButton.addEventListener("click", async () => {
+endButton.addEventListener("click", () => {
   if (conv === null) return;
+  $("end-dialog-text").textContent = "Nothing more can be added to it; you can still read, copy and export it. " +
+    (conv.publish_allowed
+      ? "You allowed publishing, so the model now rates it as training data, and if it is among the best it goes " +
+        "into the public dataset. You can still switch publishing off until then."
+      : "You did not allow publishing, so it stays private.");
+  endDialog.returnValue = "";
+  endDialog.showModal();
+  $("end-cancel").focus();
+});
+endDialog.addEventListener("close", async () => {
+  if (endDialog.returnValue !== "end" || conv === null) { endButton.focus(); return; }
   try {
     showConversation(await postJSON(`/api/conversations/${conv.id}/end`), true);
-    say(conv.publish_allowed
-      ? "Conversation ended. It will be rated as training data. Start a new chat to keep talking."
-      : "Conversation ended. You chose not to publish it: it stays private.");
+    say("Conversation ended. " + conv.publication.text + " Start a new chat to keep talking.");
     loadHistory();
+    waitForRating(conv.id);
   } catch (e) { say("Could not end the conversation: " + e.message); }
+  input.focus();
 });
+
+// After End, the model rates the conversation in the background: look again now and then, so the owner sees the
+// rating and whether it will be published, without reloading.
+let ratingTimer = null;
+function waitForRating(id, tries = 36) {
+  clearTimeout(ratingTimer);
+  if (!conv || conv.id !== id || conv.publication.state !== "waiting" || tries <= 0) return;
+  ratingTimer = setTimeout(async () => {
+    if (busy || !conv || conv.id !== id) return;
+    try {
+      const view = await getJSON("/api/conversations/" + id);
+      if (!conv || conv.id !== id || busy) return;
+      if (view.publication.state !== "waiting") {
+        showConversation(view, true); say(view.publication.text); loadHistory();
+      }
+    } catch (e) { /* try again */ }
+    waitForRating(id, tries - 1);
+  }, 5000);
+}
 
 // --- consent ----------------------------------------------------------------------------------------------------
 async function choosePublish(yes) {
@@ -502,9 +611,99 @@ $("consent-yes").addEventListener("click", () => answerNotice(true));
 $("consent-no").addEventListener("click", () => answerNotice(false));
 $("about").addEventListener("click", () => { consent.hidden = false; $("consent-title").tabIndex = -1; $("consent-title").focus(); });
 
+// --- this conversation's settings and export ------------------------------------------------------------------
+function settingsNow() { return Object.assign({}, DEFAULTS, conv ? conv.settings : chosen); }
+function showSettings() {
+  const now = settingsNow();
+  temperature.value = now.temperature; $("temperature-value").textContent = Number(now.temperature).toFixed(1);
+  lengthBox.value = now.max_tokens;
+  const system = conv ? conv.messages.find((m) => m.role === "system") : null;
+  if (conv) systemBox.value = system ? system.content : "";
+  systemBox.disabled = conv !== null;
+  temperature.disabled = lengthBox.disabled = !!(conv && conv.ended);
+  $("panel-note").textContent = conv === null
+    ? "These apply to this new chat from its first message."
+    : "Instructions are set when a chat starts. Creativity and reply length apply to the next reply.";
+  $("export-md").disabled = $("export-json").disabled = conv === null;
+}
+async function saveSettings() {
+  const wanted = { temperature: Number(temperature.value), max_tokens: Math.round(Number(lengthBox.value)) };
+  $("temperature-value").textContent = wanted.temperature.toFixed(1);
+  if (!(wanted.max_tokens >= 1)) { say("The reply length must be a number of tokens."); return; }
+  if (conv === null) { chosen = wanted; say("Settings kept for this new chat."); return; }
+  try {
+    const view = await postJSON(`/api/conversations/${conv.id}/settings`, wanted);
+    conv.settings = view.settings;
+    say("Settings saved for this conversation.");
+  } catch (e) { say("Could not save the settings: " + e.message); showSettings(); }
+}
+temperature.addEventListener("input", () => { $("temperature-value").textContent = Number(temperature.value).toFixed(1); });
+temperature.addEventListener("change", saveSettings);
+lengthBox.addEventListener("change", saveSettings);
+function togglePanel(open) {
+  panel.hidden = !open;
+  optionsButton.setAttribute("aria-expanded", String(open));
+  if (open) { showSettings(); (systemBox.disabled ? temperature : systemBox).focus(); } else optionsButton.focus();
+}
+optionsButton.addEventListener("click", () => togglePanel(panel.hidden));
+$("panel-close").addEventListener("click", () => togglePanel(false));
+
+function titleOf(view) {
+  const first = view.messages.find((m) => m.role === "user");
+  return first ? first.content.split("\n")[0].slice(0, 60) : "conversation";
+}
+function download(name, type, text) {
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const a = el("a", { href: url, download: name });
+  document.body.append(a); a.click(); a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+function exportAs(kind) {
+  if (!conv) return;
+  const messages = conv.messages.map((m) => ({ role: m.role, content: m.content, created_at: m.created_at }));
+  if (kind === "json") {
+    download(`conversation-${conv.id}.json`, "application/json", JSON.stringify({
+      id: conv.id, title: titleOf(conv), created_at: conv.created_at, ended: conv.ended, settings: settingsNow(),
+      publication: conv.publication.state, messages }, null, 2) + "\n");
+  } else {
+    const names = { user: "You", assistant: "Assistant", system: "Instructions" };
+    const parts = ["# " + titleOf(conv), ""];
+    for (const m of messages) parts.push(`**${names[m.role] || m.role}**` + (m.created_at ? ` (${when(m.created_at)})` : ""), "", m.content, "");
+    download(`conversation-${conv.id}.md`, "text/markdown", parts.join("\n"));
+  }
+  say("Conversation exported.");
+}
+$("export-md").addEventListener("click", () => exportAs("md"));
+$("export-json").addEventListener("click", () => exportAs("json"));
+
+// --- theme, the message box, ideas to start with --------------------------------------------------------------
+const themeSelect = $("theme");
+themeSelect.value = localStorage.getItem(THEME_KEY) || "system";
+themeSelect.addEventListener("change", () => {
+  const theme = themeSelect.value;
+  if (theme === "system") { localStorage.removeItem(THEME_KEY); delete document.documentElement.dataset.theme; }
+  else { localStorage.setItem(THEME_KEY, theme); document.documentElement.dataset.theme = theme; }
+});
+
+function grow() {  // the message box grows with its text, up to its maximum height (then it scrolls)
+  input.style.height = "auto";
+  input.style.height = input.scrollHeight + 2 + "px";
+}
+input.addEventListener("input", grow);
+
+function showStarters() {
+  const empty = conv === null && !busy && log.children.length === 0;
+  starters.hidden = !empty;
+}
+for (const text of STARTERS) {
+  starters.append(button(text, null, () => { if (!busy) { input.value = ""; grow(); send(text); } }));
+}
+
 // --- start ------------------------------------------------------------------------------------------------------
 consent.hidden = localStorage.getItem(CONSENT_KEY) !== null;
 publishSwitch.checked = localStorage.getItem(CONSENT_KEY) === "yes";
 refreshControls();
+showStarters();
+showSettings();
 loadHistory();
 if (location.hash.length > 1) openConversation(location.hash.slice(1));
