@@ -37,10 +37,12 @@ class ScriptedEngine:
     started: threading.Event = field(default_factory=threading.Event)
     prompts: list[list[dict[str, str]]] = field(default_factory=list)
     prefixes: list[str] = field(default_factory=list)
+    params: list[ChatParams] = field(default_factory=list)
 
     def stream_chat(self, messages: Sequence[dict[str, str]], params: ChatParams) -> Iterator[Chunk]:
         self.prompts.append([dict(m) for m in messages])
         self.prefixes.append(params.prefix)
+        self.params.append(params)
         self.started.set()
         n = 0
         for word in self.words[: params.max_tokens]:

@@ -345,3 +345,31 @@ def test_approve_by_keyboard_in_the_browser(serve, remote: Path, tmp_path: Path)
         assert git(remote, "log", "-1", "--format=%an <%ae>|%s", "main") == f"{ADA}|Approve {first}: Clear and correct."
         rec = git(remote, "show", f"main:reviews/{first}/ada-example.org.json")
         assert '"verdict": "approve"' in rec and '"reason": "Clear and correct."' in rec
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}: `apt-get install chromium`; "
+                    "these tests never download a browser")
+@pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
+def test_on_a_phone_nothing_runs_off_the_right_edge(serve, remote: Path, dark: bool) -> None:
+    """A 26-character id and a long judge name wrap inside 390 px instead of widening the page."""
+    from playwright.sync_api import expect, sync_playwright
+    from test_web_browser import ARTIFACTS, CHROMIUM_ARGS, PHONE, WAIT_MS
+
+    with serve(ScriptedEngine(), dataset_remote=str(remote), reviewer_tokens=TOKENS) as live, \
+            sync_playwright() as p:
+        (cid,) = publish_some(live, [("What do owls eat?", "Mostly small mammals and insects.")])
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True,
+                                          color_scheme="dark" if dark else "light",
+                                          extra_http_headers={"Authorization": f"Bearer {ADA_TOKEN}"})
+            page = context.new_page()
+            page.set_default_timeout(WAIT_MS)
+            page.goto(live.url + "/review")
+            expect(page.get_by_role("heading", name=f"Conversation {cid}")).to_be_visible()
+            assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=ARTIFACTS / f"review-phone-{'dark' if dark else 'light'}.png", full_page=True)
+        finally:
+            browser.close()

@@ -517,7 +517,7 @@ def test_first_visit_notice_in_plain_words(open_chat) -> None:
     expect(notice).to_be_hidden()
     page.keyboard.press("Control+Shift+O")
     expect(switch).to_be_checked()
-    page.get_by_role("button", name="What does publishing mean?").click()
+    page.get_by_role("button", name="About publishing").click()
     expect(notice).to_be_visible()
 
 
@@ -664,3 +664,221 @@ def test_the_real_model_answers_in_the_page(open_chat, embedded_engine) -> None:
     assert [m.role for m in conv.messages] == ["user", "assistant"]
     assert conv.messages[0].content == "Say hello."
     assert conv.messages[1].status == "complete"
+
+
+# --- the first hour: what a new chatter met (issue 16) --------------------------------------------------------------
+
+def _in_view(page: Page, locator) -> bool:
+    """Whether the element is wholly inside the window and not clipped by a scrolling box around it."""
+    return locator.evaluate("""el => {
+      const r = el.getBoundingClientRect();
+      if (r.top < 0 || r.bottom > innerHeight || r.left < 0 || r.right > innerWidth) return false;
+      for (let p = el.parentElement; p; p = p.parentElement) {
+        const s = getComputedStyle(p);
+        if (!/(auto|scroll|hidden)/.test(s.overflowY)) continue;
+        const b = p.getBoundingClientRect();
+        if (r.top < b.top || r.bottom > b.bottom) return false;
+      }
+      return true;
+    }""")
+
+
+@pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
+def test_on_a_phone_the_notice_answers_and_the_chrome_fit(open_chat, dark: bool) -> None:
+    page, _ = open_chat(phone=True, dark=dark, answer=None)
+    notice = page.get_by_role("region", name="Before you chat")
+    for name in ("Yes, my conversations may be published", "No, keep them private"):
+        assert _in_view(page, notice.get_by_role("button", name=name)), name  # no scrolling to answer
+    shoot(page, f"first-hour-phone-{'dark' if dark else 'light'}-notice")
+    notice.get_by_role("button", name="No, keep them private").tap()
+    chrome = page.evaluate("document.querySelector('header').offsetHeight + "
+                           "document.getElementById('pubbar').offsetHeight")
+    assert chrome <= 110, chrome  # was ~170 of 844 px
+    placeholder = message_box(page).get_attribute("placeholder")
+    assert "Enter" not in placeholder, placeholder  # on a touch keyboard Enter adds a line
+    send_button = page.get_by_role("button", name="Send")
+    message_box(page).fill("Hello from a phone")
+    send_button.tap()
+    wait_reply_done(page)
+    shoot(page, f"first-hour-phone-{'dark' if dark else 'light'}-chat")
+
+
+def test_on_a_desktop_the_placeholder_says_enter_sends(open_chat) -> None:
+    page, _ = open_chat()
+    expect(message_box(page)).to_have_attribute("placeholder", re.compile("Enter sends"))
+
+
+def test_changing_a_rating_drops_the_reason_given_for_the_other(open_chat) -> None:
+    page, live = open_chat()
+    send(page, "Hi")
+    wait_reply_done(page)
+    page.get_by_role("button", name="Good reply").click()
+    page.get_by_label("What was good? (optional)").fill("Short and correct")
+    page.get_by_role("button", name="Save reason").click()
+    expect(page.get_by_role("status")).to_have_text("Reason saved.")
+    page.get_by_role("button", name="Bad reply").click()
+    expect(page.get_by_label("What was wrong? (optional)")).to_have_value("")
+    cid = only_conversation(live)
+    wait_for(lambda: [(f.rating, f.reason) for f in store_of(live).feedback([cid])[cid]] == [("down", None)])
+
+
+def test_end_says_what_it_does_asks_first_and_then_shows_the_rating(open_chat) -> None:
+    from thresher.flywheel import judge_pending
+
+    page, live = open_chat(answer="yes", judge="serving", judge_interval_seconds=3600)
+    send(page, "Hello")
+    wait_reply_done(page)
+    end = page.get_by_role("button", name="End conversation")
+    expect(end).to_have_accessible_description(re.compile("nothing more can be added"))
+    end.click()
+    dialog = page.get_by_role("dialog", name="End this conversation?")
+    expect(dialog).to_contain_text("the model now rates it as training data")
+    dialog.get_by_role("button", name="Keep chatting").click()
+    expect(dialog).to_be_hidden()
+    cid = only_conversation(live)
+    assert not store_of(live).get(cid).ended  # cancelled: still open
+    end_conversation(page)
+    expect(page.get_by_role("status")).to_contain_text("The model rates it as training data shortly")
+    expect(page.locator("#pubstate")).not_to_contain_text("once it ends")
+    rt = live.server.config.app.state.rt
+    assert judge_pending(rt.store, rt.judge) == 1  # the judge loop's work, done now (the scripted judge: 5.5)
+    # Without a reload, the page learns the rating and that it stays private (the default bar is 8).
+    expect(page.locator("#pubstate")).to_contain_text("Rated 5.5 out of 10", timeout=20_000)
+    expect(page.locator("#pubstate")).to_contain_text("stays private")
+
+
+def test_history_titles_dates_badges_search_and_rename(open_chat) -> None:
+    page, live = open_chat(answer="yes")
+    long_title = "Tell me everything about the migration of arctic terns across the oceans"
+    for text in (long_title, "Quick question about owls"):
+        page.keyboard.press("Control+Shift+O")
+        send(page, text)
+        wait_reply_done(page)
+    item = page.locator("#history .open", has_text="arctic terns")
+    expect(item).to_have_attribute("title", re.compile("^Tell me everything about the migration of arctic"))
+    expect(item.locator(".meta")).to_contain_text("may publish")  # shown on a desktop, beside the date
+    assert item.locator(".t").evaluate("e => e.getBoundingClientRect().width") > 180  # not cut at 18 characters
+    page.get_by_label("Search your conversations").fill("owls")
+    expect(page.locator("#history li:visible")).to_have_count(1)
+    page.get_by_label("Search your conversations").fill("nothing like it")
+    expect(page.get_by_text("No conversation matches.")).to_be_visible()
+    page.get_by_label("Search your conversations").fill("")
+    page.get_by_role("button", name="Rename conversation: Quick question about owls").click()
+    box = page.get_by_label("New title (empty: its first message)")
+    box.fill("Owl facts")
+    box.press("Enter")
+    expect(page.locator("#history .open .t", has_text="Owl facts")).to_have_count(1)
+    owls = next(c for c in store_of(live).list() if c.messages[0].content.startswith("Quick"))
+    assert store_of(live).conversations_of(owls.owner_hash)[0].title == "Owl facts"
+
+
+def test_an_edited_first_message_retitles_the_conversation(open_chat) -> None:
+    page, _ = open_chat()
+    send(page, "Frist question")
+    wait_reply_done(page)
+    page.get_by_role("button", name="Edit message").click()
+    box = page.get_by_label("Edit your message")
+    box.fill("First question")
+    box.press("Enter")
+    wait_reply_done(page)
+    expect(page.locator("#history .open .t")).to_have_text("First question")
+
+
+def test_a_continued_reply_grows_on_its_own_line(open_chat) -> None:
+    engine = ScriptedEngine(words=[f"w{i} " for i in range(200)], delay=0.02)
+    page, _ = open_chat(engine)
+    send(page, "Count")
+    expect(replies(page).first).to_contain_text("w3")
+    page.get_by_role("button", name="Stop").click()
+    wait_reply_done(page, "Reply stopped. The text so far is kept.")
+    before = replies(page).first.text_content()
+    engine.words, engine.delay = [" and", " more", " words"] * 20, 0.05
+    page.get_by_role("button", name="Continue reply").click()
+    expect(replies(page).first).to_contain_text("and more")
+    # While it streams: one body, the old text followed directly by the new (no second block, no line break).
+    reply = transcript(page).locator(".msg.assistant").first
+    expect(reply.locator(".body")).to_have_count(1)
+    assert reply.locator(".body").text_content().startswith(before.rstrip())
+    wait_reply_done(page)
+
+
+def test_chat_settings_reach_the_model_and_the_store(open_chat) -> None:
+    engine = ScriptedEngine()
+    page, live = open_chat(engine)
+    page.get_by_role("button", name="Chat settings and export").click()
+    page.get_by_label("Instructions for the assistant").fill("Answer like a pirate.")
+    page.get_by_label("Creativity (temperature)").fill("0.2")
+    page.get_by_label("Longest reply (tokens)").fill("64")
+    page.get_by_label("Longest reply (tokens)").press("Tab")
+    send(page, "Hello")
+    wait_reply_done(page)
+    assert engine.prompts[-1][0] == {"role": "system", "content": "Answer like a pirate."}
+    assert (engine.params[-1].temperature, engine.params[-1].max_tokens) == (0.2, 64)
+    cid = only_conversation(live)
+    assert store_of(live).reply_settings(cid) == {"temperature": 0.2, "max_tokens": 64}
+    expect(page.get_by_label("Instructions for the assistant")).to_be_disabled()  # set when a chat starts
+    page.get_by_label("Longest reply (tokens)").fill("32")
+    page.get_by_label("Longest reply (tokens)").press("Tab")
+    expect(page.get_by_role("status")).to_have_text("Settings saved for this conversation.")
+    page.get_by_role("button", name="Regenerate reply").click()
+    wait_reply_done(page)
+    assert engine.params[-1].max_tokens == 32  # applies to the next reply, regenerated ones too
+    too_long = page.request.post(f"{live.url}/api/conversations/{cid}/settings", data={"max_tokens": 10**6})
+    assert too_long.status == 400 and "max_tokens" in too_long.text()
+
+
+def test_export_as_markdown_and_json(open_chat, tmp_path: Path) -> None:
+    import json
+
+    page, _ = open_chat()
+    send(page, "Export me")
+    wait_reply_done(page)
+    page.get_by_role("button", name="Chat settings and export").click()
+    with page.expect_download() as got:
+        page.get_by_role("button", name="Export as Markdown").click()
+    md = tmp_path / "c.md"
+    got.value.save_as(md)
+    text = md.read_text()
+    assert text.startswith("# Export me") and "**You**" in text and REPLY in text
+    with page.expect_download() as got:
+        page.get_by_role("button", name="Export as JSON").click()
+    js = tmp_path / "c.json"
+    got.value.save_as(js)
+    data = json.loads(js.read_text())
+    assert [(m["role"], m["content"]) for m in data["messages"]] == [("user", "Export me"), ("assistant", REPLY)]
+    assert all(m["created_at"] for m in data["messages"])
+
+
+def test_theme_switch_starters_growing_box_timestamps_and_quiet_actions(open_chat) -> None:
+    page, live = open_chat(dark=False)
+    starters = page.get_by_label("Ideas to start with")
+    expect(starters.get_by_role("button")).to_have_count(4)
+    box = message_box(page)
+    one_line = box.evaluate("e => e.offsetHeight")
+    box.fill("one\ntwo\nthree\nfour")
+    box.dispatch_event("input")
+    assert box.evaluate("e => e.offsetHeight") > one_line * 1.5  # the box grows as you type
+    box.fill("")
+    starters.get_by_role("button").first.click()
+    wait_reply_done(page)
+    expect(starters).to_be_hidden()
+    assert messages(live, only_conversation(live))[0][1] == "Explain photosynthesis in two sentences."
+    expect(transcript(page).locator(".msg.user .who time")).to_have_count(1)
+    # Actions stay out of the way on a desktop until the pointer or the focus comes to a message, except the newest.
+    page.keyboard.press("Control+Shift+O")
+    send(page, "Second")
+    wait_reply_done(page)
+    user_actions = transcript(page).locator(".msg.user .actions")
+    assert user_actions.evaluate("e => getComputedStyle(e).opacity") == "0"
+    transcript(page).locator(".msg.user").hover()
+    expect(user_actions).to_have_css("opacity", "1")
+    expect(transcript(page).locator(".msg.assistant.latest .actions")).to_have_css("opacity", "1")
+
+    theme = page.get_by_label("Theme")
+    theme.select_option("dark")
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(24, 24, 27)"
+    page.reload()  # remembered in this browser
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(24, 24, 27)"
+    shoot(page, "first-hour-desktop-chosen-dark")
+    page.get_by_label("Theme").select_option("system")
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") != "rgb(24, 24, 27)"

@@ -100,7 +100,8 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address `thresher serve` listens on.")
     port: int = Field(8000, description="Port `thresher serve` listens on.")
-    public: bool = Field(False, description="Public mode: requires an admin token and enforces rate limits.")
+    public: bool = Field(False, description="Public mode: requires an admin token, enforces rate limits and "
+                         "marks the chat page's cookie Secure (serve it over https).")
     admin_token: str | None = Field(None, description="Bearer token for /admin routes. Required in public mode.")
     api_keys: list[str] = Field(
         default_factory=list, description="If set, /v1 requests must carry one of these as a Bearer token."
@@ -113,7 +114,9 @@ class Settings(BaseSettings):
         "print(secrets.token_urlsafe())'`). None: the page is off.",
     )
     trusted_proxies: str = Field(
-        "127.0.0.1", description="Addresses whose X-Forwarded-For header is trusted (uvicorn's forwarded_allow_ips)."
+        "127.0.0.1", description="Addresses whose X-Forwarded-For and X-Forwarded-Proto headers are trusted "
+        "(uvicorn's forwarded_allow_ips): the client's address for rate limits, and https, which makes the chat "
+        "page's cookie Secure."
     )
 
     licence: str = Field("CC-BY-4.0", description="Licence under which published conversations are released.")

@@ -73,6 +73,9 @@ class Chunk:
     completion_tokens: int | None = None
     # The tokens of `text` with their log-probabilities, when ChatParams.logprobs is set (else empty).
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    # While the request waits for the engine (an engine that queues requests says so): how many requests are ahead
+    # of it, 0 = next. Such a chunk has no text; so have the empty chunks a waiting stream sends now and then.
+    waiting: int | None = None
 
 
 @runtime_checkable
@@ -129,13 +132,16 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return "hf", spec
 
 
-def load(spec: str, *, n_ctx: int = 2048, n_threads: int | None = None) -> Engine:
-    """Load the engine a spec names. Raises EngineError with a readable reason."""
+def load(spec: str, *, n_ctx: int = 2048, n_threads: int | None = None, n_parallel: int | None = None) -> Engine:
+    """Load the engine a spec names. Raises EngineError with a readable reason.
+
+    `n_ctx` is each sequence's context; `n_parallel` how many sequences llama.cpp decodes together (its default
+    when None); other engines serve one request at a time."""
     kind, target = parse_spec(spec)
     if kind == "llama.cpp":
         from thresher.engines.llamacpp import LlamaCppEngine
 
-        return LlamaCppEngine(target, n_ctx=n_ctx, n_threads=n_threads)
+        return LlamaCppEngine(target, n_ctx=n_ctx, n_threads=n_threads, n_parallel=n_parallel)
     if kind == "hf":
         from thresher.engines.transformers import TransformersEngine
 

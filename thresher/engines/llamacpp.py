@@ -1,28 +1,47 @@
 """Engine for GGUF files with llama-cpp-python: the default, and the fastest decoder on a CPU.
 
 The prompt is rendered with the chat template stored in the GGUF file and handed to llama.cpp as tokens, so prompt
-and reply lengths are exact and the KV cache is reused across the turns of a conversation.
+and reply lengths are exact.
+
+Continuous batching, as llama.cpp's own server (`-np`) and vLLM do it. One thread, the scheduler, makes every
+llama.cpp call. Its context holds `n_parallel` sequences, each with `n_ctx` cells of KV cache of its own. A step is
+one `llama_decode` over a batch holding the next token of every reply being written and, within a token budget, the
+next piece of the prompts being read (PREFILL_CHUNK tokens while other replies decode, so a long prompt does not
+stall them; up to N_BATCH when none do); then each reply whose last token was in the batch draws its next one from
+the logits (numpy: temperature, min-p, top-p, one random generator per reply, so a seeded reply is the same every
+time). Requests join between steps as sequences free up, and leave at the next step once their reader closes the
+stream (their cells are freed). A finished reply's cells stay cached: a later prompt that begins the same way (the
+next turn of that conversation) is read only from where it differs.
+
+Chat comes first. Background replies (`ChatParams.background`: judging) take at most a quarter of the sequences and
+only when no chat waits. Their prompts, and the judge's `next_token_probs` and `last_hidden` (run as exclusive
+slices on a second context, the `Llama` object's own: embeddings mode cannot share a batch with chat), get at most
+BG_SHARE of the time while chat is being served, and all of it otherwise.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import ctypes
 import itertools
 import logging
+import math
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+import llama_cpp
 import numpy as np
 from llama_cpp import Llama
+from llama_cpp._internals import LlamaContext
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from thresher.engines import ChatParams, Chunk, EngineError, file_version, normalise
-
-T = TypeVar("T")
+from thresher.engines import ChatParams, Chunk, EngineError, TokenLogprob, file_version, normalise, split_stop
 
 # SmolLM2's own template, for GGUF files that carry none.
 _CHATML = (
@@ -30,20 +49,42 @@ _CHATML = (
     " + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+DEFAULT_PARALLEL = 8  # sequences decoded together on a CPU: ~2.2x one stream's tokens/s on 2 cores, ~35 ms a step
+N_BATCH = 512  # most prompt tokens one step reads when no reply is decoding
+PREFILL_CHUNK = 128  # ... and while some are: about 0.4 s of a 2-core CPU, the longest pause a stream sees
+BG_SHARE = 0.2  # background work's share of the time while chat is being served
+BG_SLICE = 64  # background prompt tokens per slice while chat is being served (~0.2 s on 2 cores)
+BG_SLICE_IDLE = 128  # ... and otherwise: a chat arriving waits for at most one slice
+HEARTBEAT_S = 0.25  # a waiting reader wakes this often, so a client that left is noticed while its request waits
+MAX_LOGPROBS = 20  # most alternatives reported per token (OpenAI's limit)
+
 
 class LlamaCppEngine:
-    def __init__(self, path: str, n_ctx: int = 2048, n_threads: int | None = None) -> None:
+    def __init__(self, path: str, n_ctx: int = 2048, n_threads: int | None = None,
+                 n_parallel: int | None = None) -> None:
         file = Path(path)
         if not file.is_file():
             raise EngineError(f"no GGUF file at {file}")
+        threads = n_threads or os.cpu_count() or 1
+        self.n_parallel = max(1, n_parallel or DEFAULT_PARALLEL)
         try:
             with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):  # llama.cpp's load chatter
-                self.llm = Llama(
-                    model_path=str(file), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count() or 1, verbose=False,
-                    logits_all=False,
-                )
+                # The Llama object: tokenizer, metadata, and its own context for the judge's exclusive calls.
+                self.llm = Llama(model_path=str(file), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                                 verbose=False, logits_all=False)
+                params = llama_cpp.llama_context_default_params()
+                params.n_ctx = n_ctx * self.n_parallel  # every sequence gets n_ctx cells
+                params.n_batch = params.n_ubatch = N_BATCH + self.n_parallel
+                params.n_seq_max = self.n_parallel
+                params.n_threads = params.n_threads_batch = threads
+                # One KV stream per sequence: attention reads only its own cells, and a freed sequence's cells
+                # are reused from the start (what keeps a seeded reply the same whatever else runs).
+                params.kv_unified = False
+                params.no_perf = True
+                ctx = LlamaContext(model=self.llm._model, params=params, verbose=False)
         except (ValueError, RuntimeError) as e:
             raise EngineError(f"llama.cpp could not load {file}: {e}") from e
+        self.llm._stack.enter_context(contextlib.closing(ctx))  # freed before the model
         meta = self.llm.metadata
         vocab = self.llm._model
         self._eos = vocab.token_get_text(self.llm.token_eos()) if self.llm.token_eos() >= 0 else ""
@@ -54,7 +95,7 @@ class LlamaCppEngine:
         self.model_id = file.stem.split(".")[0] if file.stem.startswith("SmolLM2") else file.stem
         self.version = file_version(file)
         self.n_ctx = n_ctx
-        self._worker = _Worker()
+        self._sched = _Scheduler(ctx, vocab.vocab, self.llm.n_vocab(), self.n_parallel)
 
     def _prompt(self, messages: Sequence[dict[str, str]], prefix: str = "") -> tuple[list[int], list[str]]:
         res = self._formatter(messages=[dict(m) for m in messages])
@@ -64,6 +105,22 @@ class LlamaCppEngine:
     def count_tokens(self, messages: Sequence[dict[str, str]]) -> int:
         return len(self._prompt(messages)[0])
 
+    def stream_chat(self, messages: Sequence[dict[str, str]], params: ChatParams) -> Iterator[Chunk]:
+        """The reply, piece by piece. While the request waits for a free sequence, chunks with `waiting` set say
+        how many are ahead of it; empty chunks now and then let a reader notice that its client has gone.
+        Closing the iterator (from the thread reading it) takes the request out of the queue or the batch."""
+        tokens, template_stops = self._prompt(messages, params.prefix)
+        budget = min(params.max_tokens, self.n_ctx - len(tokens))
+        if budget <= 0:
+            raise EngineError(f"the prompt has {len(tokens)} tokens; the context holds {self.n_ctx}")
+        return self._sched.submit(_Reply(tokens, [*params.stop, *template_stops], budget, params))
+
+    def pending(self) -> dict[str, int]:
+        """What the engine holds now: replies being written, and requests waiting for a sequence."""
+        return self._sched.pending()
+
+    # ------------------------------------------------------------------------------------------- judging calls
+
     def last_hidden(self, prompts: Sequence[Sequence[dict[str, str]]], prefix: str = "") -> np.ndarray:
         """The final hidden state (after the last norm) at the last token of each prompt, rendered with the chat
         template and the assistant's turn opened (then `prefix`): one row per prompt."""
@@ -71,82 +128,33 @@ class LlamaCppEngine:
         for s in seqs:
             if len(s) > self.n_ctx:
                 raise EngineError(f"the prompt has {len(s)} tokens; the context holds {self.n_ctx}")
-        # One job per prompt: a chat reply waiting in the queue goes between two of them.
-        return np.vstack([self._worker.call(self._hidden, [s], priority=1) for s in seqs]) if seqs else np.zeros(
+        # One job per prompt: chat goes between two of them (and between slices of one).
+        return np.vstack([self._sched.call(self._hidden(s)) for s in seqs]) if seqs else np.zeros(
             (0, self.llm.n_embd()), dtype=np.float32)
 
-    def _hidden(self, seqs: list[list[int]]) -> np.ndarray:
-        # The chat context itself, with embeddings switched on for the call: no second copy of the model, and
-        # faster than a context made in embedding mode with last-token pooling (measured: ~270 vs ~180 tokens/s).
-        import llama_cpp
-
+    def _hidden(self, tokens: list[int]) -> Generator[None, int, np.ndarray]:
+        # The Llama object's context with embeddings switched on for the call: faster than a context made in
+        # embedding mode with last-token pooling (measured: ~270 vs ~180 tokens/s).
         ctx, width = self.llm._ctx.ctx, self.llm.n_embd()
-        out = np.zeros((len(seqs), width), dtype=np.float32)
-        llama_cpp.llama_set_embeddings(ctx, True)
         # llama.cpp then outputs every token's state (it says so as an error, once per call: silenced here)
         quiet = logging.getLogger("llama-cpp-python")
         level = quiet.level
         quiet.setLevel(logging.CRITICAL)
+        llama_cpp.llama_set_embeddings(ctx, True)
         try:
-            for i, tokens in enumerate(seqs):
-                self.llm.reset()
-                self.llm._ctx.kv_cache_clear()
-                self.llm.eval(tokens)
-                out[i] = np.ctypeslib.as_array(llama_cpp.llama_get_embeddings_ith(ctx, -1), shape=(width,))
+            self.llm.reset()
+            self.llm._ctx.kv_cache_clear()
+            done = 0
+            while done < len(tokens):
+                n = yield
+                self.llm.eval(tokens[done:done + n])
+                done += n
+            return np.ctypeslib.as_array(llama_cpp.llama_get_embeddings_ith(ctx, -1), shape=(width,)).copy()
         finally:
             quiet.setLevel(level)
             llama_cpp.llama_set_embeddings(ctx, False)
             self.llm.reset()
             self.llm._ctx.kv_cache_clear()
-        return out
-
-    def stream_chat(self, messages: Sequence[dict[str, str]], params: ChatParams) -> Iterator[Chunk]:
-        tokens, template_stops = self._prompt(messages, params.prefix)
-        budget = min(params.max_tokens, self.n_ctx - len(tokens))
-        if budget <= 0:
-            raise EngineError(f"the prompt has {len(tokens)} tokens; the context holds {self.n_ctx}")
-        return self._worker.stream(
-            lambda: self._generate(tokens, [*params.stop, *template_stops], budget, params),
-            priority=1 if params.background else 0,
-        )
-
-    def _generate(self, tokens: list[int], stop: list[str], budget: int, params: ChatParams) -> Iterator[Chunk]:
-        text = ""
-        finish = "stop"
-        if params.seed is not None:
-            # A seeded reply must come out the same every time: evaluate the whole prompt afresh, as the first time
-            # (llama.cpp's logits for a reused prefix plus a short suffix differ in the last bits, and sampling
-            # follows them). Unseeded replies keep reusing the cached prefix.
-            self.llm.reset()
-        stream = self.llm.create_completion(
-            prompt=tokens,
-            max_tokens=budget,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=0,  # temperature, top-p and min-p only: the same sampling as the transformers engine
-            min_p=params.min_p,
-            stop=stop,
-            seed=params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little"),
-            stream=True,
-        )
-        try:
-            for part in stream:
-                choice = part["choices"][0]
-                if choice["text"]:
-                    text += choice["text"]
-                    yield Chunk(text=choice["text"])
-                if choice.get("finish_reason"):
-                    finish = choice["finish_reason"]
-        finally:
-            stream.close()
-        completion = len(self.llm.tokenize(text.encode("utf-8"), add_bos=False)) if text else 0
-        yield Chunk(finish_reason=finish, prompt_tokens=len(tokens), completion_tokens=completion)
-
-    def _logprobs_after(self, tokens: list[int]) -> np.ndarray:
-        self.llm.eval(tokens)
-        logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),)).astype(np.float64)
-        logits -= logits.max()
-        return logits - np.log(np.exp(logits).sum())
 
     def next_token_probs(
         self, messages: Sequence[dict[str, str]], choices: Sequence[str], prefix: str = ""
@@ -164,98 +172,422 @@ class LlamaCppEngine:
             seqs[c] = seq
         if len(base) + max(len(s) for s in seqs.values()) > self.n_ctx:
             raise EngineError(f"the prompt has {len(base)} tokens; the context holds {self.n_ctx}")
-        return normalise(self._worker.call(self._score, base, seqs, priority=1))
+        return normalise(self._sched.call(self._score(base, seqs)))
 
-    def _score(self, base: list[int], seqs: dict[str, list[int]]) -> dict[str, float]:
+    def _logprobs_now(self) -> np.ndarray:
+        logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),)).astype(np.float64)
+        logits -= logits.max()
+        return logits - np.log(np.exp(logits).sum())
+
+    def _score(self, base: list[int], seqs: dict[str, list[int]]) -> Generator[None, int, dict[str, float]]:
         # Keep the cached prefix this prompt shares with the last one (the judge's rubric, most of every judge
         # prompt) and evaluate only the rest; at least one token, for its logits.
         keep = min(Llama.longest_token_prefix(self.llm._input_ids.tolist(), base), len(base) - 1)
         self.llm.n_tokens = keep
-        first = self._logprobs_after(base[keep:])
+        while self.llm.n_tokens < len(base):
+            n = yield
+            self.llm.eval(base[self.llm.n_tokens:self.llm.n_tokens + n])
+        first = self._logprobs_now()
         scores: dict[str, float] = {}
         for c, seq in seqs.items():
             logp = first[seq[0]]
             for i in range(1, len(seq)):
                 self.llm.n_tokens = len(base) + i - 1  # rewind the cache to the prefix, then extend it
-                logp += self._logprobs_after([seq[i - 1]])[seq[i]]
+                self.llm.eval([seq[i - 1]])
+                logp += self._logprobs_now()[seq[i]]
             scores[c] = float(np.exp(logp))
+        self.llm.n_tokens = len(base)  # what the cache holds for the next call's prefix
         return scores
+
+
+# ----------------------------------------------------------------------------------------------------- replies
+
+
+class _Reply:
+    """One chat request: its prompt, where it stands in its sequence, its sampler, and the text it has produced,
+    handed to its reader through `out`."""
+
+    _arrivals = itertools.count()
+
+    def __init__(self, prompt: list[int], stops: list[str], budget: int, params: ChatParams) -> None:
+        self.prompt, self.budget, self.params = prompt, budget, params
+        self.stops = [s for s in stops if s]
+        self.background = params.background
+        self.arrival = next(self._arrivals)
+        self.rng = np.random.default_rng(None if params.seed is None else params.seed % 2**64)
+        self.n_top = None if params.logprobs is None else max(0, min(params.logprobs, MAX_LOGPROBS))
+        self.out: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.closed = False  # the reader has gone
+        self.slot: int | None = None
+        self.pending: list[int] = []  # tokens to feed next: the rest of the prompt, or the last token drawn
+        self.n_past = 0  # tokens in this sequence's cells
+        self.decoding = False  # the prompt is read; each step feeds one token
+        self.generated = 0
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.text = ""  # the reply decoded so far
+        self.emitted = 0  # characters of it handed out
+        # [start, end, entry] per token while logprobs are asked; end None until the token's text is complete
+        self.lps: list[list[Any]] = []
+        self.ahead: int | None = None  # the queue position last told
+
+    def take_lps(self, upto: int, straddling: bool = False) -> list[TokenLogprob]:
+        """The tokens whose text lies within the first `upto` characters (or, `straddling`, begins there)."""
+        n = 0
+        for start, end, _ in self.lps:
+            if not (end is not None and end <= upto or straddling and start < upto):
+                break
+            n += 1
+        taken, self.lps = [e for _, _, e in self.lps[:n]], self.lps[n:]
+        return taken
+
+
+class _Stream:
+    """The reader's side of a reply: an iterator over its chunks. `close()` withdraws the request."""
+
+    def __init__(self, sched: _Scheduler, reply: _Reply) -> None:
+        self._sched, self._reply, self._done = sched, reply, False
+
+    def __iter__(self) -> _Stream:
+        return self
+
+    def __next__(self) -> Chunk:
+        if self._done:
+            raise StopIteration
+        try:
+            item = self._reply.out.get(timeout=HEARTBEAT_S)
+        except queue.Empty:
+            return Chunk()  # nothing yet: a chance for the reader to see that its client has gone
+        if item is _END:
+            self._done = True
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        return item
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            self._sched.withdraw(self._reply)
+
+    def __del__(self) -> None:  # a reader that dropped the stream without closing it
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 _END = object()
 
 
-class _Worker:
-    """One long-lived thread that makes every llama.cpp call, one job at a time, chat before background work.
+class _Job:
+    """An exclusive piece of background work: a generator that does at most n tokens of work per `send(n)`."""
 
-    llama.cpp's OpenMP build keeps a pool of worker threads per calling thread; once two such pools exist on a
-    small machine, libgomp stops spin-waiting and decoding runs at about a third of its speed for the life of the
-    process (measured with bench/chat.py: ~87 -> ~31 tokens/s on 2 cores). Calling from a single thread avoids it,
-    and also serialises requests, which a llama.cpp context needs anyway."""
+    def __init__(self, gen: Generator[None, int, Any]) -> None:
+        self.gen, self.started, self.finished = gen, False, False
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
 
-    def __init__(self) -> None:
-        # (priority, arrival, job): chat replies (0) go before background work such as judging (1).
-        self._jobs: queue.PriorityQueue[tuple[int, int, Callable[[], None]]] = queue.PriorityQueue()
-        self._arrivals = itertools.count()
+
+# --------------------------------------------------------------------------------------------------- scheduler
+
+
+class _Scheduler:
+    """The one thread that makes llama.cpp calls: admits requests into sequences, runs steps, samples, and runs
+    background jobs in slices between steps.
+
+    Why one thread: llama.cpp's OpenMP build keeps a pool of worker threads per calling thread; once two such pools
+    exist on a small machine, libgomp stops spin-waiting and decoding runs at about a third of its speed for the
+    life of the process (measured with bench/chat.py: ~87 -> ~31 tokens/s on 2 cores). A llama.cpp context must be
+    used from one thread at a time anyway."""
+
+    def __init__(self, ctx: LlamaContext, vocab: Any, n_vocab: int, n_parallel: int) -> None:
+        self.ctx, self.vocab, self.n_vocab, self.n_parallel = ctx, vocab, n_vocab, n_parallel
+        self.mem = llama_cpp.llama_get_memory(ctx.ctx)
+        self.bg_slots = max(1, n_parallel // 4)
+        cap = N_BATCH + n_parallel
+        self.batch = llama_cpp.llama_batch_init(cap, 0, 1)
+        self._tok = np.ctypeslib.as_array(self.batch.token, shape=(cap,))
+        self._pos = np.ctypeslib.as_array(self.batch.pos, shape=(cap,))
+        self._out = np.ctypeslib.as_array(self.batch.logits, shape=(cap,))
+        np.ctypeslib.as_array(self.batch.n_seq_id, shape=(cap,))[:] = 1
+        self._seq = [self.batch.seq_id[i] for i in range(cap)]
+        self.slots: list[_Reply | None] = [None] * n_parallel
+        self.cached: list[list[int]] = [[] for _ in range(n_parallel)]  # the tokens in each sequence's cells
+        self.used = [0.0] * n_parallel  # when each sequence last finished a reply
+        self.waiting: list[_Reply] = []  # chat first, then by arrival
+        self.jobs: list[_Job] = []
+        self.cv = threading.Condition()
+        self.bg_next = 0.0  # background work may run, while chat is served, from this time on
+        self._pieces: dict[tuple[int, bool], bytes] = {}
         threading.Thread(target=self._run, name="llama.cpp", daemon=True).start()
+
+    # --- called from other threads
+
+    def submit(self, reply: _Reply) -> _Stream:
+        with self.cv:
+            self.waiting.append(reply)
+            self.waiting.sort(key=lambda r: (r.background, r.arrival))
+            self.cv.notify()
+        return _Stream(self, reply)
+
+    def withdraw(self, reply: _Reply) -> None:
+        with self.cv:
+            reply.closed = True
+            self.cv.notify()
+
+    def call(self, gen: Generator[None, int, Any]) -> Any:
+        """Run a job (a generator, see _Job) on the scheduler thread; return its value or raise its error."""
+        job = _Job(gen)
+        with self.cv:
+            self.jobs.append(job)
+            self.cv.notify()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.value
+
+    def pending(self) -> dict[str, int]:
+        with self.cv:
+            return {"running": sum(r is not None for r in self.slots), "waiting": len(self.waiting),
+                    "jobs": len(self.jobs)}
+
+    # --- the scheduler thread
 
     def _run(self) -> None:
         while True:
-            self._jobs.get()[2]()
-
-    def call(self, fn: Callable[..., T], *args: Any, priority: int = 0) -> T:
-        """Run fn(*args) on the worker and return its result (or raise its exception)."""
-        done, box = threading.Event(), {}
-
-        def job() -> None:
+            with self.cv:
+                while not (self.waiting or self.jobs or any(self.slots)):
+                    self.cv.wait()
+                self._sweep()
+                self._admit()
+                for i, r in enumerate(self.waiting):
+                    if r.ahead != i:
+                        r.ahead = i
+                        r.out.put(Chunk(waiting=i))
+                chat = any(not r.background for r in self.waiting) or any(
+                    r is not None and not r.background for r in self.slots)
             try:
-                box["value"] = fn(*args)
-            except BaseException as e:  # handed back to the caller
-                box["error"] = e
-            finally:
-                done.set()
+                stepped = self._step(chat)
+                ran = bool(self.jobs) and (not chat or time.monotonic() >= self.bg_next) and self._slice(chat)
+            except Exception as e:  # a failed step fails the replies in it, not the engine
+                logging.getLogger("thresher.engines").exception("llama.cpp step failed")
+                self._fail_active(e)
+                continue
+            if not stepped and not ran:  # only background work is left, and it must wait its turn
+                with self.cv:
+                    self.cv.wait(timeout=max(0.005, self.bg_next - time.monotonic()))
 
-        self._jobs.put((priority, next(self._arrivals), job))
-        done.wait()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
+    def _sweep(self) -> None:
+        """Drop requests whose readers have gone: from the queue, and from the batch with their cells."""
+        self.waiting = [r for r in self.waiting if not r.closed]
+        for r in self.slots:
+            if r is not None and r.closed:
+                self._free(r, forget=True)
 
-    def stream(self, make: Callable[[], Iterator[T]], priority: int = 0) -> Iterator[T]:
-        """Iterate make() on the worker. Closing the returned iterator stops the job at its next item."""
-        out: queue.Queue[Any] = queue.Queue()
-        stop = threading.Event()
+    def _admit(self) -> None:
+        while self.waiting and None in self.slots:
+            r = self.waiting[0]
+            if r.background and sum(s is not None and s.background for s in self.slots) >= self.bg_slots:
+                return  # everything behind it is background too
+            self.waiting.pop(0)
+            free = [i for i, s in enumerate(self.slots) if s is None]
+            if r.params.seed is None:
+                # The free sequence whose cached tokens share the longest prefix with this prompt (the earlier
+                # turns of its conversation), else the one unused the longest.
+                common = {i: Llama.longest_token_prefix(self.cached[i], r.prompt) for i in free}
+                slot = max(free, key=lambda i: (common[i], -self.used[i]))
+                keep = min(common[slot], len(r.prompt) - 1)  # at least one token is read, for its logits
+            else:
+                # A seeded reply reads its whole prompt afresh, so it comes out the same every time.
+                slot, keep = min(free, key=lambda i: self.used[i]), 0
+            llama_cpp.llama_memory_seq_rm(self.mem, slot, keep, -1)
+            del self.cached[slot][keep:]
+            r.slot, r.n_past, r.pending = slot, keep, r.prompt[keep:]
+            self.slots[slot] = r
 
-        def job() -> None:
-            try:
-                gen = make()
-                try:
-                    for item in gen:
-                        out.put(item)
-                        if stop.is_set():
-                            break
-                finally:
-                    close = getattr(gen, "close", None)  # a plain iterator has nothing to close
-                    if close is not None:
-                        close()
-            except BaseException as e:  # handed to the reader
-                out.put(_Failure(e))
-            finally:
-                out.put(_END)
+    def _step(self, chat: bool) -> bool:
+        """One llama_decode over the next token of each reply being written and pieces of the prompts being
+        read; then each reply whose last fed token was in the batch draws its next token."""
+        active = sorted((r for r in self.slots if r is not None), key=lambda r: (r.background, r.arrival))
+        items = [(r, r.pending, True) for r in active if r.decoding]
+        budget = PREFILL_CHUNK if items else N_BATCH
+        bg_ok = not chat or time.monotonic() >= self.bg_next
+        bg_tokens = 0
+        for r in active:
+            if r.decoding or budget <= 0 or (r.background and not bg_ok):
+                continue
+            take = r.pending[: min(budget, BG_SLICE) if r.background and chat else budget]
+            items.append((r, take, len(take) == len(r.pending)))
+            budget -= len(take)
+            bg_tokens += len(take) if r.background else 0
+        if not items:
+            return False
+        n, outputs = 0, []
+        for r, tokens, last in items:
+            k = len(tokens)
+            self._tok[n:n + k] = tokens
+            self._pos[n:n + k] = np.arange(r.n_past, r.n_past + k)
+            self._out[n:n + k] = 0
+            for j in range(n, n + k):
+                self._seq[j][0] = r.slot
+            if last:
+                self._out[n + k - 1] = 1
+                outputs.append((r, n + k - 1))
+            n += k
+        self.batch.n_tokens = n
+        start = time.monotonic()
+        rc = llama_cpp.llama_decode(self.ctx.ctx, self.batch)
+        if rc != 0:
+            raise EngineError(f"llama_decode failed ({rc})")
+        for r, tokens, _ in items:
+            r.n_past += len(tokens)
+            self.cached[r.slot].extend(tokens)  # type: ignore[index]
+            del r.pending[: len(tokens)]
+        for r, i in outputs:
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx.ctx, i), shape=(self.n_vocab,))
+            self._advance(r, logits)
+        if chat and bg_tokens:
+            self._bg_spent((time.monotonic() - start) * bg_tokens / n)
+        return True
 
-        def read() -> Iterator[T]:
-            self._jobs.put((priority, next(self._arrivals), job))
-            try:
-                while (item := out.get()) is not _END:
-                    if isinstance(item, _Failure):
-                        raise item.error
-                    yield item
-            finally:
-                stop.set()
+    def _slice(self, chat: bool) -> bool:
+        """Run the first background job for one slice."""
+        job = self.jobs[0]
+        start = time.monotonic()
+        try:
+            if not job.started:
+                job.started = True
+                next(job.gen)
+            job.gen.send(BG_SLICE if chat else BG_SLICE_IDLE)
+        except StopIteration as stop:
+            job.value, job.finished = stop.value, True
+        except Exception as e:  # handed back to the caller
+            job.error, job.finished = e, True
+        if job.finished:
+            with self.cv:
+                self.jobs.pop(0)
+            job.done.set()
+        if chat:
+            self._bg_spent(time.monotonic() - start)
+        return True
 
-        return read()
+    def _bg_spent(self, seconds: float) -> None:
+        self.bg_next = time.monotonic() + seconds * (1 - BG_SHARE) / BG_SHARE
+
+    # --- a reply's tokens and text
+
+    def _piece(self, token: int, special: bool = False) -> bytes:
+        key = (token, special)
+        piece = self._pieces.get(key)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+            piece = self._pieces[key] = buf.raw[:n]
+        return piece
+
+    def _shown(self, token: int) -> str:
+        """A token as logprobs show it: control tokens by name, half a character as its bytes (as OpenAI does)."""
+        return self._piece(token, special=True).decode("utf-8", "backslashreplace")
+
+    def _advance(self, r: _Reply, logits: np.ndarray) -> None:
+        token = sample(logits, r.params, r.rng)
+        if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+            self._finish(r, "stop")
+            return
+        r.generated += 1
+        if r.n_top is not None:
+            start = len(r.text)
+            r.lps.append([start, None, logprob_entry(logits, token, r.n_top, self._shown)])
+        r.text += r.decoder.decode(self._piece(token))
+        if r.n_top is not None and not r.decoder.getstate()[0]:  # no half character held: these are complete
+            for entry in r.lps:
+                if entry[1] is None:
+                    entry[1] = len(r.text)
+        safe, hit, _held = split_stop(r.text[r.emitted:], r.stops)
+        upto = r.emitted + len(safe)
+        if hit:
+            self._emit(r, upto, straddling=True)
+            self._finish(r, "stop", flush=False)
+            return
+        self._emit(r, upto)
+        if r.generated >= r.budget:
+            self._finish(r, "length")
+            return
+        r.pending, r.decoding = [token], True
+
+    def _emit(self, r: _Reply, upto: int, straddling: bool = False) -> None:
+        if upto > r.emitted:
+            text, r.emitted = r.text[r.emitted:upto], upto
+            r.out.put(Chunk(text=text, logprobs=r.take_lps(upto, straddling) if r.n_top is not None else []))
+
+    def _finish(self, r: _Reply, reason: str, flush: bool = True) -> None:
+        if flush:  # text held back for a stop string that never came, and any half character
+            r.text += r.decoder.decode(b"", final=True)
+            for entry in r.lps:
+                entry[1] = len(r.text) if entry[1] is None else entry[1]
+            self._emit(r, len(r.text))
+        # Tokens that straddle a stop string, whose visible part was already handed out, come with the last chunk.
+        rest = r.take_lps(r.emitted, straddling=True) if r.n_top is not None else []
+        r.out.put(Chunk(finish_reason=reason, prompt_tokens=len(r.prompt), completion_tokens=r.generated,
+                        logprobs=rest))
+        r.out.put(_END)
+        self._free(r)
+
+    def _free(self, r: _Reply, forget: bool = False) -> None:
+        """Give a reply's sequence back. Its cells stay cached for a prompt that begins the same way, unless the
+        request was withdrawn (`forget`)."""
+        slot = r.slot
+        if slot is None or self.slots[slot] is not r:
+            return
+        self.slots[slot] = None
+        self.used[slot] = time.monotonic()
+        if forget:
+            llama_cpp.llama_memory_seq_rm(self.mem, slot, -1, -1)
+            self.cached[slot] = []
+
+    def _fail_active(self, error: BaseException) -> None:
+        failure = error if isinstance(error, EngineError) else EngineError(f"llama.cpp failed: {error}")
+        with self.cv:
+            for r in self.slots:
+                if r is not None:
+                    r.out.put(failure)
+                    r.out.put(_END)
+                    self._free(r, forget=True)
 
 
-class _Failure:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
+# ----------------------------------------------------------------------------------------------------- sampling
+
+
+def sample(logits: np.ndarray, params: ChatParams, rng: np.random.Generator) -> int:
+    """Draw the next token as the transformers engine does: temperature, then min-p (tokens less likely than
+    min_p x the likeliest), then top-p (the smallest set reaching top_p); no top-k. Ties go to the lower id."""
+    if params.temperature <= 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / params.temperature
+    top = z.max()
+    ids = np.flatnonzero(z >= top + math.log(min(params.min_p, 1.0))) if params.min_p > 0 else np.arange(len(z))
+    p = np.exp(z[ids] - top)
+    order = np.argsort(-p, kind="stable")
+    ids, p = ids[order], p[order] / p.sum()
+    if params.top_p < 1.0:
+        keep = max(1, int(np.count_nonzero(np.cumsum(p) - p < params.top_p)))  # always the likeliest
+        ids, p = ids[:keep], p[:keep] / p[:keep].sum()
+    cdf = np.cumsum(p)
+    return int(ids[min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(ids) - 1)])
+
+
+def logprob_entry(logits: np.ndarray, token: int, n_top: int, shown: Callable[[int], str]) -> TokenLogprob:
+    """The chosen token's log-probability under the model (before temperature and filtering, as OpenAI and vLLM
+    report it) and the n_top likeliest tokens at that step."""
+    x = logits.astype(np.float64)
+    top = x.max()
+    lse = top + math.log(np.exp(x - top).sum())
+    alternatives: list[tuple[str, float]] = []
+    if n_top:
+        best = np.argpartition(-x, n_top)[:n_top]
+        best = best[np.argsort(-x[best], kind="stable")]
+        alternatives = [(shown(int(i)), float(x[i] - lse)) for i in best]
+    return TokenLogprob(token=shown(token), logprob=float(x[token] - lse), top=alternatives)

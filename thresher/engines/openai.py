@@ -2,6 +2,8 @@
 
 Speaks the Chat Completions protocol over httpx. Next-token probabilities come from `logprobs`/`top_logprobs`
 when the server returns them; otherwise `ProbabilitiesUnavailable` tells the caller to generate and parse instead.
+A reply asked for with log-probabilities passes on those the server returns; a server that refuses them raises
+`ProbabilitiesUnavailable` with its reason.
 The API key, if any, is read from THRESHER_OPENAI_API_KEY (or OPENAI_API_KEY) and never stored.
 """
 
@@ -15,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from thresher.engines import ChatParams, Chunk, EngineError, ProbabilitiesUnavailable, normalise
+from thresher.engines import ChatParams, Chunk, EngineError, ProbabilitiesUnavailable, TokenLogprob, normalise
 
 
 class OpenAIEngine:
@@ -65,6 +67,8 @@ class OpenAIEngine:
             body["seed"] = params.seed
         if params.prefix:
             body |= {"continue_final_message": True, "add_generation_prompt": False}
+        if params.logprobs is not None:
+            body |= {"logprobs": True, "top_logprobs": params.logprobs}
         return body
 
     def stream_chat(self, messages: Sequence[dict[str, str]], params: ChatParams) -> Iterator[Chunk]:
@@ -75,7 +79,9 @@ class OpenAIEngine:
             with self._client.stream("POST", "/chat/completions", json=body) as r:
                 if r.status_code >= 400:
                     r.read()
-                    raise EngineError(f"{self.base_url} answered {r.status_code}: {r.text[:500]}")
+                    refused = params.logprobs is not None and r.status_code in (400, 422)
+                    error = ProbabilitiesUnavailable if refused else EngineError
+                    raise error(f"{self.base_url} answered {r.status_code}: {r.text[:500]}")
                 for line in r.iter_lines():
                     if not line.startswith("data:"):
                         continue
@@ -86,9 +92,10 @@ class OpenAIEngine:
                     if event.get("usage"):
                         usage = event["usage"]
                     for choice in event.get("choices") or []:
-                        text = (choice.get("delta") or {}).get("content")
-                        if text:
-                            yield Chunk(text=text)
+                        text = (choice.get("delta") or {}).get("content") or ""
+                        tokens = _tokens(choice.get("logprobs"))
+                        if text or tokens:
+                            yield Chunk(text=text, logprobs=tokens)
                         finish = choice.get("finish_reason") or finish
         except httpx.HTTPError as e:
             raise EngineError(f"request to {self.base_url} failed: {e}") from e
@@ -123,3 +130,10 @@ class OpenAIEngine:
     def count_tokens(self, messages: Sequence[dict[str, str]]) -> int:
         # Remote servers do not expose their tokenizer; four characters a token is the usual estimate.
         return sum(len(m["content"]) for m in messages) // 4 + 4 * len(messages)
+
+
+def _tokens(logprobs: Any) -> list[TokenLogprob]:
+    """A streamed choice's `logprobs` (OpenAI shape) as TokenLogprobs; nothing when there are none."""
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    return [TokenLogprob(t["token"], t["logprob"], [(a["token"], a["logprob"]) for a in t.get("top_logprobs") or []])
+            for t in content or []]

@@ -1,7 +1,9 @@
 """Engine for any Hugging Face model or local directory, with transformers on CPU or GPU.
 
 This is also how a GGUF file is loaded for training (dequantised to full precision). Decoding is a plain loop over
-the KV cache, so stop strings, seeds and closing the stream mid-reply behave exactly as in the other engines.
+the KV cache, so stop strings, seeds and closing the stream mid-reply behave exactly as in the other engines; asked
+for log-probabilities, it reports those of the model's own distribution (before temperature and truncation, as
+OpenAI's API does) with each piece of text they make up.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from thresher.engines import ChatParams, Chunk, EngineError, file_version, normalise, split_stop
+from thresher.engines import ChatParams, Chunk, EngineError, TokenLogprob, file_version, normalise, split_stop
 
 
 class TransformersEngine:
@@ -71,6 +73,7 @@ class TransformersEngine:
             raise EngineError(f"the prompt has {len(ids)} tokens; the context holds {self.n_ctx}")
         gen = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
         out: list[int] = []
+        logprobs = _Logprobs(self.tokenizer, params.logprobs)
         emitted = ""
         finish, hit = "length", False
         with self._lock, torch.inference_mode():
@@ -79,18 +82,20 @@ class TransformersEngine:
             for _ in range(budget):
                 res = self.model(input_ids=step_input, cache=past, use_cache=True)
                 past = res.cache
-                token = _sample(res.logits[0, -1].float(), params, gen)
+                logits = res.logits[0, -1].float()
+                token = _sample(logits, params, gen)
                 if token in self._eos:
                     finish = "stop"
                     break
                 out.append(token)
+                logprobs.add(logits, token)
                 step_input = torch.tensor([[token]])
                 text = self.tokenizer.decode(out, skip_special_tokens=True)
                 if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
                     continue
                 safe, hit, _held = split_stop(text, params.stop)
                 if len(safe) > len(emitted):
-                    yield Chunk(text=safe[len(emitted):])
+                    yield Chunk(text=safe[len(emitted):], logprobs=logprobs.take(len(safe)))
                     emitted = safe
                 if hit:
                     finish = "stop"
@@ -99,7 +104,7 @@ class TransformersEngine:
             # Flush text held back for a stop string that never came.
             text = self.tokenizer.decode(out, skip_special_tokens=True)
             if len(text) > len(emitted):
-                yield Chunk(text=text[len(emitted):])
+                yield Chunk(text=text[len(emitted):], logprobs=logprobs.take(len(text)))
         yield Chunk(finish_reason=finish, prompt_tokens=len(ids), completion_tokens=len(out))
 
     def last_hidden(self, prompts: Sequence[Sequence[dict[str, str]]], prefix: str = "") -> Any:
@@ -140,6 +145,37 @@ class TransformersEngine:
                     logp += sum(lps[i, t].item() for i, t in enumerate(seq[1:]))
                 scores[c] = float(torch.tensor(logp).exp())
         return normalise(scores)
+
+
+class _Logprobs:
+    """The generated tokens' log-probabilities (with the `top` likeliest alternatives at each step; `top` None: none
+    asked for), handed out with the text they make up."""
+
+    def __init__(self, tokenizer: Any, top: int | None) -> None:
+        self.tokenizer, self.top = tokenizer, top
+        self.pending: list[TokenLogprob] = []
+        self.covered = 0  # characters of the reply the tokens handed out so far make up
+
+    def add(self, logits: torch.Tensor, token: int) -> None:
+        if self.top is None:
+            return
+        logp = torch.log_softmax(logits, -1)
+        top = torch.topk(logp, self.top) if self.top else None
+        alternatives = [] if top is None else [(self._text(int(i)), float(v)) for v, i in zip(*top, strict=True)]
+        self.pending.append(TokenLogprob(self._text(token), float(logp[token]), alternatives))
+
+    def _text(self, token: int) -> str:
+        return self.tokenizer.decode([token], skip_special_tokens=True)
+
+    def take(self, upto: int) -> list[TokenLogprob]:
+        """The waiting tokens whose text lies within the reply's first `upto` characters; the rest wait on (the
+        tokens of a stop string are never handed out)."""
+        n = 0
+        while n < len(self.pending) and self.covered < upto:
+            self.covered += len(self.pending[n].token)
+            n += 1
+        taken, self.pending = self.pending[:n], self.pending[n:]
+        return taken
 
 
 def _sample(logits: torch.Tensor, params: ChatParams, gen: torch.Generator) -> int:

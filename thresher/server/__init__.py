@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from thresher.chat import ChatService
 from thresher.config import Settings
@@ -33,7 +34,7 @@ from thresher.judge import SwitchableJudge
 from thresher.judge import make_judge as make_judge_for
 from thresher.review import sync as sync_reviews
 from thresher.reward import HeadJudge
-from thresher.server.guard import ApiError, RateLimiter
+from thresher.server.guard import ApiError, RateLimiter, SameOrigin, SecurityHeaders
 from thresher.store import Store
 
 log = logging.getLogger("thresher.server")
@@ -52,6 +53,9 @@ class Runtime:
 
     started_as: str | None = None  # the engine's id at start: the name clients use survives a model switch
     judge: SwitchableJudge | None = None  # what rates ended conversations (its threshold is what publishes)
+    # Why a promoted version is not what serves, by kind ("chat", "judge"): the model follower's one warning, which
+    # the dashboard shows too.
+    model_problems: dict[str, str] = field(default_factory=dict)
 
     @property
     def model_name(self) -> str:
@@ -115,7 +119,10 @@ class ModelFollower:
 
     With no `rt` (the stand-alone worker) only the judge follows. A judge set to "serving" judges with whatever chat
     model is promoted, unless a judge version is promoted too; a head judge stays on the model it was trained for
-    when the promoted chat model has no head of its own (it keeps that model loaded for judging)."""
+    when the promoted chat model has no head of its own (it keeps that model loaded for judging).
+
+    A promoted version that cannot be loaded (its file is missing, say) is warned about once, and what serves goes
+    on serving; it is tried again when another version is promoted, or at a restart."""
 
     def __init__(self, settings: Settings, judge: SwitchableJudge | None, rt: Runtime | None = None) -> None:
         from thresher.registry import Registry
@@ -125,6 +132,8 @@ class ModelFollower:
         self.configured = rt.engine if rt else None
         self.judge_configured = judge.current if judge else None
         self.served: dict[str, str | None] = {"chat": None, "judge": None}
+        self.failed: dict[str, str | None] = {}  # kind -> the promoted version that could not be loaded
+        self.problems: dict[str, str] = rt.model_problems if rt is not None else {}
 
     def _load(self, spec: str) -> Engine:
         return load_engine(spec, n_ctx=self.settings.n_ctx, n_threads=self.settings.n_threads)
@@ -134,33 +143,67 @@ class ModelFollower:
         return make_judge_for(spec, serving, threshold=s.judge_threshold, rationale=s.judge_rationale,
                               n_ctx=s.n_ctx, n_threads=s.n_threads)
 
+    def _pending(self, kind: str, want: str | None) -> bool:
+        """Whether `want` is still to be switched to: not while it serves, nor after it failed to load."""
+        if want == self.served[kind]:
+            self.failed.pop(kind, None)
+            self.problems.pop(kind, None)
+            return False
+        return kind not in self.failed or self.failed[kind] != want
+
+    def _attempt(self, kind: str, want: str | None, make: Callable[[], Any], serving: str) -> Any:
+        """make() the engine or judge for `want`; if it fails, warn once and return None (`serving` stays)."""
+        try:
+            made = make()
+        except Exception as e:  # a missing or broken version must not take the server down, nor flood the log
+            self.failed[kind] = want
+            self.problems[kind] = (f"{kind} version {want} is promoted but could not be loaded ({e}); still "
+                                   f"serving {serving}. It is tried again when another version is promoted (or "
+                                   "rolled back to) and at a restart.")
+            log.warning("%s", self.problems[kind])
+            return None
+        self.failed.pop(kind, None)
+        self.problems.pop(kind, None)
+        return made
+
+    def _judge_for(self, judge_v: Any, follows_chat: bool, chat: Any) -> Any:
+        if judge_v is not None:
+            return self._make(judge_v.spec, self.rt.engine if self.rt else None)
+        if follows_chat:
+            new = self._make("serving", self.rt.engine if self.rt is not None else self._load(chat.spec))
+            if isinstance(self.judge_configured, HeadJudge) and not isinstance(new, HeadJudge):
+                return self.judge_configured  # no head for the new model: the trained head judges on
+            return new
+        return self.judge_configured
+
     def check(self) -> list[str]:
         """Load and switch to whatever was promoted (or rolled back) since the last check; returns what changed."""
         changed = []
         chat, judge_v = self.registry.current("chat"), self.registry.current("judge")
         chat_id = chat.id if chat else None
-        if chat_id != self.served["chat"]:
-            if self.rt is not None:
-                engine = self._load(chat.spec) if chat else self.configured
-                self.rt.engine = self.rt.chat.engine = engine
-                changed.append(f"chat -> {chat_id or 'the configured model'}")
-            self.served["chat"] = chat_id
+        if self._pending("chat", chat_id):
+            if self.rt is None:
+                self.served["chat"] = chat_id
+            else:
+                serving = f"{self.served['chat'] or 'the configured model'} ({self.rt.engine.version})"
+                engine = self._attempt("chat", chat_id, lambda: self._load(chat.spec) if chat else self.configured,
+                                       serving)
+                if engine is not None:
+                    self.rt.engine = self.rt.chat.engine = engine
+                    self.served["chat"] = chat_id
+                    changed.append(f"chat -> {chat_id or 'the configured model'}")
         if self.judge is None:
             return changed
-        follows_chat = judge_v is None and self.settings.judge == "serving"
-        want = judge_v.id if judge_v else f"serving {chat_id}" if follows_chat and chat_id else None
-        if want != self.served["judge"]:
-            if judge_v is not None:
-                new = self._make(judge_v.spec, self.rt.engine if self.rt else None)
-            elif follows_chat and chat is not None:
-                new = self._make("serving", self.rt.engine if self.rt is not None else self._load(chat.spec))
-                if isinstance(self.judge_configured, HeadJudge) and not isinstance(new, HeadJudge):
-                    new = self.judge_configured  # no head for the new model: the trained head judges on
-            else:
-                new = self.judge_configured
-            self.judge.current = new
-            self.served["judge"] = want
-            changed.append(f"judge -> {judge_v.id if judge_v else new.judge_id}")
+        chat_served = self.served["chat"]  # the judge follows the chat model that really serves
+        follows_chat = judge_v is None and self.settings.judge == "serving" and chat_served is not None
+        want = judge_v.id if judge_v else f"serving {chat_served}" if follows_chat else None
+        if self._pending("judge", want):
+            new = self._attempt("judge", want, lambda: self._judge_for(judge_v, follows_chat, chat),
+                                self.judge.judge_id)
+            if new is not None:
+                self.judge.current = new
+                self.served["judge"] = want
+                changed.append(f"judge -> {judge_v.id if judge_v else new.judge_id}")
         return changed
 
 
@@ -230,6 +273,11 @@ def create_app(settings: Settings, engine: Engine | None = None, store: Store | 
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return exc.response()
 
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        code = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return ApiError(exc.status_code, str(exc.detail), code, headers=exc.headers).response()
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
@@ -243,4 +291,6 @@ def create_app(settings: Settings, engine: Engine | None = None, store: Store | 
     app.include_router(review_page.router)
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=web.HERE / "static"), name="static")
+    app.add_middleware(SameOrigin)
+    app.add_middleware(SecurityHeaders)  # added last, so outermost: refusals carry the headers too
     return app

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from thresher.conversation import InvalidConversation, messages_from_openai, new_id
-from thresher.engines import ChatParams, Chunk, EngineError, TokenLogprob
+from thresher.engines import ChatParams, Chunk, EngineError, ProbabilitiesUnavailable, TokenLogprob
 from thresher.server.guard import ApiError, api_owner, check_api_key, client_hash, parse_json, read_body
 from thresher.server.streaming import stream_in_thread
 from thresher.store import NotFound, PublishLocked
@@ -221,6 +221,8 @@ async def chat_completions(request: Request) -> Any:
                 tokens += chunk.logprobs
                 if chunk.finish_reason:
                     final = chunk
+        except ProbabilitiesUnavailable as e:
+            raise ApiError(400, f"this model cannot give logprobs: {e}", "unsupported_value", "logprobs") from None
         except EngineError as e:
             raise ApiError(503, f"the model failed: {e}", "engine_error") from None
         await run_in_threadpool(finish)

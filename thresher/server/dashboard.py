@@ -12,6 +12,7 @@ import hmac
 import ipaddress
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -122,6 +123,8 @@ async def dashboard(request: Request) -> Response:
     except Refused as r:
         return _refusal(request, r)
     figures = await run_in_threadpool(_cache(request).get_figures, request)
+    if request.app.state.rt.model_problems:  # a promoted version that is not what serves, and what does
+        figures = replace(figures, problems=[*figures.problems, *request.app.state.rt.model_problems.values()])
     s = request.app.state.rt.settings
     lineage = {v.id: stats.lineage(v, figures.versions) for v in figures.versions}
     return _page(request, {"view": "dashboard", "f": figures, "plots": stats.PLOTS, "labels": stats.STATUSES,

@@ -139,7 +139,7 @@ function messageNode(m, index, count) {
   const mine = m.role === "user";
   const node = el("article", { className: "msg " + m.role });
   node.dataset.id = m.id;
-  const name = mine ? "You" : m.role === "system" ? "Instructions for the assistant" : "Assistant";
+  const name = mine ? "You" : m.role === "system" ? "Instructions given to the assistant" : "Assistant";
   node.setAttribute("aria-label", mine ? "You said" : m.role === "system" ? name : "Assistant replied");
   const body = el("div", { className: mine || m.role === "system" ? "body" : "body reply" });
   if (mine || m.html === undefined) body.textContent = m.content;
