@@ -16,7 +16,7 @@ import sqlalchemy as sa
 import uvicorn
 
 from thresher.config import Settings
-from thresher.engines import ChatParams, Chunk, normalise
+from thresher.engines import ChatParams, Chunk, TokenLogprob, normalise
 from thresher.store import Store
 
 POSTGRES_URL = os.environ.get(
@@ -28,7 +28,8 @@ POSTGRES_URL = os.environ.get(
 class ScriptedEngine:
     """An Engine that answers with fixed words, for tests about everything but the model.
 
-    `delay` slows each word so tests can interrupt a stream; `started` is set when a reply begins."""
+    `delay` slows each word so tests can interrupt a stream; `started` is set when a reply begins. Asked for
+    log-probabilities, it gives each word -0.25, with up to three alternatives."""
 
     words: list[str] = field(default_factory=lambda: ["Hello", " there", ",", " friend", "."])
     delay: float = 0.0
@@ -49,7 +50,8 @@ class ScriptedEngine:
             if self.delay:
                 time.sleep(self.delay)
             n += 1
-            yield Chunk(text=word)
+            top = [(word, -0.25), ("é", -2.5), ("z", -3.0)][: params.logprobs or 0]
+            yield Chunk(text=word, logprobs=[] if params.logprobs is None else [TokenLogprob(word, -0.25, top)])
         finish = "length" if params.max_tokens < len(self.words) else "stop"
         yield Chunk(finish_reason=finish, prompt_tokens=self.count_tokens(messages), completion_tokens=n)
 

@@ -295,3 +295,126 @@ def test_rate_limiter_forgets_quiet_clients() -> None:
     time.sleep(0.06)
     limiter.check("late")
     assert len(limiter._requests) == 1
+
+
+# -- whose conversation a request continues -------------------------------------------------------------------------
+
+
+HI = [{"role": "user", "content": "Hi"}]
+HISTORY_HI = [*HI, {"role": "assistant", "content": "Hello there, friend."}]
+
+
+def _web_chat(srv, text: str) -> tuple[httpx.Client, str]:
+    """A browser's conversation on the chat page (cookie kept in the returned client); returns it and its id."""
+    browser = httpx.Client(base_url=srv.url, timeout=30)
+    r = browser.post("/api/chat", json={"content": text})
+    return browser, json.loads(r.text.split("data: ", 2)[1].split("\n", 1)[0])["conversation_id"]
+
+
+def test_the_api_never_continues_a_chat_page_conversation(serve) -> None:
+    with serve(ScriptedEngine()) as srv:
+        browser, web_id = _web_chat(srv, "Hi")
+        replay = ask(srv, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there, friend."},
+                           {"role": "user", "content": "and now through the API"}])
+        ended = httpx.post(f"{srv.url}/v1/conversations/{web_id}/end")  # the same address, not the same owner
+        web = store_of(srv).get(web_id)
+        browser.close()
+    assert replay.status_code == 200 and replay.headers["x-thresher-conversation"] != web_id
+    assert [m.content for m in web.messages] == ["Hi", "Hello there, friend."] and not web.ended
+    assert ended.status_code == 404 and ended.json()["error"]["code"] == "conversation_not_found"
+
+
+def test_with_api_keys_a_conversation_belongs_to_its_key(serve) -> None:
+    a, b = {"Authorization": "Bearer key-a"}, {"Authorization": "Bearer key-b"}
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there, friend."},
+               {"role": "user", "content": "more"}]
+    with serve(ScriptedEngine(), api_keys=["key-a", "key-b"]) as srv:
+        cid = ask(srv, history[:1], headers=a).headers["x-thresher-conversation"]
+        by_b = ask(srv, history, headers=b).headers["x-thresher-conversation"]
+        b_ends = httpx.post(f"{srv.url}/v1/conversations/{cid}/end", headers=b)
+        by_a = ask(srv, history, headers=a).headers["x-thresher-conversation"]
+        a_ends = httpx.post(f"{srv.url}/v1/conversations/{cid}/end", headers=a)
+        conv = store_of(srv).get(cid)
+    assert by_b != cid and by_a == cid
+    assert b_ends.status_code == 404 and b_ends.json()["error"]["message"] == f"no conversation {cid}"
+    assert a_ends.status_code == 200 and conv.ended and len(conv.messages) == 4
+    assert "key-a" not in (conv.owner_hash or "") and conv.owner_hash != conv.client_hash
+
+
+def test_without_keys_another_address_owns_nothing_here(serve) -> None:
+    with serve(ScriptedEngine()) as srv:
+        cid = ask(srv, HI).headers["x-thresher-conversation"]
+        # uvicorn trusts X-Forwarded-For from 127.0.0.1: the request now comes from another address
+        elsewhere = {"X-Forwarded-For": "203.0.113.9"}
+        continued = ask(srv, [*HISTORY_HI, {"role": "user", "content": "more"}], headers=elsewhere)
+        ended = httpx.post(f"{srv.url}/v1/conversations/{cid}/end", headers=elsewhere)
+        assert not store_of(srv).get(cid).ended
+        own = httpx.post(f"{srv.url}/v1/conversations/{cid}/end")
+    assert continued.headers["x-thresher-conversation"] != cid and ended.status_code == 404
+    assert own.status_code == 200
+
+
+# -- OpenAI fields: logprobs, what is refused, empty stop strings ---------------------------------------------------
+
+
+def test_logprobs_in_the_openai_shape(serve) -> None:
+    with serve(ScriptedEngine()) as srv:
+        plain = ask(srv, HI).json()["choices"][0]
+        body = ask(srv, HI, logprobs=True, top_logprobs=2).json()
+        only = ask(srv, HI, logprobs=True).json()["choices"][0]["logprobs"]["content"]
+        stream = ask(srv, HI, logprobs=True, top_logprobs=1, stream=True)
+    assert plain["logprobs"] is None
+    content = body["choices"][0]["logprobs"]["content"]
+    assert [t["token"] for t in content] == ["Hello", " there", ",", " friend", "."]
+    assert content[1] == {"token": " there", "logprob": -0.25, "bytes": list(b" there"),
+                          "top_logprobs": [{"token": " there", "logprob": -0.25, "bytes": list(b" there")},
+                                           {"token": "é", "logprob": -2.5, "bytes": [0xC3, 0xA9]}]}
+    assert body["choices"][0]["logprobs"]["refusal"] is None
+    assert all(t["top_logprobs"] == [] for t in only)
+    events = [json.loads(ln[6:]) for ln in stream.text.split("\n") if ln.startswith("data: {")]
+    deltas = [e["choices"][0] for e in events if e["choices"] and e["choices"][0]["delta"].get("content")]
+    assert [d["logprobs"]["content"][0]["token"] for d in deltas] == ["Hello", " there", ",", " friend", "."]
+    assert all(len(d["logprobs"]["content"][0]["top_logprobs"]) == 1 for d in deltas)
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "param"),
+    [
+        ({"top_logprobs": 2}, 400, "top_logprobs"),  # without logprobs: true
+        ({"logprobs": False, "top_logprobs": 2}, 400, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, 422, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": -1}, 422, "top_logprobs"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, 400, "tools"),
+        ({"tool_choice": "required"}, 400, "tool_choice"),
+        ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, 400, "tool_choice"),
+        ({"functions": [{"name": "f"}]}, 400, "functions"),
+        ({"response_format": {"type": "json_object"}}, 400, "response_format"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, 400,
+         "response_format"),
+        ({"n": 2}, 400, "n"),
+        ({"n": 0}, 400, "n"),
+    ],
+)
+def test_what_is_not_supported_is_refused_by_name(serve, extra, status, param) -> None:
+    with serve(ScriptedEngine()) as srv:
+        r = ask(srv, HI, **extra)
+        assert store_of(srv).counts() == {}
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["param"] == param and param in r.json()["error"]["message"]
+
+
+def test_what_asks_for_nothing_unsupported_is_answered(serve) -> None:
+    with serve(ScriptedEngine()) as srv:
+        for extra in ({"tools": []}, {"tool_choice": "none"}, {"tool_choice": "auto"}, {"n": 1}, {"n": None},
+                      {"response_format": {"type": "text"}}, {"logprobs": False},
+                      {"logprobs": True, "top_logprobs": 0}):
+            assert ask(srv, HI, **extra).status_code == 200, extra
+
+
+def test_an_empty_stop_string_is_ignored(serve) -> None:
+    engine = ScriptedEngine()
+    with serve(engine) as srv:
+        one = ask(srv, HI, stop="").json()["choices"][0]["message"]["content"]
+        listed = ask(srv, HI, stop=["", "zzz"]).json()["choices"][0]["message"]["content"]
+    assert one == listed == "Hello there, friend."
+    assert [p.stop for p in engine.params] == [[], ["zzz"]]

@@ -103,3 +103,55 @@ def test_status_shows_counts_and_scores(settings, monkeypatch: pytest.MonkeyPatc
     assert "no dataset_remote set, so nothing is pushed)" in " ".join(result.output.split())
     assert "judgments: ok 2" in result.output and "mean score: 5.50" in result.output
     assert "mean score: 5.50" in result.output
+
+
+def _commands(group, path=()):
+    """Every command of the CLI, with the words that call it."""
+    import click
+
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, (*path, name))
+        else:
+            yield (*path, name), cmd
+
+
+def test_every_option_says_what_it_does_once_and_flags_take_no_value() -> None:
+    import typer.main
+
+    problems = []
+    for words, cmd in _commands(typer.main.get_command(app)):
+        for param in cmd.params:
+            if param.param_type_name == "option" and not (param.help or "").strip():
+                problems.append(f"{' '.join(words)} {param.opts[0]}: no description")
+        shown = runner.invoke(app, [*words, "--help"], env={"COLUMNS": "200"}, terminal_width=200)
+        assert shown.exit_code == 0, (words, shown.output)
+        if "<bool>" in shown.output:
+            problems.append(f"{' '.join(words)}: an on/off flag is shown as taking a value")
+        for line in shown.output.splitlines():
+            if line.count("[default:") > 1:
+                problems.append(f"{' '.join(words)}: two defaults in {line.strip()!r}")
+        for swallowed in ("//", "/.json"):  # a <placeholder> eaten as markup
+            if swallowed in shown.output.replace("://", ""):
+                problems.append(f"{' '.join(words)}: {swallowed!r} in its help")
+    assert problems == []
+
+
+def test_placeholders_survive_in_help() -> None:
+    assert "rounds/N.json" in runner.invoke(app, ["round", "--help"], terminal_width=200).output
+    assert "reviews/ID/YOU.json" in runner.invoke(app, ["review", "--help"], terminal_width=200).output
+
+
+def test_serve_says_what_is_on_and_why_the_rest_is_off(settings) -> None:
+    from thresher.cli import serving_lines
+
+    off = "\n".join(serving_lines(settings))
+    assert "review page off: no reviewer tokens" in off and "from this machine only (no admin token" in off
+    assert "judging off" in off
+    on = settings.model_copy(update={"reviewer_tokens": ["ada@example.org:a-token-long-enough-1234"],
+                                     "admin_token": "an-admin-token-of-some-length", "judge": "serving",
+                                     "judge_threshold": 6.5, "dataset_remote": "/srv/dataset.git"})
+    said = "\n".join(serving_lines(on))
+    assert f"http://{on.host}:{on.port}/review (1 reviewer token(s))" in said
+    assert "/dashboard (sign in with the admin token)" in said
+    assert "with serving at threshold 6.5; publishing every 60 s to /srv/dataset.git" in said

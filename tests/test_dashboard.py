@@ -90,7 +90,7 @@ def test_figures_from_known_data(store: Store, tmp_path: Path) -> None:
     # e's rejection was the owner's choice: not counted against the conversations' quality
     assert [(d.day, d.accepted, d.rejected, d.rate) for d in f.acceptance] == [
         (TODAY - timedelta(days=1), 1, 1, 0.5), (TODAY, 3, 0, 1.0)]
-    assert f.histograms == {"judge@1": [0, 0, 1, 1, 0, 1, 0, 2, 2, 0], "judge@2": [0, 1, 0, 0, 1, 0, 0, 0, 0, 0]}
+    assert f.histograms == {"judge@1": [0, 0, 1, 1, 0, 1, 0, 2, 2], "judge@2": [0, 1, 0, 0, 1, 0, 0, 0, 0]}
 
     one, two = f.agreement
     assert (one.judge, one.verdicts, one.agree, one.rate) == ("judge@1", 3, 2, 2 / 3)
@@ -283,10 +283,52 @@ def test_status_prints_the_same_figures(settings) -> None:
     lines = [" ".join(line.replace("│", " ").split()) for line in result.output.splitlines()]
     for row in ("published, approved by reviewers 2", "published, awaiting review 1", "all 9",
                 f"{TODAY - timedelta(days=1)} 1 1 50%", f"{TODAY} 3 0 100%",
-                "judge@1 0 0 1 1 0 1 0 2 2 0 7", "judge@2 0 1 0 0 1 0 0 0 0 0 2",
+                "judge@1 0 0 1 1 0 1 0 2 2 7", "judge@2 0 1 0 0 1 0 0 0 0 2",
                 "judge@1 3 2 (67%) 1 0 1.00 0.50 (3)", "judge@2 2 1 (50%) 0 1 1.00 1.00 (2)",
                 "chat-r2 chat 2 candidate chat-r2 <- chat-r1 <- base"):
         assert row in lines, f"{row!r} not in:\n{result.output}"
     assert any(line.startswith("1 finished c0ffeec0ffee 6 0.600 0.980 0.750 (+0.250) chat passed chat-r1")
                for line in lines), result.output
     assert "judge failed" in lines and "round 1, judge: judge_gain -0.100 is not >= 0.0" in lines
+
+
+def test_figures_say_the_threshold_decisions_were_made_at(store: Store, tmp_path: Path) -> None:
+    """Conversations published at threshold 1 (as the demo does) while 8 is configured: the figures say both, and
+    the judge's agreement with reviewers counts what it really accepted."""
+    ids = [judged(store, f"question {n}", f"answer {n}", 4.0) for n in range(3)]
+    store.set_publications([Publication(i, "published", path=f"p/{i}.json", score=4.0, judge_id="judge@1",
+                                        threshold=1.0) for i in ids])
+    store.save_reviews([_review(i, "ann", "approve") for i in ids])
+    f = stats.collect(store, tmp_path, threshold=8.0)
+    assert f.decided_at == {1.0: 3}
+    assert f.threshold_note() == "threshold in force 8; decisions so far were made at 1 (3 conversations)"
+    (a,) = f.agreement
+    assert (a.agree, a.judge_reject_reviewers_approve) == (3, 0)  # it accepted all three, and reviewers agreed
+
+
+def test_a_trained_judge_has_its_registry_name_everywhere(store: Store, tmp_path: Path) -> None:
+    cid = judged(store, "question", "answer", 7.0)
+    store.save_judgment(cid, Judgment(score=6.0, status="ok", judge_id="head-4c1d7194f1@abc", rubric_hash="h"))
+    store.save_judgment(cid, Judgment(score=5.0, status="ok", judge_id="head-99aa@abc", rubric_hash="h"))
+    reg = Registry(tmp_path / "models")
+    reg.add(Version("judge-r1-4c1d7194f1", "judge", "head:x", 1))  # an older record: matched by its digest
+    reg.add(Version("judge-r2-77", "judge", "head:y", 2, metrics={"judge_id": "head-99aa@abc"}))
+    f = stats.collect(store, tmp_path, threshold=8.0)
+    assert {"judge-r1-4c1d7194f1", "judge-r2-77"} <= set(f.histograms)
+    assert not any(k.startswith("head-") for k in f.histograms)
+
+
+def test_the_score_plot_keeps_its_threshold_and_legend_clear_of_the_frame_and_bars() -> None:
+    from matplotlib.figure import Figure
+
+    f = stats.Figures(1.0, 1, {}, {}, [], {"judge-r1": [9, 1, 0, 0, 0, 0, 0, 0, 3]}, [], [], [], decided_at={1.0: 4})
+    fig = Figure(figsize=(7, 3.6), dpi=100)
+    ax = fig.add_subplot()
+    stats._scores(f, ax)
+    fig.tight_layout()
+    fig.canvas.draw()
+    low, high = ax.get_xlim()
+    assert low < 1.0 < high <= 10.5  # a threshold of 1 is not on the frame; no axis running to 11
+    legend, frame = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= frame.x1 - 1  # beside the plot, not over the bars
+    assert legend.x1 <= fig.bbox.x1 + 1  # and inside the picture

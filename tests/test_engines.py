@@ -130,6 +130,40 @@ def test_transformers_engine_agrees_with_llamacpp(embedded_engine) -> None:
 
 
 @pytest.mark.slow
+def test_transformers_engine_gives_logprobs_with_its_text() -> None:
+    hf = load(f"hf:{embedded_model_path()}")
+    chunks = list(hf.stream_chat(Q, ChatParams(max_tokens=12, temperature=0.0, logprobs=3)))
+    tokens = [t for c in chunks for t in c.logprobs]
+    assert len(tokens) == chunks[-1].completion_tokens  # every generated token, once
+    assert "".join(t.token for t in tokens) == "".join(c.text for c in chunks)
+    for t in tokens:  # greedy: the chosen token is the likeliest, and the alternatives come in order
+        assert len(t.top) == 3 and t.top[0] == (t.token, pytest.approx(t.logprob)) and t.logprob <= 0
+        assert t.top[0][1] >= t.top[1][1] >= t.top[2][1]
+    assert all(t.top == [] for c in hf.stream_chat(Q, ChatParams(max_tokens=5, temperature=0.0, logprobs=0))
+               for t in c.logprobs)
+    assert all(not c.logprobs for c in hf.stream_chat(Q, ChatParams(max_tokens=5, temperature=0.0)))
+    word = "".join(c.text for c in chunks).split()[1]
+    stopped = list(hf.stream_chat(Q, ChatParams(max_tokens=12, temperature=0.0, logprobs=0, stop=[word])))
+    text, kept = "".join(c.text for c in stopped), [t.token for c in stopped for t in c.logprobs]
+    # the tokens that made up the text: the last may run into the stop string, none lies wholly inside it
+    assert word not in text and "".join(kept).startswith(text) and len("".join(kept[:-1])) < len(text)
+
+
+def test_openai_engine_passes_logprobs_on_or_says_they_are_refused(serve) -> None:
+    with serve(ScriptedEngine()) as srv:  # thresher's own API, answered by an engine that gives logprobs
+        remote = load(f"openai:{srv.url}/v1")
+        chunks = list(remote.stream_chat(Q, ChatParams(max_tokens=3, logprobs=2)))
+        plain = list(remote.stream_chat(Q, ChatParams(max_tokens=3)))
+        with pytest.raises(ProbabilitiesUnavailable, match="422"):  # more alternatives than the server gives
+            list(remote.stream_chat(Q, ChatParams(max_tokens=3, logprobs=25)))
+        remote.close()
+    tokens = [t for c in chunks for t in c.logprobs]
+    assert [t.token for t in tokens] == ["Hello", " there", ","]
+    assert tokens[0].logprob == -0.25 and tokens[0].top == [("Hello", -0.25), ("é", -2.5)]
+    assert all(not c.logprobs for c in plain)
+
+
+@pytest.mark.slow
 def test_a_reply_continues_after_its_prefix(embedded_engine) -> None:
     """Given the start of its own reply, each local engine writes what follows it (what "continue" does): with greedy
     decoding, the continuation of a reply's first words is the rest of that reply."""

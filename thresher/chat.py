@@ -150,6 +150,8 @@ class ChatService:
                     if time.monotonic() - last_flush >= FLUSH_SECONDS:
                         self.store.update_reply(msg_id, text)
                         last_flush = time.monotonic()
+                elif chunk.waiting is not None:
+                    yield chunk  # how many requests are ahead of this one in the engine's queue
                 if cancel is not None and cancel.is_set():
                     break
         finally:

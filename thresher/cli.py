@@ -19,6 +19,10 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 
+# typer 0.2x prints a value type after every option, on/off flags too ("--pending <bool>"), as if they took one.
+_value_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _value_type(self, ctx)
+
 
 def _settings(**overrides: Any) -> Any:
     """Settings from thresher.toml and THRESHER_* variables, with command-line options on top."""
@@ -83,6 +87,8 @@ def serve(
         f"[link]http://{s.host}:{s.port}[/link]  ·  data in {s.data_dir}  ·  "
         f"{'public' if s.public else 'local'} mode"
     )
+    for line in serving_lines(s):
+        err.print("  " + line, highlight=False)
     uvicorn.run(
         create_app(s, engine=engine),
         host=s.host,
@@ -92,6 +98,27 @@ def serve(
         log_level="info",
         access_log=not s.public,  # access lines carry client addresses; public mode keeps none
     )
+
+
+def serving_lines(s: Any) -> list[str]:
+    """What `thresher serve` turns on, and why each part that is off is off: said at start-up."""
+    base = f"http://{s.host}:{s.port}"
+    lines = [f"chat page {base}/   ·   OpenAI-compatible API {base}/v1"]
+    if s.reviewer_tokens:
+        lines.append(f"review page {base}/review ({len(s.reviewer_tokens)} reviewer token(s))")
+    else:
+        lines.append("review page off: no reviewer tokens (set reviewer_tokens to open /review)")
+    if s.admin_token:
+        lines.append(f"dashboard {base}/dashboard (sign in with the admin token)")
+    else:
+        lines.append(f"dashboard {base}/dashboard, from this machine only (no admin token set)")
+    if s.judge == "off":
+        lines.append("judging off (judge = off): nothing is rated or published")
+    else:
+        where = s.dataset_remote or f"the local clone {s.dataset_path} (no dataset_remote set)"
+        lines.append(f"judging ended conversations with {s.judge} at threshold {s.threshold():g}; publishing every "
+                     f"{s.publish_interval_seconds:g} s to {where}")
+    return lines
 
 
 def _load_judge(s: Any, spec: str | None, threshold: float | None, rationale: str | None) -> Any:
@@ -378,6 +405,7 @@ def status(
         if judgment_stats["mean_score"] is not None:
             typer.echo(f"mean score: {judgment_stats['mean_score']:.2f}")
         figures = stats.collect(store, s.data_dir, s.threshold(), s.quorum_approvals)
+        typer.echo(f"publishing: {figures.threshold_note()} (judge_threshold = {s.judge_threshold})")
         recent = [(conv, store.judgments(conv.id)[-1]) for conv in store.list(status="judged", limit=5)]
     finally:
         store.close()
@@ -466,8 +494,8 @@ def sync_cmd(
 
 @app.command("review")
 def review_cmd(
-    repo_path: Annotated[Path, typer.Option("--repo", help="Your clone of the dataset [default: the current "
-                                                           "directory].")] = Path("."),
+    repo_path: Annotated[Path, typer.Option("--repo", show_default=False, help="Your clone of the dataset "
+                                            "[default: the current directory].")] = Path("."),
     reviewer: Annotated[str | None, typer.Option(help="Your reviewer name [default: from your git "
                                                       "user.email].")] = None,
 ) -> None:
@@ -475,7 +503,7 @@ def review_cmd(
 
     Example: `git clone https://example.org/dataset.git && cd dataset && thresher review`
 
-    Each verdict is written to reviews/<id>/<you>.json, committed under your own git identity and pushed. Edit
+    Each verdict is written to reviews/ID/YOU.json, committed under your own git identity and pushed. Edit
     opens $EDITOR on the conversation file and commits your change as a correction.
     """
     import click
@@ -697,10 +725,10 @@ def train_sft(
     out: Annotated[Path, typer.Option(help="Where checkpoints, the adapter, the loss plot and the export go.")] = Path(
         "thresher-data/train/sft"),
     max_length: Annotated[int, typer.Option(help="Tokens per packed row.")] = 512,
-    epochs: Annotated[float, typer.Option()] = 1.0,
+    epochs: Annotated[float, typer.Option(help="Passes over the data (a fraction stops part-way).")] = 1.0,
     max_steps: Annotated[int, typer.Option(help="Stop after this many steps (> 0 overrides --epochs).")] = -1,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 2e-4,
-    batch_size: Annotated[int, typer.Option()] = 8,
+    batch_size: Annotated[int, typer.Option(help="Rows per training step.")] = 8,
     lora_r: Annotated[int, typer.Option(help="LoRA rank (alpha is twice this).")] = 16,
     save_steps: Annotated[int, typer.Option(help="Checkpoint every this many steps.")] = 25,
     limit: Annotated[int | None, typer.Option(help="Use only the first N examples.")] = None,
@@ -908,7 +936,7 @@ def round_cmd(
         False),
 ) -> None:
     """Run one training round: sync, pin a commit, build data, train judge and chat model, export, evaluate, gate,
-    promote, and write rounds/<n>.json into the dataset.
+    promote, and write rounds/N.json into the dataset.
 
     Example: `thresher round --tiny`
 

@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     )
     n_ctx: int = Field(2048, ge=256, description="Context window for local engines, in tokens.")
     n_threads: int | None = Field(None, description="CPU threads for llama.cpp; default: all cores.")
+    n_parallel: int = Field(
+        8, ge=1, description="Replies the llama.cpp engine writes together (continuous batching: one decoding step "
+        "serves them all). Each has its own n_ctx tokens of KV cache, so its memory is n_ctx x n_parallel tokens "
+        "(~23 KB a token for the embedded model). 8 suits a CPU; other engines answer one at a time."
+    )
+    max_queue: int = Field(
+        16, ge=0, description="Chat requests that may wait for the engine beyond those it is writing; past that the "
+        "API answers 503 with Retry-After and the chat page says the server is busy."
+    )
 
     judge: str = Field(
         "serving",

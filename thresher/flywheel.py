@@ -140,7 +140,7 @@ def _publish(store: Store, repo: DatasetRepo, threshold: float, daily_cap: int) 
             reason = dedup.duplicate_of(clean)
         if reason is not None:
             rejected.append(Publication(conv.id, "rejected", reason, score=judgment.score,
-                                        judge_id=judgment.judge_id))
+                                        judge_id=judgment.judge_id, threshold=threshold))
             report.rejected[conv.id] = reason
             continue
         if len(batch) >= room:
@@ -154,7 +154,7 @@ def _publish(store: Store, repo: DatasetRepo, threshold: float, daily_cap: int) 
     store.set_publications([
         Publication(conv.id, "accepted", path=conversation_path(conv.id, conv.created_at), score=judgment.score,
                     judge_id=judgment.judge_id, pii_counts=dict(counts), dedup_hash=keys[conv.id][0],
-                    minhash=keys[conv.id][1])
+                    minhash=keys[conv.id][1], threshold=threshold)
         for conv, judgment, _clean, _r, counts in batch
     ])
     for *_, counts in batch:

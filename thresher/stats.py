@@ -104,11 +104,23 @@ class Figures:
     statuses: dict[str, int]  # conversation status -> count, in STATUSES order (then any others)
     reviews: dict[str, int]  # published conversations by quorum: approved / rejected / pending
     acceptance: list[Day]
-    histograms: dict[str, list[int]]  # judge version -> counts of scores in bins 1..10 (bin k: k <= score < k+1)
+    # judge version -> counts of scores in nine bins over 1..10 (bin k: k <= score < k+1; the last takes 10 too)
+    histograms: dict[str, list[int]]
     agreement: list[Agreement]
     rounds: list[Round]
     versions: list[Version]
     problems: list[str] = field(default_factory=list)  # records that could not be read, and why
+    # the thresholds curation actually decided at (as recorded with each decision) -> how many decisions
+    decided_at: dict[float, int] = field(default_factory=dict)
+
+    def threshold_note(self) -> str:
+        """The threshold in force, and the others decisions were made at, when there were any."""
+        others = {t: n for t, n in self.decided_at.items() if t != self.threshold}
+        said = f"threshold in force {self.threshold:g}"
+        if others:
+            said += "; decisions so far were made at " + ", ".join(
+                f"{t:g} ({n} conversation{'s' if n != 1 else ''})" for t, n in sorted(others.items()))
+        return said
 
     @property
     def total(self) -> int:
@@ -123,9 +135,30 @@ class Figures:
                 "rounds": not any(r.win_rate is not None or r.judge_auc is not None for r in self.rounds)}[name]
 
 
-def judge_label(j: Judgment, rubrics: dict[str, set[str]]) -> str:
-    """A judge version's name: its judge id, with the rubric hash when that judge id was used with several."""
-    return j.judge_id if len(rubrics[j.judge_id]) == 1 else f"{j.judge_id} (rubric {j.rubric_hash[:8]})"
+def judge_label(j: Judgment, rubrics: dict[str, set[str]], names: dict[str, str] | None = None) -> str:
+    """A judge version's name: the registry's name for it when it has one (the same name as the Models table),
+    else its judge id; with the rubric hash when that judge id was used with several."""
+    name = (names or {}).get(j.judge_id, j.judge_id)
+    return name if len(rubrics[j.judge_id]) == 1 else f"{name} (rubric {j.rubric_hash[:8]})"
+
+
+def registry_names(versions: list[Version]) -> dict[str, str]:
+    """Judge id (what a judgment records) -> registry version id, for the judge versions rounds trained."""
+    names = {}
+    for v in versions:
+        if v.kind != "judge":
+            continue
+        if v.metrics.get("judge_id"):
+            names[str(v.metrics["judge_id"])] = v.id
+    return names
+
+
+def _registry_name(judge_id: str, versions: list[Version]) -> str | None:
+    """For records written before versions kept their judge id: a head judge's digest is in both names."""
+    if not judge_id.startswith("head-"):
+        return None
+    digest = judge_id.removeprefix("head-").split("@")[0]
+    return next((v.id for v in versions if v.kind == "judge" and v.id.endswith("-" + digest)), None)
 
 
 def collect(store: Store, data_dir: Path, threshold: float, min_approvals: int = 1) -> Figures:
@@ -137,6 +170,9 @@ def collect(store: Store, data_dir: Path, threshold: float, min_approvals: int =
 
     decisions = store.decisions()
     published = {p.conversation_id for p, _ in decisions if p.state == "published"}
+    decided_thresholds = {p.conversation_id: p.threshold for p, _ in decisions if p.threshold is not None}
+    decided_at = dict(Counter(p.threshold for p, _ in decisions
+                              if p.threshold is not None and p.reason not in CONSENT_REJECTIONS))
     verdicts: dict[str, list] = defaultdict(list)
     for r in store.reviews():
         verdicts[r.conversation_id].append(r)
@@ -151,27 +187,37 @@ def collect(store: Store, data_dir: Path, threshold: float, min_approvals: int =
         days[at.astimezone(UTC).date()][p.state == "rejected"] += 1
     acceptance = [Day(d, a, r) for d, (a, r) in sorted(days.items())]
 
+    try:
+        versions = Registry(data_dir / "models").versions()
+    except RegistryError as e:
+        versions = []
+        problems.append(str(e))
     judgments = store.all_judgments()
     rubrics: dict[str, set[str]] = defaultdict(set)
+    names = registry_names(versions)
     for _, j in judgments:
         rubrics[j.judge_id].add(j.rubric_hash)
+        if j.judge_id not in names and (known := _registry_name(j.judge_id, versions)):
+            names[j.judge_id] = known
     histograms: dict[str, list[int]] = {}
     latest: dict[str, dict[str, Judgment]] = defaultdict(dict)  # judge version -> conversation -> its judgment
     for cid, j in judgments:
         if j.status == "failed":
             continue
-        label = judge_label(j, rubrics)
+        label = judge_label(j, rubrics, names)
         latest[label][cid] = j
         if j.score is not None:
-            histograms.setdefault(label, [0] * 10)[min(9, max(0, int(j.score) - 1))] += 1
+            histograms.setdefault(label, [0] * 9)[min(8, max(0, int(j.score) - 1))] += 1
 
     agreement = []
     for label, by_conv in latest.items():
-        rows = [(by_conv[cid], q == "approved", verdicts[cid]) for cid, q in quorums.items()
-                if q != "pending" and cid in by_conv]
+        decided = [cid for cid, q in quorums.items() if q != "pending" and cid in by_conv]
+        rows = [(by_conv[cid], quorums[cid] == "approved", verdicts[cid]) for cid in decided]
         if not rows:
             continue
-        pairs = [(j.accepted(threshold), ok) for j, ok, _ in rows]  # (judge accepts, reviewers approve)
+        # (judge accepts, reviewers approve): accepting at the threshold the decision was really made at
+        pairs = [(j.accepted(decided_thresholds.get(cid, threshold)), ok) for cid, (j, ok, _) in zip(decided, rows,
+                                                                                                    strict=True)]
         scored = [(j.score, sum(given) / len(given)) for j, _, vs in rows
                   if j.score is not None and (given := [v.score for v in vs if v.score is not None])]
         agreement.append(Agreement(
@@ -183,13 +229,8 @@ def collect(store: Store, data_dir: Path, threshold: float, min_approvals: int =
             spearman=spearman([s for s, _ in scored], [h for _, h in scored]), scored=len(scored)))
     agreement.sort(key=lambda a: a.judge)
 
-    try:
-        versions = Registry(data_dir / "models").versions()
-    except RegistryError as e:
-        versions = []
-        problems.append(str(e))
     return Figures(threshold, min_approvals, statuses, reviews, acceptance, histograms, agreement,
-                   read_rounds(data_dir / "rounds", problems), versions, problems)
+                   read_rounds(data_dir / "rounds", problems), versions, problems, decided_at)
 
 
 def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
@@ -303,17 +344,19 @@ def _scores(f: Figures, ax: Any) -> None:
 
     width = 0.8 / len(f.histograms)
     for i, (label, counts) in enumerate(sorted(f.histograms.items())):  # bin k is drawn between k and k+1
-        xs = [k + 1.1 + width * i for k in range(10)]
+        xs = [k + 1.1 + width * i for k in range(len(counts))]
         ax.bar(xs, counts, width=width, align="edge", color=COLOURS[i % len(COLOURS)],
                label=f"{label} ({sum(counts)})")
-    ax.axvline(f.threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {f.threshold:g}")
-    ax.set_xticks(range(1, 12))
-    ax.set_xlim(1, 11)
+    for t in sorted(set(f.decided_at) - {f.threshold}):
+        ax.axvline(t, color="#71717a", linestyle=":", linewidth=1, label=f"decided at {t:g}")
+    ax.axvline(f.threshold, color="black", linestyle="--", linewidth=1, label=f"threshold in force {f.threshold:g}")
+    ax.set_xticks(range(1, 11))
+    ax.set_xlim(0.7, 10.3)  # a threshold of 1 or 10 stays in sight, off the frame
     ax.set_xlabel("score")
     ax.set_ylabel("judgments")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("Judge scores by judge version")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the bars
 
 
 def _agreement(f: Figures, ax: Any) -> None:
@@ -342,10 +385,13 @@ def _rounds(f: Figures, ax: Any) -> None:
     ax.set_xlabel("round")
     ax.set_ylim(0, 1.05)
     ax.set_title("Rounds: the candidate's figures (x: gate failed, not promoted)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
 # -- the terminal ---------------------------------------------------------------------------------------------------
+
+
+SCORE_BINS = [f"{k}-{k + 1}" for k in range(1, 10)]  # the histograms' columns
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
@@ -392,8 +438,8 @@ def tables(f: Figures) -> list[Any]:
         out.append(none("Acceptance per day", "the curator has decided on nothing"))
 
     if f.histograms:
-        t = table("Scores by judge version", "judge", *map(str, range(1, 11)), "all",
-                  caption=f"column k: scores from k up to k+1; threshold {f.threshold:g}")
+        t = table("Scores by judge version", "judge", *SCORE_BINS, "all",
+                  caption=f"column k-l: scores from k up to l (10 in the last); {f.threshold_note()}")
         for judge, counts in sorted(f.histograms.items()):
             t.add_row(judge, *map(str, counts), str(sum(counts)))
         out.append(t)

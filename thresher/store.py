@@ -152,6 +152,7 @@ class PublicationRow(Base):
     pushed: Mapped[bool] = mapped_column(sa.Boolean(), default=False)
     score: Mapped[float | None] = mapped_column(sa.Float())
     judge_id: Mapped[str | None] = mapped_column(sa.String(200))
+    threshold: Mapped[float | None] = mapped_column(sa.Float())  # the score the decision was made against
     pii_counts: Mapped[dict[str, int] | None] = mapped_column(sa.JSON())
     # The published (scrubbed) text's dedup keys: normalised hash and MinHash signature bytes.
     dedup_hash: Mapped[str | None] = mapped_column(sa.String(64))
@@ -200,6 +201,7 @@ class Publication:
     pii_counts: dict[str, int] | None = None
     dedup_hash: str | None = None
     minhash: bytes | None = None
+    threshold: float | None = None  # the acceptance threshold curation decided at
 
 
 class ReviewRow(Base):
@@ -332,7 +334,7 @@ def _to_judgment(r: JudgmentRow) -> Judgment:
 
 def _to_publication(r: PublicationRow) -> Publication:
     return Publication(r.conversation_id, r.state, r.reason, r.path, r.commit_sha, r.pushed, r.score, r.judge_id,
-                       r.pii_counts)
+                       r.pii_counts, threshold=r.threshold)
 
 
 def _to_message(row: MessageRow) -> Message:
@@ -881,6 +883,8 @@ class Store:
                     setattr(row, name, getattr(p, name))
                 if p.dedup_hash is not None:  # kept once set: later updates need not carry them
                     row.dedup_hash, row.minhash = p.dedup_hash, p.minhash
+                if p.threshold is not None:
+                    row.threshold = p.threshold
                 row.updated_at = now
                 conv = convs.get(p.conversation_id)
                 if conv is not None and conv.status in ("ended", "judged", "published", "rejected", "accepted",

@@ -115,9 +115,10 @@ class LlamaCppEngine:
             raise EngineError(f"the prompt has {len(tokens)} tokens; the context holds {self.n_ctx}")
         return self._sched.submit(_Reply(tokens, [*params.stop, *template_stops], budget, params))
 
-    def pending(self) -> dict[str, int]:
-        """What the engine holds now: replies being written, and requests waiting for a sequence."""
-        return self._sched.pending()
+    def stats(self) -> dict[str, int]:
+        """What the engine holds now (replies being written, requests waiting, judging calls) and has done (steps,
+        prompt tokens read, prompt tokens found already cached)."""
+        return self._sched.stats()
 
     # ------------------------------------------------------------------------------------------- judging calls
 
@@ -318,6 +319,7 @@ class _Scheduler:
         self.jobs: list[_Job] = []
         self.cv = threading.Condition()
         self.bg_next = 0.0  # background work may run, while chat is served, from this time on
+        self.steps = self.prompt_tokens = self.cached_tokens = 0
         self._pieces: dict[tuple[int, bool], bytes] = {}
         threading.Thread(target=self._run, name="llama.cpp", daemon=True).start()
 
@@ -346,10 +348,11 @@ class _Scheduler:
             raise job.error
         return job.value
 
-    def pending(self) -> dict[str, int]:
+    def stats(self) -> dict[str, int]:
         with self.cv:
             return {"running": sum(r is not None for r in self.slots), "waiting": len(self.waiting),
-                    "jobs": len(self.jobs)}
+                    "jobs": len(self.jobs), "steps": self.steps, "prompt_tokens": self.prompt_tokens,
+                    "cached_tokens": self.cached_tokens}
 
     # --- the scheduler thread
 
@@ -402,6 +405,8 @@ class _Scheduler:
                 slot, keep = min(free, key=lambda i: self.used[i]), 0
             llama_cpp.llama_memory_seq_rm(self.mem, slot, keep, -1)
             del self.cached[slot][keep:]
+            self.prompt_tokens += len(r.prompt)
+            self.cached_tokens += keep
             r.slot, r.n_past, r.pending = slot, keep, r.prompt[keep:]
             self.slots[slot] = r
 
@@ -439,6 +444,7 @@ class _Scheduler:
         rc = llama_cpp.llama_decode(self.ctx.ctx, self.batch)
         if rc != 0:
             raise EngineError(f"llama_decode failed ({rc})")
+        self.steps += 1
         for r, tokens, _ in items:
             r.n_past += len(tokens)
             self.cached[r.slot].extend(tokens)  # type: ignore[index]

@@ -35,6 +35,7 @@ from thresher.judge import make_judge as make_judge_for
 from thresher.review import sync as sync_reviews
 from thresher.reward import HeadJudge
 from thresher.server.guard import ApiError, RateLimiter, SameOrigin, SecurityHeaders
+from thresher.server.streaming import Admission
 from thresher.store import Store
 
 log = logging.getLogger("thresher.server")
@@ -56,6 +57,7 @@ class Runtime:
     # Why a promoted version is not what serves, by kind ("chat", "judge"): the model follower's one warning, which
     # the dashboard shows too.
     model_problems: dict[str, str] = field(default_factory=dict)
+    admission: Admission = field(default_factory=lambda: Admission(0))  # the bound on replies in flight
 
     @property
     def model_name(self) -> str:
@@ -136,7 +138,8 @@ class ModelFollower:
         self.problems: dict[str, str] = rt.model_problems if rt is not None else {}
 
     def _load(self, spec: str) -> Engine:
-        return load_engine(spec, n_ctx=self.settings.n_ctx, n_threads=self.settings.n_threads)
+        return load_engine(spec, n_ctx=self.settings.n_ctx, n_threads=self.settings.n_threads,
+                           n_parallel=self.settings.n_parallel)
 
     def _make(self, spec: str, serving: Engine | None) -> Any:
         s = self.settings
@@ -242,14 +245,15 @@ def create_app(settings: Settings, engine: Engine | None = None, store: Store | 
         if recovered:
             log.warning("kept %d reply(ies) cut off by a crash, marked interrupted", recovered)
         eng = engine or await run_in_threadpool(
-            load_engine, settings.model, n_ctx=settings.n_ctx, n_threads=settings.n_threads
+            load_engine, settings.model, n_ctx=settings.n_ctx, n_threads=settings.n_threads,
+            n_parallel=settings.n_parallel,
         )
         limiter = RateLimiter(
             settings.rate_limit_requests if settings.public else 0,
             settings.rate_limit_tokens if settings.public else 0,
         )
         app.state.rt = Runtime(settings, st, eng, ChatService(st, eng, settings.licence), limiter, settings.salt(),
-                               started_as=eng.model_id)
+                               started_as=eng.model_id, admission=Admission(settings.max_queue))
         tasks = [asyncio.create_task(_idle_loop(app.state.rt))]
         judge = await run_in_threadpool(make_judge, settings, eng)
         app.state.rt.judge = judge

@@ -11,6 +11,7 @@ Every response names its conversation in the X-Thresher-Conversation header.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from thresher.conversation import InvalidConversation, messages_from_openai, new_id
 from thresher.engines import ChatParams, Chunk, EngineError, ProbabilitiesUnavailable, TokenLogprob
 from thresher.server.guard import ApiError, api_owner, check_api_key, client_hash, parse_json, read_body
-from thresher.server.streaming import stream_in_thread
+from thresher.server.streaming import cancel_on_disconnect, stream_in_thread
 from thresher.store import NotFound, PublishLocked
 
 router = APIRouter(prefix="/v1")
@@ -191,6 +192,7 @@ async def chat_completions(request: Request) -> Any:
     if n_prompt >= s.n_ctx:
         raise ApiError(400, f"the messages are {n_prompt} tokens; this model's context holds {s.n_ctx}",
                        "context_length_exceeded", "messages")
+    ticket = rt.admission.admit(getattr(rt.engine, "n_parallel", 1))  # 503 while the queue is full: nothing stored
 
     opened = await run_in_threadpool(
         rt.chat.open, messages, client_hash=who, source="api", owner_hash=api_owner(who, api_key, rt.salt),
@@ -210,12 +212,13 @@ async def chat_completions(request: Request) -> Any:
         if end_after:
             rt.chat.end(conv_id, "api")
 
-    chunks = stream_in_thread(lambda cancel: rt.chat.reply(conv_id, params, cancel))
+    cancel = threading.Event()  # set when the client goes away
+    chunks = stream_in_thread(lambda c: rt.chat.reply(conv_id, params, c), cancel, ticket)
 
     if not req.stream:
         text, final, tokens = "", None, []
         try:
-            async for chunk in chunks:
+            async for chunk in cancel_on_disconnect(request, cancel, chunks):
                 meter.add(chunk)
                 text += chunk.text
                 tokens += chunk.logprobs

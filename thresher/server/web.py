@@ -227,7 +227,9 @@ async def _thread_view(request: Request, conv_id: str) -> dict[str, Any]:
         if conv.ended and conv.publish_allowed:
             scored = [j for j in rt.store.judgments(conv_id) if j.score is not None]
             score = scored[-1].score if scored else None
-            threshold = rt.judge.threshold if rt.judge is not None else None
+            decided = rt.store.publication(conv_id)
+            threshold = (decided.threshold if decided is not None and decided.threshold is not None
+                         else rt.judge.threshold if rt.judge is not None else None)
         return _view(conv, turns, conv_id in _generating(request), score, threshold,
                      rt.store.reply_settings(conv_id))
 
@@ -340,12 +342,14 @@ async def stop(conv_id: str, request: Request) -> dict[str, Any]:
 
 @router.post("/api/chat")
 async def send(body: SendRequest, request: Request) -> Response:
-    """Add the user's message and stream the reply as server-sent events: meta, delta..., done (or error)."""
+    """Add the user's message and stream the reply as server-sent events: meta, queue... (while it waits for the
+    model: how many are ahead), delta..., done (or error)."""
     rt = request.app.state.rt
     token, fresh = _session(request)
     _check_length(request, body.content)
     who = client_hash(request, rt.salt)
     rt.limiter.check(who)
+    _admit(request)
     if body.conversation_id is None:
         chosen = _reply_settings(request, body.settings)
         system = (body.system or "").strip()
@@ -432,8 +436,16 @@ async def _start(request: Request, conv_id: str) -> str:
     await _own(request, conv_id)
     who = client_hash(request, rt.salt)
     rt.limiter.check(who)
+    _admit(request)
     _claim(request, conv_id)
     return who
+
+
+def _admit(request: Request) -> None:
+    """A place among the replies in flight (503, "the server is busy", when none is left), taken before anything is
+    stored; the reply's stream gives it back, or the request's end if it fails first."""
+    rt = request.app.state.rt
+    request.state.ticket = rt.admission.admit(getattr(rt.engine, "n_parallel", 1))
 
 
 async def _branch_call(request: Request, conv_id: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -460,8 +472,16 @@ def _reply_stream(
             yield _sse("meta", {"conversation_id": conv_id})
             final, meter = None, rt.limiter.meter(who)
             try:
-                async for chunk in stream_in_thread(lambda c: generate(_params(rt, conv_id), c), cancel):
+                ahead = None
+                async for chunk in stream_in_thread(lambda c: generate(_params(rt, conv_id), c), cancel,
+                                                    getattr(request.state, "ticket", None)):
                     meter.add(chunk)
+                    if chunk.waiting is not None and chunk.waiting != ahead:  # waiting for the model: how long
+                        ahead = chunk.waiting
+                        yield _sse("queue", {"ahead": ahead})
+                    if chunk.text and ahead is not None:  # its turn came
+                        ahead = None
+                        yield _sse("queue", {"ahead": None})
                     if chunk.text:
                         yield _sse("delta", {"text": chunk.text})
                     if chunk.finish_reason:

@@ -290,7 +290,8 @@ def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, re
     spec = f"head:{root / 'judge'}"
     registry.add(Version(vid, "judge", spec, n, pin["serving_judge_id"], commit, None,
                          {"judge_auc_before": before_auc, "judge_auc_after": after_auc,
-                          "calibrated_threshold": report.threshold}, path=str(root / "judge")))
+                          "calibrated_threshold": report.threshold, "judge_id": report.head.id},
+                         path=str(root / "judge")))
     gain = (after_auc or 0.0) - (before_auc or 0.0)
     return {"version": vid, "before_auc": before_auc, "after_auc": after_auc, "gain": gain,
             "reviewer_agreement_before": (report.auc_before or {}).get("reviewers"),

@@ -97,11 +97,18 @@ async function readEvents(response, onMeta, onDelta) {
       const name = (block.match(/^event: (.*)$/m) || [])[1];
       const data = JSON.parse((block.match(/^data: (.*)$/m) || [])[1] || "{}");
       if (name === "meta") onMeta(data);
+      else if (name === "queue") showQueue(data.ahead);
       else if (name === "delta") onDelta(data.text);
       else if (name === "error") throw Object.assign(new Error(data.message), { view: data.conversation });
       else if (name === "done") return data;
     }
   }
+}
+
+// While a reply waits for the model, how many are ahead of it (null: its turn has come).
+function showQueue(ahead) {
+  say(ahead === null ? "The assistant is replying…"
+      : ahead === 0 ? "Waiting: you are next." : `Waiting: ${ahead} ahead of you.`);
 }
 
 // --- rendering --------------------------------------------------------------------------------------------------
