@@ -1,4 +1,4 @@
-"""Chat speed through the HTTP API against the same engine called directly: tokens/s and time to first token.
+"""Chat speed through the HTTP API against the same engine called directly, and under concurrent streams.
 
 What it measures, in one process and one run:
 
@@ -9,14 +9,12 @@ What it measures, in one process and one run:
 
 Both run the same fixed prompts with the same seed, temperature and max_tokens. The two are interleaved per prompt
 (direct, API, direct, API, ... and the order flips every round) so drift in machine speed hits both alike, and each
-path is warmed up once first. Before every timed request the llama.cpp KV cache is cleared (when the engine has
-one) so neither path gets the other's prompt for free from prefix caching.
+path is warmed up once first. Every request is seeded, and the llama.cpp engine reads a seeded prompt afresh (no
+reuse of cached prefixes), so neither path gets the other's prompt for free.
 
 Why a fresh thread for the direct calls too: the llama.cpp in llama-cpp-python uses OpenMP (libgomp), which keeps
-one pool of worker threads per thread that has run the model. Once two such pools exist (say, direct calls on the
-main thread and API calls on generation threads) libgomp counts more threads than CPUs and stops spin-waiting, and
-decoding drops to about a third on a 2-core machine, for both paths. Running both paths on short-lived threads
-keeps one pool at a time and measures what the API itself costs. The main thread never runs the model.
+one pool of worker threads per thread that has run the model. The engine makes every llama.cpp call on its own
+scheduler thread, so the callers' threads do not matter; the main thread never runs the model.
 
 Per request:
     TTFT            request start -> first non-empty text (API: first SSE `delta.content` that is not empty)
@@ -25,23 +23,28 @@ Per request:
 Completion tokens come from the engine's final chunk (direct) and the usage chunk (API,
 `stream_options.include_usage`). The summary takes medians over all prompts and rounds; ratios are API / direct.
 
-Then 4 concurrent API streams (one thread each, started together): aggregate tok/s = all completion tokens / wall
-time, and mean/max TTFT. The engine serves one request at a time, so the queued requests' TTFT includes waiting for
-the ones ahead of them; that is expected and only reported.
+Then concurrent API streams, 1, 4, 8 and 16 at once by default (one client thread each, released together; the
+prompts cycle, each stream seeded, so every level writes the same replies): aggregate tok/s = all completion tokens
+/ wall time, summed over the level's batches; p50 and p95 of TTFT over all its requests; ratios against the one
+stream measured in the same run. The llama.cpp engine decodes `n_parallel` streams together (8 by default); beyond
+that requests wait in the queue, and their TTFT includes the wait.
 
-Goals printed beside the measurements: API decode tok/s >= 0.9x direct, API TTFT <= 1.2x direct.
+Goals printed beside the measurements: API decode tok/s >= 0.9x direct, API TTFT <= 1.2x direct; 8 streams >= 2.5x
+the aggregate tok/s of one, with p95 TTFT <= 1.5 s (short prompts).
 
 Run:
-    python bench/chat.py [--model SPEC] [--max-tokens N] [--rounds N] [--threads N] [--concurrency N] [--json PATH]
-About 40 s with the embedded model on an idle 2-core machine. The bench also prints how much CPU other processes
-used while it ran; above 10% the numbers are noisy (2 llama.cpp threads on 2 cores stall badly when anything else
-runs), so run it again on an idle machine.
+    python bench/chat.py [--model SPEC] [--max-tokens N] [--rounds N] [--threads N] [--concurrency 1,4,8,16]
+                         [--batches N] [--json PATH]
+About 2 minutes with the embedded model on an idle 2-core machine. The bench also prints how much CPU other
+processes used while it ran; above 10% the numbers are noisy (2 llama.cpp threads on 2 cores stall badly when
+anything else runs), so run it again on an idle machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import socket
@@ -77,6 +80,9 @@ TEMPERATURE = 0.7
 TOP_P = 0.95
 GOAL_TPS = 0.9  # API decode tok/s >= 0.9 x direct
 GOAL_TTFT = 1.2  # API TTFT <= 1.2 x direct
+GOAL_SPEEDUP = 2.5  # 8 concurrent streams: aggregate tok/s >= 2.5 x one stream's
+GOAL_TTFT_P95_S = 1.5  # ... and p95 time to first token <= 1.5 s
+MIN_REQUESTS = 8  # requests per concurrency level at least (more batches for small levels)
 
 
 @dataclass
@@ -126,13 +132,6 @@ class Server:
 
 
 # ---------------------------------------------------------------------------------------------------- measuring
-
-
-def cold_cache(engine: Engine) -> None:
-    """Forget the llama.cpp KV cache so the next request evaluates its whole prompt (no prefix reuse)."""
-    reset = getattr(getattr(engine, "llm", None), "reset", None)
-    if callable(reset):
-        reset()
 
 
 def params(max_tokens: int) -> ChatParams:
@@ -223,9 +222,10 @@ def run_api(client: httpx.Client, url: str, model: str, prompt: str, max_tokens:
     return Sample("api", idx, rnd, ttft, decode, e2e, end - start, n, text)
 
 
-def run_concurrent(url: str, model: str, max_tokens: int, n: int) -> dict[str, float]:
+def run_batch(url: str, model: str, max_tokens: int, n: int) -> tuple[float, list[Sample]]:
+    """n API streams released together; (wall time, their samples)."""
     results: list[Sample | BaseException | None] = [None] * n
-    barrier = threading.Barrier(n)
+    barrier = threading.Barrier(n + 1)
 
     def worker(i: int) -> None:
         try:
@@ -236,27 +236,43 @@ def run_concurrent(url: str, model: str, max_tokens: int, n: int) -> dict[str, f
             results[i] = e
 
     threads = [threading.Thread(target=worker, args=(i,), name=f"bench-client-{i}") for i in range(n)]
-    start = time.perf_counter()
     for t in threads:
         t.start()
+    barrier.wait()
+    start = time.perf_counter()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
     errors = [r for r in results if not isinstance(r, Sample)]
     if errors:
         raise RuntimeError(f"concurrent request failed: {errors[0]!r}")
-    samples = [r for r in results if isinstance(r, Sample)]
-    tokens = sum(s.completion_tokens for s in samples)
-    ttfts = [s.ttft_s for s in samples]
+    return wall, [r for r in results if isinstance(r, Sample)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def run_concurrent(url: str, model: str, max_tokens: int, n: int, batches: int) -> dict[str, float]:
+    walls, samples = [], []
+    for _ in range(max(batches, math.ceil(MIN_REQUESTS / n))):
+        wall, got = run_batch(url, model, max_tokens, n)
+        walls.append(wall)
+        samples += got
+    ttfts = [s.ttft_s for s in samples if s.ttft_s == s.ttft_s] or [float("nan")]  # NaN: no text
+    decode = [s.decode_tps for s in samples if s.decode_tps == s.decode_tps]
     return {
         "streams": n,
-        "wall_s": wall,
-        "completion_tokens": tokens,
-        "aggregate_tps": tokens / wall,
-        "ttft_mean_s": statistics.fmean(ttfts),
+        "requests": len(samples),
+        "wall_s": sum(walls),
+        "completion_tokens": sum(s.completion_tokens for s in samples),
+        "aggregate_tps": sum(s.completion_tokens for s in samples) / sum(walls),
+        "ttft_p50_s": percentile(ttfts, 50),
+        "ttft_p95_s": percentile(ttfts, 95),
         "ttft_max_s": max(ttfts),
-        "ttft_min_s": min(ttfts),
-        "per_stream_decode_tps_median": statistics.median(s.decode_tps for s in samples),
+        "per_stream_decode_tps_median": statistics.median(decode) if decode else float("nan"),
     }
 
 
@@ -284,11 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="passes over the prompts (default: 2)")
     ap.add_argument("--threads", type=int, default=None,
                     help="llama.cpp threads (default: the engine's default, all cores, as `thresher serve` uses)")
-    ap.add_argument("--concurrency", type=int, default=4, help="simultaneous API streams (default: 4)")
-    ap.add_argument("--keep-cache", action="store_true",
-                    help="do not clear the llama.cpp KV cache before each timed request")
+    ap.add_argument("--concurrency", default="1,4,8,16",
+                    help="levels of simultaneous API streams, comma-separated; 1 is the baseline (default: 1,4,8,16)")
+    ap.add_argument("--batches", type=int, default=2, help="batches per concurrency level (default: 2; small "
+                    f"levels run more, to make at least {MIN_REQUESTS} requests)")
     ap.add_argument("--json", type=Path, help="also write the results to this file")
     args = ap.parse_args(argv)
+    levels = sorted({1, *(int(x) for x in args.concurrency.split(",") if x.strip())})
     console = Console(width=None if sys.stdout.isatty() else 120)
 
     t0 = time.perf_counter()
@@ -296,31 +314,27 @@ def main(argv: list[str] | None = None) -> int:
     load_s = time.perf_counter() - t0
     n_threads = getattr(getattr(getattr(engine, "llm", None), "context_params", None), "n_threads", None)
     console.print(f"[bold]thresher chat bench[/]  model={engine.model_id} ({engine.version}), loaded in "
-                  f"{load_s:.1f}s; cpus={os.cpu_count()}, llama.cpp threads={n_threads}; "
-                  f"python {platform.python_version()} on {platform.machine()}")
+                  f"{load_s:.1f}s; cpus={os.cpu_count()}, llama.cpp threads={n_threads}, sequences decoded "
+                  f"together={getattr(engine, 'n_parallel', 1)}; python {platform.python_version()} on "
+                  f"{platform.machine()}")
     console.print(f"{len(PROMPTS)} prompts x {args.rounds} round(s), max_tokens={args.max_tokens}, "
-                  f"temperature={TEMPERATURE}, seed={SEED}, KV cache "
-                  f"{'kept' if args.keep_cache else 'cleared before each request'}")
+                  f"temperature={TEMPERATURE}, seed={SEED}; concurrent streams {levels}")
 
     samples: list[Sample] = []
-    conc: dict[str, float] = {}
+    conc: list[dict[str, float]] = []
     other = OtherLoad()
     with tempfile.TemporaryDirectory(prefix="thresher-bench-") as tmp:
         settings = Settings(data_dir=Path(tmp), model=args.model, public=False, api_keys=[],
-                            max_tokens_limit=max(2048, args.max_tokens))
+                            max_tokens_limit=max(2048, args.max_tokens), max_queue=max(levels))
         app = create_app(settings, engine=engine)
         with Server(app) as server, httpx.Client(timeout=600) as client:
             models = client.get(f"{server.url}/v1/models").json()["data"]
             model = models[0]["id"]
 
             def direct(i: int, rnd: int) -> Sample:
-                if not args.keep_cache:
-                    cold_cache(engine)
                 return run_direct(engine, PROMPTS[i], args.max_tokens, rnd, i)
 
             def api(i: int, rnd: int) -> Sample:
-                if not args.keep_cache:
-                    cold_cache(engine)
                 return run_api(client, server.url, model, PROMPTS[i], args.max_tokens, rnd, i)
 
             # Warm up each way once (first HTTP connection, first DB writes, llama.cpp buffers).
@@ -334,10 +348,11 @@ def main(argv: list[str] | None = None) -> int:
                         samples.append(fn(i, rnd))
                 console.print(f"  round {rnd + 1}/{args.rounds} done ({time.perf_counter() - t0:.0f}s)")
 
-            if args.concurrency > 0:
-                if not args.keep_cache:
-                    cold_cache(engine)
-                conc = run_concurrent(server.url, model, args.max_tokens, args.concurrency)
+            for n in levels:
+                level_load = OtherLoad()
+                conc.append(run_concurrent(server.url, model, args.max_tokens, n, args.batches))
+                conc[-1]["other_processes_cpu_share"] = level_load.share()
+                console.print(f"  {n} concurrent stream(s) done ({time.perf_counter() - t0:.0f}s)")
 
     other_share = other.share()
 
@@ -382,24 +397,31 @@ def main(argv: list[str] | None = None) -> int:
                     spread(samples, "direct", attr, scale), spread(samples, "api", attr, scale))
     console.print(tab)
 
-    if conc:
-        ct = Table(title=f"{conc['streams']} concurrent API streams (the engine serialises requests)",
-                   title_justify="left")
-        ct.add_column("metric")
-        ct.add_column("value", justify="right")
-        ct.add_row("aggregate tok/s (all tokens / wall)", f"{conc['aggregate_tps']:.1f}")
-        ct.add_row("  vs direct end-to-end tok/s", f"{conc['aggregate_tps'] / summary['e2e_tps']['direct']:.3f}x")
-        ct.add_row("per-stream decode tok/s (median)", f"{conc['per_stream_decode_tps_median']:.1f}")
-        ct.add_row("TTFT min ms", f"{conc['ttft_min_s'] * 1e3:.0f}")
-        ct.add_row("TTFT mean ms (includes queueing)", f"{conc['ttft_mean_s'] * 1e3:.0f}")
-        ct.add_row("TTFT max ms (includes queueing)", f"{conc['ttft_max_s'] * 1e3:.0f}")
-        ct.add_row("wall s", f"{conc['wall_s']:.2f}")
-        console.print(ct)
+    base = conc[0]  # one stream, measured in this run
+    ct = Table(title=f"Concurrent API streams ({getattr(engine, 'n_parallel', 1)} decoded together; more wait in "
+               "the queue, and their TTFT includes the wait)", title_justify="left")
+    for col in ("streams", "requests", "aggregate tok/s", "x one stream", "TTFT p50 ms", "TTFT p95 ms",
+                "TTFT max ms", "per-stream decode tok/s", "others' CPU"):
+        ct.add_column(col, justify="right")
+    for c in conc:
+        c["speedup"] = c["aggregate_tps"] / base["aggregate_tps"]
+        share = c["other_processes_cpu_share"]
+        ct.add_row(str(c["streams"]), str(c["requests"]), f"{c['aggregate_tps']:.1f}", f"{c['speedup']:.2f}x",
+                   f"{c['ttft_p50_s'] * 1e3:.0f}", f"{c['ttft_p95_s'] * 1e3:.0f}", f"{c['ttft_max_s'] * 1e3:.0f}",
+                   f"{c['per_stream_decode_tps_median']:.1f}", "-" if share is None else f"{share:.0%}")
+    console.print(ct)
+    eight = next((c for c in conc if c["streams"] == 8), None)
+    if eight is not None:
+        ok = eight["speedup"] >= GOAL_SPEEDUP and eight["ttft_p95_s"] <= GOAL_TTFT_P95_S
+        all_met &= ok
+        console.print(f"[bold]8 streams:[/] {eight['speedup']:.2f}x the aggregate tok/s of one (goal >= "
+                      f"{GOAL_SPEEDUP}x), TTFT p95 {eight['ttft_p95_s']:.2f} s (goal <= {GOAL_TTFT_P95_S} s): "
+                      + ("[green]met[/]" if ok else "[red]NOT met[/]"))
 
     tps_r, ttft_r = summary["decode_tps"]["ratio"], summary["ttft_s"]["ratio"]
     console.print(f"[bold]ratios:[/] API decode tok/s = {tps_r:.3f}x direct (goal >= {GOAL_TPS}x), "
                   f"API TTFT = {ttft_r:.3f}x direct (goal <= {GOAL_TTFT}x): "
-                  + ("[green]goals met[/]" if all_met else "[red]goals NOT met[/]"))
+                  + ("[green]all goals met[/]" if all_met else "[red]goals NOT all met[/]"))
     if other_share is not None:
         note = ("[red]the machine was busy: the numbers are noisy, run again when it is idle[/]"
                 if other_share > 0.10 else "quiet enough")
@@ -410,8 +432,9 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({
             "model": engine.model_id, "version": engine.version, "cpus": os.cpu_count(), "llama_threads": n_threads,
             "max_tokens": args.max_tokens, "rounds": args.rounds, "seed": SEED, "temperature": TEMPERATURE,
-            "kv_cache_cleared": not args.keep_cache, "other_processes_cpu_share": other_share,
-            "summary": summary, "goals": {"decode_tps_ratio_min": GOAL_TPS, "ttft_ratio_max": GOAL_TTFT},
+            "n_parallel": getattr(engine, "n_parallel", 1), "other_processes_cpu_share": other_share,
+            "summary": summary, "goals": {"decode_tps_ratio_min": GOAL_TPS, "ttft_ratio_max": GOAL_TTFT,
+                                          "speedup_8_min": GOAL_SPEEDUP, "ttft_p95_8_max_s": GOAL_TTFT_P95_S},
             "goals_met": all_met, "concurrent": conc,
             "samples": [{k: v for k, v in asdict(s).items() if k != "text"} for s in samples],
         }, indent=2))

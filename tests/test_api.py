@@ -12,6 +12,7 @@ import pytest
 from conftest import ScriptedEngine
 
 from thresher.config import Settings
+from thresher.engines import ProbabilitiesUnavailable
 
 URL = "/v1/chat/completions"
 
@@ -375,6 +376,27 @@ def test_logprobs_in_the_openai_shape(serve) -> None:
     deltas = [e["choices"][0] for e in events if e["choices"] and e["choices"][0]["delta"].get("content")]
     assert [d["logprobs"]["content"][0]["token"] for d in deltas] == ["Hello", " there", ",", " friend", "."]
     assert all(len(d["logprobs"]["content"][0]["top_logprobs"]) == 1 for d in deltas)
+
+
+class NoLogprobsEngine(ScriptedEngine):
+    """An engine whose server refuses logprobs, as the OpenAI-compatible engine says when its remote does."""
+
+    def stream_chat(self, messages, params):
+        if params.logprobs is not None:
+            raise ProbabilitiesUnavailable("http://remote/v1 answered 400: logprobs are not supported")
+        yield from super().stream_chat(messages, params)
+
+
+def test_logprobs_a_model_cannot_give_are_refused_clearly(serve) -> None:
+    with serve(NoLogprobsEngine()) as srv:
+        plain = ask(srv, HI, logprobs=True)
+        streamed = ask(srv, HI, logprobs=True, stream=True)
+        without = ask(srv, HI)
+    assert plain.status_code == 400 and plain.json()["error"]["param"] == "logprobs"
+    assert "logprobs are not supported" in plain.json()["error"]["message"]
+    errors = [json.loads(ln[6:]) for ln in streamed.text.split("\n") if ln.startswith('data: {"error"')]
+    assert errors and errors[0]["error"]["param"] == "logprobs"
+    assert without.status_code == 200
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,20 @@ def test_demo_quick_runs_the_whole_loop(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=1800, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     assert "SIMULATED users" in res.stdout and "the SIMULATED reviewer's policy" in res.stdout
-    assert "dashboard: http://127.0.0.1:" in res.stdout
+    # A newcomer's summary: what happened, what the figures mean, how to see it again; no raw training output.
+    out = res.stdout + res.stderr
+    assert "What happened:" in out and "What the figures mean:" in out
+    assert "noise" in out and "no evidence" in out  # 2 prompts and a few dozen rows are said to be what they are
+    assert "{'loss'" not in out and "it/s]" not in out and "s/it]" not in out, out[-3000:]
+    assert "http://127.0.0.1:" not in out.split("What happened:")[1]  # no address of a server that has stopped
+    config = data_dir.resolve() / "thresher.toml"
+    assert f"THRESHER_CONFIG={config} thresher serve" in out
+    assert "'loss'" in (data_dir / "demo.log").read_text()  # kept, not lost
+    code = "from thresher.config import Settings; s = Settings(); print(s.data_dir, s.dataset_remote, s.judge_threshold)"
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("THRESHER_")}
+    again = subprocess.run([sys.executable, "-c", code], env=env | {"THRESHER_CONFIG": str(config)},
+                           capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert again.stdout.split() == [str(data_dir.resolve()), str(data_dir.resolve() / "public-dataset.git"), "1.0"]
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(data_dir / "public-dataset.git"), str(clone)], check=True)
     published = list((clone / "conversations").rglob("*.json"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -210,62 +209,3 @@ def test_sampling_respects_min_p_and_top_p() -> None:
     seen = {_sample(logits, ChatParams(temperature=1.0, top_p=0.6, min_p=0.0), gen) for _ in range(300)}
     assert seen == {0, 1}  # the smallest set reaching 60%
     assert _sample(logits, ChatParams(temperature=0.0), gen) == 0
-
-
-def test_llamacpp_worker_serves_chat_before_background_work() -> None:
-    import threading
-
-    from thresher.engines.llamacpp import _Worker
-
-    worker, order = _Worker(), []
-    busy, hold = threading.Event(), threading.Event()
-
-    def block() -> None:
-        busy.set()
-        hold.wait(10)
-
-    def wait_queued(n: int) -> None:
-        deadline = time.monotonic() + 10
-        while worker._jobs.qsize() < n and time.monotonic() < deadline:
-            time.sleep(0.001)
-
-    threads = [threading.Thread(target=worker.call, args=(block,))]
-    threads[0].start()
-    busy.wait(10)  # the worker is now stuck in `block`; what follows queues up behind it
-    threads.append(threading.Thread(target=worker.call, args=(order.append, "judge"), kwargs={"priority": 1}))
-    threads[1].start()
-    wait_queued(1)
-    def chat_job():
-        order.append("chat")  # recorded when the worker runs it, not when a reader gets around to it
-        yield "reply"
-
-    chat = worker.stream(chat_job)
-    threads.append(threading.Thread(target=lambda: list(chat)))
-    threads[2].start()
-    wait_queued(2)
-    hold.set()
-    for t in threads:
-        t.join(timeout=10)
-    assert order == ["chat", "judge"]
-
-
-def test_llamacpp_worker_passes_errors_back() -> None:
-    from thresher.engines.llamacpp import _Worker
-
-    worker = _Worker()
-
-    def boom() -> None:
-        raise ValueError("bad")
-
-    with pytest.raises(ValueError, match="bad"):
-        worker.call(boom)
-
-    def gen():
-        yield 1
-        raise ValueError("mid-stream")
-
-    it = worker.stream(gen)
-    assert next(it) == 1
-    with pytest.raises(ValueError, match="mid-stream"):
-        next(it)
-    assert worker.call(lambda: 42) == 42  # still serving

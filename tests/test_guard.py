@@ -95,22 +95,25 @@ def test_unknown_routes_and_methods_answer_in_the_openai_shape(serve) -> None:
         assert_openai_error(httpx.get(srv.url + URL), 405, "method_not_allowed")
 
 
-# Text as JSON can carry it: any code point, lone surrogates included (json.dumps escapes them).
-TEXT = st.text(st.characters(exclude_categories=()), max_size=12)
+def mostly(typical: st.SearchStrategy, other: st.SearchStrategy) -> st.SearchStrategy:
+    """Three times in four a typical value (so requests get far), else the other kind."""
+    return st.sampled_from([typical, typical, typical, other]).flatmap(lambda chosen: chosen)
+
+
+# Text as JSON can carry it: any code point, lone surrogates included (json.dumps escapes them), and now and then
+# one of the texts known to have broken something.
+ODD_TEXT = st.sampled_from(["\ud800", "a\udfffb", "\udc00\ud800", "clé", "\x00", "[[[{", "\\u0000", "\u2028"])
+TEXT = mostly(st.text(st.characters(exclude_categories=()), max_size=12), ODD_TEXT)
 SCALARS = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | TEXT
 VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
                       max_leaves=12)
 
 
-def mostly(typical: st.SearchStrategy, other: st.SearchStrategy = VALUES) -> st.SearchStrategy:
-    """Three times in four a typical value (so requests get far), else anything at all."""
-    return st.sampled_from([typical, typical, typical, other]).flatmap(lambda chosen: chosen)
-
-
 def chat_body(wrap) -> st.SearchStrategy:
     """Chat requests whose every field is `wrap(a valid value)`: valid ones get answered, mixed ones get far."""
     message = st.fixed_dictionaries({"role": wrap(st.sampled_from(["user", "user", "assistant", "system"])),
-                                     "content": wrap(st.text(st.characters(exclude_categories=()), min_size=1))})
+                                     "content": wrap(mostly(st.text(st.characters(exclude_categories=()),
+                                                                    min_size=1), ODD_TEXT))})
     return st.fixed_dictionaries(
         {"model": wrap(st.just("scripted")), "messages": wrap(st.lists(message, min_size=1, max_size=3))},
         optional={name: wrap(valid) for name, valid in {
@@ -126,9 +129,11 @@ def as_json(strategy: st.SearchStrategy) -> st.SearchStrategy:
     return strategy.map(lambda body: json.dumps(body).encode())  # lone surrogates become \udXXX escapes
 
 
-BODIES = st.one_of(as_json(chat_body(lambda s: s)), as_json(chat_body(mostly)), as_json(VALUES), st.binary(),
-                   st.integers(60, 3000).map(lambda n: b'{"messages": ' + b"[" * n + b"]" * n + b"}"))
-HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=20)
+BODIES = st.one_of(as_json(chat_body(lambda s: s)), as_json(chat_body(lambda s: mostly(s, VALUES))),
+                   as_json(VALUES), st.binary(),
+                   st.integers(60, 20_000).map(lambda n: b'{"messages": ' + b"[" * n + b"]" * n + b"}"))
+HEADER_TEXT = mostly(st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
+                             max_size=20), st.sampled_from(["Bearer clé", "Bearer \xff", "bearer", "Bearer  "]))
 HEADERS = st.fixed_dictionaries(
     {"authorization": mostly(st.just("Bearer k-123"), HEADER_TEXT)},  # mostly the right key: bodies get read
     optional={name: HEADER_TEXT | st.sampled_from(["true", "no", "application/json", "same-origin",
@@ -160,11 +165,17 @@ def test_fuzzed_api_requests_never_get_a_server_error(settings) -> None:
 WEB_ROUTES = ["/api/chat", "regenerate", "edit", "continue", "switch", "publish", "end", "stop", "title", "settings",
               "feedback"]
 WEB_BODY = st.fixed_dictionaries({}, optional={
-    name: mostly(typical) for name, typical in {
+    name: mostly(typical, VALUES) for name, typical in {
         "content": TEXT, "conversation_id": TEXT, "message_id": st.integers(-1, 10), "publish": st.booleans(),
         "allowed": st.booleans(), "rating": st.sampled_from(["up", "down"]), "reason": TEXT, "title": TEXT,
         "system": TEXT, "settings": st.just({"temperature": 0.5}), "temperature": st.floats(-1, 3),
         "max_tokens": st.integers(-1, 5000)}.items()})
+
+
+BROWSER = st.fixed_dictionaries({}, optional={
+    "origin": mostly(st.just("http://testserver"), HEADER_TEXT | st.just("http://[")),
+    "sec-fetch-site": mostly(st.just("same-origin"), HEADER_TEXT)}).map(
+    lambda h: {k: v.strip().encode("latin-1") for k, v in h.items()})
 
 
 def test_fuzzed_chat_page_requests_never_get_a_server_error(settings) -> None:
@@ -176,12 +187,12 @@ def test_fuzzed_chat_page_requests_never_get_a_server_error(settings) -> None:
 
         @FUZZ
         @given(route=st.sampled_from(WEB_ROUTES), body=as_json(WEB_BODY) | BODIES,
-               message=st.sampled_from([t["id"] for t in turns]) | st.integers(-1, 10**6))
-        def check(route: str, body: bytes, message: int) -> None:
+               message=st.sampled_from([t["id"] for t in turns]) | st.integers(-1, 10**6), headers=BROWSER)
+        def check(route: str, body: bytes, message: int, headers: dict[str, bytes]) -> None:
             path = route if route.startswith("/") else f"/api/conversations/{conv_id}/{route}"
             if route == "feedback":
                 path = f"/api/conversations/{conv_id}/messages/{message}/feedback"
-            _no_server_error(client.post(path, content=body, headers={"content-type": "application/json"}))
+            _no_server_error(client.post(path, content=body, headers={"content-type": "application/json", **headers}))
 
         check()
 
@@ -257,8 +268,9 @@ def test_the_session_cookie_is_secure_over_https(serve) -> None:
 
 
 def test_changes_from_another_site_are_refused(serve) -> None:
-    evil = [{"Origin": "https://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"},
-            {"Sec-Fetch-Site": "same-site"}, {"Sec-Fetch-Site": "cross-site", "Origin": "http://127.0.0.1"}]
+    evil = [{"Origin": "https://evil.example"}, {"Origin": "null"}, {"Origin": "http://["},
+            {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+            {"Sec-Fetch-Site": "cross-site", "Origin": "http://127.0.0.1"}]
     with serve(ScriptedEngine(), admin_token="sekrit", reviewer_tokens=[f"ada@example.org:{REVIEWER_TOKEN}"]) as srv:
         own = {"Origin": srv.url}
         with httpx.Client(base_url=srv.url, timeout=30) as browser:

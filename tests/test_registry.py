@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import time
+from dataclasses import asdict
 from pathlib import Path
 
+import httpx
 import pytest
+from conftest import ScriptedEngine
 
 from thresher.evaluate import Gate, apply_gate, pairwise_win_rate
 from thresher.registry import REJECTED, RETIRED, Registry, RegistryError, Version
@@ -60,6 +66,90 @@ def test_a_corrupt_registry_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "registry.json").write_text("{not json")
     with pytest.raises(RegistryError, match="not valid JSON"):
         Registry(tmp_path).versions()
+
+
+def test_files_in_the_data_dir_are_kept_relative_to_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """So `thresher serve` started from any working folder serves the promoted model."""
+    data = tmp_path / "data"
+    gguf = data / "rounds" / "1" / "chat" / "export" / "m.gguf"
+    gguf.parent.mkdir(parents=True)
+    gguf.write_bytes(b"GGUF")
+    head = data / "rounds" / "1" / "judge"
+    head.mkdir()
+    outside = tmp_path / "elsewhere.gguf"
+    outside.write_bytes(b"GGUF")
+    monkeypatch.chdir(tmp_path)
+    reg = Registry(Path("data") / "models")  # a relative data dir, as the default one is
+    reg.add(Version("chat-r1", "chat", "llama.cpp:data/rounds/1/chat/export/m.gguf", path="data/rounds/1/chat/export"))
+    reg.add(Version("judge-r1", "judge", "head:data/rounds/1/judge"))
+    reg.add(Version("judge-rating", "judge", f"rating:llama.cpp:{gguf}"))
+    reg.add(Version("chat-outside", "chat", "llama.cpp:elsewhere.gguf"))
+    for vid, spec in (("chat-hub", "hf:HuggingFaceTB/SmolLM2-135M-Instruct"), ("chat-remote", "openai:http://h:1/v1#m"),
+                      ("chat-embedded", "embedded")):
+        reg.add(Version(vid, "chat", spec))
+    written = {v["id"]: v for v in json.loads((data / "models" / "registry.json").read_text())["versions"]}
+    assert written["chat-r1"]["spec"] == "llama.cpp:rounds/1/chat/export/m.gguf"
+    assert written["chat-r1"]["path"] == "rounds/1/chat/export"
+    assert written["judge-r1"]["spec"] == "head:rounds/1/judge"
+    assert written["judge-rating"]["spec"] == "rating:llama.cpp:rounds/1/chat/export/m.gguf"
+    assert written["chat-outside"]["spec"] == f"llama.cpp:{outside.resolve()}"
+    assert {written[v]["spec"] for v in ("chat-hub", "chat-remote", "chat-embedded")} == {
+        "hf:HuggingFaceTB/SmolLM2-135M-Instruct", "openai:http://h:1/v1#m", "embedded"}
+
+    monkeypatch.chdir(head)  # another working folder
+    again = Registry(data / "models")
+    assert again.get("chat-r1").spec == f"llama.cpp:{gguf.resolve()}" and again.get("chat-r1").path == str(
+        gguf.parent.resolve())
+    assert again.get("judge-r1").spec == f"head:{head.resolve()}"
+    assert again.get("judge-rating").spec == f"rating:llama.cpp:{gguf.resolve()}"
+    assert again.get("chat-hub").spec == "hf:HuggingFaceTB/SmolLM2-135M-Instruct"
+    again.promote("chat-r1")
+    assert again.current("chat").spec == f"llama.cpp:{gguf.resolve()}"
+
+
+def test_older_entries_are_read_as_they_were_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "thresher-data"
+    old = data / "rounds" / "1" / "m.gguf"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"GGUF")
+    (data / "models").mkdir()
+    entries = [Version("old-relative", "chat", "llama.cpp:thresher-data/rounds/1/m.gguf"),  # to the working folder
+               Version("old-absolute", "chat", f"llama.cpp:{old}"),
+               Version("gone", "chat", "llama.cpp:rounds/9/gone.gguf")]  # a file deleted since
+    (data / "models" / "registry.json").write_text(json.dumps({"versions": [asdict(v) for v in entries],
+                                                               "history": []}))
+    monkeypatch.chdir(tmp_path)
+    reg = Registry(Path("thresher-data") / "models")
+    assert reg.get("old-relative").spec == "llama.cpp:thresher-data/rounds/1/m.gguf"
+    assert reg.get("old-absolute").spec == f"llama.cpp:{old}"
+    assert reg.get("gone").spec == f"llama.cpp:{(data / 'rounds' / '9' / 'gone.gguf').resolve()}"  # where it belongs
+
+
+def test_a_promoted_model_whose_file_is_missing_warns_once(serve, settings, caplog: pytest.LogCaptureFixture) -> None:
+    """The serving model stays, the log gets one warning (not a traceback every few seconds), and the dashboard
+    says what really serves."""
+    reg = Registry(settings.data_dir / "models")
+    reg.add(Version("chat-r9", "chat", f"llama.cpp:{settings.data_dir / 'rounds' / '9' / 'gone.gguf'}"))
+    reg.promote("chat-r9")
+    caplog.set_level(logging.WARNING, logger="thresher")
+    with serve(ScriptedEngine()) as srv:
+        state = srv.server.config.app.state
+        deadline = time.monotonic() + 10
+        while not state.rt.model_problems and time.monotonic() < deadline:  # the follower's first look
+            time.sleep(0.05)
+        assert [state.follower.check() for _ in range(3)] == [[], [], []]
+        answer = httpx.post(srv.url + "/v1/chat/completions", timeout=30,
+                            json={"model": "scripted", "messages": [{"role": "user", "content": "Hi"}]})
+        page = httpx.get(srv.url + "/dashboard").text
+        reg.rollback("chat")
+        assert state.follower.check() == [] and state.rt.model_problems == {}
+    said = [r for r in caplog.records if "chat-r9" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING and not said[0].exc_info
+    assert "no GGUF file" in said[0].getMessage() and "still serving the configured model (scripted@1)" in said[
+        0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert answer.status_code == 200 and answer.json()["system_fingerprint"] == "scripted@1"
+    assert "chat-r9 is promoted but could not be loaded" in page and "still serving the configured model" in page
 
 
 def test_the_gate_passes_only_when_every_measured_check_passes() -> None:

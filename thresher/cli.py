@@ -1030,6 +1030,8 @@ def demo_cmd(
     serve_after: Annotated[bool, typer.Option("--serve/--exit", help="Keep the server running afterwards so you "
                                                                    "can look at the chat page and dashboard.")] = True,
     port: Annotated[int | None, typer.Option(help="Port [default: a free one].")] = None,
+    verbose: Annotated[bool, typer.Option(help="Show progress bars and training logs here instead of in "
+                                               "DATA_DIR/demo.log.")] = False,
 ) -> None:
     """The whole loop on this machine with SIMULATED users and a SIMULATED reviewer, ending in one gated round.
 
@@ -1041,23 +1043,17 @@ def demo_cmd(
     """
     import time
 
-    from thresher.demo import run_demo
+    from thresher.demo import run_demo, summary_lines
 
     try:
-        summary = run_demo(data_dir, quick, typer.echo, keep_serving=serve_after, port=port)
+        summary = run_demo(data_dir, quick, typer.echo, keep_serving=serve_after, port=port, verbose=verbose)
     except FileExistsError as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
     typer.echo("")
-    typer.echo(f"demo finished in {summary['seconds']:.0f} s: {summary['conversations']} simulated conversations, "
-               f"{summary['judged']} judged, {summary['published']} published, {summary['approved']} approved / "
-               f"{summary['rejected']} rejected by the simulated reviewer")
-    typer.echo(f"round {summary['round']}: judge AUC {summary['judge_auc'][0]} -> {summary['judge_auc'][1]}; "
-               f"win rate {summary['win_rate']:.3f}; promoted: {', '.join(summary['promoted']) or 'nothing'}")
-    typer.echo(f"dataset: {summary['remote']}")
-    typer.echo(f"dashboard: {summary['dashboard']}   chat: {summary['chat']}")
+    for line in summary_lines(summary, serving=serve_after):
+        typer.echo(line)
     if serve_after:
-        typer.echo("serving; Ctrl-C to stop")
         try:
             while True:
                 time.sleep(3600)

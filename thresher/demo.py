@@ -10,14 +10,19 @@ reason, and the `simulated` flag the users send.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from thresher.config import Settings
+from thresher.evidence import auc_words, win_rate_words
 
 SIMULATED_USERS: list[list[str]] = [
     ["What is the capital of Italy?"],
@@ -64,8 +69,65 @@ def review_policy(score: float | None, flags: list[str], messages: list[dict[str
                 min_score=config.review_min_score, min_words=config.review_min_words))
 
 
+CONFIG_KEYS = ("data_dir", "dataset_remote", "judge", "judge_threshold", "judge_rationale", "api_publish_by_default",
+               "round_min_new_approved")
+
+
+def write_config(settings: Settings, path: Path) -> Path:
+    """The demo's settings as a thresher.toml, so `THRESHER_CONFIG=PATH thresher serve` serves its data again."""
+    lines = ["# Written by `thresher demo`: serve the demo's data again with", f"#   THRESHER_CONFIG={path} thresher serve"]
+    for key in CONFIG_KEYS:
+        value = getattr(settings, key)
+        if value is not None:
+            lines.append(f"{key} = {json.dumps(str(value) if isinstance(value, Path) else value)}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@contextlib.contextmanager
+def output_to(log: Path) -> Iterator[TextIO]:
+    """Send everything written to stdout and stderr (progress bars, the trainer's log lines, library warnings, and
+    what native code prints) to `log`; yields a stream to the real terminal for the lines meant for the reader."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(saved[0]), "w", buffering=1, encoding="utf-8", errors="replace")
+    with open(log, "a", encoding="utf-8") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield terminal
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            terminal.close()
+
+
 def run_demo(data_dir: Path, quick: bool, say: Callable[[str], None], keep_serving: bool = False,
-             port: int | None = None) -> dict[str, Any]:
+             port: int | None = None, verbose: bool = False) -> dict[str, Any]:
+    """The demo; with `verbose` off, raw output (progress bars, training logs) goes to DATA_DIR/demo.log and only
+    the demo's own lines reach the terminal."""
+    if (data_dir / "thresher.db").exists():
+        raise FileExistsError(f"{data_dir} already holds a thresher database; the demo needs a fresh data dir")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if verbose:
+        return _run_demo(data_dir, quick, say, keep_serving, port)
+    log = data_dir / "demo.log"
+    with output_to(log) as terminal:
+        def tell(line: str) -> None:
+            print(line, file=terminal, flush=True)
+
+        summary = _run_demo(data_dir, quick, tell, keep_serving, port)
+    summary["log"] = str(log)
+    return summary
+
+
+def _run_demo(data_dir: Path, quick: bool, say: Callable[[str], None], keep_serving: bool,
+              port: int | None) -> dict[str, Any]:
     import httpx
     import uvicorn
 
@@ -79,9 +141,7 @@ def run_demo(data_dir: Path, quick: bool, say: Callable[[str], None], keep_servi
 
     t0 = time.perf_counter()
     config = DemoConfig.make(quick)
-    if (data_dir / "thresher.db").exists():
-        raise FileExistsError(f"{data_dir} already holds a thresher database; the demo needs a fresh data dir")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = data_dir.resolve()
     remote = data_dir / "public-dataset.git"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
     port = port or _free_port()
@@ -89,6 +149,7 @@ def run_demo(data_dir: Path, quick: bool, say: Callable[[str], None], keep_servi
                         judge_threshold=config.min_score, judge_rationale="never", api_publish_by_default=False,
                         port=port, round_min_new_approved=0, publish_interval_seconds=3600,
                         judge_interval_seconds=3600)
+    config_file = write_config(settings, data_dir / "thresher.toml")
     say(f"demo data dir: {data_dir}; the public dataset is the local bare repository {remote}")
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -147,11 +208,14 @@ def run_demo(data_dir: Path, quick: bool, say: Callable[[str], None], keep_servi
     say("one small training round (judge, chat model, export, evaluation, gate)")
     round_config = RoundConfig.tiny() if quick else RoundConfig.small()
     record = run_round(settings, round_config, progress=lambda m: say("  " + m))
+    ev, jr = record["evaluation"], record["judge"]
     summary = {
         "data_dir": str(data_dir), "remote": str(remote), "conversations": len(ids), "judged": judged,
         "published": len(report.published), "approved": verdicts["approve"], "rejected": verdicts["reject"],
-        "round": record["round"], "promoted": record["promoted"], "win_rate": record["evaluation"]["win_rate"],
-        "judge_auc": [record["judge"]["before_auc"], record["judge"]["after_auc"]],
+        "round": record["round"], "promoted": record["promoted"], "win_rate": ev["win_rate"],
+        "prompts": ev.get("prompts"), "judge_auc": [jr["before_auc"], jr["after_auc"]],
+        "judge_rows": jr.get("rows_heldout"), "relaxed_gate": round_config.gate == RoundConfig.tiny().gate,
+        "threshold": settings.judge_threshold, "config": str(config_file),
         "seconds": round(time.perf_counter() - t0, 1), "dashboard": f"{url}/dashboard", "chat": url,
     }
     if not keep_serving:
@@ -168,3 +232,36 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def summary_lines(summary: dict[str, Any], serving: bool) -> list[str]:
+    """What the demo did and what its figures mean (and do not mean), for a newcomer."""
+    promoted = ", ".join(summary["promoted"]) or "nothing"
+    before, after = summary["judge_auc"]
+    lines = [
+        f"The demo took {summary['seconds']:.0f} s. What happened:",
+        f"  {summary['conversations']} SIMULATED users chatted with the model through its API and allowed publishing;",
+        f"  the judge rated {summary['judged']} conversation(s); {summary['published']} were published to the local git "
+        f"repository {summary['remote']} (the demo publishes everything rated at least {summary['threshold']:g}, "
+        "so the reviewer has something to review);",
+        f"  a SIMULATED reviewer approved {summary['approved']} and rejected {summary['rejected']} in git;",
+        f"  training round {summary['round']} retrained the judge and the chat model on what was approved and "
+        f"promoted {promoted}.",
+        "What the figures mean:",
+        f"  judge AUC (how well it ranks good above bad conversations; 0.5 is chance): "
+        f"{'-' if before is None else f'{before:.3f}'} -> {auc_words(after, summary.get('judge_rows'))};",
+        f"  chat win rate against the serving model: {win_rate_words(summary['win_rate'], summary.get('prompts'))}.",
+    ]
+    if summary.get("relaxed_gate"):
+        lines.append("  The quick demo's gate has every limit off, to show the whole path: its promotion is no "
+                     "evidence that the new model is better. Real rounds gate on real figures.")
+    lines.append(f"Your data is in {summary['data_dir']}.")
+    if serving:
+        lines.append(f"The chat page is at {summary['chat']} and the dashboard at {summary['dashboard']}; "
+                     "Ctrl-C stops the server.")
+    else:
+        lines.append(f"To look at the chat page and the dashboard again: THRESHER_CONFIG={summary['config']} "
+                     "thresher serve")
+    if summary.get("log"):
+        lines.append(f"Progress bars and training logs are in {summary['log']} (--verbose shows them here).")
+    return lines

@@ -224,10 +224,8 @@ async def chat_completions(request: Request) -> Any:
                 tokens += chunk.logprobs
                 if chunk.finish_reason:
                     final = chunk
-        except ProbabilitiesUnavailable as e:
-            raise ApiError(400, f"this model cannot give logprobs: {e}", "unsupported_value", "logprobs") from None
         except EngineError as e:
-            raise ApiError(503, f"the model failed: {e}", "engine_error") from None
+            raise _engine_error(e) from None
         await run_in_threadpool(finish)
         return JSONResponse(
             {
@@ -270,7 +268,7 @@ async def chat_completions(request: Request) -> Any:
                 if chunk.finish_reason:
                     final = chunk
         except EngineError as e:
-            yield f"data: {json.dumps(ApiError(503, f'the model failed: {e}', 'engine_error').body())}\n\n"
+            yield f"data: {json.dumps(_engine_error(e).body())}\n\n"
             yield "data: [DONE]\n\n"
             return
         await run_in_threadpool(finish)
@@ -282,6 +280,12 @@ async def chat_completions(request: Request) -> Any:
 
     return StreamingResponse(sse(), media_type="text/event-stream",
                              headers=headers | {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _engine_error(e: EngineError) -> ApiError:
+    if isinstance(e, ProbabilitiesUnavailable):  # asked for logprobs, which this model (a remote one) refuses
+        return ApiError(400, f"this model cannot give logprobs: {e}", "unsupported_value", "logprobs")
+    return ApiError(503, f"the model failed: {e}", "engine_error")
 
 
 def _logprobs(tokens: list[TokenLogprob]) -> dict[str, Any]:

@@ -105,7 +105,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-MAX_JSON_DEPTH = 64  # OpenAI requests nest a handful of levels; Python's parser gives up near 1,000
+MAX_JSON_DEPTH = 64  # OpenAI requests nest a handful of levels; Python's parser overflows its stack near 2,000
 _JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
 _NOT_BRACKETS = re.compile(rb"[^\[\]{}]+")
 _STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
@@ -143,7 +143,7 @@ def parse_json(raw: bytes) -> Any:
         raise ApiError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels", "invalid_json")
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise ApiError(400, "the request body is not valid JSON", "invalid_json") from None
     try:
         check_text(data)
@@ -241,7 +241,8 @@ class SecurityHeaders:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -267,12 +268,18 @@ def cross_site(scope: Scope) -> bool:
     origin = headers.get("origin")
     if origin is None:
         return False
-    # Host only: behind a proxy that ends TLS the server may see http while the page is https.
-    return origin == "null" or urlsplit(origin).netloc.lower() != headers.get("host", "").lower()
+    try:
+        host = urlsplit(origin).netloc.lower()
+    except ValueError:  # not a URL at all
+        return True
+    # Host only: behind a proxy that ends TLS the server may see http while the page is https. "null" (what a
+    # sandboxed or opaque page sends) has no host, so it is refused.
+    return host != headers.get("host", "").lower()
 
 
 class SameOrigin:
-    """Refuses (403) a state-changing request to the chat page's or review page's routes from another site."""
+    """Refuses (403) a state-changing request to the chat page's, review page's or dashboard's routes from another
+    site (a page elsewhere cannot act with a visitor's cookies)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -282,5 +289,6 @@ class SameOrigin:
                 and scope["path"].startswith(BROWSER_PATHS) and cross_site(scope)):
             refused = ApiError(403, "cross-site request refused: send it from this site's own pages",
                                "cross_site_request")
-            return await refused.response()(scope, receive, send)
+            await refused.response()(scope, receive, send)
+            return
         await self.app(scope, receive, send)

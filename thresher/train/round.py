@@ -21,6 +21,7 @@ from typing import Any
 
 from thresher.config import Settings
 from thresher.evaluate import Gate, apply_gate
+from thresher.evidence import auc_words, is_noise, win_rate_words
 from thresher.registry import PROMOTED, Registry, Version
 from thresher.train.judge import JUDGE_HELDOUT_ROWS, JUDGE_TRAIN_ROWS
 from thresher.train.sft import TrainConfig, release_memory
@@ -285,7 +286,8 @@ def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, re
                               before=before, say=say)
     after_auc = report.auc_after["all"]
     before_auc = report.auc_before["all"] if report.auc_before else None
-    say(f"round {n}: judge AUC {before_auc} -> {after_auc} on {report.rows_heldout} held-out rows")
+    was = "no judge to compare" if before_auc is None else f"{before_auc:.3f}"
+    say(f"round {n}: judge AUC {was} -> {auc_words(after_auc, report.rows_heldout)}")
     vid = f"judge-r{n}-{report.head.id.split('@')[0].removeprefix('head-')}"
     spec = f"head:{root / 'judge'}"
     registry.add(Version(vid, "judge", spec, n, pin["serving_judge_id"], commit, None,
@@ -355,8 +357,7 @@ def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: 
     same = pin["serving_judge"] == pin["serving"] or is_head(pin["serving_judge"])
     judge = old if same else load_engine(pin["serving_judge"], n_ctx=settings.n_ctx)
     wr = pairwise_win_rate(judge, prompts, new_answers, old_answers)
-    say(f"round {n}: win rate {wr.win_rate:.3f} over {wr.prompts} prompts "
-        f"(position bias {wr.position_bias:.2f})")
+    say(f"round {n}: win rate {win_rate_words(wr.win_rate, wr.prompts)} (position bias {wr.position_bias:.2f})")
     loss_new = loss_old = ratio = None
     if held_convs:
         from thresher.train.sft import heldout_loss, load_base
@@ -367,8 +368,13 @@ def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: 
         m, tok = load_base(pin["base"])
         loss_old = heldout_loss(m, tok, convs, config.chat.max_length)
         ratio = loss_new / loss_old if loss_new is not None and loss_old else None
-        say(f"round {n}: held-out loss {loss_old} -> {loss_new}")
+        say(f"round {n}: held-out loss {_fmt(loss_old)} -> {_fmt(loss_new)} on {len(held_convs)} conversation(s)"
+            + (" (noise)" if is_noise(len(held_convs)) else ""))
     (root / "win_rate_examples.json").write_text(json.dumps(wr.examples, indent=2, ensure_ascii=False))
     return {"win_rate": wr.win_rate, "prompts": wr.prompts, "ties": wr.ties, "position_bias": wr.position_bias,
             "heldout_loss_new": loss_new, "heldout_loss_serving": loss_old, "loss_ratio": ratio,
             "heldout_conversations": len(held_convs), "seconds": time.perf_counter() - t}
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
