@@ -187,7 +187,8 @@ def test_openai_engine_against_a_real_server(serve, embedded_engine) -> None:
         chunks = list(remote.stream_chat(Q, ChatParams(max_tokens=12, seed=2)))
         assert "".join(c.text for c in chunks).strip()
         assert chunks[-1].finish_reason in ("stop", "length") and chunks[-1].completion_tokens
-        # thresher's own API returns no logprobs, so the judge must fall back to generating.
+        # thresher's own API does not continue an assistant turn (the judge's "Rating: " prefix), so the judge
+        # must fall back to generating.
         with pytest.raises(ProbabilitiesUnavailable):
             remote.next_token_probs(RATE, DIGITS, prefix="Rating: ")
         remote.close()

@@ -263,8 +263,13 @@ def test_the_session_cookie_is_secure_over_https(serve) -> None:
         sent = httpx.post(srv.url + "/api/chat", json={"content": "Hi"}, headers={"X-Forwarded-Proto": "https"})
     assert "secure" not in plain.lower() and "httponly" in plain.lower()
     assert "; secure" in proxied.lower() and "; secure" in _session_cookie(sent).lower()
-    with serve(ScriptedEngine(), public=True, admin_token="t") as srv:
+    with serve(ScriptedEngine(), public=True, admin_token="an-admin-token-of-some-length",
+               reviewer_tokens=[f"ada@example.org:{REVIEWER_TOKEN}"]) as srv:
         assert "; secure" in _session_cookie(httpx.get(srv.url + "/")).lower()
+        # the review page's and the dashboard's sign-in cookies too, in public mode even over plain http
+        for path, token in (("/review/login", REVIEWER_TOKEN), ("/dashboard/login", "an-admin-token-of-some-length")):
+            r = httpx.post(srv.url + path, data={"token": token})
+            assert r.status_code == 303 and "; secure" in r.headers["set-cookie"].lower(), (path, r.headers)
 
 
 def test_changes_from_another_site_are_refused(serve) -> None:

@@ -252,7 +252,6 @@ def test_fifty_clients_are_answered_or_refused_and_none_is_lost(serve, embedded_
         c.leave = "after-first"
     with serve(embedded_engine, max_queue=8, max_tokens_default=24) as srv:
         rt = rt_of(srv)
-        began = time.monotonic()
         threads = start_all(filling, srv.url, 64)
         wait_for(lambda: embedded_engine.stats()["running"] == len(filling), 30)
         threads += start_all(waiting, srv.url, 24)
@@ -266,7 +265,6 @@ def test_fifty_clients_are_answered_or_refused_and_none_is_lost(serve, embedded_
             time.sleep(min(5, max(int(c.retry_after or 1) for c in clients if c.status == 503)))
             for t in start_all(again, srv.url, 24):
                 t.join(120)
-        elapsed = time.monotonic() - began
         wait_for(lambda: rt.admission.held == 0, 20)
         stats = embedded_engine.stats()
         convs = {c.id: c for c in rt.store.list(limit=1000)}
@@ -298,7 +296,6 @@ def test_fifty_clients_are_answered_or_refused_and_none_is_lost(serve, embedded_
         if c.leave == "while-queued":
             assert reply.content == ""  # never decoded
     assert stats["running"] == 0 and stats["waiting"] == 0
-    assert elapsed < 60
 
 
 @pytest.mark.slow

@@ -206,6 +206,16 @@ def test_enter_sends_and_the_reply_streams_in(open_chat) -> None:
         ("user", "Hi, who are you?"), ("assistant", REPLY), ("user", "And again?"), ("assistant", REPLY)]
 
 
+def test_table_alignment_survives_the_pages_security_policy(open_chat) -> None:
+    """Markdown's column alignment arrives as classes: the policy forbids inline styles, which it would block."""
+    page, _ = open_chat(ScriptedEngine(words=["| item | price |\n", "|:--|--:|\n", "| tea | 3 |\n"]))
+    send(page, "A table please")
+    wait_reply_done(page)
+    cell = replies(page).first.locator("td").nth(1)
+    expect(cell).to_have_text("3")
+    expect(cell).to_have_css("text-align", "right")
+
+
 def test_markdown_and_code_render_with_a_copy_button(open_chat) -> None:
     words = ["Some **bold** text.\n\n", "```python\n", "def f(x):\n", "    return x * 2\n", "```\n"]
     page, _ = open_chat(ScriptedEngine(words=words, delay=0.01))

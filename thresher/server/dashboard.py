@@ -23,7 +23,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from thresher import stats
-from thresher.server.guard import ApiError, bearer, client_hash, read_body
+from thresher.server.guard import ApiError, bearer, client_hash, read_body, secure_cookie
 
 router = APIRouter()
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -163,7 +163,7 @@ async def login(request: Request) -> Response:
         return _refusal(request, Refused(401, "That admin token is not valid. Check it and try again."))
     response = RedirectResponse("/dashboard", status_code=303)
     response.set_cookie(COOKIE, given, max_age=7 * 24 * 3600, path="/dashboard", httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
+                        secure=secure_cookie(request))
     return response
 
 

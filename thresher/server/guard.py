@@ -292,3 +292,9 @@ class SameOrigin:
             await refused.response()(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def secure_cookie(request: Request) -> bool:
+    """Whether a cookie set now must be Secure: over https (uvicorn takes the scheme from X-Forwarded-Proto of a
+    trusted proxy), and always in public mode, which is served over https."""
+    return request.url.scheme == "https" or bool(request.app.state.rt.settings.public)

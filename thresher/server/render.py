@@ -2,12 +2,13 @@
 
 The page is public and the text comes from a model anyone can steer, so raw HTML in a reply is shown as text
 (markdown-it's `html` option is off) and the rendered HTML is cleaned again with an allow-list: no script, no event
-handler, no style beyond table alignment, no images (which would load from anywhere), links only to http(s) and
+handler, no style attribute (table alignment becomes a class: the page's policy allows no inline style), no images (which would load from anywhere), links only to http(s) and
 mailto, each with rel="nofollow noopener noreferrer".
 """
 
 from __future__ import annotations
 
+import re
 from functools import cache
 
 import nh3
@@ -20,7 +21,9 @@ from pygments.util import ClassNotFound
 
 TAGS = {"p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "strong", "em", "del", "s", "code", "pre", "blockquote",
         "ul", "ol", "li", "a", "table", "thead", "tbody", "tr", "th", "td", "span"}
-ATTRIBUTES = {"a": {"href", "title"}, "ol": {"start"}, "th": {"style"}, "td": {"style"}}
+ATTRIBUTES = {"a": {"href", "title"}, "ol": {"start"}}  # classes: allowed_classes below
+ALIGN = re.compile(r'<(th|td) style="text-align:(left|center|right)">')  # markdown-it's table alignment
+ALIGN_CLASSES = {"align-left", "align-center", "align-right"}
 TOKEN_CLASSES = {c for c in STANDARD_TYPES.values() if c}
 MAX_HIGHLIGHT = 50_000  # characters: beyond this a block is shown plain (highlighting is not free)
 
@@ -43,15 +46,15 @@ def _markdown() -> MarkdownIt:
 
 def render(text: str) -> str:
     """Markdown to HTML that is safe to put into the page as it is."""
-    html = _markdown().render(text)
+    html = ALIGN.sub(r'<\1 class="align-\2">', _markdown().render(text))
     return nh3.clean(
         html,
         tags=TAGS,
         attributes=ATTRIBUTES,
         url_schemes={"http", "https", "mailto"},
         link_rel="nofollow noopener noreferrer",
-        filter_style_properties={"text-align"},
-        allowed_classes={"span": TOKEN_CLASSES},  # Pygments' token classes, nothing the page itself uses
+        # Pygments' token classes on spans and the alignment classes on cells, nothing else the page uses
+        allowed_classes={"span": TOKEN_CLASSES, "th": ALIGN_CLASSES, "td": ALIGN_CLASSES},
     )
 
 

@@ -33,7 +33,7 @@ from thresher.review import (
     verdicts_on,
     write_verdict,
 )
-from thresher.server.guard import ApiError, bearer, client_hash, read_body
+from thresher.server.guard import ApiError, bearer, client_hash, read_body, secure_cookie
 
 log = logging.getLogger("thresher.server.review")
 router = APIRouter()
@@ -238,7 +238,7 @@ async def login(request: Request) -> Response:
         return _refusal(request, 401, "That reviewer token is not valid. Check it and try again.")
     response = RedirectResponse("/review", status_code=303)
     response.set_cookie(COOKIE, token, max_age=30 * 24 * 3600, path="/review", httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
+                        secure=secure_cookie(request))
     return response
 
 

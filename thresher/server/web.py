@@ -41,7 +41,7 @@ from starlette.concurrency import run_in_threadpool
 from thresher.chat import ConversationEnded, NotOnBranch
 from thresher.conversation import Conversation, Message
 from thresher.engines import ChatParams, Chunk, EngineError
-from thresher.server.guard import ApiError, JsonBody, check_admin, client_hash, salted_hash
+from thresher.server.guard import ApiError, JsonBody, check_admin, client_hash, salted_hash, secure_cookie
 from thresher.server.render import highlight_css, render
 from thresher.server.streaming import stream_in_thread
 from thresher.store import LOCKED, NotFound, PublishLocked, Turn
@@ -64,10 +64,8 @@ def _owner(request: Request, token: str) -> str:
 
 
 def _set_cookie(request: Request, response: Response, token: str) -> None:
-    # Secure over https (uvicorn takes the scheme from X-Forwarded-Proto of a trusted proxy), and always in public
-    # mode, which is served over https.
-    secure = request.url.scheme == "https" or request.app.state.rt.settings.public
-    response.set_cookie(COOKIE, token, max_age=365 * 24 * 3600, httponly=True, samesite="lax", secure=secure)
+    response.set_cookie(COOKIE, token, max_age=365 * 24 * 3600, httponly=True, samesite="lax",
+                        secure=secure_cookie(request))
 
 
 @router.get("/", response_class=HTMLResponse)
