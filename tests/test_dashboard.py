@@ -188,6 +188,8 @@ def test_public_dashboard_needs_the_admin_token(serve, settings) -> None:
         assert ok.status_code == 303 and ok.headers["location"] == "/dashboard"
         cookie = ok.headers["set-cookie"].lower()
         assert "httponly" in cookie and "path=/dashboard" in cookie and "samesite=strict" in cookie
+        assert "; secure" in cookie  # public mode is served over https: the browser sends it back only there
+        c.cookies.set("thresher_admin", ok.cookies["thresher_admin"], path="/dashboard")  # as a browser over https
         page = c.get("/dashboard")
         assert page.status_code == 200
         assert "script-src" not in page.headers["content-security-policy"]
@@ -204,7 +206,9 @@ def test_public_dashboard_needs_the_admin_token(serve, settings) -> None:
         missing = c.get("/dashboard/plots/pie.png")
         assert missing.status_code == 404 and "the plots are statuses" in missing.json()["error"]["message"]
 
-        c.post("/dashboard/logout")
+        out = c.post("/dashboard/logout")
+        assert "max-age=0" in out.headers["set-cookie"].lower()  # the browser forgets it
+        c.cookies.clear()
         assert c.get("/dashboard").status_code == 401
         by_header = httpx.get(live.url + "/dashboard/plots/rounds.png", headers={"Authorization": f"Bearer {TOKEN}"})
         assert by_header.status_code == 200 and by_header.content.startswith(PNG)

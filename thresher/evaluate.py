@@ -8,6 +8,7 @@ check passes its configured limit, and says which failed."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,13 +163,103 @@ def pairwise_win_rate(judge: Any, prompts: Sequence[str], new: Sequence[str], ol
 
 def answers(engine: Any, prompts: Sequence[str], max_tokens: int = 160, progress: str | None = None) -> list[str]:
     """Greedy answers of a chat engine to each prompt (seeded, so a rerun gives the same text)."""
+    return [r.text for r in replies(engine, prompts, max_tokens, progress)]
+
+
+@dataclass
+class Reply:
+    text: str
+    finish_reason: str | None  # "length": cut off at max_tokens
+
+
+def replies(engine: Any, prompts: Sequence[str], max_tokens: int = 160, progress: str | None = None) -> list[Reply]:
+    """Greedy replies with how each ended."""
     from tqdm import tqdm
 
     from thresher.engines import ChatParams
 
     params = ChatParams(max_tokens=max_tokens, temperature=0.0, seed=0)
-    return ["".join(c.text for c in engine.stream_chat([{"role": "user", "content": p}], params)).strip()
-            for p in tqdm(prompts, desc=progress or "answering", disable=progress is None, unit="prompt")]
+    out = []
+    for p in tqdm(prompts, desc=progress or "answering", disable=progress is None, unit="prompt"):
+        text, finish = "", None
+        for c in engine.stream_chat([{"role": "user", "content": p}], params):
+            text += c.text
+            finish = c.finish_reason or finish
+        out.append(Reply(text.strip(), finish))
+    return out
+
+
+# -- measures that need no judge --------------------------------------------------------------------------------------
+
+_WORDS = re.compile(r"\w+", re.UNICODE)
+_RUN = re.compile(r"(.{2,40}?)\1{3,}", re.S)  # a piece of 2-40 characters four or more times in a row: "1.1.1.1."
+_LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
+
+
+def loops(text: str, n: int = 4, share: float = 0.3) -> bool:
+    """Whether a reply has fallen into a loop: a short piece repeated four or more times in a row, or at least
+    `share` of its word n-grams repeating an earlier one (with 16 words or more)."""
+    if _RUN.search(text):
+        return True
+    words = [w.lower() for w in _WORDS.findall(text)]
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    if len(words) < 16 or not grams:
+        return False
+    return (len(grams) - len(set(grams))) / len(grams) >= share
+
+
+def latin_share(text: str) -> float | None:
+    """The share of letters that are Latin script (None without letters): a reply in another script than its
+    question's is off-language."""
+    letters = _LETTER.findall(text)
+    if not letters:
+        return None
+    return sum(ch.isascii() or "\u00c0" <= ch <= "\u024f" for ch in letters) / len(letters)
+
+
+def reply_rates(prompts: Sequence[str], got: Sequence[Reply]) -> dict[str, float]:
+    """Rates over replies with no judge at all: looping, cut off at max_tokens, empty, off-language (another
+    script than the prompt's), and the mean length in words."""
+    n = len(got)
+    if not n:
+        return {}
+
+    def off(prompt: str, reply: str) -> bool:
+        a, b = latin_share(prompt), latin_share(reply)
+        return a is not None and b is not None and abs(a - b) > 0.5
+
+    return {
+        "loop_rate": sum(loops(r.text) for r in got) / n,
+        "cutoff_rate": sum(r.finish_reason == "length" for r in got) / n,
+        "empty_rate": sum(not r.text.strip() for r in got) / n,
+        "off_language_rate": sum(off(p, r.text) for p, r in zip(prompts, got, strict=True)) / n,
+        "mean_words": sum(len(_WORDS.findall(r.text)) for r in got) / n,
+    }
+
+
+def length_controlled(wins: Sequence[float], new_words: Sequence[int], old_words: Sequence[int]) -> float | None:
+    """The win rate with the length difference taken out, in the spirit of AlpacaEval's length-controlled win rate:
+    fit P(new preferred) = sigmoid(a + b * tanh(log(new/old length))) to the per-prompt preferences (logistic
+    regression by Newton's method, a little ridge on b) and report sigmoid(a), the win rate of an answer as long as
+    the other. None with fewer than 2 prompts."""
+    import numpy as np
+
+    if len(wins) < 2:
+        return None
+    y = np.clip(np.asarray(wins, dtype=float), 0.0, 1.0)
+    d = np.tanh(np.log((np.asarray(new_words, dtype=float) + 1) / (np.asarray(old_words, dtype=float) + 1)))
+    x = np.stack([np.ones_like(d), d], axis=1)
+    w = np.zeros(2)
+    ridge = np.diag([1e-6, 1e-2])
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-(x @ w)))
+        grad = x.T @ (p - y) + ridge @ w
+        hess = (x * (p * (1 - p))[:, None]).T @ x + ridge
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return float(1 / (1 + np.exp(-w[0])))
 
 
 @dataclass
@@ -179,6 +270,9 @@ class Gate:
     max_loss_ratio: float = 1.0  # held-out loss, new / serving
     min_judge_auc: float = 0.5  # the new judge on held-out labelled rows
     min_judge_gain: float = 0.0  # new judge AUC minus the serving judge's
+    # the new model's share of looping / cut-off replies minus the serving model's, on the same prompts
+    max_loop_increase: float = 0.05
+    max_cutoff_increase: float = 0.05
 
 
 @dataclass
@@ -196,6 +290,8 @@ def apply_gate(metrics: dict[str, float | None], gate: Gate) -> GateResult:
         ("loss_ratio", metrics.get("loss_ratio"), gate.max_loss_ratio, "<="),
         ("judge_auc", metrics.get("judge_auc"), gate.min_judge_auc, ">="),
         ("judge_gain", metrics.get("judge_gain"), gate.min_judge_gain, ">="),
+        ("loop_increase", metrics.get("loop_increase"), gate.max_loop_increase, "<="),
+        ("cutoff_increase", metrics.get("cutoff_increase"), gate.max_cutoff_increase, "<="),
     ]
     checks, reasons = {}, []
     for name, value, limit, op in specs:

@@ -77,16 +77,25 @@ def _edges(text: str) -> list[str]:
     return list(dict.fromkeys(parts[:2] + parts[-2:])) or [text or " "]
 
 
-@cache
-def _prototypes() -> dict[str, np.ndarray]:
-    from thresher.encoder import shared
+Prototypes = dict[str, list[str]]  # feature name ("like_hostile", ...) -> the wordings it measures closeness to
+
+
+def prototype_texts() -> Prototypes:
+    """Today's training wordings for each closeness figure; a head keeps the ones it was trained with."""
     from thresher.train.contrast import TRAIN_WORDINGS
 
-    enc = shared()
-    return {name: enc.encode([w for f in fams for w in TRAIN_WORDINGS[f]]) for name, fams in LIKE.items()}
+    return {name: [w for f in fams for w in TRAIN_WORDINGS[f]] for name, fams in LIKE.items()}
 
 
-def encoder_features(conversations: Sequence[Sequence[dict[str, str]]]) -> np.ndarray:
+@cache
+def _encoded(name: str, texts: tuple[str, ...]) -> np.ndarray:
+    from thresher.encoder import shared
+
+    return shared().encode(list(texts))
+
+
+def encoder_features(conversations: Sequence[Sequence[dict[str, str]]],
+                     prototypes: Prototypes | None = None) -> np.ndarray:
     """Meaning-closeness of the last answer (whole, start, end) to its question and to the assistant's earlier
     answers, and of its first and last sentences (and the user's) to known insults, refusals, notes to the evaluator
     and filler; one row per conversation, columns `ENCODER_NAMES`."""
@@ -113,7 +122,7 @@ def encoder_features(conversations: Sequence[Sequence[dict[str, str]]]) -> np.nd
     v = rows[: 5 * n].reshape(n, 5, -1)
     q, a, end, start, prev = (v[:, i] for i in range(5))
     has_prev = np.array([bool(parts(m)[2]) for m in conversations], dtype=np.float32)
-    protos = _prototypes()
+    protos = {name: _encoded(name, tuple(texts)) for name, texts in (prototypes or prototype_texts()).items()}
     like = np.zeros((n, len(LIKE) + 1), dtype=np.float32)
     for i, (at, na, nu) in enumerate(edges):
         ans, usr = rows[at:at + na], rows[at + na:at + na + nu]
@@ -175,11 +184,13 @@ class HiddenCache:
 
 
 def features(conversations: Sequence[Sequence[dict[str, str]]], engine: Any = None, encoder: bool = True,
-             batch: int = 16, progress: Any = None, cache: HiddenCache | None = None) -> Features:
-    """Signals for every conversation; the encoder's closeness figures if asked; hidden states if an engine is
-    given (in batches of `batch`, calling `progress(n)` after each; from and into `cache` when given)."""
+             batch: int = 16, progress: Any = None, cache: HiddenCache | None = None,
+             prototypes: Prototypes | None = None) -> Features:
+    """Signals for every conversation; the encoder's closeness figures if asked (to `prototypes`, by default
+    today's training wordings); hidden states if an engine is given (in batches of `batch`, calling `progress(n)`
+    after each; from and into `cache` when given)."""
     sig = np.array([signals(m) for m in conversations], dtype=np.float64).reshape(len(conversations), -1)
-    enc = encoder_features(conversations) if encoder and conversations else None
+    enc = encoder_features(conversations, prototypes) if encoder and conversations else None
     hid = None
     cut: list[bool] = []
     if engine is not None:
@@ -233,6 +244,9 @@ class Head:
     threshold: float = 7.0
     names: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)  # sources, counts, evaluation
+    # The wordings its closeness figures were measured against in training: kept with the head, so new training
+    # wordings never change what an existing head reads. None (older files): today's.
+    prototypes: Prototypes | None = None
 
     @property
     def id(self) -> str:
@@ -278,7 +292,8 @@ class Head:
         return {"kind": "head", "format": 2, "id": self.id, "engine_version": self.engine_version,
                 "engine_spec": self.engine_spec, "use": self.use, "threshold": self.threshold, "names": self.names,
                 "info": self.info, "mean": self.mean, "scale": self.scale, "w1": self.w1, "b1": self.b1,
-                "w2": self.w2, "b2": self.b2, "pca_mean": self.pca_mean, "pca": self.pca}
+                "w2": self.w2, "b2": self.b2, "pca_mean": self.pca_mean, "pca": self.pca,
+                "prototypes": self.prototypes}
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
@@ -303,7 +318,7 @@ class Head:
             raise HeadError(f"{file} is a judge head of another format ({data.get('format')}): train it again")
         return cls(data["engine_version"], data["engine_spec"], data["use"], data["mean"], data["scale"],
                    data["w1"], data["b1"], data["w2"], data["b2"], data.get("pca_mean"), data.get("pca"),
-                   data["threshold"], data.get("names", []), data.get("info", {}))
+                   data["threshold"], data.get("names", []), data.get("info", {}), data.get("prototypes"))
 
 
 def _fit_network(x: np.ndarray, y: np.ndarray, units: int, l2: float, epochs: int, seed: int
@@ -332,8 +347,9 @@ def _fit_network(x: np.ndarray, y: np.ndarray, units: int, l2: float, epochs: in
 
 def fit_head(feats: Features, labels: Sequence[str], use: dict[str, bool], engine_version: str, engine_spec: str,
              *, units: int = UNITS, l2: float = L2, epochs: int = EPOCHS, pca_dims: int = PCA_DIMS,
-             seed: int = 0) -> Head:
-    """A head fitted on labelled rows ('good'/'bad'); classes weighted equally."""
+             seed: int = 0, prototypes: Prototypes | None = None) -> Head:
+    """A head fitted on labelled rows ('good'/'bad'); classes weighted equally. `prototypes`: the wordings the
+    features' closeness figures were measured against (by default today's), kept with the head."""
     y = np.array([lab == "good" for lab in labels], dtype=np.float64)
     if y.min() == y.max():
         raise HeadError("a head needs good and bad rows")
@@ -347,7 +363,7 @@ def fit_head(feats: Features, labels: Sequence[str], use: dict[str, bool], engin
     names = list(SIGNAL_NAMES) + (ENCODER_NAMES if use.get("encoder") else []) + (
         [f"hidden{i}" for i in range(len(pca[0]))] if pca else [])
     head = Head(engine_version, engine_spec, use, [0.0] * len(names), [1.0] * len(names), [], [], [], 0.0,
-                pca_mean, pca, names=names)
+                pca_mean, pca, names=names, prototypes=prototypes or prototype_texts() if use.get("encoder") else None)
     raw = head.inputs(feats)  # unstandardised: mean 0 and scale 1 so far
     mean, scale = raw.mean(0), raw.std(0) + 1e-6
     w1, b1, w2, b2 = _fit_network((raw - mean) / scale, y, units, l2, epochs, seed)
@@ -453,7 +469,8 @@ class HeadJudge:
         flags = [detect_injection(c) for c in convos]
         engine = self.engine if self.head.use.get("hidden") else None
         try:
-            feats = features(convos, engine, encoder=bool(self.head.use.get("encoder")), batch=self.batch)
+            feats = features(convos, engine, encoder=bool(self.head.use.get("encoder")), batch=self.batch,
+                             prototypes=self.head.prototypes)
             for f, was_cut in zip(flags, feats.cut, strict=False):
                 if was_cut:
                     f.append(TRUNCATED)

@@ -192,7 +192,7 @@ async def chat_completions(request: Request) -> Any:
     if n_prompt >= s.n_ctx:
         raise ApiError(400, f"the messages are {n_prompt} tokens; this model's context holds {s.n_ctx}",
                        "context_length_exceeded", "messages")
-    ticket = rt.admission.admit(getattr(rt.engine, "n_parallel", 1))  # 503 while the queue is full: nothing stored
+    ticket = rt.admission.admit(rt.engine)  # 503 while the queue is full: nothing stored
 
     opened = await run_in_threadpool(
         rt.chat.open, messages, client_hash=who, source="api", owner_hash=api_owner(who, api_key, rt.salt),

@@ -90,7 +90,7 @@ async def cancel_on_disconnect(request: Any, cancel: threading.Event, items: Asy
 
 
 class Admission:
-    """A bound on the chat replies in flight: those the engine is writing (`parallel` at once) and at most
+    """A bound on the chat replies in flight: those the engine is writing (`n_parallel` at once) and at most
     `max_queue` waiting for it. A request beyond it is refused before anything is stored: 503 with Retry-After, in
     the OpenAI error shape (the chat page shows the message)."""
 
@@ -100,8 +100,10 @@ class Admission:
         self._lock = threading.Lock()
         self._seconds = 10.0  # how long a reply is held, averaged: for Retry-After
 
-    def admit(self, parallel: int) -> Ticket:
-        limit = max(1, parallel) + self.max_queue
+    def admit(self, engine: Any) -> Ticket:
+        """A place for one reply to `engine`, which writes `engine.n_parallel` replies at once (1 if it does not
+        say); ApiError 503 when there is none."""
+        limit = max(1, getattr(engine, "n_parallel", 1)) + self.max_queue
         with self._lock:
             if self.held >= limit:
                 # Little's law: with `limit` held, one leaves every (time held / limit) seconds on average.

@@ -443,7 +443,7 @@ def _admit(request: Request) -> None:
     """A place among the replies in flight (503, "the server is busy", when none is left), taken before anything is
     stored; the reply's stream gives it back, or the request's end if it fails first."""
     rt = request.app.state.rt
-    request.state.ticket = rt.admission.admit(getattr(rt.engine, "n_parallel", 1))
+    request.state.ticket = rt.admission.admit(rt.engine)
 
 
 async def _branch_call(request: Request, conv_id: str, fn: Callable[..., Any], *args: Any) -> Any:

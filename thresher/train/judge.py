@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -186,11 +186,16 @@ def train_head_judge(engine: Any, engine_spec: str, out: Path, sources: Sequence
     auc_before = None
     if before is not None:
         try:
-            auc_before = per_family([1.0 if f else Head.score(x) for x, f in zip(before.logits(f_test), flagged,
-                                                                                     strict=True)],
-                                    labels_test, kinds_test)
-            auc_before["reviewers"] = agreement([1.0 if f else Head.score(x) for x, f in zip(
-                before.logits(f_test), flagged, strict=True)])
+            f_before = f_test
+            if encoder and before.prototypes is not None and before.prototypes != head.prototypes:
+                from thresher.reward import encoder_features  # the earlier head reads closeness to its own wordings
+
+                f_before = replace(f_test, encoder=encoder_features([r.messages for r in test_rows],
+                                                                    before.prototypes))
+            before_scores = [1.0 if f else Head.score(x) for x, f in zip(before.logits(f_before), flagged,
+                                                                          strict=True)]
+            auc_before = per_family(before_scores, labels_test, kinds_test)
+            auc_before["reviewers"] = agreement(before_scores)
         except Exception as e:  # an earlier head over other features: say so, measure nothing false
             say(f"the earlier judge could not be measured on these rows: {e}")
     counts: dict[str, int] = {}

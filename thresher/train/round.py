@@ -64,7 +64,8 @@ class RoundConfig:
         return cls(chat=TrainConfig(max_length=256, max_steps=2, batch_size=4, save_steps=1),
                    replay_limit=8, judge_sources=("sample",), judge_source_limit=40, judge_train_rows=60,
                    judge_heldout_rows=40, eval_prompts=2, eval_tokens=24,
-                   gate=Gate(min_win_rate=0.0, max_loss_ratio=10.0, min_judge_auc=0.0, min_judge_gain=-1.0))
+                   gate=Gate(min_win_rate=0.0, max_loss_ratio=10.0, min_judge_auc=0.0, min_judge_gain=-1.0,
+                             max_loop_increase=1.0, max_cutoff_increase=1.0))
 
 
 @contextlib.contextmanager
@@ -216,8 +217,9 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
     ev = state.get("evaluated")
 
     if not state.done("gated"):
-        metrics = {**ev, "judge_auc": judge_rec["after_auc"], "judge_gain": judge_rec["gain"]}
-        chat_gate = apply_gate({k: metrics.get(k) for k in ("win_rate", "loss_ratio")}, config.gate)
+        metrics = {**ev, "judge_auc": judge_rec["after_auc"], "judge_gain": judge_rec["gain"], **_increases(ev)}
+        chat_gate = apply_gate({k: metrics.get(k) for k in ("win_rate", "loss_ratio", "loop_increase",
+                                                            "cutoff_increase")}, config.gate)
         judge_gate = apply_gate({k: metrics.get(k) for k in ("judge_auc", "judge_gain")}, config.gate)
         for kind, rec, g in (("chat", chat_rec, chat_gate), ("judge", judge_rec, judge_gate)):
             registry.update(rec["version"], metrics={**registry.get(rec["version"]).metrics, **metrics})
@@ -338,7 +340,7 @@ def _train_chat(settings: Settings, config: RoundConfig, registry: Registry, com
 def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: dict, chat_rec: dict,
               held_convs: list[dict], say: Callable[[str], None]) -> dict[str, Any]:
     from thresher.engines import load as load_engine
-    from thresher.evaluate import answers, pairwise_win_rate
+    from thresher.evaluate import length_controlled, pairwise_win_rate, replies, reply_rates
     from thresher.train.data import load_rows, sample_path
 
     t = time.perf_counter()
@@ -346,10 +348,15 @@ def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: 
         : config.eval_prompts]
     say(f"round {n}: answering {len(prompts)} held-out prompts with the new and the serving model")
     new = load_engine(chat_rec["spec"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
-    new_answers = answers(new, prompts, config.eval_tokens, progress="new model")
+    new_replies = replies(new, prompts, config.eval_tokens, progress="new model")
     del new
     old = load_engine(pin["serving"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
-    old_answers = answers(old, prompts, config.eval_tokens, progress="serving model")
+    old_replies = replies(old, prompts, config.eval_tokens, progress="serving model")
+    new_answers, old_answers = [r.text for r in new_replies], [r.text for r in old_replies]
+    rates_new, rates_old = reply_rates(prompts, new_replies), reply_rates(prompts, old_replies)
+    say(f"round {n}: loops {rates_old['loop_rate']:.0%} -> {rates_new['loop_rate']:.0%}, cut off "
+        f"{rates_old['cutoff_rate']:.0%} -> {rates_new['cutoff_rate']:.0%}, mean length "
+        f"{rates_old['mean_words']:.0f} -> {rates_new['mean_words']:.0f} words (serving -> new)")
     from thresher.judge import is_head
 
     # The pairwise comparison asks a model which answer is better; a head judge scores one conversation at a time,
@@ -357,6 +364,8 @@ def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: 
     same = pin["serving_judge"] == pin["serving"] or is_head(pin["serving_judge"])
     judge = old if same else load_engine(pin["serving_judge"], n_ctx=settings.n_ctx)
     wr = pairwise_win_rate(judge, prompts, new_answers, old_answers)
+    lc = length_controlled([e["p_new"] for e in wr.examples], [len(e["new"].split()) for e in wr.examples],
+                           [len(e["old"].split()) for e in wr.examples])
     say(f"round {n}: win rate {win_rate_words(wr.win_rate, wr.prompts)} (position bias {wr.position_bias:.2f})")
     loss_new = loss_old = ratio = None
     if held_convs:
@@ -371,10 +380,19 @@ def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: 
         say(f"round {n}: held-out loss {_fmt(loss_old)} -> {_fmt(loss_new)} on {len(held_convs)} conversation(s)"
             + (" (noise)" if is_noise(len(held_convs)) else ""))
     (root / "win_rate_examples.json").write_text(json.dumps(wr.examples, indent=2, ensure_ascii=False))
-    return {"win_rate": wr.win_rate, "prompts": wr.prompts, "ties": wr.ties, "position_bias": wr.position_bias,
+    return {"win_rate": wr.win_rate, "lc_win_rate": lc, "prompts": wr.prompts, "ties": wr.ties,
+            "position_bias": wr.position_bias, "replies_new": rates_new, "replies_serving": rates_old,
             "heldout_loss_new": loss_new, "heldout_loss_serving": loss_old, "loss_ratio": ratio,
             "heldout_conversations": len(held_convs), "seconds": time.perf_counter() - t}
 
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
+
+
+def _increases(ev: dict[str, Any]) -> dict[str, float]:
+    """How much more often the new model's replies loop or are cut off than the serving model's (records from
+    before these were measured have neither)."""
+    new, old = ev.get("replies_new") or {}, ev.get("replies_serving") or {}
+    return {f"{name}_increase": new[f"{name}_rate"] - old[f"{name}_rate"] for name in ("loop", "cutoff")
+            if f"{name}_rate" in new and f"{name}_rate" in old}
