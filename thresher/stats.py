@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from thresher.evaluate import auc, spearman
+from thresher.evidence import is_noise
 from thresher.judge import Judgment
 from thresher.registry import Registry, RegistryError, Version
 from thresher.review import quorum
@@ -90,6 +91,12 @@ class Round:
     reasons: list[str] = field(default_factory=list)  # failed checks, "chat: ..." / "judge: ..."
     promoted: list[str] = field(default_factory=list)
     win_rate: float | None = None
+    lc_win_rate: float | None = None  # with the length difference taken out
+    prompts: int | None = None  # held-out prompts the win rate was measured on
+    loop_rate: float | None = None  # the candidate's replies to those prompts that loop ...
+    cutoff_rate: float | None = None  # ... and that were cut off at the reply length
+    serving_loop_rate: float | None = None
+    serving_cutoff_rate: float | None = None
     loss_ratio: float | None = None
     judge_auc: float | None = None
     judge_gain: float | None = None
@@ -265,7 +272,12 @@ def read_rounds(root: Path, problems: list[str] | None = None) -> list[Round]:
         r = Round(n=int(d.name), stages=list(stages) or ["published"], finished="published" in stages or bool(record),
                   commit=pinned.get("commit", record.get("commit")), approved=data.get("approved"),
                   chat_version=chat.get("version"), judge_version=judge.get("version"),
-                  win_rate=ev.get("win_rate"), loss_ratio=ev.get("loss_ratio"),
+                  win_rate=ev.get("win_rate"), lc_win_rate=ev.get("lc_win_rate"), prompts=ev.get("prompts"),
+                  loop_rate=(ev.get("replies_new") or {}).get("loop_rate"),
+                  cutoff_rate=(ev.get("replies_new") or {}).get("cutoff_rate"),
+                  serving_loop_rate=(ev.get("replies_serving") or {}).get("loop_rate"),
+                  serving_cutoff_rate=(ev.get("replies_serving") or {}).get("cutoff_rate"),
+                  loss_ratio=ev.get("loss_ratio"),
                   judge_auc=judge.get("after_auc"), judge_gain=judge.get("gain"),
                   promoted=list(record.get("promoted") or []),
                   judge_families={k.removeprefix("family:"): v for k, v in (judge.get("by_family") or {}).items()
@@ -372,6 +384,8 @@ def _agreement(f: Figures, ax: Any) -> None:
 def _rounds(f: Figures, ax: Any) -> None:
     rounds = [r for r in f.rounds if r.win_rate is not None or r.judge_auc is not None]
     for attr, gate, colour, label in (("win_rate", "chat_gate", COLOURS[0], "chat win rate"),
+                                      ("lc_win_rate", "chat_gate", COLOURS[5], "length-controlled win rate"),
+                                      ("loop_rate", "chat_gate", COLOURS[4], "replies that loop"),
                                       ("judge_auc", "judge_gate", COLOURS[3], "judge AUC")):
         pts = [(r.n, getattr(r, attr), getattr(r, gate)) for r in rounds if getattr(r, attr) is not None]
         if not pts:
@@ -392,6 +406,18 @@ def _rounds(f: Figures, ax: Any) -> None:
 
 
 SCORE_BINS = [f"{k}-{k + 1}" for k in range(1, 10)]  # the histograms' columns
+
+
+def _rates(r: Round) -> str:
+    """'12% -> 4%, 30% -> 10%': the serving model's loop and cut-off rates, then the candidate's."""
+    if r.loop_rate is None or r.cutoff_rate is None:
+        return "–"
+    return (f"{_pct(r.serving_loop_rate)} -> {_pct(r.loop_rate)}, "
+            f"{_pct(r.serving_cutoff_rate)} -> {_pct(r.cutoff_rate)}")
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.0f}%"
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
@@ -459,15 +485,18 @@ def tables(f: Figures) -> list[Any]:
 
     if f.rounds:
         why = [f"round {r.n}, {reason}" for r in f.rounds for reason in r.reasons]
-        t = table("Rounds", "round", "state", "commit", "approved", "win rate", "loss ratio", "judge AUC (gain)",
-                  "gates", "promoted", caption="\n".join(why) or None)
+        t = table("Rounds", "round", "state", "commit", "approved", "win rate (LC)", "loops, cut off", "loss ratio",
+                  "judge AUC (gain)", "gates", "promoted", caption="\n".join(why) or None)
         for r in f.rounds:
             gates = "\n".join(f"{k} {'passed' if g else 'failed' if g is False else 'not gated'}"
                               for k, g in (("chat", r.chat_gate), ("judge", r.judge_gate)))
             gain = "" if r.judge_gain is None else f" ({r.judge_gain:+.3f})"
             t.add_row(str(r.n), "finished" if r.finished else f"after {', '.join(r.stages) or 'nothing'}",
-                      (r.commit or "–")[:12], "–" if r.approved is None else str(r.approved), _fmt(r.win_rate),
-                      _fmt(r.loss_ratio), _fmt(r.judge_auc) + gain,
+                      (r.commit or "–")[:12], "–" if r.approved is None else str(r.approved),
+                      _fmt(r.win_rate) + ("" if r.lc_win_rate is None else f" ({r.lc_win_rate:.3f})")
+                      + (f" (noise: {r.prompts} prompts)" if r.win_rate is not None and r.prompts is not None
+                         and is_noise(r.prompts) else ""),
+                      _rates(r), _fmt(r.loss_ratio), _fmt(r.judge_auc) + gain,
                       gates, ", ".join(r.promoted) or "nothing")
         out.append(t)
     else:
