@@ -23,18 +23,19 @@ Per request:
 Completion tokens come from the engine's final chunk (direct) and the usage chunk (API,
 `stream_options.include_usage`). The summary takes medians over all prompts and rounds; ratios are API / direct.
 
-Then concurrent API streams, 1, 4, 8 and 16 at once by default (one client thread each, released together; the
-prompts cycle, each stream seeded, so every level writes the same replies): aggregate tok/s = all completion tokens
-/ wall time, summed over the level's batches; p50 and p95 of TTFT over all its requests; ratios against the one
-stream measured in the same run. The llama.cpp engine decodes `n_parallel` streams together (8 by default); beyond
-that requests wait in the queue, and their TTFT includes the wait.
+Then concurrent API streams, 1, 4, 8 and 16 by default: that many client threads, released together, each
+sending requests back to back (so that many are in flight; the prompts cycle, every request seeded, so every level
+writes the same replies): aggregate tok/s = all completion tokens / wall time; p50 and p95 of TTFT over all the
+level's requests; ratios against the one stream measured in the same run. The llama.cpp engine decodes
+`n_parallel` streams together (8 by default); beyond that requests wait in the queue, and their TTFT includes the
+wait.
 
 Goals printed beside the measurements: API decode tok/s >= 0.9x direct, API TTFT <= 1.2x direct; 8 streams >= 2.5x
 the aggregate tok/s of one, with p95 TTFT <= 1.5 s (short prompts).
 
 Run:
     python bench/chat.py [--model SPEC] [--max-tokens N] [--rounds N] [--threads N] [--concurrency 1,4,8,16]
-                         [--batches N] [--json PATH]
+                         [--per-stream N] [--json PATH]
 About 2 minutes with the embedded model on an idle 2-core machine. The bench also prints how much CPU other
 processes used while it ran; above 10% the numbers are noisy (2 llama.cpp threads on 2 cores stall badly when
 anything else runs), so run it again on an idle machine.
@@ -82,7 +83,7 @@ GOAL_TPS = 0.9  # API decode tok/s >= 0.9 x direct
 GOAL_TTFT = 1.2  # API TTFT <= 1.2 x direct
 GOAL_SPEEDUP = 2.5  # 8 concurrent streams: aggregate tok/s >= 2.5 x one stream's
 GOAL_TTFT_P95_S = 1.5  # ... and p95 time to first token <= 1.5 s
-MIN_REQUESTS = 8  # requests per concurrency level at least (more batches for small levels)
+MIN_REQUESTS = 8  # requests per concurrency level at least (small levels send more per stream)
 
 
 @dataclass
@@ -222,16 +223,19 @@ def run_api(client: httpx.Client, url: str, model: str, prompt: str, max_tokens:
     return Sample("api", idx, rnd, ttft, decode, e2e, end - start, n, text)
 
 
-def run_batch(url: str, model: str, max_tokens: int, n: int) -> tuple[float, list[Sample]]:
-    """n API streams released together; (wall time, their samples)."""
-    results: list[Sample | BaseException | None] = [None] * n
+def run_streams(url: str, model: str, max_tokens: int, n: int, per_stream: int) -> tuple[float, list[Sample]]:
+    """n client threads, released together, each sending `per_stream` streaming requests back to back (so n are
+    in flight until the last ones finish); (wall time, every request's sample)."""
+    results: list[list[Sample] | BaseException] = [[] for _ in range(n)]
     barrier = threading.Barrier(n + 1)
 
     def worker(i: int) -> None:
         try:
             with httpx.Client(timeout=600) as client:
                 barrier.wait()
-                results[i] = run_api(client, url, model, PROMPTS[i % len(PROMPTS)], max_tokens, 0, i)
+                for k in range(per_stream):
+                    j = (i + k * n) % len(PROMPTS)
+                    results[i].append(run_api(client, url, model, PROMPTS[j], max_tokens, k, j))  # type: ignore
         except BaseException as e:  # reported below
             results[i] = e
 
@@ -243,10 +247,10 @@ def run_batch(url: str, model: str, max_tokens: int, n: int) -> tuple[float, lis
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    errors = [r for r in results if not isinstance(r, Sample)]
+    errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise RuntimeError(f"concurrent request failed: {errors[0]!r}")
-    return wall, [r for r in results if isinstance(r, Sample)]
+    return wall, [s for r in results if isinstance(r, list) for s in r]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -255,20 +259,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
-def run_concurrent(url: str, model: str, max_tokens: int, n: int, batches: int) -> dict[str, float]:
-    walls, samples = [], []
-    for _ in range(max(batches, math.ceil(MIN_REQUESTS / n))):
-        wall, got = run_batch(url, model, max_tokens, n)
-        walls.append(wall)
-        samples += got
+def run_concurrent(url: str, model: str, max_tokens: int, n: int, per_stream: int) -> dict[str, float]:
+    wall, samples = run_streams(url, model, max_tokens, n, max(per_stream, math.ceil(MIN_REQUESTS / n)))
     ttfts = [s.ttft_s for s in samples if s.ttft_s == s.ttft_s] or [float("nan")]  # NaN: no text
     decode = [s.decode_tps for s in samples if s.decode_tps == s.decode_tps]
     return {
         "streams": n,
         "requests": len(samples),
-        "wall_s": sum(walls),
+        "wall_s": wall,
         "completion_tokens": sum(s.completion_tokens for s in samples),
-        "aggregate_tps": sum(s.completion_tokens for s in samples) / sum(walls),
+        "aggregate_tps": sum(s.completion_tokens for s in samples) / wall,
         "ttft_p50_s": percentile(ttfts, 50),
         "ttft_p95_s": percentile(ttfts, 95),
         "ttft_max_s": max(ttfts),
@@ -302,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="llama.cpp threads (default: the engine's default, all cores, as `thresher serve` uses)")
     ap.add_argument("--concurrency", default="1,4,8,16",
                     help="levels of simultaneous API streams, comma-separated; 1 is the baseline (default: 1,4,8,16)")
-    ap.add_argument("--batches", type=int, default=2, help="batches per concurrency level (default: 2; small "
-                    f"levels run more, to make at least {MIN_REQUESTS} requests)")
+    ap.add_argument("--per-stream", type=int, default=3, help="requests each concurrent stream sends back to "
+                    f"back (default: 3; small levels send more, to make at least {MIN_REQUESTS} requests)")
     ap.add_argument("--json", type=Path, help="also write the results to this file")
     args = ap.parse_args(argv)
     levels = sorted({1, *(int(x) for x in args.concurrency.split(",") if x.strip())})
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
 
             for n in levels:
                 level_load = OtherLoad()
-                conc.append(run_concurrent(server.url, model, args.max_tokens, n, args.batches))
+                conc.append(run_concurrent(server.url, model, args.max_tokens, n, args.per_stream))
                 conc[-1]["other_processes_cpu_share"] = level_load.share()
                 console.print(f"  {n} concurrent stream(s) done ({time.perf_counter() - t0:.0f}s)")
 

@@ -71,6 +71,16 @@ def test_sampler_respects_min_p_top_p_and_seeds() -> None:
     assert np.allclose(counts, [0.5, 0.3, 0.15, 0.05], atol=0.03)
 
 
+def test_prompts_are_read_in_pieces_of_two_or_more() -> None:
+    from thresher.engines.llamacpp import piece_length
+
+    for pending in range(2, 40):
+        for budget in (1, 2, 3, 7, 128):
+            n = piece_length(pending, budget)
+            assert 2 <= n <= pending and pending - n != 1, (pending, budget, n)
+    assert piece_length(300, 128) == 128 and piece_length(129, 128) == 127 and piece_length(1, 128) == 1
+
+
 def test_logprob_entry_reports_the_model_distribution() -> None:
     from thresher.engines.llamacpp import logprob_entry
 
@@ -88,16 +98,28 @@ def test_logprob_entry_reports_the_model_distribution() -> None:
 @pytest.mark.slow
 def test_replies_decode_together_and_seeded_ones_do_not_change(embedded_engine) -> None:
     engine = embedded_engine
+    wait_for(lambda: idle(engine))
     params = ChatParams(max_tokens=40, temperature=0.8, seed=21)
-    alone = text_of(list(engine.stream_chat(ask(PROMPTS[0]), params)))
+    long_prompt = ask("Here is a story. " + "The baker met the dragon at dawn, and they talked. " * 25
+                      + "Now tell me how the story ends.")
+    assert engine.count_tokens(long_prompt) > 2 * 128  # read in several pieces while others decode
+    alone = [text_of(list(engine.stream_chat(p, params))) for p in (ask(PROMPTS[0]), long_prompt)]
     steps = engine.stats()["steps"]
+    # Submitted together with others ...
     streams = [engine.stream_chat(ask(p), ChatParams(max_tokens=40, temperature=0.8)) for p in PROMPTS[1:]]
     seeded = engine.stream_chat(ask(PROMPTS[0]), params)
     heads = [first_text(s) for s in [*streams, seeded]]
     rest = [list(s) for s in [*streams, seeded]]
-    assert text_of(heads[-1] + rest[-1]) == alone  # the same reply, whatever else was decoded with it
+    assert text_of(heads[-1] + rest[-1]) == alone[0]  # the same reply, whatever else was decoded with it
     tokens = sum(c.completion_tokens for r in rest for c in r if c.finish_reason)
     assert engine.stats()["steps"] - steps < tokens / 2  # one step served many replies
+    # ... and arriving while others are being written: its prompt is read a piece at a time between their steps.
+    streams = [engine.stream_chat(LONG, ChatParams(max_tokens=300)) for _ in range(3)]
+    for s in streams:
+        first_text(s)
+    assert text_of(list(engine.stream_chat(long_prompt, params))) == alone[1]
+    for s in streams:
+        s.close()
     wait_for(lambda: idle(engine))
 
 

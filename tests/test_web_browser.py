@@ -892,3 +892,56 @@ def test_theme_switch_starters_growing_box_timestamps_and_quiet_actions(open_cha
     shoot(page, "first-hour-desktop-chosen-dark")
     page.get_by_label("Theme").select_option("system")
     assert page.evaluate("getComputedStyle(document.body).backgroundColor") != "rgb(24, 24, 27)"
+
+
+# --- a busy server ---------------------------------------------------------------------------------------------------
+
+def test_a_waiting_reply_says_how_many_are_ahead_and_a_full_server_says_busy(open_chat) -> None:
+    import threading
+    from dataclasses import dataclass, field
+
+    import httpx
+
+    from thresher.engines import Chunk
+
+    @dataclass
+    class Queueing(ScriptedEngine):  # says it waits behind two, then one, before it answers
+        waits: list[int] = field(default_factory=lambda: [2, 1])
+
+        def stream_chat(self, messages, params):
+            for ahead in self.waits:
+                yield Chunk(waiting=ahead)
+                time.sleep(0.6)
+            yield from super().stream_chat(messages, params)
+
+    engine = Queueing(delay=0.02)
+    page, live = open_chat(engine, max_queue=0)
+    send(page, "Hello?")
+    expect(page.get_by_role("status")).to_have_text("Waiting: 2 ahead of you.")
+    expect(page.get_by_role("status")).to_have_text("Waiting: 1 ahead of you.")
+    wait_reply_done(page)
+
+    # Another client's reply takes the only place: the page is told plainly, and keeps what was typed.
+    engine.words, engine.waits = ["word "] * 500, []
+    holding, started = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        body = {"model": "scripted", "stream": True, "messages": [{"role": "user", "content": "go on"}]}
+        with httpx.stream("POST", live.url + "/v1/chat/completions", json=body, timeout=30) as r:
+            for _ in r.iter_lines():
+                started.set()
+                if holding.wait(0):
+                    break
+
+    other = threading.Thread(target=hold)
+    other.start()
+    assert started.wait(10)
+    send(page, "Are you free?")
+    expect(page.get_by_role("alert")).to_contain_text("the server is busy")
+    expect(message_box(page)).to_have_value("Are you free?")
+    holding.set()
+    other.join(10)
+    engine.words = ["Yes", "."]
+    wait_for(lambda: live.server.config.app.state.rt.admission.held == 0)
+    page.get_by_role("alert").get_by_role("button", name="Retry").click()
+    wait_reply_done(page)

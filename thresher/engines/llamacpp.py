@@ -4,14 +4,16 @@ The prompt is rendered with the chat template stored in the GGUF file and handed
 and reply lengths are exact.
 
 Continuous batching, as llama.cpp's own server (`-np`) and vLLM do it. One thread, the scheduler, makes every
-llama.cpp call. Its context holds `n_parallel` sequences, each with `n_ctx` cells of KV cache of its own. A step is
-one `llama_decode` over a batch holding the next token of every reply being written and, within a token budget, the
-next piece of the prompts being read (PREFILL_CHUNK tokens while other replies decode, so a long prompt does not
-stall them; up to N_BATCH when none do); then each reply whose last token was in the batch draws its next one from
-the logits (numpy: temperature, min-p, top-p, one random generator per reply, so a seeded reply is the same every
-time). Requests join between steps as sequences free up, and leave at the next step once their reader closes the
-stream (their cells are freed). A finished reply's cells stay cached: a later prompt that begins the same way (the
-next turn of that conversation) is read only from where it differs.
+llama.cpp call. Its context holds `n_parallel` sequences, each with `n_ctx` cells of KV cache of its own. A step
+feeds the next token of every reply being written in one `llama_decode`, then the next pieces of the prompts being
+read, within a token budget (PREFILL_CHUNK tokens while replies are being written, so a long prompt does not stall
+them; up to N_BATCH when none are); each reply whose last token was fed draws its next one from the logits (numpy:
+temperature, min-p, top-p, one random generator per reply). Requests join between steps as sequences free up, and
+leave at the next step once their reader closes the stream (their cells are freed). A finished reply's cells stay
+cached: a later prompt that begins the same way (the next turn of that conversation) is read only from where it
+differs. A seeded (or greedy) reply reads its prompt as if afresh, in pieces of two tokens or more, so it comes out
+the same every time, alone or among others (llama.cpp's result for a sequence does not depend on what else is in
+the pass, but it does on whether a pass holds one of its tokens or several).
 
 Chat comes first. Background replies (`ChatParams.background`: judging) take at most a quarter of the sequences and
 only when no chat waits. Their prompts, and the judge's `next_token_probs` and `last_hidden` (run as exclusive
@@ -49,7 +51,7 @@ _CHATML = (
     " + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-DEFAULT_PARALLEL = 8  # sequences decoded together on a CPU: ~2.2x one stream's tokens/s on 2 cores, ~35 ms a step
+DEFAULT_PARALLEL = 8  # sequences decoded together on a CPU (2 cores: a step of 8 takes ~36 ms, of one ~9 ms)
 N_BATCH = 512  # most prompt tokens one step reads when no reply is decoding
 PREFILL_CHUNK = 128  # ... and while some are: about 0.4 s of a 2-core CPU, the longest pause a stream sees
 BG_SHARE = 0.2  # background work's share of the time while chat is being served
@@ -152,7 +154,7 @@ class LlamaCppEngine:
             self.llm._ctx.kv_cache_clear()
             done = 0
             while done < len(tokens):
-                n = yield
+                n = piece_length(len(tokens) - done, (yield))  # slices of 2+: the same state as read whole
                 self.llm.eval(tokens[done:done + n])
                 done += n
             return np.ctypeslib.as_array(llama_cpp.llama_get_embeddings_ith(ctx, -1), shape=(width,)).copy()
@@ -191,7 +193,7 @@ class LlamaCppEngine:
         keep = min(Llama.longest_token_prefix(self.llm._input_ids.tolist(), base), len(base) - 1)
         self.llm.n_tokens = keep
         while self.llm.n_tokens < len(base):
-            n = yield
+            n = piece_length(len(base) - self.llm.n_tokens, (yield))
             self.llm.eval(base[self.llm.n_tokens:self.llm.n_tokens + n])
         first = self._logprobs_now()
         scores: dict[str, float] = {}
@@ -319,6 +321,7 @@ class _Scheduler:
         self._seq = [self.batch.seq_id[i] for i in range(cap)]
         self.slots: list[_Reply | None] = [None] * n_parallel
         self.cached: list[list[int]] = [[] for _ in range(n_parallel)]  # the tokens in each sequence's cells
+        self.exact = [0] * n_parallel  # ... how many of them, from the start, were read in pieces of two or more
         self.waiting: list[_Reply] = []  # chat first, then by arrival
         self.jobs: list[_Job] = []
         self.cv = threading.Condition()
@@ -398,19 +401,23 @@ class _Scheduler:
                 return  # everything behind it is background too
             self.waiting.pop(0)
             free = [i for i, s in enumerate(self.slots) if s is None]
+            # What each free sequence could lend this prompt. A reproducible reply (seeded, or greedy) takes only
+            # cells that were read as a prompt (in pieces of two or more: the same cells as reading afresh), and
+            # reads two tokens at least, so it comes out the same every time; any other takes the whole prefix.
+            seeded = r.params.seed is not None or r.params.temperature <= 0
+            common = {i: min(Llama.longest_token_prefix(self.cached[i], r.prompt),
+                             self.exact[i] if seeded else len(r.prompt),
+                             len(r.prompt) - (2 if seeded else 1)) for i in free}
             # The lowest free sequence: llama.cpp decodes a run of consecutive sequence ids in one pass, so the
-            # busy ones are kept together (sequences 0-3 and 5-7 busy cost two passes a step, ~30% more time).
+            # busy ones are kept together (sequences 0-3 and 5-7 busy cost two passes a step, ~30% more time) ...
             slot = free[0]
-            if r.params.seed is None:
-                # ... unless another one holds a good part of this prompt (the earlier turns of its conversation).
-                common = {i: Llama.longest_token_prefix(self.cached[i], r.prompt) for i in free}
-                best = max(free, key=lambda i: (common[i], -i))
-                slot = best if common[best] >= max(REUSE_MIN, common[slot] + REUSE_MIN) else slot
-                keep = min(common[slot], len(r.prompt) - 1)  # at least one token is read, for its logits
-            else:
-                keep = 0  # a seeded reply reads its whole prompt afresh, so it comes out the same every time
+            best = max(free, key=lambda i: (common[i], -i))
+            if common[best] >= common[slot] + REUSE_MIN:  # ... unless another holds much more of this prompt
+                slot = best
+            keep = max(0, common[slot])
             llama_cpp.llama_memory_seq_rm(self.mem, slot, keep, -1)
             del self.cached[slot][keep:]
+            self.exact[slot] = min(self.exact[slot], keep)
             self.prompt_tokens += len(r.prompt)
             self.cached_tokens += keep
             r.slot, r.n_past, r.pending = slot, keep, r.prompt[keep:]
@@ -463,8 +470,12 @@ class _Scheduler:
         if rc != 0:
             raise EngineError(f"llama_decode failed ({rc})")
         for r, tokens in items:
+            slot = r.slot
+            assert slot is not None
+            if len(tokens) >= 2 and self.exact[slot] == r.n_past:
+                self.exact[slot] += len(tokens)
             r.n_past += len(tokens)
-            self.cached[r.slot].extend(tokens)  # type: ignore[index]
+            self.cached[slot].extend(tokens)
             del r.pending[: len(tokens)]
         for r, i in outputs:
             logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx.ctx, i), shape=(self.n_vocab,))
@@ -565,7 +576,7 @@ class _Scheduler:
         self.slots[slot] = None
         if forget:
             llama_cpp.llama_memory_seq_rm(self.mem, slot, -1, -1)
-            self.cached[slot] = []
+            self.cached[slot], self.exact[slot] = [], 0
 
     def _fail_active(self, error: BaseException) -> None:
         failure = error if isinstance(error, EngineError) else EngineError(f"llama.cpp failed: {error}")
