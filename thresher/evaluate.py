@@ -201,11 +201,10 @@ def loops(text: str, n: int = 4, share: float = 0.3) -> bool:
     `share` of its word n-grams repeating an earlier one (with 16 words or more)."""
     if _RUN.search(text):
         return True
+    from thresher.signals import repeated_share
+
     words = [w.lower() for w in _WORDS.findall(text)]
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-    if len(words) < 16 or not grams:
-        return False
-    return (len(grams) - len(set(grams))) / len(grams) >= share
+    return len(words) >= 16 and repeated_share(words, n) >= share
 
 
 def latin_share(text: str) -> float | None:

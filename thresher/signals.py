@@ -67,6 +67,12 @@ NAMES = ["log_words", "log_question_words", "log_ratio", "distinct", "compressio
          "newlines", "asks_back"]
 
 
+def repeated_share(words: Sequence[str], n: int = 4) -> float:
+    """The share of a text's word n-grams that repeat an earlier one (0 without any n-gram)."""
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
+
+
 def _words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
@@ -100,9 +106,7 @@ def signals(messages: Sequence[dict[str, str]]) -> list[float]:
     aw, qw = _words(answer), _words(question)
     n = len(aw)
     ac, qc = _content(aw), _content(qw)
-    grams = [tuple(aw[i:i + 4]) for i in range(max(0, n - 3))]
-    counts = Counter(grams)
-    repeated = sum(c - 1 for c in counts.values()) / len(grams) if grams else 0.0
+    repeated = repeated_share(aw)
     run = max(Counter(aw).values(), default=0) / n if n else 0.0
     raw = answer.encode("utf-8")
     compression = len(zlib.compress(raw)) / len(raw) if len(raw) > 20 else 1.0
