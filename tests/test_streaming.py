@@ -268,11 +268,17 @@ def test_fifty_clients_are_answered_or_refused_and_none_is_lost(serve, embedded_
             time.sleep(min(5, max(int(c.retry_after or 1) for c in clients if c.status == 503)))
             for t in start_all(again, srv.url, 24):
                 t.join(120)
+        # Those in the crowd that meant to leave after the first words may all have been refused; two more leave
+        # after their first words once there is room, so leaving mid-reply is always exercised.
+        late = [Client(200 + k, kind, leave="after-first", topic="write a very long story about the number")
+                for k, kind in enumerate(["stream", "page"])]
+        for t in start_all(late, srv.url, 64):
+            t.join(120)
         wait_for(lambda: rt.admission.held == 0, 20)
         stats = embedded_engine.stats()
         convs = {c.id: c for c in rt.store.list(limit=1000)}
 
-    everyone = clients + again
+    everyone = clients + again + late
     assert [c for c in everyone if c.failure] == []
     assert {c.status for c in everyone if c.status is not None} <= {200, 503}
     refused = [c for c in everyone if c.status == 503]
