@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -761,6 +762,66 @@ def train_sft(
     if export:
         ex = export_model(trained, tok, out / "export", gguf, {"name": "thresher SFT", "kind": "chat", "base": spec,
                                                               "examples": len(rows), "licence": "apache-2.0",
+                                                              "metrics": {"final_loss": result.final_loss}})
+        typer.echo(f"exported: {ex.hf_dir}" + (f", {ex.gguf}" if ex.gguf else f" (no GGUF: {ex.note})"))
+
+
+@train_app.command("dpo")
+def train_dpo_cmd(
+    pairs: Annotated[Path, typer.Option(help="Preference pairs: a .jsonl of pairs (what a round writes to "
+                                             "rounds/N/pairs.jsonl) or a `thresher dataset build` directory "
+                                             "(the pairs its conversations carry).")],
+    base: Annotated[str | None, typer.Option(help="GGUF file, model directory or hub name: the model trained and "
+                                                  "its own reference [default: the configured model].")] = None,
+    out: Annotated[Path, typer.Option(help="Where checkpoints, the adapter, the loss plot and the export go.")] = Path(
+        "thresher-data/train/dpo"),
+    beta: Annotated[float, typer.Option(help="How far the model may move from the reference (smaller: further).")
+                    ] = 0.1,
+    max_length: Annotated[int, typer.Option(help="Tokens per prompt and reply.")] = 512,
+    epochs: Annotated[float, typer.Option(help="Passes over the pairs.")] = 1.0,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many steps (> 0 overrides --epochs).")] = -1,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 5e-5,
+    batch_size: Annotated[int, typer.Option(help="Pairs per training step.")] = 4,
+    export: Annotated[bool, typer.Option(help="Merge and export HF safetensors, GGUF and a model card.")] = True,
+) -> None:
+    """Preference fine-tuning (DPO, LoRA) of a chat model on pairs: a reply preferred over another for a prompt.
+
+    Example: `thresher train dpo --pairs thresher-data/rounds/1/pairs.jsonl --max-steps 20`
+
+    Run it again after a crash or Ctrl-C: it continues from the newest checkpoint in --out.
+    """
+    from thresher.pairs import PairError, from_record, read_pairs
+    from thresher.train.dpo import DpoConfig, train_dpo
+    from thresher.train.export import export as export_model
+    from thresher.train.sft import TrainError, load_base
+
+    spec, gguf = _base_spec(base)
+    try:
+        if pairs.is_dir():
+            data = pairs / "data.jsonl"
+            if not data.is_file():
+                raise PairError(f"{pairs} holds no data.jsonl: build it with `thresher dataset build`")
+            found = [p for line in data.read_text(encoding="utf-8").splitlines() if line.strip()
+                     for p in from_record(json.loads(line))]
+        elif pairs.is_file():
+            found = read_pairs(pairs)
+        else:
+            raise PairError(f"no file or directory at {pairs}")
+        if not found:
+            raise PairError(f"no preference pairs in {pairs}")
+        typer.echo(f"{len(found)} pairs from {pairs}; base {spec}")
+        model, tok = load_base(spec)
+        result, trained = train_dpo(model, tok, found, out, DpoConfig(beta=beta, max_length=max_length, epochs=epochs,
+                                                                     max_steps=max_steps, learning_rate=lr,
+                                                                     batch_size=batch_size))
+    except (PairError, TrainError, json.JSONDecodeError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s; final loss {result.final_loss}")
+    typer.echo(f"adapter: {result.adapter}; loss curve: {result.plot}")
+    if export:
+        ex = export_model(trained, tok, out / "export", gguf, {"name": "thresher DPO", "kind": "chat", "base": spec,
+                                                              "pairs": len(found), "licence": "apache-2.0",
                                                               "metrics": {"final_loss": result.final_loss}})
         typer.echo(f"exported: {ex.hf_dir}" + (f", {ex.gguf}" if ex.gguf else f" (no GGUF: {ex.note})"))
 

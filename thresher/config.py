@@ -83,9 +83,15 @@ class Settings(BaseSettings):
         1, ge=1, description="Approvals a published conversation needs (and no rejection) to train a round."
     )
 
+    eval_judge: str = Field(
+        "shipped", description="The frozen judge a round's chat model is evaluated by, never the one the round "
+        "trains: 'shipped' (the head shipped for the embedded model, over the embedded model's states) or any judge "
+        "spec (a judge directory, `rating:SPEC`, an engine spec)."
+    )
     gate_min_win_rate: float = Field(
-        0.5, ge=0, le=1, description="A round's chat model is promoted only if the judge prefers its answers to "
-        "the serving model's at least this often (held-out prompts, both answer orders)."
+        0.5, ge=0, le=1, description="A round's chat model is promoted only if the evaluation judge prefers its "
+        "replies to held-out real questions to the serving model's at least this often, with the length "
+        "difference taken out (the length-controlled win rate) ..."
     )
     gate_max_loss_ratio: float = Field(
         1.0, gt=0, description="... and its loss on held-out approved conversations is at most this times the "
@@ -146,6 +152,12 @@ class Settings(BaseSettings):
     )
 
     max_tokens_default: int = Field(512, ge=1, description="Reply length when a request does not say.")
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature when a request does not say.")
+    repetition_penalty: float = Field(
+        1.15, gt=0, le=2, description="Makes tokens among a reply's last 64 less likely (1: off), when a request "
+        "does not say (API field `repetition_penalty`, as vLLM's); keeps a small model out of loops "
+        "(`python bench/sampling.py` measures it). Local engines apply it; a remote server is sent it."
+    )
     max_tokens_limit: int = Field(2048, ge=1, description="Largest max_tokens a request may ask for.")
     max_messages: int = Field(200, ge=1, description="Most messages one request may carry.")
     max_chars: int = Field(100_000, ge=1, description="Most characters of message content one request may carry.")

@@ -282,22 +282,27 @@ def _fixed(kind: str, keep_group: int | None = None) -> Replacer:
 
 # Order matters: whole URLs and key blocks go before the e-mail and number rules could take pieces of them; IBANs go
 # before long tokens (a 27-character IBAN is also a long token); numbers go from the most to the least specific.
-_RULES: list[tuple[str, re.Pattern[str], Replacer]] = [
-    ("SECRET", _PRIVATE_KEY, _fixed("SECRET")),
-    ("URL_WITH_SECRET", _URL, lambda m: "<URL_WITH_SECRET>" if _has_secret_param(m.group()) else None),
-    ("EMAIL", _EMAIL, _fixed("EMAIL")),
-    ("SECRET", _KEY_FORMATS, lambda m: "<SECRET>" if re.search(r"\d", m.group()) else None),
-    ("SECRET", _AUTH_HEADER, _fixed("SECRET", 1)),
+# Each rule's gate is a cheap pattern that every text the rule would change contains (an IBAN starts with two letters
+# and two digits, an address holds a digit): where the gate finds nothing the rule is skipped, which is most rules for
+# most texts.
+_DIGIT = re.compile(r"\d")
+_RULES: list[tuple[str, re.Pattern[str], Replacer, re.Pattern[str] | None]] = [
+    ("SECRET", _PRIVATE_KEY, _fixed("SECRET"), re.compile("-----BEGIN ")),
+    ("URL_WITH_SECRET", _URL, lambda m: "<URL_WITH_SECRET>" if _has_secret_param(m.group()) else None,
+     re.compile("://")),
+    ("EMAIL", _EMAIL, _fixed("EMAIL"), re.compile("@")),
+    ("SECRET", _KEY_FORMATS, lambda m: "<SECRET>" if re.search(r"\d", m.group()) else None, _DIGIT),
+    ("SECRET", _AUTH_HEADER, _fixed("SECRET", 1), re.compile("(?i)authorization")),
     ("SECRET", _BEARER, lambda m: m.group(1) + "<SECRET>" if re.search(r"\d", m.group(2)) or len(m.group(2)) >= 16
-     else None),
-    ("SECRET", _ASSIGNMENT, _fixed("SECRET", 1)),
-    ("IBAN", _IBAN, _iban),
-    ("SECRET", _TOKEN, lambda m: "<SECRET>" if _looks_random(m.group()) else None),
-    ("CARD", _CARD, _card),
-    ("IP_ADDRESS", _IPV6, _ipv6),
-    ("IP_ADDRESS", _IPV4, _ipv4),
-    ("PHONE", _PHONE, _phone),
-    ("ADDRESS", _ADDRESS, _fixed("ADDRESS")),
+     else None, re.compile("(?i)bearer")),
+    ("SECRET", _ASSIGNMENT, _fixed("SECRET", 1), re.compile("(?i)pass|pwd|secret|key|token")),
+    ("IBAN", _IBAN, _iban, re.compile(r"(?i)[a-z]{2}\d{2}")),
+    ("SECRET", _TOKEN, lambda m: "<SECRET>" if _looks_random(m.group()) else None, None),
+    ("CARD", _CARD, _card, _DIGIT),
+    ("IP_ADDRESS", _IPV6, _ipv6, re.compile(":")),
+    ("IP_ADDRESS", _IPV4, _ipv4, re.compile(r"\d\.")),
+    ("PHONE", _PHONE, _phone, _DIGIT),
+    ("ADDRESS", _ADDRESS, _fixed("ADDRESS"), _DIGIT),
 ]
 
 
@@ -307,7 +312,9 @@ def scrub_text(text: str, *, name_finder: NameFinder | None = None) -> tuple[str
     Idempotent: placeholders are never matched again. `name_finder` (operator-supplied, default none) adds `<PERSON>`
     for the spans it returns; without it, names are not touched."""
     counts: Counter[str] = Counter()
-    for kind, pattern, replacer in _RULES:
+    for kind, pattern, replacer, gate in _RULES:
+        if gate is not None and not gate.search(text):
+            continue
 
         def sub(m: re.Match[str], kind: str = kind, replacer: Replacer = replacer) -> str:
             out = replacer(m)

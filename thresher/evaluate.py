@@ -161,6 +161,74 @@ def pairwise_win_rate(judge: Any, prompts: Sequence[str], new: Sequence[str], ol
                    sum(p_a) / len(p_a) if p_a else 0.5, examples)
 
 
+class FrozenJudge:
+    """The judge a round is evaluated by: one pinned judge version, never the one trained in the round it measures,
+    so a round cannot grade itself. By default (`shipped()`) the head shipped with thresher over the embedded
+    model's own states: the same weights and the same head every round. It scores each reply on its own, so there is
+    no answer order to be biased by; a pair's preference is the Bradley-Terry reading of the two scores,
+    P(new better) = sigmoid(logit_new - logit_old)."""
+
+    def __init__(self, judge: Any) -> None:
+        self.judge = judge
+
+    @classmethod
+    def shipped(cls, n_ctx: int = 2048, n_threads: int | None = None) -> FrozenJudge:
+        from thresher.engines import load
+        from thresher.reward import Head, HeadJudge, default_head_path
+
+        return cls(HeadJudge(load("embedded", n_ctx=n_ctx, n_threads=n_threads), Head.load(default_head_path()),
+                             rationale="never"))
+
+    @classmethod
+    def from_spec(cls, spec: str, n_ctx: int = 2048, n_threads: int | None = None) -> FrozenJudge:
+        """`shipped` (the default `eval_judge` setting) or any judge spec `make_judge` reads (a head directory,
+        `rating:SPEC`, an engine spec)."""
+        if spec == "shipped":
+            return cls.shipped(n_ctx, n_threads)
+        from thresher.judge import make_judge
+
+        return cls(make_judge(spec, None, rationale="never", n_ctx=n_ctx, n_threads=n_threads))
+
+    @property
+    def judge_id(self) -> str:
+        return self.judge.judge_id
+
+    @property
+    def threshold(self) -> float:
+        return self.judge.threshold
+
+    def scores(self, prompts: Sequence[str], answers: Sequence[str]) -> list[float]:
+        """Each answer's score 1-10 as the reply to its prompt (flagged ones score 1, failed ones raise)."""
+        convs = [[{"role": "user", "content": p}, {"role": "assistant", "content": a}]
+                 for p, a in zip(prompts, answers, strict=True)]
+        many = getattr(self.judge, "judge_many", None)
+        got = many(convs) if many else [self.judge.judge(c) for c in convs]
+        bad = [j for j in got if j.score is None]
+        if bad:
+            raise RuntimeError(f"the evaluation judge could not score {len(bad)} replies: {bad[0].error}")
+        return [float(j.score) for j in got]
+
+    def win_rate(self, prompts: Sequence[str], new: Sequence[str], old: Sequence[str]) -> WinRate:
+        import math
+
+        def logit(score: float) -> float:
+            p = min(max((score - 1) / 9, 1e-4), 1 - 1e-4)
+            return math.log(p / (1 - p))
+
+        s_new, s_old = self.scores(prompts, new), self.scores(prompts, old)
+        wins, ties, examples = [], 0, []
+        for prompt, a_new, a_old, x, y in zip(prompts, new, old, s_new, s_old, strict=True):
+            if a_new.strip() == a_old.strip():
+                win = 0.5
+                ties += 1
+            else:
+                win = 1 / (1 + math.exp(logit(y) - logit(x)))
+            wins.append(win)
+            examples.append({"prompt": prompt, "new": a_new, "old": a_old, "score_new": round(x, 2),
+                             "score_old": round(y, 2), "p_new": round(win, 3)})
+        return WinRate(sum(wins) / len(wins) if wins else 0.5, len(wins), ties, 0.5, examples)
+
+
 def answers(engine: Any, prompts: Sequence[str], max_tokens: int = 160, progress: str | None = None) -> list[str]:
     """Greedy answers of a chat engine to each prompt (seeded, so a rerun gives the same text)."""
     return [r.text for r in replies(engine, prompts, max_tokens, progress)]
@@ -172,21 +240,33 @@ class Reply:
     finish_reason: str | None  # "length": cut off at max_tokens
 
 
-def replies(engine: Any, prompts: Sequence[str], max_tokens: int = 160, progress: str | None = None) -> list[Reply]:
-    """Greedy replies with how each ended."""
+def replies(engine: Any, prompts: Sequence[str | list[dict[str, str]]], max_tokens: int = 160,
+            progress: str | None = None, params: Any = None, seeds: Sequence[int] | None = None) -> list[Reply]:
+    """Each prompt's reply (a prompt is a question, or the messages before the reply) with how it ended: greedy
+    unless `params` (a ChatParams) says otherwise, seeded by the prompt's place or `seeds` (so a rerun gives the
+    same text), as many at once as the engine decodes together."""
+    from concurrent.futures import ThreadPoolExecutor
+    from dataclasses import replace
+
     from tqdm import tqdm
 
     from thresher.engines import ChatParams
 
-    params = ChatParams(max_tokens=max_tokens, temperature=0.0, seed=0)
-    out = []
-    for p in tqdm(prompts, desc=progress or "answering", disable=progress is None, unit="prompt"):
+    base = params or ChatParams(temperature=0.0)
+    base = replace(base, max_tokens=max_tokens)
+
+    def one(i: int) -> Reply:
         text, finish = "", None
-        for c in engine.stream_chat([{"role": "user", "content": p}], params):
+        p = prompts[i]
+        messages = [{"role": "user", "content": p}] if isinstance(p, str) else p
+        for c in engine.stream_chat(messages, replace(base, seed=i if seeds is None else seeds[i])):
             text += c.text
             finish = c.finish_reason or finish
-        out.append(Reply(text.strip(), finish))
-    return out
+        return Reply(text.strip(), finish)
+
+    with ThreadPoolExecutor(max(1, int(getattr(engine, "n_parallel", 1) or 1))) as pool:
+        return list(tqdm(pool.map(one, range(len(prompts))), total=len(prompts), desc=progress or "answering",
+                         disable=progress is None, unit="prompt"))
 
 
 # -- measures that need no judge --------------------------------------------------------------------------------------

@@ -171,6 +171,8 @@ class PublicationRow(Base):
 
 # Publication states whose conversations new ones must not duplicate: those in the dataset and those on their way.
 DEDUP_STATES = ("accepted", "published")
+# The conversation statuses that follow the publication state set for them (curation owns the conversation then).
+CURATION_STATUSES = ("ended", "judged", "published", "rejected", "accepted", "publishing", "taken_down")
 
 
 class DedupBandRow(Base):
@@ -272,6 +274,17 @@ class Feedback:
     rating: str  # up | down
     reason: str | None = None
     position: int | None = None  # where the reply is in the conversation's current branch; None: another branch
+
+
+@dataclass
+class ReplyVersion:
+    """One version of a reply (the first, or one regenerated): its text, status, its owner's rating, and whether it
+    is the version the conversation's current branch keeps."""
+
+    content: str
+    status: str
+    rating: str | None
+    kept: bool
 
 
 @dataclass
@@ -663,6 +676,33 @@ class Store:
                         places.get(r.conversation_id, {}).get(r.message_id)))
         return out
 
+    def reply_versions(self, ids: list[str]) -> dict[str, dict[int, list[ReplyVersion]]]:
+        """Every version of each reply on these conversations' current branches that has more than one (regenerated
+        replies), by conversation and place in the branch, oldest first, each with its rating and whether it is
+        the one kept: what preference pairs are made of."""
+        out: dict[str, dict[int, list[ReplyVersion]]] = {}
+        with self.session() as s:
+            for start in range(0, len(ids), 500):
+                for row in s.scalars(sa.select(ConversationRow).where(ConversationRow.id.in_(ids[start:start + 500]))):
+                    path = _path(row)
+                    kept = {m.id for m in path}
+                    siblings: dict[int | None, list[MessageRow]] = {}
+                    for m in row.messages:
+                        if m.role == "assistant":
+                            siblings.setdefault(m.parent_id, []).append(m)
+                    ratings: dict[int, str] | None = None
+                    for place, m in enumerate(path):
+                        versions = siblings.get(m.parent_id, []) if m.role == "assistant" else []
+                        if len(versions) < 2:
+                            continue
+                        if ratings is None:
+                            ratings = {f.message_id: f.rating for f in s.scalars(
+                                sa.select(FeedbackRow).where(FeedbackRow.conversation_id == row.id))}
+                        out.setdefault(row.id, {})[place] = [
+                            ReplyVersion(v.content, v.status, ratings.get(v.id), v.id in kept)
+                            for v in sorted(versions, key=lambda v: v.id)]
+        return out
+
     def update_reply(
         self,
         message_id: int,
@@ -866,36 +906,46 @@ class Store:
     def _set_publications(self, pubs: list[Publication]) -> None:
         if not pubs:
             return
-        ids = [p.conversation_id for p in pubs]
+        # Core statements, one per kind of change for the whole chunk: publishing sets thousands of rows a call,
+        # which the ORM's unit of work would load and flush row by row.
+        t, c = PublicationRow.__table__, ConversationRow.__table__
+        now = utcnow()
+        values: dict[str, dict[str, Any]] = {}
+        for p in pubs:
+            v = values.setdefault(p.conversation_id, {})
+            v.update(state=p.state, reason=p.reason, path=p.path, commit_sha=p.commit_sha, pushed=p.pushed,
+                     score=p.score, judge_id=p.judge_id, pii_counts=p.pii_counts, updated_at=now)
+            if p.dedup_hash is not None:  # kept once set: later updates need not carry them
+                v.update(dedup_hash=p.dedup_hash, minhash=p.minhash)
+            if p.threshold is not None:
+                v["threshold"] = p.threshold
         with self.session() as s:
-            rows = {r.conversation_id: r for r in s.scalars(
-                sa.select(PublicationRow).where(PublicationRow.conversation_id.in_(ids)))}
-            convs = {c.id: c for c in s.scalars(sa.select(ConversationRow).where(ConversationRow.id.in_(ids)))}
-            now = utcnow()
-            before: dict[str, bytes | None] = {}  # what the band index holds of each, before this
-            for p in pubs:
-                row = rows.get(p.conversation_id)
-                if row is None:
-                    row = rows[p.conversation_id] = PublicationRow(conversation_id=p.conversation_id, created_at=now)
-                    s.add(row)
-                before.setdefault(row.conversation_id, _indexed(row))
-                for name in ("state", "reason", "path", "commit_sha", "pushed", "score", "judge_id", "pii_counts"):
-                    setattr(row, name, getattr(p, name))
-                if p.dedup_hash is not None:  # kept once set: later updates need not carry them
-                    row.dedup_hash, row.minhash = p.dedup_hash, p.minhash
-                if p.threshold is not None:
-                    row.threshold = p.threshold
-                row.updated_at = now
-                conv = convs.get(p.conversation_id)
-                if conv is not None and conv.status in ("ended", "judged", "published", "rejected", "accepted",
-                                                        "publishing", "taken_down"):
-                    conv.status = p.state
+            old = {cid: (state, minhash) for cid, state, minhash in s.execute(
+                sa.select(t.c.conversation_id, t.c.state, t.c.minhash).where(t.c.conversation_id.in_(list(values))))}
+            new = [{"dedup_hash": None, "minhash": None, "threshold": None, **v, "conversation_id": cid,
+                    "created_at": now} for cid, v in values.items() if cid not in old]
+            if new:
+                s.execute(sa.insert(t), new)
+            by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for cid, v in values.items():
+                if cid in old:
+                    by_columns.setdefault(tuple(sorted(v)), []).append({**v, "b_id": cid})
+            for rows in by_columns.values():
+                s.execute(sa.update(t).where(t.c.conversation_id == sa.bindparam("b_id")), rows)
+            s.execute(sa.update(c).where(c.c.id == sa.bindparam("b_id"), c.c.status.in_([sa.literal(x) for x in CURATION_STATUSES]))
+                      .values(status=sa.bindparam("b_state")),
+                      [{"b_id": cid, "b_state": v["state"]} for cid, v in values.items()])
             # The band index follows: in it go signatures that entered DEDUP_STATES (accepted), out go those that
             # left (a takedown, a withdrawn consent); published after accepted changes nothing.
-            changed = {cid: (old, _indexed(rows[cid])) for cid, old in before.items() if old != _indexed(rows[cid])}
-            s.flush()  # the publication rows first: band rows refer to them
-            _unband(s, sorted(cid for cid, (old, _new) in changed.items() if old is not None))
-            _band(s, {cid: new for cid, (_old, new) in changed.items() if new is not None})
+            changed: dict[str, tuple[bytes | None, bytes | None]] = {}
+            for cid, v in values.items():
+                state, minhash = old.get(cid, (None, None))
+                before = minhash if state in DEDUP_STATES else None
+                after = v.get("minhash", minhash) if v["state"] in DEDUP_STATES else None
+                if before != after:
+                    changed[cid] = (before, after)
+            _unband(s, sorted(cid for cid, (before, _after) in changed.items() if before is not None))
+            _band(s, {cid: after for cid, (_before, after) in changed.items() if after is not None})
 
     # The lookups below name one indexed column each and filter the rest in Python: given a second condition (the
     # state), a planner without statistics may walk every published row through that column's index instead.
@@ -1087,11 +1137,6 @@ class Store:
             s.execute(sa.update(CorrectionRow).where(CorrectionRow.conversation_id == conv_id,
                                                      CorrectionRow.commit_sha == commit_sha)
                       .values(rejudged_at=utcnow()))
-
-
-def _indexed(row: PublicationRow) -> bytes | None:
-    """The signature the band index holds for this publication (None: it is not in the index)."""
-    return row.minhash if row.state in DEDUP_STATES else None
 
 
 def _band(s: Session, signatures: dict[str, bytes]) -> None:

@@ -42,6 +42,10 @@ class ChatParams:
     # Drop tokens less likely than min_p x the likeliest one: keeps small models from wandering into junk tokens.
     # Local engines only; a remote server applies its own.
     min_p: float = 0.05
+    # Tokens among the reply's last PENALTY_WINDOW are made less likely (a logit above zero divided by this, one
+    # below multiplied, as transformers and vLLM do): what keeps a small model out of loops. 1.0 = off. Local
+    # engines apply it; a remote server is sent it as `repetition_penalty` (vLLM's and llama-server's extension).
+    repetition_penalty: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     # Background work (judging): an engine that queues requests serves waiting chats first.
@@ -52,6 +56,20 @@ class ChatParams:
     # Log-probabilities of the generated tokens (the OpenAI `logprobs` field): None = not asked; otherwise the number
     # of most likely alternatives to report beside each chosen token (0 = the chosen token's own only, at most 20).
     logprobs: int | None = None
+
+
+PENALTY_WINDOW = 64  # the reply's last tokens the repetition penalty looks at
+
+
+def penalised(logits, recent: Sequence[int], penalty: float):
+    """The logits with the repetition penalty applied to the tokens in `recent` (a numpy array or a torch tensor,
+    changed in place and returned); unchanged at 1.0 or with nothing yet written."""
+    if penalty == 1.0 or not recent:
+        return logits
+    ids = sorted(set(recent[-PENALTY_WINDOW:]))
+    picked = logits[ids]
+    logits[ids] = picked / penalty * (picked > 0) + picked * penalty * (picked <= 0)
+    return logits
 
 
 @dataclass

@@ -43,7 +43,16 @@ from llama_cpp import Llama
 from llama_cpp._internals import LlamaContext
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from thresher.engines import ChatParams, Chunk, EngineError, TokenLogprob, file_version, normalise, split_stop
+from thresher.engines import (
+    ChatParams,
+    Chunk,
+    EngineError,
+    TokenLogprob,
+    file_version,
+    normalise,
+    penalised,
+    split_stop,
+)
 
 # SmolLM2's own template, for GGUF files that carry none.
 _CHATML = (
@@ -231,6 +240,7 @@ class _Reply:
         self.n_past = 0  # tokens in this sequence's cells
         self.decoding = False  # the prompt is read; each step feeds one token
         self.generated = 0
+        self.tokens: list[int] = []  # the reply's tokens so far (the repetition penalty reads the last of them)
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.text = ""  # the reply decoded so far
         self.emitted = 0  # characters of it handed out
@@ -524,7 +534,9 @@ class _Scheduler:
         return self._piece(token, special=True).decode("utf-8", "backslashreplace")
 
     def _advance(self, r: _Reply, logits: np.ndarray) -> None:
-        token = sample(logits, r.params, r.rng)
+        token = sample(penalised(logits.copy(), r.tokens, r.params.repetition_penalty)
+                       if r.params.repetition_penalty != 1.0 else logits, r.params, r.rng)
+        r.tokens.append(token)
         if llama_cpp.llama_vocab_is_eog(self.vocab, token):
             self._finish(r, "stop")
             return

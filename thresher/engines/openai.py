@@ -63,6 +63,8 @@ class OpenAIEngine:
         }
         if params.stop:
             body["stop"] = params.stop
+        if params.repetition_penalty != 1.0:
+            body["repetition_penalty"] = params.repetition_penalty
         if params.seed is not None:
             body["seed"] = params.seed
         if params.prefix:

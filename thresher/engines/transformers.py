@@ -17,7 +17,16 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from thresher.engines import ChatParams, Chunk, EngineError, TokenLogprob, file_version, normalise, split_stop
+from thresher.engines import (
+    ChatParams,
+    Chunk,
+    EngineError,
+    TokenLogprob,
+    file_version,
+    normalise,
+    penalised,
+    split_stop,
+)
 
 
 class TransformersEngine:
@@ -83,7 +92,8 @@ class TransformersEngine:
                 res = self.model(input_ids=step_input, cache=past, use_cache=True)
                 past = res.cache
                 logits = res.logits[0, -1].float()
-                token = _sample(logits, params, gen)
+                token = _sample(penalised(logits.clone(), out, params.repetition_penalty)
+                                if params.repetition_penalty != 1.0 else logits, params, gen)
                 if token in self._eos:
                     finish = "stop"
                     break

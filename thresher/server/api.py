@@ -45,7 +45,8 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(0.7, ge=0, le=2)
+    temperature: float | None = Field(None, ge=0, le=2)  # None: the server's `temperature` setting
+    repetition_penalty: float | None = Field(None, gt=0, le=2)  # vLLM's extension; None: the server's setting
     top_p: float = Field(0.95, gt=0, le=1)
     stop: str | list[str] | None = None
     seed: int | None = None
@@ -172,7 +173,10 @@ async def chat_completions(request: Request) -> Any:
         raise ApiError(400, f"max_tokens is {max_tokens}; this server allows at most {s.max_tokens_limit}",
                        "max_tokens_too_large", "max_tokens")
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-    params = ChatParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+    params = ChatParams(max_tokens=max_tokens, top_p=req.top_p,
+                        temperature=s.temperature if req.temperature is None else req.temperature,
+                        repetition_penalty=(s.repetition_penalty if req.repetition_penalty is None
+                                            else req.repetition_penalty),
                         stop=[x for x in stop if x],  # an empty stop string would end every reply before it began
                         seed=req.seed, logprobs=(req.top_logprobs or 0) if req.logprobs else None)
     publish = _flag(request, "x-thresher-publish")

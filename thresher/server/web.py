@@ -77,7 +77,7 @@ async def chat_page(request: Request) -> Response:
                                "max_chars": rt.settings.max_chars,
                                "max_tokens_limit": rt.settings.max_tokens_limit,
                                "max_tokens_default": rt.settings.max_tokens_default,
-                               "temperature_default": ChatParams().temperature})
+                               "temperature_default": rt.settings.temperature})
     if fresh:
         _set_cookie(request, response, token)
     return response
@@ -511,11 +511,10 @@ def _reply_stream(
 def _params(rt: Any, conv_id: str) -> ChatParams:
     """Sampling for the next reply: the server's defaults, with what the owner chose for this conversation."""
     chosen = rt.store.reply_settings(conv_id)
-    params = ChatParams(max_tokens=min(chosen.get("max_tokens", rt.settings.max_tokens_default),
-                                       rt.settings.max_tokens_limit))
-    if "temperature" in chosen:
-        params.temperature = chosen["temperature"]
-    return params
+    return ChatParams(max_tokens=min(chosen.get("max_tokens", rt.settings.max_tokens_default),
+                                     rt.settings.max_tokens_limit),
+                      temperature=chosen.get("temperature", rt.settings.temperature),
+                      repetition_penalty=rt.settings.repetition_penalty)
 
 
 def _sse(name: str, data: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from thresher.config import Settings
 from thresher.evaluate import Gate, apply_gate
 from thresher.evidence import auc_words, is_noise, win_rate_words
 from thresher.registry import PROMOTED, Registry, Version
+from thresher.train.dpo import DpoConfig
 from thresher.train.judge import JUDGE_HELDOUT_ROWS, JUDGE_TRAIN_ROWS
 from thresher.train.sft import TrainConfig, release_memory
 
@@ -46,8 +47,16 @@ class RoundConfig:
     judge_source_limit: int | None = None  # at most this many shipped good conversations
     judge_train_rows: int | None = JUDGE_TRAIN_ROWS
     judge_heldout_rows: int | None = JUDGE_HELDOUT_ROWS
-    eval_prompts: int = 40
-    eval_tokens: int = 160
+    # Preference training after SFT: on-policy pairs (the SFT model's replies, judged by this round's judge) and
+    # the pairs the approved conversations carry. None: SFT only.
+    dpo: DpoConfig | None = field(default_factory=DpoConfig)
+    pair_prompts: int = 96  # prompts sampled for on-policy pairs: the approved conversations', then shipped ones
+    pair_samples: int = 4  # replies per prompt
+    pair_tokens: int = 256
+    pair_margin: float = 1.5  # the judge's score difference a pair needs
+    min_pairs: int = 8  # fewer: no preference stage this round
+    eval_prompts: int = 60  # real held-out questions (`thresher.train.sources.prompts(split="eval")`)
+    eval_tokens: int = 256
     gate: Gate = field(default_factory=Gate)
     seed: int = 0
 
@@ -56,7 +65,8 @@ class RoundConfig:
         """A round that shows real learning in about ten minutes on two cores (the full demo)."""
         return cls(chat=TrainConfig(max_length=384, max_steps=8, batch_size=8, save_steps=4),
                    replay_limit=48, judge_train_rows=400, judge_heldout_rows=200, eval_prompts=8, eval_tokens=64,
-                   gate=gate or Gate())
+                   dpo=DpoConfig(max_length=384, max_steps=6, batch_size=4, save_steps=3), pair_prompts=24,
+                   pair_tokens=96, gate=gate or Gate())
 
     @classmethod
     def tiny(cls) -> RoundConfig:
@@ -64,6 +74,8 @@ class RoundConfig:
         return cls(chat=TrainConfig(max_length=256, max_steps=2, batch_size=4, save_steps=1),
                    replay_limit=8, judge_sources=("sample",), judge_source_limit=40, judge_train_rows=60,
                    judge_heldout_rows=40, eval_prompts=2, eval_tokens=24,
+                   dpo=DpoConfig(max_length=256, max_steps=2, batch_size=2, save_steps=1), pair_prompts=6,
+                   pair_samples=3, pair_tokens=48, pair_margin=0.0, min_pairs=1,
                    gate=Gate(min_win_rate=0.0, max_loss_ratio=10.0, min_judge_auc=0.0, min_judge_gain=-1.0,
                              max_loop_increase=1.0, max_cutoff_increase=1.0))
 
@@ -206,10 +218,22 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
         release_memory()
     judge_rec = state.get("judge")
 
-    if not state.done("chat"):
-        state.mark("chat", _train_chat(settings, config, registry, commit, n, root, pin, train_convs, judge_rec,
-                                       say))
+    if not state.done("sft"):
+        state.mark("sft", _train_chat(settings, config, commit, n, root, pin, train_convs, judge_rec, say))
         release_memory()
+    sft_rec = state.get("sft")
+
+    if not state.done("pairs"):
+        state.mark("pairs", _pairs(settings, config, repo, commit, n, root, pin, train_convs, sft_rec, say))
+        release_memory()
+    pairs_rec = state.get("pairs")
+
+    if not state.done("dpo"):
+        state.mark("dpo", _train_dpo(settings, config, commit, n, root, pin, sft_rec, pairs_rec, judge_rec, say))
+        release_memory()
+
+    if not state.done("chat"):
+        state.mark("chat", _register_chat(registry, commit, n, root, pin, sft_rec, state.get("dpo"), judge_rec))
     chat_rec = state.get("chat")
 
     if not state.done("evaluated"):
@@ -218,8 +242,10 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
 
     if not state.done("gated"):
         metrics = {**ev, "judge_auc": judge_rec["after_auc"], "judge_gain": judge_rec["gain"], **_increases(ev)}
-        chat_gate = apply_gate({k: metrics.get(k) for k in ("win_rate", "loss_ratio", "loop_increase",
-                                                            "cutoff_increase")}, config.gate)
+        # The length-controlled win rate where there is one (a longer reply is not a better one)
+        won = metrics["lc_win_rate"] if metrics.get("lc_win_rate") is not None else metrics.get("win_rate")
+        chat_gate = apply_gate({"win_rate": won, **{k: metrics.get(k) for k in ("loss_ratio", "loop_increase",
+                                                                                "cutoff_increase")}}, config.gate)
         judge_gate = apply_gate({k: metrics.get(k) for k in ("judge_auc", "judge_gain")}, config.gate)
         for kind, rec, g in (("chat", chat_rec, chat_gate), ("judge", judge_rec, judge_gate)):
             registry.update(rec["version"], metrics={**registry.get(rec["version"]).metrics, **metrics})
@@ -238,7 +264,9 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
         "judge": {k: judge_rec.get(k) for k in (
             "version", "before_auc", "after_auc", "gain", "by_family", "by_family_before", "reviewer_agreement_before",
             "reviewer_agreement_after", "rows_train", "rows_heldout", "from_verdicts", "calibrated_threshold")},
-        "chat": {k: chat_rec[k] for k in ("version", "examples", "tokens_per_second", "final_loss")},
+        "chat": {k: chat_rec.get(k) for k in ("version", "examples", "tokens_per_second", "final_loss", "stage",
+                                              "pairs", "dpo_final_loss", "reward_accuracy")},
+        "pairs": {k: pairs_rec.get(k) for k in ("pairs", "by_source", "prompts", "samples", "margin")},
         "evaluation": ev, "gate": gated,
         "promoted": [v for v in (chat_rec["version"], judge_rec["version"])
                      if registry.get(v).status == PROMOTED],
@@ -306,8 +334,10 @@ def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, re
             "seconds": time.perf_counter() - t}
 
 
-def _train_chat(settings: Settings, config: RoundConfig, registry: Registry, commit: str | None, n: int, root: Path,
-                pin: dict, train_convs: list[dict], judge_rec: dict, say: Callable[[str], None]) -> dict[str, Any]:
+def _train_chat(settings: Settings, config: RoundConfig, commit: str | None, n: int, root: Path, pin: dict,
+                train_convs: list[dict], judge_rec: dict, say: Callable[[str], None]) -> dict[str, Any]:
+    """SFT on the approved conversations (and replayed base instruction data), exported as the round's first
+    candidate."""
     from thresher.train.data import load_conversations
     from thresher.train.export import export
     from thresher.train.sft import load_base, tokenise_all, train_lora
@@ -323,50 +353,167 @@ def _train_chat(settings: Settings, config: RoundConfig, registry: Registry, com
     rows = tokenise_all(tok, convs, config.chat.max_length)
     result, trained = train_lora(model, tok, rows, root / "chat", config.chat, title=f"Round {n}: chat SFT loss")
     out = root / "chat" / "export"
-    info = {"name": f"thresher chat, round {n}", "kind": "chat", "round": n, "base": pin["base"],
+    info = {"name": f"thresher chat, round {n} (SFT)", "kind": "chat", "round": n, "base": pin["base"],
             "parent": pin["parent"], "data_commit": commit, "examples": len(rows),
             "judge_version": judge_rec["version"], "licence": "apache-2.0",
             "metrics": {"final_loss": result.final_loss, "tokens_per_second": round(result.tokens_per_second, 1)}}
     ex = export(trained, tok, out, Path(pin["base_gguf"]) if pin["base_gguf"] else None, info)
     spec = f"llama.cpp:{ex.gguf}" if ex.gguf else f"hf:{ex.hf_dir}"
-    vid = _version_id("chat", n, out)
-    registry.add(Version(vid, "chat", spec, n, pin["parent"], commit, judge_rec["version"],
-                         {"final_loss": result.final_loss}, path=str(out)))
-    return {"version": vid, "spec": spec, "hf": str(ex.hf_dir), "examples": len(rows),
+    return {"spec": spec, "hf": str(ex.hf_dir), "out": str(out), "examples": len(rows),
             "tokens_per_second": result.tokens_per_second, "final_loss": result.final_loss,
             "seconds": time.perf_counter() - t}
 
 
-def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: dict, chat_rec: dict,
-              held_convs: list[dict], say: Callable[[str], None]) -> dict[str, Any]:
+def _pair_prompts(config: RoundConfig, train_convs: list[dict]) -> list[tuple[str | None, list[dict[str, str]]]]:
+    """The prompts on-policy pairs are sampled for: the approved conversations' (up to their last question), then
+    shipped real questions on the training side of the split, up to `pair_prompts`."""
+    import random
+
+    from thresher.pairs import prompt_of
+
+    picked: list[tuple[str | None, list[dict[str, str]]]] = []
+    for c in random.Random(config.seed).sample(train_convs, len(train_convs)):
+        p = prompt_of(c["messages"])
+        if p:
+            picked.append((c["id"], p))
+    if len(picked) < config.pair_prompts:
+        from thresher.train.sources import SourceError
+        from thresher.train.sources import prompts as shipped_prompts
+
+        try:
+            extra = shipped_prompts(config.judge_sources, split="train")
+        except SourceError:
+            extra = []
+        picked += [(None, [{"role": "user", "content": q}]) for q in extra]
+    return picked[: config.pair_prompts]
+
+
+def _pairs(settings: Settings, config: RoundConfig, repo: Any, commit: str | None, n: int, root: Path, pin: dict,
+           train_convs: list[dict], sft_rec: dict, say: Callable[[str], None]) -> dict[str, Any]:
+    """Preference pairs for this round: those the approved conversations carry and reviewers' corrections, then
+    on-policy ones: the SFT model's replies judged by this round's judge (over the serving model's states)."""
+    from collections import Counter
+
+    from thresher.engines import ChatParams
     from thresher.engines import load as load_engine
-    from thresher.evaluate import length_controlled, pairwise_win_rate, replies, reply_rates
-    from thresher.train.data import load_rows, sample_path
+    from thresher.judge import make_judge
+    from thresher.pairs import from_record, on_policy, write_pairs
 
     t = time.perf_counter()
-    prompts = [p["prompt"] for p in load_rows(str(sample_path().parent / "eval_prompts.json"))][
-        : config.eval_prompts]
-    say(f"round {n}: answering {len(prompts)} held-out prompts with the new and the serving model")
+    if config.dpo is None:
+        return {"pairs": 0, "skipped": "no preference stage in this round's configuration", "seconds": 0.0}
+    pairs = [p for c in train_convs for p in from_record(c)]
+    prompts = _pair_prompts(config, train_convs)
+    say(f"round {n}: sampling {config.pair_samples} replies to each of {len(prompts)} prompts for preference pairs")
+    policy = load_engine(sft_rec["spec"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+    serving = load_engine(pin["serving"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+    judge = make_judge(f"head:{root / 'judge'}", serving, rationale="never", n_ctx=settings.n_ctx,
+                       n_threads=settings.n_threads)
+    params = ChatParams(temperature=max(settings.temperature, 0.7), repetition_penalty=settings.repetition_penalty)
+    pairs += on_policy(policy, judge, prompts, config.pair_samples, config.pair_tokens, params, config.pair_margin,
+                       say=lambda m: say(f"round {n}: {m}"))
+    del policy, serving, judge
+    write_pairs(root / "pairs.jsonl", pairs)
+    return {"pairs": len(pairs), "by_source": dict(Counter(p.source for p in pairs)), "prompts": len(prompts),
+            "samples": config.pair_samples, "margin": config.pair_margin, "seconds": time.perf_counter() - t}
+
+
+def _train_dpo(settings: Settings, config: RoundConfig, commit: str | None, n: int, root: Path, pin: dict,
+               sft_rec: dict, pairs_rec: dict, judge_rec: dict, say: Callable[[str], None]) -> dict[str, Any]:
+    """DPO on the pairs, from the SFT model (its own reference), exported as the round's candidate; skipped with
+    too few pairs (the SFT model is then the candidate)."""
+    from thresher.pairs import read_pairs
+    from thresher.train.dpo import train_dpo
+    from thresher.train.export import export
+    from thresher.train.sft import load_base
+
+    if config.dpo is None or pairs_rec.get("pairs", 0) < config.min_pairs:
+        why = pairs_rec.get("skipped") or f"{pairs_rec.get('pairs', 0)} pairs, fewer than {config.min_pairs}"
+        say(f"round {n}: no preference training ({why})")
+        return {"skipped": why}
+    t = time.perf_counter()
+    pairs = read_pairs(root / "pairs.jsonl")
+    say(f"round {n}: preference training (DPO) on {len(pairs)} pairs")
+    model, tok = load_base(sft_rec["hf"])
+    result, trained = train_dpo(model, tok, pairs, root / "dpo", config.dpo, title=f"Round {n}: DPO loss")
+    accuracy = json.loads((root / "dpo" / "train.json").read_text()).get("reward_accuracy")
+    out = root / "dpo" / "export"
+    info = {"name": f"thresher chat, round {n}", "kind": "chat", "round": n, "base": pin["base"],
+            "parent": pin["parent"], "data_commit": commit, "examples": sft_rec["examples"], "pairs": len(pairs),
+            "judge_version": judge_rec["version"], "licence": "apache-2.0",
+            "metrics": {"sft_final_loss": sft_rec["final_loss"], "dpo_final_loss": result.final_loss,
+                        "reward_accuracy": accuracy}}
+    ex = export(trained, tok, out, Path(pin["base_gguf"]) if pin["base_gguf"] else None, info)
+    return {"spec": f"llama.cpp:{ex.gguf}" if ex.gguf else f"hf:{ex.hf_dir}", "hf": str(ex.hf_dir),
+            "out": str(out), "pairs": len(pairs), "final_loss": result.final_loss, "reward_accuracy": accuracy,
+            "tokens_per_second": result.tokens_per_second, "seconds": time.perf_counter() - t}
+
+
+def _register_chat(registry: Registry, commit: str | None, n: int, root: Path, pin: dict, sft_rec: dict,
+                   dpo_rec: dict | None, judge_rec: dict) -> dict[str, Any]:
+    """The round's candidate chat version: the DPO model, or the SFT one where there was no preference stage."""
+    final = dpo_rec if dpo_rec and "spec" in dpo_rec else sft_rec
+    out = Path(final["out"])
+    vid = _version_id("chat", n, out)
+    metrics = {"final_loss": sft_rec["final_loss"]}
+    if final is dpo_rec:
+        metrics |= {"dpo_final_loss": dpo_rec["final_loss"], "reward_accuracy": dpo_rec["reward_accuracy"]}
+    registry.add(Version(vid, "chat", final["spec"], n, pin["parent"], commit, judge_rec["version"], metrics,
+                         path=str(out)))
+    return {"version": vid, "spec": final["spec"], "hf": final["hf"], "examples": sft_rec["examples"],
+            "tokens_per_second": sft_rec["tokens_per_second"], "final_loss": sft_rec["final_loss"],
+            "stage": "dpo" if final is dpo_rec else "sft", "pairs": (dpo_rec or {}).get("pairs", 0),
+            "dpo_final_loss": (dpo_rec or {}).get("final_loss"),
+            "reward_accuracy": (dpo_rec or {}).get("reward_accuracy")}
+
+
+def eval_prompts(limit: int, sources: tuple[str, ...] = ("zaragoza", "chatterbot")) -> list[str]:
+    """The held-out questions rounds are evaluated on: real questions from the shipped sources on the evaluation
+    side of their split (no chat training, simulated user or sampling choice sees them), or, without those
+    packages, the 40 prompts written for thresher (marked so in the record)."""
+    from thresher.train.data import load_rows, sample_path
+    from thresher.train.sources import SourceError, prompts
+
+    try:
+        return prompts(sources, split="eval", limit=limit)
+    except SourceError:
+        return [p["prompt"] for p in load_rows(str(sample_path().parent / "eval_prompts.json"))][:limit]
+
+
+def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: dict, chat_rec: dict,
+              held_convs: list[dict], say: Callable[[str], None]) -> dict[str, Any]:
+    """The candidate against the serving model on held-out real questions, sampled as users are served: by the
+    frozen evaluation judge (length-controlled too), by rates that need no judge, and by the loss on held-out
+    approved conversations."""
+    from thresher.engines import ChatParams
+    from thresher.engines import load as load_engine
+    from thresher.evaluate import FrozenJudge, length_controlled, replies, reply_rates
+
+    t = time.perf_counter()
+    prompts = eval_prompts(config.eval_prompts)
+    params = ChatParams(temperature=settings.temperature, repetition_penalty=settings.repetition_penalty)
+    say(f"round {n}: answering {len(prompts)} held-out questions with the new and the serving model")
     new = load_engine(chat_rec["spec"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
-    new_replies = replies(new, prompts, config.eval_tokens, progress="new model")
+    new_replies = replies(new, prompts, config.eval_tokens, progress="new model", params=params)
     del new
     old = load_engine(pin["serving"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
-    old_replies = replies(old, prompts, config.eval_tokens, progress="serving model")
+    old_replies = replies(old, prompts, config.eval_tokens, progress="serving model", params=params)
+    del old
     new_answers, old_answers = [r.text for r in new_replies], [r.text for r in old_replies]
     rates_new, rates_old = reply_rates(prompts, new_replies), reply_rates(prompts, old_replies)
     say(f"round {n}: loops {rates_old['loop_rate']:.0%} -> {rates_new['loop_rate']:.0%}, cut off "
         f"{rates_old['cutoff_rate']:.0%} -> {rates_new['cutoff_rate']:.0%}, mean length "
         f"{rates_old['mean_words']:.0f} -> {rates_new['mean_words']:.0f} words (serving -> new)")
-    from thresher.judge import is_head
-
-    # The pairwise comparison asks a model which answer is better; a head judge scores one conversation at a time,
-    # so the serving model itself compares (issue: a frozen evaluation judge).
-    same = pin["serving_judge"] == pin["serving"] or is_head(pin["serving_judge"])
-    judge = old if same else load_engine(pin["serving_judge"], n_ctx=settings.n_ctx)
-    wr = pairwise_win_rate(judge, prompts, new_answers, old_answers)
+    judge = FrozenJudge.from_spec(settings.eval_judge, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+    wr = judge.win_rate(prompts, new_answers, old_answers)
     lc = length_controlled([e["p_new"] for e in wr.examples], [len(e["new"].split()) for e in wr.examples],
                            [len(e["old"].split()) for e in wr.examples])
-    say(f"round {n}: win rate {win_rate_words(wr.win_rate, wr.prompts)} (position bias {wr.position_bias:.2f})")
+    scores_new = [e["score_new"] for e in wr.examples]
+    scores_old = [e["score_old"] for e in wr.examples]
+    say(f"round {n}: win rate {win_rate_words(wr.win_rate, wr.prompts)}, length-controlled "
+        f"{win_rate_words(lc, wr.prompts)} (evaluation judge {judge.judge_id.split('@')[0]})")
+    judge_id = judge.judge_id
+    del judge
     loss_new = loss_old = ratio = None
     if held_convs:
         from thresher.train.sft import heldout_loss, load_base
@@ -381,7 +528,10 @@ def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: 
             + (" (noise)" if is_noise(len(held_convs)) else ""))
     (root / "win_rate_examples.json").write_text(json.dumps(wr.examples, indent=2, ensure_ascii=False))
     return {"win_rate": wr.win_rate, "lc_win_rate": lc, "prompts": wr.prompts, "ties": wr.ties,
-            "position_bias": wr.position_bias, "replies_new": rates_new, "replies_serving": rates_old,
+            "position_bias": wr.position_bias, "eval_judge": judge_id,
+            "judge_mean_new": sum(scores_new) / len(scores_new) if scores_new else None,
+            "judge_mean_serving": sum(scores_old) / len(scores_old) if scores_old else None,
+            "replies_new": rates_new, "replies_serving": rates_old,
             "heldout_loss_new": loss_new, "heldout_loss_serving": loss_old, "loss_ratio": ratio,
             "heldout_conversations": len(held_convs), "seconds": time.perf_counter() - t}
 

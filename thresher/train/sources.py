@@ -14,6 +14,7 @@ held-out evaluation set is built from text training never saw.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -96,6 +97,34 @@ def from_file(path: str, fmt: str = "auto", prefix: str = "") -> list[Source]:
         if any(m["role"] == "assistant" for m in msgs):
             out.append(Source(f"{prefix}{row.get('id', n) if isinstance(row, dict) else n}", msgs))
     return out
+
+
+EVAL_SHARE = 0.15  # of each shipped source's conversations, whose questions are held out for evaluating replies
+
+
+def is_eval(source_id: str) -> bool:
+    """Whether a conversation's question is held out for evaluating the chat model (by a hash of its id, so the
+    split never changes): chat training and simulated users never ask these."""
+    return int(hashlib.sha256(source_id.encode()).hexdigest(), 16) % 1000 < EVAL_SHARE * 1000
+
+
+def prompts(names: tuple[str, ...] | list[str] = DEFAULT, split: str = "eval", limit: int | None = None,
+            min_words: int = 3) -> list[str]:
+    """The first questions of real conversations in these sources, held out (`eval`) or not (`train`), distinct,
+    of `min_words` words or more, in a fixed shuffled order (topics mixed), at most `limit`."""
+    import random
+
+    if split not in ("eval", "train"):
+        raise ValueError(f"split is 'eval' or 'train', not {split!r}")
+    seen: set[str] = set()
+    out = []
+    for s in load(names):
+        q = s.messages[0]["content"].strip()
+        if is_eval(s.id) == (split == "eval") and len(q.split()) >= min_words and q.lower() not in seen:
+            seen.add(q.lower())
+            out.append(q)
+    random.Random(0).shuffle(out)
+    return out[:limit] if limit else out
 
 
 def load(names: tuple[str, ...] | list[str]) -> list[Source]:

@@ -1,0 +1,173 @@
+"""Preference pairs: for one prompt, a reply preferred over another, and where the preference came from.
+
+- `on_policy`: for the prompts of approved conversations, several replies of the model being trained, each scored
+  by the judge; the best of those that neither loop nor were cut off over the worst, when the judge's margin is
+  clear (the Self-Rewarding recipe, with a check that needs no judge);
+- `record_pairs` / `from_record`: what a published conversation itself says (its `pairs` field): a thumbed-up
+  version of a reply over a thumbed-down one, the kept version over one thumbed down, or over one its user
+  regenerated away from;
+- `from_corrections`: a reviewer's corrected reply over the original.
+Every pair names its source and conversation, so a withdrawn or taken-down conversation's pairs go with it (the
+published ones live inside the conversation's own file).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ON_POLICY, FEEDBACK, REGENERATION, CORRECTION = "on-policy", "feedback", "regeneration", "correction"
+
+
+class PairError(ValueError):
+    """A file or record that does not hold preference pairs; the message says where."""
+
+
+@dataclass
+class Pair:
+    """One preference: for `prompt` (the conversation before the reply), `chosen` over `rejected`, and where it came
+    from (`source`: correction, feedback, on-policy; `conversation`: the id it was taken from, or None)."""
+
+    prompt: list[dict[str, str]]
+    chosen: str
+    rejected: str
+    source: str
+    conversation: str | None = None
+    margin: float | None = None  # the judge's score difference, for on-policy pairs
+
+    def as_row(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "chosen": [{"role": "assistant", "content": self.chosen}],
+                "rejected": [{"role": "assistant", "content": self.rejected}]}
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Pair:
+        prompt = d.get("prompt")
+        if (not isinstance(prompt, list) or not prompt or not all(isinstance(m, dict) and m.get("role") in
+                                                                   ("system", "user", "assistant")
+                                                                   and isinstance(m.get("content"), str)
+                                                                   for m in prompt)
+                or prompt[-1]["role"] != "user"):
+            raise ValueError("a pair's prompt is a list of messages ending with the user's")
+        if not isinstance(d.get("chosen"), str) or not isinstance(d.get("rejected"), str):
+            raise ValueError("a pair's chosen and rejected replies are strings")
+        if d["chosen"].strip() == d["rejected"].strip():
+            raise ValueError("a pair's chosen and rejected replies are the same")
+        return cls([{"role": m["role"], "content": m["content"]} for m in prompt], d["chosen"], d["rejected"],
+                   str(d.get("source") or "file"), d.get("conversation"), d.get("margin"))
+
+
+def read_pairs(path: Path) -> list[Pair]:
+    """Pairs from a JSON Lines file (one `Pair.to_json()` per line); a bad line is an error that names it."""
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(Pair.from_json(json.loads(line)))
+        except (ValueError, TypeError, AttributeError) as e:
+            raise PairError(f"{path}:{n}: not a preference pair ({e})") from None
+    return out
+
+
+def write_pairs(path: Path, pairs: Sequence[Pair]) -> Path:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def prompt_of(messages: Sequence[dict[str, str]]) -> list[dict[str, str]] | None:
+    """The conversation up to and including its last user message (what a reply answers), or None without one."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last is None:
+        return None
+    return [{"role": m["role"], "content": m["content"]} for m in messages[: last + 1]]
+
+
+def on_policy(engine: Any, judge: Any, prompts: Sequence[tuple[str | None, list[dict[str, str]]]], n: int = 4,
+              max_tokens: int = 256, params: Any = None, min_margin: float = 1.5,
+              say: Callable[[str], None] | None = None) -> list[Pair]:
+    """Pairs from `n` sampled replies per prompt ((conversation id, messages ending with the user's)), judged."""
+    from thresher.evaluate import loops, replies
+
+    flat = [(k, msgs) for k, (_, msgs) in enumerate(prompts) for _ in range(n)]
+    got = replies(engine, [m for _, m in flat], max_tokens, progress="sampling replies" if say else None,
+                  params=params, seeds=[1000 * k + j % n for j, (k, _) in enumerate(flat)])
+    convs = [[*msgs, {"role": "assistant", "content": r.text}] for (_, msgs), r in zip(flat, got, strict=True)]
+    many = getattr(judge, "judge_many", None)
+    judged = many(convs) if many else [judge.judge(c) for c in convs]
+    out = []
+    for k, (conv_id, msgs) in enumerate(prompts):
+        mine = [(judged[j].score, got[j]) for j in range(k * n, (k + 1) * n)
+                if judged[j].score is not None and got[j].text.strip()]
+        if len(mine) < 2:
+            continue
+        clean = [x for x in mine if x[1].finish_reason != "length" and not loops(x[1].text)]
+        if not clean:
+            continue  # the best of them would teach looping or running on
+        high, best = max(clean, key=lambda x: x[0])
+        low, worst = min(mine, key=lambda x: x[0])
+        if high - low >= min_margin and best.text.strip() != worst.text.strip():
+            out.append(Pair(msgs, best.text, worst.text, ON_POLICY, conv_id, round(high - low, 2)))
+    if say:
+        say(f"{len(out)} pairs from {len(prompts)} prompts x {n} replies (margin >= {min_margin})")
+    return out
+
+
+def record_pairs(versions: dict[int, list[Any]], clean: Callable[[str], str] = lambda t: t) -> list[dict[str, Any]]:
+    """The pairs a conversation's file carries, from its replies' versions by place (`Store.reply_versions`): a
+    thumbed-up version over a thumbed-down one, the kept version over one thumbed down (`feedback`), and the kept
+    version over one its user regenerated away from, neither rated (`regeneration`). Each names the place of the
+    reply in the file's messages (`turn`: the prompt is the messages before it); texts pass through `clean` (the
+    scrubber) as the messages do."""
+    from thresher.conversation import COMPLETE
+
+    out = []
+    for place, found in sorted(versions.items()):
+        good = [v for v in found if v.status == COMPLETE and v.content.strip()
+                and (v.rating == "up" or (v.kept and v.rating != "down"))]
+        bad = [v for v in found if v.content.strip() and v.rating != "up" and (not v.kept or v.rating == "down")]
+        for chosen in good:
+            for rejected in bad:
+                if rejected is chosen or rejected.content.strip() == chosen.content.strip():
+                    continue
+                rated = chosen.rating is not None or rejected.rating is not None
+                if not rated and rejected.status != COMPLETE:
+                    continue  # a reply stopped half-way and regenerated says little about the rest
+                out.append({"turn": place, "chosen": clean(chosen.content), "rejected": clean(rejected.content),
+                            "source": FEEDBACK if rated else REGENERATION})
+    return out
+
+
+def from_record(record: dict[str, Any]) -> list[Pair]:
+    """The pairs a published conversation carries (its `pairs` field), traced to it; a malformed one is skipped,
+    not trained on."""
+    messages = record.get("messages") if isinstance(record.get("messages"), list) else []
+    out = []
+    for d in record.get("pairs") or []:
+        try:
+            turn = int(d["turn"])
+            if not 0 < turn <= len(messages):
+                continue
+            out.append(Pair.from_json({"prompt": messages[:turn], "chosen": d["chosen"], "rejected": d["rejected"],
+                                       "source": d.get("source"), "conversation": record.get("id")}))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue
+    return out
+
+
+def from_corrections(corrections: Sequence[dict[str, Any]]) -> list[Pair]:
+    """A reviewer's corrected reply over the original: each correction is (conversation id, the messages before the
+    reply, the original reply, the corrected one), as `thresher.review` reads them from the dataset."""
+    out = []
+    for c in corrections:
+        prompt = prompt_of(c["messages"])
+        if prompt and c["corrected"].strip() and c["corrected"].strip() != c["original"].strip():
+            out.append(Pair(prompt, c["corrected"], c["original"], CORRECTION, c.get("conversation")))
+    return out
