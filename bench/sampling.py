@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="llama.cpp threads (default: its own choice)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
-    console = Console()
+    console = Console(width=150)
     qs = real_prompts(split="train", limit=a.prompts)
     engine = load(a.model, n_threads=a.threads)
     judge = FrozenJudge.shipped(n_threads=a.threads)

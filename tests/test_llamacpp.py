@@ -251,3 +251,32 @@ def test_a_failing_job_is_reported_and_the_engine_goes_on(embedded_engine) -> No
     with pytest.raises(EngineError, match="context holds"):
         embedded_engine.stream_chat(ask("word " * 3000), ChatParams())
     assert text_of(list(embedded_engine.stream_chat(ask(PROMPTS[0]), ChatParams(max_tokens=5))))
+
+
+@pytest.mark.slow
+def test_a_closed_engine_finishes_its_replies_then_lets_go_of_the_model() -> None:
+    """What a server does when it switches models: the old engine is closed with a reply in flight, and then
+    dropped. The reply finishes whole; nothing new is taken; the model is freed on the engine's own thread, after
+    its last decode (freeing it under a running decode crashed the process)."""
+    import gc
+    import weakref
+
+    from thresher.engines import embedded_model_path, load
+
+    engine = load(f"llama.cpp:{embedded_model_path()}", n_ctx=512, n_parallel=2)
+    stream = engine.stream_chat(LONG, ChatParams(max_tokens=40, temperature=0.0))
+    seen = first_text(stream)
+    sched, llm = engine._sched, weakref.ref(engine.llm)
+    engine.close()
+    with pytest.raises(EngineError, match="closed"):
+        engine.stream_chat(ask("Hello"), ChatParams(max_tokens=4))
+    del engine
+    gc.collect()
+    assert llm() is not None  # still decoding: the scheduler holds the model
+    rest = list(stream)
+    assert rest[-1].finish_reason == "length" and rest[-1].completion_tokens == 40
+    assert len(text_of(seen + rest).split()) > 5
+    wait_for(lambda: sched.owner is None, 10)
+    del stream, rest, seen
+    gc.collect()
+    assert llm() is None  # freed once idle

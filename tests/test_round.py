@@ -79,8 +79,19 @@ def test_a_killed_round_continues_from_its_checkpoint_and_finishes(finished_roun
     assert chat_train["resumed_from"] and chat_train["resumed_from"].endswith(("checkpoint-1", "checkpoint-2"))
     assert (data_dir / "rounds" / "1" / "judge" / "judge.json").exists()  # the judge's stage was done before
     state = json.loads((data_dir / "rounds" / "1" / "state.json").read_text())["stages"]
-    assert list(state) == ["pinned", "data", "judge", "chat", "evaluated", "gated", "published"]
+    assert list(state) == ["pinned", "data", "judge", "sft", "pairs", "dpo", "chat", "evaluated", "gated",
+                           "published"]
     assert state["data"]["approved"] == len(QA)
+    # Preference pairs from the SFT model's own replies, judged by the round's judge, then DPO from the SFT model
+    pairs = [json.loads(x) for x in (data_dir / "rounds" / "1" / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and state["pairs"]["pairs"] == len(pairs) and {p["source"] for p in pairs} == {"on-policy"}
+    assert all(p["chosen"] != p["rejected"] and p["prompt"][-1]["role"] == "user" for p in pairs)
+    assert state["dpo"]["pairs"] == len(pairs) and (data_dir / "rounds" / "1" / "dpo" / "adapter").is_dir()
+    assert state["chat"]["stage"] == "dpo" and "/dpo/export" in state["chat"]["spec"]
+    # Evaluated by the frozen judge shipped with thresher, not by the judge this round trained
+    ev = state["evaluated"]
+    assert ev["eval_judge"] != state["judge"]["version"] and ev["eval_judge"].startswith("head-")
+    assert ev["position_bias"] == 0.5 and ev["judge_mean_new"] is not None
     assert (data_dir / "rounds" / "1" / "chat" / "loss.png").stat().st_size > 1000
 
 

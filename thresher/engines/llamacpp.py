@@ -72,6 +72,8 @@ MAX_LOGPROBS = 20  # most alternatives reported per token (OpenAI's limit)
 
 
 class LlamaCppEngine:
+    closes_gracefully = True  # close() lets the replies in flight finish (see close)
+
     def __init__(self, path: str, n_ctx: int = 2048, n_threads: int | None = None,
                  n_parallel: int | None = None) -> None:
         file = Path(path)
@@ -111,7 +113,13 @@ class LlamaCppEngine:
         self.model_id = file.stem.split(".")[0] if file.stem.startswith("SmolLM2") else file.stem
         self.version = file_version(file)
         self.n_ctx = n_ctx
-        self._sched = _Scheduler(ctx, vocab.vocab, self.llm.n_vocab(), self.n_parallel)
+        self._sched = _Scheduler(ctx, vocab.vocab, self.llm.n_vocab(), self.n_parallel, owner=self.llm)
+
+    def close(self) -> None:
+        """Stop taking requests; the replies and jobs already taken finish, then the scheduler thread lets go of
+        the model and its contexts (freed there, after its last llama.cpp call, never under a running decode).
+        An engine dropped without `close` stays loaded: its thread still holds it."""
+        self._sched.close()
 
     def _prompt(self, messages: Sequence[dict[str, str]], prefix: str = "") -> tuple[list[int], list[str]]:
         res = self._formatter(messages=[dict(m) for m in messages])
@@ -318,8 +326,12 @@ class _Scheduler:
     life of the process (measured with bench/chat.py: ~87 -> ~31 tokens/s on 2 cores). A llama.cpp context must be
     used from one thread at a time anyway."""
 
-    def __init__(self, ctx: LlamaContext, vocab: Any, n_vocab: int, n_parallel: int) -> None:
+    def __init__(self, ctx: LlamaContext, vocab: Any, n_vocab: int, n_parallel: int, owner: Any = None) -> None:
         self.ctx, self.vocab, self.n_vocab, self.n_parallel = ctx, vocab, n_vocab, n_parallel
+        # The Llama object whose model and contexts this thread uses: held here, so that dropping the engine
+        # while a reply is being decoded cannot free them under the decode (llama.cpp would crash).
+        self.owner = owner
+        self.closing = False
         self.mem = llama_cpp.llama_get_memory(ctx.ctx)
         self.bg_slots = max(1, n_parallel // 4)
         cap = N_BATCH + n_parallel
@@ -344,6 +356,8 @@ class _Scheduler:
 
     def submit(self, reply: _Reply) -> _Stream:
         with self.cv:
+            if self.closing:
+                raise EngineError("this engine was closed (another model serves now)")
             self.waiting.append(reply)
             self.waiting.sort(key=lambda r: (r.background, r.arrival))
             self.cv.notify()
@@ -358,12 +372,19 @@ class _Scheduler:
         """Run a job (a generator, see _Job) on the scheduler thread; return its value or raise its error."""
         job = _Job(gen)
         with self.cv:
+            if self.closing:
+                raise EngineError("this engine was closed (another model serves now)")
             self.jobs.append(job)
             self.cv.notify()
         job.done.wait()
         if job.error is not None:
             raise job.error
         return job.value
+
+    def close(self) -> None:
+        with self.cv:
+            self.closing = True
+            self.cv.notify()
 
     def stats(self) -> dict[str, int]:
         with self.cv:
@@ -377,6 +398,10 @@ class _Scheduler:
         while True:
             with self.cv:
                 while not (self.waiting or self.jobs or any(self.slots)):
+                    if self.closing:  # idle and closed: let go of the model here, after the last call
+                        llama_cpp.llama_batch_free(self.batch)
+                        self.ctx = self.owner = None
+                        return
                     self.cv.wait()
                 self._sweep()
                 self._admit()

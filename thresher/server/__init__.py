@@ -132,6 +132,7 @@ class ModelFollower:
         self.settings, self.judge, self.rt = settings, judge, rt
         self.registry = Registry(settings.data_dir / "models")
         self.configured = rt.engine if rt else None
+        self.retired: list[Any] = []  # engines switched away from, closed once nothing uses them
         self.judge_configured = judge.current if judge else None
         self.served: dict[str, str | None] = {"chat": None, "judge": None}
         self.failed: dict[str, str | None] = {}  # kind -> the promoted version that could not be loaded
@@ -192,9 +193,12 @@ class ModelFollower:
                 engine = self._attempt("chat", chat_id, lambda: self._load(chat.spec) if chat else self.configured,
                                        serving)
                 if engine is not None:
+                    old = self.rt.engine
                     self.rt.engine = self.rt.chat.engine = engine
                     self.served["chat"] = chat_id
                     changed.append(f"chat -> {chat_id or 'the configured model'}")
+                    self.retired.append(old)
+        self._close_retired()
         if self.judge is None:
             return changed
         chat_served = self.served["chat"]  # the judge follows the chat model that really serves
@@ -204,10 +208,28 @@ class ModelFollower:
             new = self._attempt("judge", want, lambda: self._judge_for(judge_v, follows_chat, chat),
                                 self.judge.judge_id)
             if new is not None:
+                old_engine = getattr(self.judge.current, "engine", None)
                 self.judge.current = new
                 self.served["judge"] = want
                 changed.append(f"judge -> {judge_v.id if judge_v else new.judge_id}")
+                if old_engine is not None:
+                    self.retired.append(old_engine)
+        self._close_retired()
         return changed
+
+    def _close_retired(self) -> None:
+        """Close engines nothing serves or judges with any more, where closing lets their replies in flight finish
+        first (`closes_gracefully`); the configured engine is kept, for a rollback."""
+        in_use = [self.configured, self.rt.engine if self.rt else None,
+                  getattr(self.judge.current, "engine", None) if self.judge else None]
+        still: list[Any] = []
+        for engine in self.retired:
+            if any(engine is e for e in in_use):
+                if not any(engine is e for e in still):
+                    still.append(engine)  # closed once it is no longer used
+            elif getattr(engine, "closes_gracefully", False):
+                engine.close()
+        self.retired = still
 
 
 async def _follow_loop(follower: ModelFollower) -> None:
