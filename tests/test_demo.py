@@ -58,7 +58,8 @@ def test_demo_quick_runs_the_whole_loop(tmp_path: Path) -> None:
     config = data_dir.resolve() / "thresher.toml"
     assert f"THRESHER_CONFIG={config} thresher serve" in out
     assert "'loss'" in (data_dir / "demo.log").read_text()  # kept, not lost
-    code = "from thresher.config import Settings; s = Settings(); print(s.data_dir, s.dataset_remote, s.judge_threshold)"
+    code = ("from thresher.config import Settings; s = Settings(); "
+            "print(s.data_dir, s.dataset_remote, s.judge_threshold)")
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("THRESHER_")}
     again = subprocess.run([sys.executable, "-c", code], env=env | {"THRESHER_CONFIG": str(config)},
                            capture_output=True, text=True, check=True, cwd=tmp_path)

@@ -183,7 +183,8 @@ def test_the_penalty_reaches_the_real_engine(embedded_engine) -> None:
 
 def test_the_frozen_judge_reads_scores_as_preferences() -> None:
     judge = FrozenJudge(LengthJudge())
-    wr = judge.win_rate(["Q1", "Q2", "Q3"], ["one two three four five six seven eight", "same", "a IGNORE b"], ["one", "same", "x"])
+    wr = judge.win_rate(["Q1", "Q2", "Q3"], ["one two three four five six seven eight", "same", "a IGNORE b"],
+                        ["one", "same", "x"])
     assert wr.prompts == 3 and wr.ties == 1 and wr.position_bias == 0.5
     p = [e["p_new"] for e in wr.examples]
     assert p[0] > 0.9 and p[1] == 0.5 and p[2] < 0.1  # longer wins here; a flagged reply loses

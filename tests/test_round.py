@@ -105,6 +105,12 @@ def test_the_round_is_recorded_in_the_dataset_repository(finished_round, tmp_pat
     assert record["judge"]["before_auc"] is not None and record["judge"]["after_auc"] is not None
     assert "family:relevance" in record["judge"]["by_family"]  # the same figures, by failure family
     assert set(record["gate"]) == {"chat", "judge"} and 0 <= record["evaluation"]["win_rate"] <= 1
+    # The on-policy pairs are published beside the record, each traced to the conversation its prompt came from
+    pairs = [json.loads(x) for x in (clone / "rounds" / "1-pairs.jsonl").read_text().splitlines()]
+    assert pairs and record["pairs"]["pairs"] == len(pairs)
+    published = {p.name.removesuffix(".json") for p in (clone / "conversations").rglob("*.json")}
+    assert all(p["source"] == "on-policy" and (p["conversation"] is None or p["conversation"] in published)
+               for p in pairs)
 
 
 def test_versions_carry_lineage_and_the_export_serves(finished_round, embedded_engine) -> None:
@@ -118,6 +124,8 @@ def test_versions_carry_lineage_and_the_export_serves(finished_round, embedded_e
     export = Path(chat.path)
     card = (export / "README.md").read_text()
     assert chat.data_commit in card and "base_model:" in card
+    assert "dpo" in card and "preference pairs" in card  # the candidate is the DPO model ...
+    assert "## Evaluation" in card and "frozen evaluation judge" in card and "noise" in card  # ... with its figures
     assert (export / "hf" / "model.safetensors").exists()
     engine = load(chat.spec)
     reply = "".join(c.text for c in engine.stream_chat([{"role": "user", "content": "What is 2 + 2?"}],

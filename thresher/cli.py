@@ -1046,7 +1046,9 @@ def worker_cmd(
         raise typer.Exit(2)
     store = Store(s.db_url)
     store.migrate()
-    serving = load_engine(s.model, n_ctx=s.n_ctx, n_threads=s.n_threads) if s.judge == "serving" else None
+    # The worker only judges (on the engine's own judging context): one decoding sequence is all it needs.
+    serving = load_engine(s.model, n_ctx=s.n_ctx, n_threads=s.n_threads, n_parallel=1) if s.judge == "serving" \
+        else None
     judge = make_judge(s, serving)
     follower = ModelFollower(s, judge) if s.follow_registry else None
     repo = DatasetRepo(s.dataset_path, s.dataset_remote)

@@ -47,7 +47,8 @@ class Settings(BaseSettings):
     n_parallel: int = Field(
         8, ge=1, description="Replies the llama.cpp engine writes together (continuous batching: one decoding step "
         "serves them all). Each has its own n_ctx tokens of KV cache, so its memory is n_ctx x n_parallel tokens "
-        "(~12 KB a token for the embedded model). 8 suits a CPU; other engines answer one at a time."
+        "(~12 KB a token for the embedded model). 8 suits a CPU. For an OpenAI-compatible server (vLLM): how "
+        "many requests it is sent at once (raise it to what the server batches). transformers answers one at a time."
     )
     max_queue: int = Field(
         16, ge=0, description="Chat requests that may wait for the engine beyond those it is writing; past that the "

@@ -75,7 +75,8 @@ CONFIG_KEYS = ("data_dir", "dataset_remote", "judge", "judge_threshold", "judge_
 
 def write_config(settings: Settings, path: Path) -> Path:
     """The demo's settings as a thresher.toml, so `THRESHER_CONFIG=PATH thresher serve` serves its data again."""
-    lines = ["# Written by `thresher demo`: serve the demo's data again with", f"#   THRESHER_CONFIG={path} thresher serve"]
+    lines = ["# Written by `thresher demo`: serve the demo's data again with",
+             f"#   THRESHER_CONFIG={path} thresher serve"]
     for key in CONFIG_KEYS:
         value = getattr(settings, key)
         if value is not None:
@@ -241,8 +242,9 @@ def summary_lines(summary: dict[str, Any], serving: bool) -> list[str]:
     lines = [
         f"The demo took {summary['seconds']:.0f} s. What happened:",
         f"  {summary['conversations']} SIMULATED users chatted with the model through its API and allowed publishing;",
-        f"  the judge rated {summary['judged']} conversation(s); {summary['published']} were published to the local git "
-        f"repository {summary['remote']} (the demo publishes everything rated at least {summary['threshold']:g}, "
+        f"  the judge rated {summary['judged']} conversation(s); {summary['published']} were published to the "
+        f"local git repository {summary['remote']} (the demo publishes everything rated at least "
+        f"{summary['threshold']:g}, "
         "so the reviewer has something to review);",
         f"  a SIMULATED reviewer approved {summary['approved']} and rejected {summary['rejected']} in git;",
         f"  training round {summary['round']} retrained the judge and the chat model on what was approved and "

@@ -33,7 +33,8 @@ def win_rate_words(rate: float | None, prompts: int | None) -> str:
         return f"{said}: noise (95 % interval {lo:.2f}-{hi:.2f}), no evidence either way"
     if lo <= 0.5 <= hi:
         return f"{said} (95 % interval {lo:.2f}-{hi:.2f}): no clear difference from the serving model"
-    return f"{said} (95 % interval {lo:.2f}-{hi:.2f}): " + ("better" if lo > 0.5 else "worse") + " than the serving model"
+    better = "better" if lo > 0.5 else "worse"
+    return f"{said} (95 % interval {lo:.2f}-{hi:.2f}): {better} than the serving model"
 
 
 def auc_words(auc: float | None, rows: int | None) -> str:

@@ -355,7 +355,8 @@ def taken_down(repo: DatasetRepo, at: str = "HEAD") -> set[str]:
 
 
 def build_dataset(repo: DatasetRepo, at: str, out: Path, min_approvals: int = 1) -> Manifest:
-    """The approved conversations at commit `at` as training-ready JSONL (`{"id", "messages"}` a line, by id) plus
+    """The approved conversations at commit `at` as training-ready JSONL (`{"id", "messages"}` a line, by id, with
+    `pairs` where the conversation carries preference pairs) plus
     `manifest.json`. Byte-for-byte reproducible: nothing depends on the time, the machine or the store; the one
     thing read beyond `at` is the takedown tombstones at HEAD, so a conversation taken down later never trains."""
     try:
@@ -378,7 +379,10 @@ def build_dataset(repo: DatasetRepo, at: str, out: Path, min_approvals: int = 1)
         if state == "approved":
             rec = json.loads(repo.git("show", f"{sha}:{paths[conv_id]}"))
             messages = [{"role": m["role"], "content": m["content"]} for m in rec["messages"]]
-            lines.append(json.dumps({"id": conv_id, "messages": messages}, ensure_ascii=False, sort_keys=True))
+            row = {"id": conv_id, "messages": messages}
+            if rec.get("pairs"):  # preference pairs the conversation carries (see thresher.pairs)
+                row["pairs"] = rec["pairs"]
+            lines.append(json.dumps(row, ensure_ascii=False, sort_keys=True))
     data = "".join(line + "\n" for line in lines).encode("utf-8")
     out.mkdir(parents=True, exist_ok=True)
     (out / "data.jsonl").write_bytes(data)

@@ -154,7 +154,8 @@ def load(spec: str, *, n_ctx: int = 2048, n_threads: int | None = None, n_parall
     """Load the engine a spec names. Raises EngineError with a readable reason.
 
     `n_ctx` is each sequence's context; `n_parallel` how many sequences llama.cpp decodes together (its default
-    when None); other engines serve one request at a time."""
+    when None), or how many requests an OpenAI-compatible server is sent at once (1 when None: a server that
+    batches, such as vLLM, takes many); transformers serves one request at a time."""
     kind, target = parse_spec(spec)
     if kind == "llama.cpp":
         from thresher.engines.llamacpp import LlamaCppEngine
@@ -167,7 +168,7 @@ def load(spec: str, *, n_ctx: int = 2048, n_threads: int | None = None, n_parall
     from thresher.engines.openai import OpenAIEngine
 
     url, _, model = target.partition("#")
-    return OpenAIEngine(url, model or None)
+    return OpenAIEngine(url, model or None, n_parallel=n_parallel or 1)
 
 
 def normalise(scores: dict[str, float]) -> dict[str, float]:

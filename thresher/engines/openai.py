@@ -22,13 +22,17 @@ from thresher.engines import ChatParams, Chunk, EngineError, ProbabilitiesUnavai
 
 class OpenAIEngine:
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
-                 timeout: float = 600) -> None:
+                 timeout: float = 600, n_parallel: int = 1) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise EngineError(f"openai engine needs an http(s) URL, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
+        # Requests sent to the server at once (the server's admission lets this many write while others queue);
+        # the connection pool holds as many.
+        self.n_parallel = max(1, n_parallel)
         key = api_key or os.environ.get("THRESHER_OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        limits = httpx.Limits(max_connections=self.n_parallel + 8, max_keepalive_connections=self.n_parallel)
+        self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, limits=limits)
         if model is None:
             try:
                 model = self._first_model()

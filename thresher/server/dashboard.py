@@ -128,7 +128,8 @@ async def dashboard(request: Request) -> Response:
     s = request.app.state.rt.settings
     lineage = {v.id: stats.lineage(v, figures.versions) for v in figures.versions}
     return _page(request, {"view": "dashboard", "f": figures, "plots": stats.PLOTS, "labels": stats.STATUSES,
-                           "review_labels": stats.REVIEWS, "bins": stats.SCORE_BINS, "lineage": lineage, "signed_in": bool(s.admin_token)})
+                           "review_labels": stats.REVIEWS, "bins": stats.SCORE_BINS, "lineage": lineage,
+                           "signed_in": bool(s.admin_token)})
 
 
 @router.get("/dashboard/plots/{name}.png")

@@ -2,8 +2,8 @@
 
 The page is public and the text comes from a model anyone can steer, so raw HTML in a reply is shown as text
 (markdown-it's `html` option is off) and the rendered HTML is cleaned again with an allow-list: no script, no event
-handler, no style attribute (table alignment becomes a class: the page's policy allows no inline style), no images (which would load from anywhere), links only to http(s) and
-mailto, each with rel="nofollow noopener noreferrer".
+handler, no style attribute (table alignment becomes a class: the page's policy allows no inline style), no images
+(which would load from anywhere), links only to http(s) and mailto, each with rel="nofollow noopener noreferrer".
 """
 
 from __future__ import annotations

@@ -135,14 +135,16 @@ def model_card(info: dict[str, Any]) -> str:
         f"license: {info.get('licence', 'apache-2.0').lower()}",
         f"base_model: {info.get('base', 'unknown')}",
         "library_name: transformers",
-        "tags: [thresher, lora, sft]",
+        f"tags: [thresher, lora, sft{', dpo' if info.get('pairs') else ''}]",
         "---",
         "",
         f"# {info['name']}",
         "",
         f"A {info.get('kind', 'chat')} model made by thresher, round {info.get('round', '-')}: "
         "LoRA fine-tuning of the base on conversations that people had with the previous model, that the judge "
-        "selected and that reviewers approved in git.",
+        "selected and that reviewers approved in git"
+        + (", then preference training (DPO) on pairs of its own replies judged better and worse." if info.get("pairs")
+           else "."),
         "",
         "| | |",
         "|---|---|",
@@ -150,6 +152,7 @@ def model_card(info: dict[str, Any]) -> str:
         f"| parent version | `{info.get('parent', '-')}` |",
         f"| dataset commit | `{info.get('data_commit', '-')}` |",
         f"| training examples | {info.get('examples', '-')} |",
+        *([f"| preference pairs | {info['pairs']} |"] if info.get("pairs") else []),
         f"| judge version | `{info.get('judge_version', '-')}` |",
         f"| licence | {info.get('licence', '-')} |",
         f"| made | {info.get('created', datetime.now(UTC).isoformat(timespec='seconds'))} |",
@@ -167,6 +170,32 @@ def model_card(info: dict[str, Any]) -> str:
     if info.get("note"):
         lines += [f"Note: {info['note']}", ""]
     return "\n".join(lines)
+
+
+def add_evaluation(card: Path, ev: dict[str, Any]) -> None:
+    """Append a round's evaluation (the candidate against the serving model) to a model card, once."""
+    from thresher.evidence import win_rate_words
+
+    text = card.read_text(encoding="utf-8")
+    if "\n## Evaluation\n" in text:
+        return
+    new, old = ev.get("replies_new") or {}, ev.get("replies_serving") or {}
+
+    def rate(name: str) -> str:
+        return f"{old[name]:.0%} -> {new[name]:.0%}" if name in new and name in old else "-"
+
+    lines = ["## Evaluation", "",
+             f"Against the model serving before it, on {ev.get('prompts', '-')} held-out real questions, judged by "
+             f"the frozen evaluation judge `{ev.get('eval_judge', '-')}` (not the judge this round trained):", "",
+             f"- length-controlled win rate: {win_rate_words(ev.get('lc_win_rate'), ev.get('prompts'))}",
+             f"- win rate: {win_rate_words(ev.get('win_rate'), ev.get('prompts'))}",
+             f"- replies that loop (before -> this model): {rate('loop_rate')}; cut off at the reply length: "
+             f"{rate('cutoff_rate')}",
+             f"- mean reply length: {old.get('mean_words', 0):.0f} -> {new.get('mean_words', 0):.0f} words"]
+    if ev.get("loss_ratio") is not None:
+        lines.append(f"- loss on {ev.get('heldout_conversations')} held-out approved conversations: "
+                     f"{ev['loss_ratio']:.3f}x the serving model's")
+    card.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
 
 
 def export(model: Any, tokenizer: Any, out: Path, base_gguf: Path | None, info: dict[str, Any],

@@ -237,7 +237,13 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
     chat_rec = state.get("chat")
 
     if not state.done("evaluated"):
-        state.mark("evaluated", _evaluate(settings, config, n, root, pin, chat_rec, held_convs, say))
+        from thresher.train.export import add_evaluation
+
+        result = _evaluate(settings, config, n, root, pin, chat_rec, held_convs, say)
+        card = Path(registry.get(chat_rec["version"]).path or "") / "README.md"
+        if card.is_file():
+            add_evaluation(card, result)
+        state.mark("evaluated", result)
     ev = state.get("evaluated")
 
     if not state.done("gated"):
@@ -276,8 +282,9 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
         with repo.lock():
             path = f"rounds/{n}.json"
             repo.write(path, record)
-            repo.commit([path], f"Round {n}: trained on {commit[:12] if commit else 'no reviewed data'}; promoted "
-                                f"{', '.join(record['promoted']) or 'nothing'}")
+            paths = [path, *_publish_pairs(repo, root, n)]
+            repo.commit(paths, f"Round {n}: trained on {commit[:12] if commit else 'no reviewed data'}; promoted "
+                               f"{', '.join(record['promoted']) or 'nothing'}")
             pushed = repo.push() if settings.dataset_remote else False
         (root / "round.json").write_text(dump(record))
         state.mark("published", {"pushed": pushed})
@@ -534,6 +541,36 @@ def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: 
             "replies_new": rates_new, "replies_serving": rates_old,
             "heldout_loss_new": loss_new, "heldout_loss_serving": loss_old, "loss_ratio": ratio,
             "heldout_conversations": len(held_convs), "seconds": time.perf_counter() - t}
+
+
+def _publish_pairs(repo: Any, root: Path, n: int) -> list[str]:
+    """Write the round's on-policy pairs into the dataset as `rounds/<n>-pairs.jsonl`, scrubbed as conversations
+    are, each naming the conversation its prompt came from (a takedown removes its lines); the other pairs already
+    live in their conversations' files. Returns the paths written."""
+    from thresher.curate import scrub_text
+    from thresher.pairs import ON_POLICY, read_pairs
+
+    source = root / "pairs.jsonl"
+    pairs = [p for p in read_pairs(source) if p.source == ON_POLICY] if source.exists() else []
+    if not pairs:
+        return []
+
+    def clean(text: str) -> str:
+        return scrub_text(text)[0]
+
+    lines = []
+    for p in pairs:
+        d = p.to_json()
+        d["prompt"] = [{"role": m["role"], "content": clean(m["content"])} for m in p.prompt]
+        d["chosen"], d["rejected"] = clean(p.chosen), clean(p.rejected)
+        lines.append(json.dumps(d, ensure_ascii=False, sort_keys=True) + "\n")
+    rel = f"rounds/{n}-pairs.jsonl"
+    target = repo.path / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    tmp.replace(target)
+    return [rel]
 
 
 def _fmt(x: float | None) -> str:
