@@ -49,9 +49,9 @@ REVIEWER = "simulated-reviewer"
 
 def bench_config() -> RoundConfig:
     return RoundConfig(chat=TrainConfig(max_length=512, epochs=1.0, batch_size=8, save_steps=10),
-                       replay_limit=48, judge_train_rows=600, judge_heldout_rows=300,
+                       replay_limit=48, judge_train_rows=400, judge_heldout_rows=200,
                        dpo=DpoConfig(max_length=512, epochs=1.0, batch_size=4, save_steps=10),
-                       pair_prompts=48, pair_samples=4, pair_tokens=192, eval_prompts=60, eval_tokens=256)
+                       pair_prompts=32, pair_samples=4, pair_tokens=192, eval_prompts=60, eval_tokens=256)
 
 
 def simulate_users(settings: Settings, registry: Registry, questions: list[str], tokens: int, say) -> int:
