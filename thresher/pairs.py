@@ -76,7 +76,8 @@ def read_pairs(path: Path) -> list[Pair]:
 
 
 def write_pairs(path: Path, pairs: Sequence[Pair]) -> Path:
-    tmp = path.with_suffix(".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
     tmp.replace(path)
     return path
@@ -171,3 +172,23 @@ def from_corrections(corrections: Sequence[dict[str, Any]]) -> list[Pair]:
         if prompt and c["corrected"].strip() and c["corrected"].strip() != c["original"].strip():
             out.append(Pair(prompt, c["corrected"], c["original"], CORRECTION, c.get("conversation")))
     return out
+
+
+def drop_pairs_of(path: Path, conversation: str) -> bool:
+    """Rewrite a pairs file without the pairs taken from `conversation` (a takedown); whether any went. Lines
+    that are not pairs are kept as they are."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+
+    def of_it(line: str) -> bool:
+        try:
+            return json.loads(line).get("conversation") == conversation
+        except (ValueError, AttributeError):
+            return False
+
+    kept = [line for line in lines if not of_it(line)]
+    if len(kept) == len(lines):
+        return False
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    tmp.replace(path)
+    return True
