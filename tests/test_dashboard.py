@@ -291,7 +291,7 @@ def test_status_prints_the_same_figures(settings) -> None:
                 "judge@1 3 2 (67%) 1 0 1.00 0.50 (3)", "judge@2 2 1 (50%) 0 1 1.00 1.00 (2)",
                 "chat-r2 chat 2 candidate chat-r2 <- chat-r1 <- base"):
         assert row in lines, f"{row!r} not in:\n{result.output}"
-    assert any(line.startswith("1 finished c0ffeec0ffee 6 0.600 – 0.980 0.750 (+0.250) chat passed chat-r1")
+    assert any(line.startswith("1 finished c0ffeec0ffee 6 – 0.600 – 0.980 0.750 (+0.250) chat passed chat-r1")
                for line in lines), result.output
     assert "judge failed" in lines and "round 1, judge: judge_gain -0.100 is not >= 0.0" in lines
 
@@ -341,9 +341,10 @@ def test_the_score_plot_keeps_its_threshold_and_legend_clear_of_the_frame_and_ba
 def test_a_rounds_reply_rates_and_length_controlled_win_rate_are_shown(store: Store, tmp_path: Path) -> None:
     r = RoundState(tmp_path / "rounds" / "1")
     r.root.mkdir(parents=True)
+    r.mark("chat", {"version": "chat-r1-x", "pairs": 14})
     r.mark("evaluated", {"win_rate": 0.55, "lc_win_rate": 0.51, "prompts": 8,
-                         "replies_new": {"loop_rate": 0.125, "cutoff_rate": 0.25},
-                         "replies_serving": {"loop_rate": 0.5, "cutoff_rate": 0.375}})
+                         "replies_new": {"loop_rate": 0.125, "cutoff_rate": 0.25, "mean_words": 98.0},
+                         "replies_serving": {"loop_rate": 0.5, "cutoff_rate": 0.375, "mean_words": 120.4}})
     f = stats.collect(store, tmp_path, threshold=8.0)
     (one,) = f.rounds
     assert (one.lc_win_rate, one.loop_rate, one.serving_loop_rate) == (0.51, 0.125, 0.5)
@@ -353,5 +354,6 @@ def test_a_rounds_reply_rates_and_length_controlled_win_rate_are_shown(store: St
     for part in stats.tables(f):
         out.print(part)
     text = out.export_text()
-    assert "0.550 (0.510) (noise: 8 prompts)" in text and "50% -> 12%, 38% -> 25%" in text
+    assert "0.550 (0.510) (noise: 8 prompts)" in text and "50% -> 12%, 38% -> 25%; 120 -> 98 words" in text
+    assert one.pairs == 14
     assert stats.plot(f, "rounds").startswith(PNG)

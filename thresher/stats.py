@@ -97,6 +97,9 @@ class Round:
     cutoff_rate: float | None = None  # ... and that were cut off at the reply length
     serving_loop_rate: float | None = None
     serving_cutoff_rate: float | None = None
+    mean_words: float | None = None  # the candidate's mean reply length, in words, and the serving model's
+    serving_mean_words: float | None = None
+    pairs: int | None = None  # preference pairs the candidate was trained on (DPO), 0: SFT only
     loss_ratio: float | None = None
     judge_auc: float | None = None
     judge_gain: float | None = None
@@ -277,6 +280,9 @@ def read_rounds(root: Path, problems: list[str] | None = None) -> list[Round]:
                   cutoff_rate=(ev.get("replies_new") or {}).get("cutoff_rate"),
                   serving_loop_rate=(ev.get("replies_serving") or {}).get("loop_rate"),
                   serving_cutoff_rate=(ev.get("replies_serving") or {}).get("cutoff_rate"),
+                  mean_words=(ev.get("replies_new") or {}).get("mean_words"),
+                  serving_mean_words=(ev.get("replies_serving") or {}).get("mean_words"),
+                  pairs=chat.get("pairs"),
                   loss_ratio=ev.get("loss_ratio"),
                   judge_auc=judge.get("after_auc"), judge_gain=judge.get("gain"),
                   promoted=list(record.get("promoted") or []),
@@ -408,12 +414,15 @@ def _rounds(f: Figures, ax: Any) -> None:
 SCORE_BINS = [f"{k}-{k + 1}" for k in range(1, 10)]  # the histograms' columns
 
 
-def _rates(r: Round) -> str:
-    """'12% -> 4%, 30% -> 10%': the serving model's loop and cut-off rates, then the candidate's."""
+def rates_words(r: Round) -> str:
+    """'12% -> 4%, 30% -> 10%; 120 -> 98 words': the serving model's loop and cut-off rates and mean length, then
+    the candidate's."""
     if r.loop_rate is None or r.cutoff_rate is None:
         return "–"
+    words = ("" if r.mean_words is None or r.serving_mean_words is None
+             else f"; {r.serving_mean_words:.0f} -> {r.mean_words:.0f} words")
     return (f"{_pct(r.serving_loop_rate)} -> {_pct(r.loop_rate)}, "
-            f"{_pct(r.serving_cutoff_rate)} -> {_pct(r.cutoff_rate)}")
+            f"{_pct(r.serving_cutoff_rate)} -> {_pct(r.cutoff_rate)}{words}")
 
 
 def _pct(x: float | None) -> str:
@@ -485,18 +494,20 @@ def tables(f: Figures) -> list[Any]:
 
     if f.rounds:
         why = [f"round {r.n}, {reason}" for r in f.rounds for reason in r.reasons]
-        t = table("Rounds", "round", "state", "commit", "approved", "win rate (LC)", "loops, cut off", "loss ratio",
-                  "judge AUC (gain)", "gates", "promoted", caption="\n".join(why) or None)
+        t = table("Rounds", "round", "state", "commit", "approved", "pairs", "win rate (LC)",
+                  "loops, cut off; length", "loss ratio", "judge AUC (gain)", "gates", "promoted",
+                  caption="\n".join(why) or None)
         for r in f.rounds:
             gates = "\n".join(f"{k} {'passed' if g else 'failed' if g is False else 'not gated'}"
                               for k, g in (("chat", r.chat_gate), ("judge", r.judge_gate)))
             gain = "" if r.judge_gain is None else f" ({r.judge_gain:+.3f})"
             t.add_row(str(r.n), "finished" if r.finished else f"after {', '.join(r.stages) or 'nothing'}",
                       (r.commit or "–")[:12], "–" if r.approved is None else str(r.approved),
+                      "–" if r.pairs is None else str(r.pairs),
                       _fmt(r.win_rate) + ("" if r.lc_win_rate is None else f" ({r.lc_win_rate:.3f})")
                       + (f" (noise: {r.prompts} prompts)" if r.win_rate is not None and r.prompts is not None
                          and is_noise(r.prompts) else ""),
-                      _rates(r), _fmt(r.loss_ratio), _fmt(r.judge_auc) + gain,
+                      rates_words(r), _fmt(r.loss_ratio), _fmt(r.judge_auc) + gain,
                       gates, ", ".join(r.promoted) or "nothing")
         out.append(t)
     else:

@@ -23,6 +23,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from thresher import stats
+from thresher.evidence import MIN_ROWS
 from thresher.server.guard import ApiError, bearer, client_hash, read_body, secure_cookie
 
 router = APIRouter()
@@ -129,7 +130,8 @@ async def dashboard(request: Request) -> Response:
     lineage = {v.id: stats.lineage(v, figures.versions) for v in figures.versions}
     return _page(request, {"view": "dashboard", "f": figures, "plots": stats.PLOTS, "labels": stats.STATUSES,
                            "review_labels": stats.REVIEWS, "bins": stats.SCORE_BINS, "lineage": lineage,
-                           "signed_in": bool(s.admin_token)})
+                           "signed_in": bool(s.admin_token), "rates": stats.rates_words,
+                           "min_rows": MIN_ROWS})
 
 
 @router.get("/dashboard/plots/{name}.png")
