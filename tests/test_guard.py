@@ -295,3 +295,22 @@ def test_changes_from_another_site_are_refused(serve) -> None:
                                 ).status_code == 200
             assert browser.get("/api/conversations", headers=evil[0]).status_code == 200  # reading changes nothing
         assert ask(srv, headers=evil[0]).status_code == 200  # /v1 is for programs, with keys; no cookies to abuse
+
+
+def test_the_chat_pages_routes_refuse_an_oversized_body(serve) -> None:
+    """The chat page's JSON routes have the API's body cap: by Content-Length, and sent in chunks without one."""
+    with serve(ScriptedEngine(), max_body_bytes=2048) as srv:
+        big = httpx.post(srv.url + "/api/chat", json={"content": "x" * 5000})
+
+        def chunks():
+            yield b'{"content": "'
+            for _ in range(10):
+                yield b"y" * 500
+            yield b'"}'
+
+        chunked = httpx.post(srv.url + "/api/chat", content=chunks(), headers={"content-type": "application/json"})
+        small = httpx.post(srv.url + "/api/chat", json={"content": "hello"})
+        stored = [m.content for c in store_of(srv).list() for m in c.messages if m.role == "user"]
+    for r in (big, chunked):
+        assert_openai_error(r, 413, "request_too_large")
+    assert small.status_code == 200 and stored == ["hello"]  # under the cap, as before; nothing else stored

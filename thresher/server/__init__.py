@@ -34,7 +34,7 @@ from thresher.judge import SwitchableJudge
 from thresher.judge import make_judge as make_judge_for
 from thresher.review import sync as sync_reviews
 from thresher.reward import HeadJudge
-from thresher.server.guard import ApiError, RateLimiter, SameOrigin, SecurityHeaders
+from thresher.server.guard import ApiError, BodyCap, RateLimiter, SameOrigin, SecurityHeaders
 from thresher.server.streaming import Admission
 from thresher.store import Store
 
@@ -317,6 +317,7 @@ def create_app(settings: Settings, engine: Engine | None = None, store: Store | 
     app.include_router(review_page.router)
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=web.HERE / "static"), name="static")
+    app.add_middleware(BodyCap, limit=settings.max_body_bytes)
     app.add_middleware(SameOrigin)
     app.add_middleware(SecurityHeaders)  # added last, so outermost: refusals carry the headers too
     return app

@@ -294,6 +294,42 @@ class SameOrigin:
         await self.app(scope, receive, send)
 
 
+class BodyCap:
+    """Refuses (413) a request body to the chat page's, review page's or dashboard's routes over `limit` bytes,
+    without reading more than that: by its Content-Length, or, sent in chunks, as it arrives (what is read is handed
+    on unchanged). The API's own route reads its body with `read_body`, which does the same."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(BROWSER_PATHS):
+            await self.app(scope, receive, send)
+            return
+        too_big = ApiError(413, f"request body is larger than {self.limit} bytes", "request_too_large")
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            await too_big.response()(scope, receive, send)
+            return
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await too_big.response()(scope, receive, send)
+                return
+            if not message.get("more_body"):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
 def secure_cookie(request: Request) -> bool:
     """Whether a cookie set now must be Secure: over https (uvicorn takes the scheme from X-Forwarded-Proto of a
     trusted proxy), and always in public mode, which is served over https."""
