@@ -440,3 +440,15 @@ def test_an_empty_stop_string_is_ignored(serve) -> None:
         listed = ask(srv, HI, stop=["", "zzz"]).json()["choices"][0]["message"]["content"]
     assert one == listed == "Hello there, friend."
     assert [p.stop for p in engine.params] == [[], ["zzz"]]
+
+
+def test_sampling_defaults_come_from_the_settings_and_a_request_overrides_them(serve) -> None:
+    engine = ScriptedEngine()
+    with serve(engine, temperature=0.4, repetition_penalty=1.2) as srv:
+        assert ask(srv, HI).status_code == 200
+        assert ask(srv, HI, temperature=0.0, repetition_penalty=1.0).status_code == 200
+        bad = ask(srv, HI, repetition_penalty=0)
+        page = httpx.post(srv.url + "/api/chat", json={"content": "hello"}, timeout=30)
+    assert page.status_code == 200
+    assert [(p.temperature, p.repetition_penalty) for p in engine.params] == [(0.4, 1.2), (0.0, 1.0), (0.4, 1.2)]
+    assert bad.status_code == 422 and "repetition_penalty" in bad.text  # as for every field out of range
