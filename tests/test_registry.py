@@ -26,7 +26,7 @@ def test_versions_keep_their_lineage_across_instances(tmp_path: Path) -> None:
     again = Registry(tmp_path)
     assert [v.id for v in again.versions("chat")] == ["chat-r1", "chat-r2"]
     assert again.get("chat-r2").parent == "chat-r1" and again.get("chat-r2").data_commit == "abc123"
-    assert again.next_round() == 3
+    assert [v.round for v in again.versions()] == [1, 2]
     with pytest.raises(RegistryError, match="already registered"):
         again.add(_v("chat-r1"))
     with pytest.raises(RegistryError, match="no model version"):

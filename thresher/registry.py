@@ -140,9 +140,6 @@ class Registry:
     def history(self) -> list[dict[str, Any]]:
         return self._load()["history"]
 
-    def next_round(self) -> int:
-        return max((v.round for v in self.versions()), default=0) + 1
-
     # -- changes
     def add(self, version: Version) -> Version:
         if version.kind not in KINDS:
