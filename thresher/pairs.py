@@ -163,14 +163,21 @@ def from_record(record: dict[str, Any]) -> list[Pair]:
     return out
 
 
-def from_corrections(corrections: Sequence[dict[str, Any]]) -> list[Pair]:
-    """A reviewer's corrected reply over the original: each correction is (conversation id, the messages before the
-    reply, the original reply, the corrected one), as `thresher.review` reads them from the dataset."""
+def from_corrections(corrections: Sequence[tuple[str | None, list[dict[str, str]], list[dict[str, str]]]]
+                     ) -> list[Pair]:
+    """A reviewer's corrected reply over the original: from each (conversation id, the messages as corrected, as
+    published), the first reply the reviewer changed, where everything before it is the same."""
     out = []
-    for c in corrections:
-        prompt = prompt_of(c["messages"])
-        if prompt and c["corrected"].strip() and c["corrected"].strip() != c["original"].strip():
-            out.append(Pair(prompt, c["corrected"], c["original"], CORRECTION, c.get("conversation")))
+    for conv_id, new, old in corrections:
+        for i, (a, b) in enumerate(zip(new, old, strict=False)):
+            if a["role"] != b["role"]:
+                break
+            if a["content"] == b["content"]:
+                continue
+            prompt = prompt_of(new[:i])
+            if a["role"] == "assistant" and prompt is not None and len(prompt) == i and a["content"].strip():
+                out.append(Pair(prompt, a["content"], b["content"], CORRECTION, conv_id))
+            break
     return out
 
 

@@ -404,12 +404,22 @@ def _pairs(settings: Settings, config: RoundConfig, repo: Any, commit: str | Non
     from thresher.engines import ChatParams
     from thresher.engines import load as load_engine
     from thresher.judge import make_judge
-    from thresher.pairs import from_record, on_policy, write_pairs
+    from thresher.pairs import from_corrections, from_record, on_policy, write_pairs
 
     t = time.perf_counter()
     if config.dpo is None:
         return {"pairs": 0, "skipped": "no preference stage in this round's configuration", "seconds": 0.0}
     pairs = [p for c in train_convs for p in from_record(c)]
+    if commit:  # reviewers' corrections: the corrected reply over the published one
+        from thresher.review import taken_down
+        from thresher.train.data import rows_from_corrections
+
+        gone = taken_down(repo, commit) | taken_down(repo, "HEAD")
+        both: dict[str, dict[str, list[dict[str, str]]]] = {}
+        for row in rows_from_corrections(repo, commit):
+            both.setdefault(row.source or "", {})[row.label] = row.messages
+        pairs += from_corrections([(cid, d["good"], d["bad"]) for cid, d in both.items()
+                                   if cid not in gone and "good" in d and "bad" in d])
     prompts = _pair_prompts(config, train_convs)
     say(f"round {n}: sampling {config.pair_samples} replies to each of {len(prompts)} prompts for preference pairs")
     policy = load_engine(sft_rec["spec"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
