@@ -269,6 +269,19 @@ def _seeded_conversations(n: int = 200, seed: int = 20240604) -> list[tuple[Conv
     return out
 
 
+def test_the_rules_gates_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each rule is skipped where its cheap gate finds nothing: without the gates, every text scrubs the same."""
+    import thresher.curate as curate
+
+    texts = [*(v for vs in POSITIVES.values() for v in vs), *NEGATIVES,
+             *(m.content for conv, _ in _seeded_conversations(60, seed=7) for m in conv.messages),
+             "ſecret: hunter22hunter", "ſk12 3456 7890", "KEY=abcdefgh1", "paſſword=abcdefg", "no digits, no keys here"]
+    gated = [scrub_text(t) for t in texts]
+    monkeypatch.setattr(curate, "_RULES", [(kind, pattern, replacer, None)
+                                           for kind, pattern, replacer, _gate in curate._RULES])
+    assert [scrub_text(t) for t in texts] == gated
+
+
 def test_seeded_conversations_leak_nothing_and_recall_is_reported() -> None:
     found: Counter[str] = Counter()
     total: Counter[str] = Counter()

@@ -103,6 +103,75 @@ def test_commit_on_someones_behalf(tmp_path: Path) -> None:
     assert git(repo.path, "log", "-1", "--format=%an <%ae>|%cn <%ce>") == f"Ada Lovelace <ada@example.org>|{own}"
 
 
+def test_a_commit_leaves_the_clone_as_git_commit_does(tmp_path: Path) -> None:
+    """Commits are made with git's plumbing (no re-stat of the whole working tree): the index, the working tree, the
+    message and the reflog end as `git commit` leaves them, in the first commit of a repository too."""
+    repo, plain = DatasetRepo(tmp_path / "clone"), tmp_path / "plain"
+    for where in (repo.path, plain):
+        where.mkdir()
+        git(where, "init", "-q", "-b", "main")
+        git(where, "config", "user.email", "t@example.org")
+        git(where, "config", "user.name", "T")
+    message = "Publish 2 conversation(s)  \n\n\n\nfrom judge@1\t\n\n"
+    for name in ("conversations/2026/01/A.json", "conversations/2026/02/B.json"):
+        repo.write(name, {"id": name})
+    first = repo.commit(["conversations/2026/01/A.json", "conversations/2026/02/B.json"], message)
+    (plain / "x").write_text("x\n")
+    git(plain, "add", "x")
+    git(plain, "commit", "-q", "-m", message)
+    assert first is not None and first.sha == git(repo.path, "rev-parse", "HEAD")
+    assert git(repo.path, "log", "-1", "--format=%B") == git(plain, "log", "-1", "--format=%B")
+    assert git(repo.path, "reflog", "-1", "--format=%gs") == git(plain, "reflog", "-1", "--format=%gs")
+    assert git(repo.path, "status", "--porcelain") == ""
+    assert repo.commit(["conversations/2026/01/A.json"], "again") is None  # nothing changed
+
+    repo.write("conversations/2026/01/A.json", {"id": "A", "edited": True})
+    (repo.path / "conversations/2026/02/B.json").unlink()
+    second = repo.commit(["conversations/2026/01/A.json", "conversations/2026/02/B.json"], "Edit A, drop B")
+    assert second is not None and git(repo.path, "rev-parse", "HEAD~1") == first.sha
+    assert git(repo.path, "ls-tree", "-r", "--name-only", "HEAD") == "conversations/2026/01/A.json"
+    assert repo.read("conversations/2026/01/A.json", at="HEAD")["edited"] is True
+    assert git(repo.path, "reflog", "-1", "--format=%gs") == "commit: Edit A, drop B"
+    assert git(repo.path, "status", "--porcelain") == "" and git(repo.path, "fsck", "--full") == ""
+
+
+def test_commit_hooks_and_signing_get_git_commit_itself(tmp_path: Path) -> None:
+    repo = DatasetRepo(tmp_path / "clone").open()
+    hooks = repo.path / ".git" / "hooks"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "pre-commit").write_text("#!/bin/sh\necho ran >> \"$(git rev-parse --git-dir)/pre-commit-ran\"\n")
+    (hooks / "pre-commit").chmod(0o755)
+    repo.write("reviews/X/ann.json", {"verdict": "approve"})
+    assert repo.commit(["reviews/X/ann.json"], "Approve X") is not None
+    assert (repo.path / ".git" / "pre-commit-ran").read_text() == "ran\n"
+    (hooks / "commit-msg").write_text("#!/bin/sh\necho 'no, thank you' >&2\nexit 1\n")
+    (hooks / "commit-msg").chmod(0o755)
+    repo.write("reviews/Y/ann.json", {"verdict": "reject"})
+    with pytest.raises(GitError, match="no, thank you"):
+        repo.commit(["reviews/Y/ann.json"], "Reject Y")
+    for hook in ("pre-commit", "commit-msg"):
+        (hooks / hook).unlink()
+    git(repo.path, "config", "commit.gpgSign", "true")
+    git(repo.path, "config", "gpg.program", "false")  # a signer that always fails: git commit must have asked it
+    with pytest.raises(GitError):
+        repo.commit(["reviews/Y/ann.json"], "Reject Y")
+
+
+def test_pull_fast_forwards_or_does_nothing(tmp_path: Path, remote: Path) -> None:
+    ours = DatasetRepo(tmp_path / "ours", str(remote)).open()
+    assert ours.push()
+    before = ours.head()
+    ours.pull()  # nothing new on either side
+    assert ours.head() == before
+    theirs = DatasetRepo(tmp_path / "theirs", str(remote)).open()
+    theirs.write("reviews/X/ann.json", {"verdict": "approve"})
+    theirs.commit(["reviews/X/ann.json"], "Approve X")
+    assert theirs.push()
+    ours.pull()  # nothing new here: a fast-forward
+    assert ours.head() == theirs.head() and ours.read("reviews/X/ann.json") == {"verdict": "approve"}
+    assert git(ours.path, "status", "--porcelain") == "" and ours.unpushed() == 0
+
+
 def test_the_lock_excludes_other_threads_and_is_reentrant(tmp_path: Path) -> None:
     repo = DatasetRepo(tmp_path / "clone").open()
     other = DatasetRepo(tmp_path / "clone")  # a second object on the same clone, as the page and the loop have

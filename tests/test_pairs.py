@@ -169,16 +169,25 @@ def test_the_repetition_penalty_makes_recent_tokens_less_likely() -> None:
 
 @pytest.mark.slow
 def test_the_penalty_reaches_the_real_engine(embedded_engine) -> None:
-    """Greedy replies that repeat themselves repeat less with the penalty (same prompt, same weights)."""
-    q = [{"role": "user", "content": "Write the word 'tick' fifty times."}]
+    """Greedy replies of the embedded model that fall into repeating themselves do not with the penalty (same
+    prompts, same weights): the share of word 4-grams repeating an earlier one."""
+    import re
 
-    def reply(penalty: float) -> str:
-        return "".join(c.text for c in embedded_engine.stream_chat(
-            q, ChatParams(max_tokens=60, temperature=0.0, repetition_penalty=penalty)))
+    from thresher.signals import repeated_share
 
-    plain, penalised_reply = reply(1.0), reply(1.5)
-    assert plain != penalised_reply
-    assert penalised_reply.lower().count("tick") < plain.lower().count("tick")
+    qs = ["Write a long poem about the sea.", "Count from one to fifty in words."]
+
+    def repeats(penalty: float) -> list[float]:
+        out = []
+        for q in qs:
+            text = "".join(c.text for c in embedded_engine.stream_chat(
+                [{"role": "user", "content": q}], ChatParams(max_tokens=120, temperature=0.0,
+                                                             repetition_penalty=penalty)))
+            out.append(repeated_share([w.lower() for w in re.findall(r"\w+", text)], 4))
+        return out
+
+    plain, penalised_ = repeats(1.0), repeats(1.3)
+    assert sum(plain) > 0.2 and sum(penalised_) < sum(plain) / 2, (plain, penalised_)
 
 
 def test_the_frozen_judge_reads_scores_as_preferences() -> None:
@@ -190,3 +199,68 @@ def test_the_frozen_judge_reads_scores_as_preferences() -> None:
     assert p[0] > 0.9 and p[1] == 0.5 and p[2] < 0.1  # longer wins here; a flagged reply loses
     assert wr.win_rate == pytest.approx(sum(p) / 3, abs=1e-3)
     assert judge.judge_id == "length@1" and judge.threshold == 5.0
+
+
+def test_a_published_conversations_pairs_are_built_traced_and_taken_down(store: Store, tmp_path: Path,
+                                                                          remote: Path) -> None:
+    """Real store (SQLite and PostgreSQL), real git: a regenerated reply its user thumbed down becomes a pair in the
+    published file (scrubbed), a dataset build carries it, `from_record` traces it to the conversation, and a
+    takedown removes the file and the conversation's lines from a round's published pairs."""
+    from thresher.dataset_repo import DatasetRepo
+    from thresher.flywheel import publish, takedown
+    from thresher.review import build_dataset, write_verdict
+
+    cid = store.create(Conversation(messages=[Message("user", "How far away is the moon?")],
+                                    publish_allowed=True)).id
+    _, (question,) = store.thread(cid)
+    kept = store.append(cid, Message("assistant", "About 384,000 km on average."))
+    worse = store.append(cid, Message("assistant", "Quite far. Ask bob@example.org."), after=question.id)
+    store.set_feedback(cid, worse, "down", "vague")
+    store.switch(cid, kept)
+    store.end(cid, "button")
+    store.save_judgment(cid, Judgment(score=9.0, status=OK, judge_id="judge@1", rubric_hash="r1"))
+    plain = store.create(Conversation(messages=[Message("user", "Hi"), Message("assistant", "Hello! How can I help?")],
+                                      publish_allowed=True)).id
+    store.end(plain, "button")
+    store.save_judgment(plain, Judgment(score=9.0, status=OK, judge_id="judge@1", rubric_hash="r1"))
+    repo = DatasetRepo(tmp_path / "clone", str(remote)).open()
+    assert sorted(publish(store, repo, threshold=8.0).published) == sorted([cid, plain])
+    files = {p.stem: json.loads(p.read_text()) for p in (repo.path / "conversations").rglob("*.json")}
+    assert files[cid]["pairs"] == [{"turn": 1, "chosen": "About 384,000 km on average.",
+                                    "rejected": "Quite far. Ask <EMAIL>.", "source": FEEDBACK}]
+    assert "pairs" not in files[plain]  # no versions, no field
+
+    for conv_id in (cid, plain):
+        write_verdict(repo, conv_id, "approve", "fine", reviewer="ada")
+    build_dataset(repo, repo.head(), tmp_path / "built")
+    rows = {r["id"]: r for r in map(json.loads, (tmp_path / "built" / "data.jsonl").read_text().splitlines())}
+    (pair,) = [p for r in rows.values() for p in from_record(r)]
+    assert pair.conversation == cid and pair.prompt == [{"role": "user", "content": "How far away is the moon?"}]
+
+    round_pairs = repo.path / "rounds" / "1-pairs.jsonl"  # as a round publishes its on-policy pairs
+    write_pairs(round_pairs, [Pair(pair.prompt, "384,000 km.", "Far.", ON_POLICY, cid),
+                              Pair([{"role": "user", "content": "Hi"}], "Hello!", "...", ON_POLICY, plain)])
+    repo.commit(["rounds/1-pairs.jsonl"], "Round 1 pairs")
+    report = takedown(store, repo, cid, "its owner asked")
+    assert report.removed_path and not (repo.path / report.removed_path).exists() and report.pushed
+    assert [p.conversation for p in read_pairs(round_pairs)] == [plain]
+    assert git_show(remote, "main:rounds/1-pairs.jsonl").count("\n") == 1  # pushed with the tombstone
+
+
+def git_show(remote: Path, what: str) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "show", what], cwd=remote, capture_output=True, text=True, check=True).stdout
+
+
+def test_a_reviewers_correction_is_a_pair_of_the_reply_they_changed() -> None:
+    from thresher.pairs import CORRECTION, from_corrections
+
+    q = {"role": "user", "content": "What is 7 x 6?"}
+    old = [q, {"role": "assistant", "content": "It is 48."}, {"role": "user", "content": "Sure?"},
+           {"role": "assistant", "content": "Yes."}]
+    new = [q, {"role": "assistant", "content": "It is 42."}, *old[2:]]
+    (p,) = from_corrections([("c1", new, old), ("c2", old, old),  # unchanged: no pair
+                             ("c3", [{**q, "content": "changed question"}, *new[1:]], old)])  # a user turn edited
+    assert (p.prompt, p.chosen, p.rejected, p.source, p.conversation) == ([q], "It is 42.", "It is 48.",
+                                                                           CORRECTION, "c1")

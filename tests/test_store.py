@@ -19,13 +19,25 @@ def test_migrate_blank_database_creates_columns(store: Store) -> None:
     msg_cols = {c["name"] for c in insp.get_columns("messages")}
     assert {"conversation_id", "position", "role", "content", "status", "finish_reason"} <= msg_cols
     with store.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0008"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0009"
     assert {"parent_id"} <= msg_cols and {"head_id", "title", "reply_settings"} <= conv_cols
     assert {"message_id", "conversation_id", "rating", "reason"} <= {c["name"] for c in insp.get_columns("feedback")}
     judgment_cols = {c["name"] for c in insp.get_columns("judgments")}
     assert {"conversation_id", "judge_id", "rubric_hash", "status", "score", "distribution", "rationale",
             "flags"} <= judgment_cols
+    assert "ix_conversations_continuation" in {i["name"] for i in insp.get_indexes("conversations")}
     store.migrate()  # running again is a no-op
+
+
+def test_finding_the_conversation_a_request_continues_is_one_index_look_up(tmp_path) -> None:
+    st = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    st.migrate()
+    with st.engine.connect() as conn:
+        plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(
+            "EXPLAIN QUERY PLAN SELECT id FROM conversations WHERE tail_hash = 'h' AND ended_at IS NULL "
+            "AND source = 'api' AND owner_hash = 'o' ORDER BY updated_at DESC LIMIT 1"))
+    assert "USING INDEX ix_conversations_continuation" in plan, plan
+    st.close()
 
 
 def test_sqlite_uses_wal(tmp_path) -> None:

@@ -285,7 +285,8 @@ def _fixed(kind: str, keep_group: int | None = None) -> Replacer:
 # Each rule's gate is a cheap pattern that every text the rule would change contains (an IBAN starts with two letters
 # and two digits, an address holds a digit): where the gate finds nothing the rule is skipped, which is most rules for
 # most texts.
-_DIGIT = re.compile(r"\d")
+_DIGIT, _DIGIT_DOT, _LETTERS_DIGITS = re.compile(r"\d"), re.compile(r"\d\."), re.compile(r"(?i)[a-z]{2}\d{2}")
+_NEEDS_DIGIT = (_DIGIT, _DIGIT_DOT, _LETTERS_DIGITS)  # replacing never adds a digit: a text without one keeps none
 _RULES: list[tuple[str, re.Pattern[str], Replacer, re.Pattern[str] | None]] = [
     ("SECRET", _PRIVATE_KEY, _fixed("SECRET"), re.compile("-----BEGIN ")),
     ("URL_WITH_SECRET", _URL, lambda m: "<URL_WITH_SECRET>" if _has_secret_param(m.group()) else None,
@@ -295,12 +296,12 @@ _RULES: list[tuple[str, re.Pattern[str], Replacer, re.Pattern[str] | None]] = [
     ("SECRET", _AUTH_HEADER, _fixed("SECRET", 1), re.compile("(?i)authorization")),
     ("SECRET", _BEARER, lambda m: m.group(1) + "<SECRET>" if re.search(r"\d", m.group(2)) or len(m.group(2)) >= 16
      else None, re.compile("(?i)bearer")),
-    ("SECRET", _ASSIGNMENT, _fixed("SECRET", 1), re.compile("(?i)pass|pwd|secret|key|token")),
-    ("IBAN", _IBAN, _iban, re.compile(r"(?i)[a-z]{2}\d{2}")),
+    ("SECRET", _ASSIGNMENT, _fixed("SECRET", 1), re.compile("(?i)[pskt](?:ass|wd|ecret|ey|oken)")),
+    ("IBAN", _IBAN, _iban, _LETTERS_DIGITS),
     ("SECRET", _TOKEN, lambda m: "<SECRET>" if _looks_random(m.group()) else None, None),
     ("CARD", _CARD, _card, _DIGIT),
     ("IP_ADDRESS", _IPV6, _ipv6, re.compile(":")),
-    ("IP_ADDRESS", _IPV4, _ipv4, re.compile(r"\d\.")),
+    ("IP_ADDRESS", _IPV4, _ipv4, _DIGIT_DOT),
     ("PHONE", _PHONE, _phone, _DIGIT),
     ("ADDRESS", _ADDRESS, _fixed("ADDRESS"), _DIGIT),
 ]
@@ -312,8 +313,9 @@ def scrub_text(text: str, *, name_finder: NameFinder | None = None) -> tuple[str
     Idempotent: placeholders are never matched again. `name_finder` (operator-supplied, default none) adds `<PERSON>`
     for the spans it returns; without it, names are not touched."""
     counts: Counter[str] = Counter()
+    digits = _DIGIT.search(text) is not None
     for kind, pattern, replacer, gate in _RULES:
-        if gate is not None and not gate.search(text):
+        if gate is not None and ((not digits and gate in _NEEDS_DIGIT) or not gate.search(text)):
             continue
 
         def sub(m: re.Match[str], kind: str = kind, replacer: Replacer = replacer) -> str:
@@ -432,7 +434,7 @@ class Deduplicator:
                 self._template = MinHash(num_perm=NUM_PERM, seed=1)
             mh = MinHash(num_perm=NUM_PERM, seed=1, permutations=self._template.permutations,
                          scheme=self._template.scheme)
-            mh.update_batch(sorted(_shingles(conv)))
+            mh.update_batch(_shingles(conv))  # in any order: a MinHash keeps minima
             entry = (conv, normalised_hash(conv), mh.hashvalues, band_keys(mh.hashvalues.tobytes()))
             self._computed[conv.id] = entry
         return entry[1], entry[2], entry[3]

@@ -8,6 +8,7 @@ git. The layout (also described in the dataset card this module writes):
     conversations/YYYY/MM/<id>.json  one published conversation
     reviews/<id>/<reviewer>.json     one reviewer's verdict
     rounds/<n>.json                  what training round n used
+    rounds/<n>-pairs.jsonl           its on-policy preference pairs, each naming its conversation
 
 Several writers share one clone: the server's publishing loop, verdicts made on the review page, and `thresher
 publish` run by hand. Each holds `lock()` (an exclusive `flock` on `.git/thresher.lock`) around its whole sequence of
@@ -72,8 +73,10 @@ that scored at or above the threshold, and that passed personal-data scrubbing a
   was replaced by typed placeholders such as `<EMAIL>` before publication. If you find any that slipped through,
   please report it: the conversation will be taken down.
 - **Layout:** `conversations/YYYY/MM/<id>.json` (messages, the user's thumbs up or down on replies with their
-  scrubbed reasons, score, score distribution, rationale, flags, judge and model versions, licence, times);
-  `reviews/<id>/<reviewer>.json` (verdicts); `rounds/<n>.json` (training rounds).
+  scrubbed reasons, preference pairs between versions of a reply where there are any, score, score distribution,
+  rationale, flags, judge and model versions, licence, times); `reviews/<id>/<reviewer>.json` (verdicts);
+  `rounds/<n>.json` (training rounds) and `rounds/<n>-pairs.jsonl` (a round's preference pairs: the better and the
+  worse of the model's own replies to a conversation's question, as the judge saw them).
 
 ```python
 import datasets
@@ -222,7 +225,9 @@ class DatasetRepo:
         if not _SHA.fullmatch(parent):  # no commits yet
             parent = parent_tree = ""
         self.git("update-index", "--add", "--remove", "--", *paths)
-        tree = self.git("write-tree")
+        # Every entry's object exists (HEAD's, or just written by update-index): checking each again, in a directory
+        # of thousands, is a third of the tree's cost.
+        tree = self.git("write-tree", "--missing-ok")
         if tree == (parent_tree or EMPTY_TREE):
             return None
         text = _clean_message(message)

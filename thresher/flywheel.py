@@ -21,6 +21,7 @@ from thresher.conversation import Conversation, Message, utcnow
 from thresher.curate import Deduplicator, rejection, scrub, scrub_text
 from thresher.dataset_repo import DatasetRepo, GitError, conversation_path
 from thresher.judge import Judge, Judgment
+from thresher.pairs import drop_pairs_of, record_pairs
 from thresher.store import Feedback, Publication, Store
 
 log = logging.getLogger("thresher.flywheel")
@@ -83,12 +84,15 @@ def _feedback(items: Sequence[Feedback]) -> list[dict[str, Any]]:
 
 
 def _record(conv: Conversation, judgment: Judgment, messages: list[dict[str, str]], rationale: str | None,
-            feedback: Sequence[Feedback] = (), threshold: float | None = None) -> dict:
-    """What a published conversation file holds. No client or owner hash ever leaves the machine."""
+            feedback: Sequence[Feedback] = (), threshold: float | None = None,
+            pairs: Sequence[dict] = ()) -> dict:
+    """What a published conversation file holds. No client or owner hash ever leaves the machine. `pairs`: the
+    preference pairs its replies' versions make (`thresher.pairs.record_pairs`, scrubbed), present only if any."""
     return {
         "id": conv.id,
         "messages": messages,
         "feedback": _feedback(feedback),
+        **({"pairs": list(pairs)} if pairs else {}),
         "score": None if judgment.score is None else round(judgment.score, 4),
         "distribution": judgment.distribution,
         "rationale": rationale,
@@ -163,13 +167,16 @@ def _publish(store: Store, repo: DatasetRepo, threshold: float, daily_cap: int) 
     # Write and commit everything accepted and not yet committed (this run's and any a crash left behind).
     pending = {c.id: (j, clean, r) for c, j, clean, r, _ in batch}
     accepted = store.publications(state="accepted")
-    convs = store.get_many([p.conversation_id for p in accepted])
+    loaded = {c.id: c for c, *_ in batch}  # only what a crash left behind is read again
+    convs = {p.conversation_id: loaded[p.conversation_id] for p in accepted if p.conversation_id in loaded}
+    convs.update(store.get_many([p.conversation_id for p in accepted if p.conversation_id not in loaded]))
     # The owner's last word: claimed under a row lock, after which their switch is locked until publication.
     claimed = store.claim_for_publishing(list(convs))
     done: list[Publication] = []
     withdrawn: list[Publication] = []
     judges: set[str] = set()
     thumbs = store.feedback(list(claimed))
+    versions = store.reply_versions(list(claimed))  # regenerated replies: preference pairs in the file
     for p in accepted:
         conv = convs.get(p.conversation_id)
         if conv is None:  # deleted by its owner meanwhile
@@ -186,8 +193,9 @@ def _publish(store: Store, repo: DatasetRepo, threshold: float, daily_cap: int) 
             clean, _ = scrub(conv)
             rationale = scrub_text(judgment.rationale)[0] if judgment.rationale else None
         p.path = p.path or conversation_path(conv.id, conv.created_at)
+        pairs = record_pairs(versions[conv.id], clean=lambda t: scrub_text(t)[0]) if conv.id in versions else []
         repo.write(p.path, _record(conv, judgment, clean.to_openai(), rationale, thumbs.get(conv.id, []),
-                                   threshold))
+                                   threshold, pairs))
         done.append(p)
         judges.add(judgment.judge_id)
     store.set_publications(withdrawn)
@@ -267,9 +275,12 @@ def _takedown(store: Store, repo: DatasetRepo, conv_id: str, reason: str) -> Tak
     if reviews.exists():
         repo.git("rm", "-q", "-r", "--", f"reviews/{conv_id}")
         changed.append(f"reviews/{conv_id}")
+    # Its on-policy preference pairs (published beside the round records) go with it.
+    pair_files = [str(f.relative_to(repo.path)) for f in sorted((repo.path / "rounds").glob("*-pairs.jsonl"))
+                  if drop_pairs_of(f, conv_id)]
     tomb = f"takedowns/{conv_id}.json"
     repo.write(tomb, {"id": conv_id, "reason": reason, "time": utcnow().isoformat(timespec="seconds")})
-    commit = repo.commit([tomb], f"Take down {conv_id}: {reason}")  # the removals are staged by git rm
+    commit = repo.commit([tomb, *pair_files], f"Take down {conv_id}: {reason}")  # the removals: staged by git rm
     history = repo.git("log", "--format=%H", "--", path).splitlines() if changed else []
     store.set_publish(conv_id, False)
     store.set_publication(Publication(conv_id, "taken_down", reason, path=path if changed else None,

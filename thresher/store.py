@@ -80,7 +80,8 @@ class ConversationRow(Base):
         order_by="MessageRow.id", cascade="all, delete-orphan", passive_deletes=True
     )
 
-    __table_args__ = (sa.Index("ix_conversations_stitch", "client_hash", "tail_hash"),)
+    __table_args__ = (sa.Index("ix_conversations_stitch", "client_hash", "tail_hash"),
+                      sa.Index("ix_conversations_continuation", "tail_hash", "owner_hash"))
 
 
 class MessageRow(Base):
@@ -683,7 +684,14 @@ class Store:
         out: dict[str, dict[int, list[ReplyVersion]]] = {}
         with self.session() as s:
             for start in range(0, len(ids), 500):
-                for row in s.scalars(sa.select(ConversationRow).where(ConversationRow.id.in_(ids[start:start + 500]))):
+                # One indexed look-up finds the few conversations with a regenerated reply; only those are read.
+                have = s.scalars(sa.select(MessageRow.conversation_id).distinct().where(
+                    MessageRow.conversation_id.in_(ids[start:start + 500]), MessageRow.role == "assistant")
+                    .group_by(MessageRow.conversation_id, MessageRow.parent_id)
+                    .having(sa.func.count() > 1)).all()
+                if not have:
+                    continue
+                for row in s.scalars(sa.select(ConversationRow).where(ConversationRow.id.in_(set(have)))):
                     path = _path(row)
                     kept = {m.id for m in path}
                     siblings: dict[int | None, list[MessageRow]] = {}
@@ -770,15 +778,16 @@ class Store:
     def claim_for_publishing(self, ids: list[str]) -> set[str]:
         """Of these conversations, the ones whose owners still allow publishing, now marked `publishing` (their
         owners' switches lock); the others are left as they are. One transaction with row locks."""
+        c = ConversationRow.__table__
         claimed: set[str] = set()
         with self.session() as s:
             for start in range(0, len(ids), 500):
-                rows = s.scalars(sa.select(ConversationRow).where(ConversationRow.id.in_(ids[start:start + 500]))
-                                 .with_for_update()).all()
-                for row in rows:
-                    if row.publish_allowed:
-                        row.status = "publishing"
-                        claimed.add(row.id)
+                allowed = [cid for cid, ok in s.execute(sa.select(c.c.id, c.c.publish_allowed)
+                                                        .where(c.c.id.in_(ids[start:start + 500])).with_for_update())
+                           if ok]
+                if allowed:
+                    s.execute(sa.update(c).where(c.c.id.in_(allowed)).values(status="publishing"))
+                claimed.update(allowed)
         return claimed
 
     def end_idle(self, idle_since: datetime) -> list[str]:
@@ -900,12 +909,13 @@ class Store:
 
     def set_publications(self, pubs: list[Publication]) -> None:
         """Record (or update) curation's decisions, all in one transaction."""
-        for start in range(0, len(pubs), 500):  # stay well under SQLite's limit on query parameters
-            self._set_publications(pubs[start:start + 500])
-
-    def _set_publications(self, pubs: list[Publication]) -> None:
         if not pubs:
             return
+        with self.session() as s:
+            for start in range(0, len(pubs), 500):  # stay well under SQLite's limit on query parameters
+                self._set_publications(s, pubs[start:start + 500])
+
+    def _set_publications(self, s: Session, pubs: list[Publication]) -> None:
         # Core statements, one per kind of change for the whole chunk: publishing sets thousands of rows a call,
         # which the ORM's unit of work would load and flush row by row.
         t, c = PublicationRow.__table__, ConversationRow.__table__
@@ -919,33 +929,33 @@ class Store:
                 v.update(dedup_hash=p.dedup_hash, minhash=p.minhash)
             if p.threshold is not None:
                 v["threshold"] = p.threshold
-        with self.session() as s:
-            old = {cid: (state, minhash) for cid, state, minhash in s.execute(
-                sa.select(t.c.conversation_id, t.c.state, t.c.minhash).where(t.c.conversation_id.in_(list(values))))}
-            new = [{"dedup_hash": None, "minhash": None, "threshold": None, **v, "conversation_id": cid,
-                    "created_at": now} for cid, v in values.items() if cid not in old]
-            if new:
-                s.execute(sa.insert(t), new)
-            by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-            for cid, v in values.items():
-                if cid in old:
-                    by_columns.setdefault(tuple(sorted(v)), []).append({**v, "b_id": cid})
-            for rows in by_columns.values():
-                s.execute(sa.update(t).where(t.c.conversation_id == sa.bindparam("b_id")), rows)
-            s.execute(sa.update(c).where(c.c.id == sa.bindparam("b_id"), c.c.status.in_([sa.literal(x) for x in CURATION_STATUSES]))
-                      .values(status=sa.bindparam("b_state")),
-                      [{"b_id": cid, "b_state": v["state"]} for cid, v in values.items()])
-            # The band index follows: in it go signatures that entered DEDUP_STATES (accepted), out go those that
-            # left (a takedown, a withdrawn consent); published after accepted changes nothing.
-            changed: dict[str, tuple[bytes | None, bytes | None]] = {}
-            for cid, v in values.items():
-                state, minhash = old.get(cid, (None, None))
-                before = minhash if state in DEDUP_STATES else None
-                after = v.get("minhash", minhash) if v["state"] in DEDUP_STATES else None
-                if before != after:
-                    changed[cid] = (before, after)
-            _unband(s, sorted(cid for cid, (before, _after) in changed.items() if before is not None))
-            _band(s, {cid: after for cid, (_before, after) in changed.items() if after is not None})
+        old = {r.conversation_id: r._asdict() for r in s.execute(
+            sa.select(t).where(t.c.conversation_id.in_(list(values))))}
+        new = [{"dedup_hash": None, "minhash": None, "threshold": None, **v, "conversation_id": cid,
+                "created_at": now} for cid, v in values.items() if cid not in old]
+        if new:
+            s.execute(sa.insert(t), new)
+        by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}  # only what changed, grouped by columns
+        for cid, v in values.items():
+            if cid in old:
+                changes = {k: x for k, x in v.items() if x != old[cid][k] or k == "updated_at"}
+                by_columns.setdefault(tuple(sorted(changes)), []).append({**changes, "b_id": cid})
+        for rows in by_columns.values():
+            s.execute(sa.update(t).where(t.c.conversation_id == sa.bindparam("b_id")), rows)
+        follows = c.c.status.in_([sa.literal(x) for x in CURATION_STATUSES])  # literals: bound once, for every row
+        s.execute(sa.update(c).where(c.c.id == sa.bindparam("b_id"), follows).values(status=sa.bindparam("b_state")),
+                  [{"b_id": cid, "b_state": v["state"]} for cid, v in values.items()])
+        # The band index follows: in it go signatures that entered DEDUP_STATES (accepted), out go those that
+        # left (a takedown, a withdrawn consent); published after accepted changes nothing.
+        changed: dict[str, tuple[bytes | None, bytes | None]] = {}
+        for cid, v in values.items():
+            state, minhash = (old[cid]["state"], old[cid]["minhash"]) if cid in old else (None, None)
+            before = minhash if state in DEDUP_STATES else None
+            after = v.get("minhash", minhash) if v["state"] in DEDUP_STATES else None
+            if before != after:
+                changed[cid] = (before, after)
+        _unband(s, sorted(cid for cid, (before, _after) in changed.items() if before is not None))
+        _band(s, {cid: after for cid, (_before, after) in changed.items() if after is not None})
 
     # The lookups below name one indexed column each and filter the rest in Python: given a second condition (the
     # state), a planner without statistics may walk every published row through that column's index instead.
@@ -1017,13 +1027,16 @@ class Store:
         return out
 
     def publications(self, state: str | None = None, pushed: bool | None = None) -> list[Publication]:
-        with self.session() as s:
-            stmt = sa.select(PublicationRow).order_by(PublicationRow.created_at, PublicationRow.conversation_id)
+        t = PublicationRow.__table__
+        with self.session() as s:  # plain rows, not ORM objects: publishing reads thousands a call
+            stmt = (sa.select(t.c.conversation_id, t.c.state, t.c.reason, t.c.path, t.c.commit_sha, t.c.pushed,
+                              t.c.score, t.c.judge_id, t.c.pii_counts, t.c.threshold)
+                    .order_by(t.c.created_at, t.c.conversation_id))
             if state is not None:
-                stmt = stmt.where(PublicationRow.state == state)
+                stmt = stmt.where(t.c.state == state)
             if pushed is not None:
-                stmt = stmt.where(PublicationRow.pushed.is_(pushed))
-            return [_to_publication(r) for r in s.scalars(stmt).all()]
+                stmt = stmt.where(t.c.pushed.is_(pushed))
+            return [Publication(*r[:9], threshold=r[9]) for r in s.execute(stmt)]
 
     def publication(self, conv_id: str) -> Publication | None:
         """Curation's decision for one conversation, if any."""
@@ -1144,6 +1157,7 @@ def _band(s: Session, signatures: dict[str, bytes]) -> None:
     from thresher.curate import band_keys
 
     rows = [{"band_hash": k, "conversation_id": cid} for cid, sig in signatures.items() for k in set(band_keys(sig))]
+    rows.sort(key=lambda r: r["band_hash"])  # in key order, each insert lands beside the last in the index
     for start in range(0, len(rows), 5000):
         s.execute(sa.insert(DedupBandRow.__table__), rows[start:start + 5000])
 
