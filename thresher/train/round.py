@@ -224,7 +224,8 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
     sft_rec = state.get("sft")
 
     if not state.done("pairs"):
-        state.mark("pairs", _pairs(settings, config, repo, commit, n, root, pin, train_convs, sft_rec, say))
+        state.mark("pairs", _pairs(settings, config, repo, commit, n, root, pin, train_convs, sft_rec, judge_rec,
+                                   say))
         release_memory()
     pairs_rec = state.get("pairs")
 
@@ -396,15 +397,17 @@ def _pair_prompts(config: RoundConfig, train_convs: list[dict]) -> list[tuple[st
 
 
 def _pairs(settings: Settings, config: RoundConfig, repo: Any, commit: str | None, n: int, root: Path, pin: dict,
-           train_convs: list[dict], sft_rec: dict, say: Callable[[str], None]) -> dict[str, Any]:
+           train_convs: list[dict], sft_rec: dict, judge_rec: dict, say: Callable[[str], None]) -> dict[str, Any]:
     """Preference pairs for this round: those the approved conversations carry and reviewers' corrections, then
-    on-policy ones: the SFT model's replies judged by this round's judge (over the serving model's states)."""
+    on-policy ones: the SFT model's replies judged by the better of this round's judge and the serving one (by
+    their AUC on the same held-out rows), over the serving model's states."""
     from collections import Counter
 
     from thresher.engines import ChatParams
     from thresher.engines import load as load_engine
     from thresher.judge import make_judge
     from thresher.pairs import from_corrections, from_record, on_policy, write_pairs
+    from thresher.reward import default_head_path
 
     t = time.perf_counter()
     if config.dpo is None:
@@ -424,14 +427,24 @@ def _pairs(settings: Settings, config: RoundConfig, repo: Any, commit: str | Non
     say(f"round {n}: sampling {config.pair_samples} replies to each of {len(prompts)} prompts for preference pairs")
     policy = load_engine(sft_rec["spec"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     serving = load_engine(pin["serving"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
-    judge = make_judge(f"head:{root / 'judge'}", serving, rationale="never", n_ctx=settings.n_ctx,
-                       n_threads=settings.n_threads)
+    better = judge_rec.get("before_auc") is None or (judge_rec.get("after_auc") or 0) >= judge_rec["before_auc"]
+    if better:
+        spec = f"head:{root / 'judge'}"
+    elif pin.get("serving_judge_id"):  # a promoted judge
+        spec = pin["serving_judge"]
+    else:  # what the server judges with: the head shipped for the embedded model (over its own states)
+        spec = f"head:{default_head_path()}" if settings.model == "embedded" else "serving"
+    judge = make_judge(spec, serving, rationale="never", n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+    say(f"round {n}: pairs judged by {'this round' if better else 'the serving'} judge "
+        f"({judge.judge_id.split('@')[0]})")
     params = ChatParams(temperature=max(settings.temperature, 0.7), repetition_penalty=settings.repetition_penalty)
     pairs += on_policy(policy, judge, prompts, config.pair_samples, config.pair_tokens, params, config.pair_margin,
                        say=lambda m: say(f"round {n}: {m}"))
+    judge_id = judge.judge_id
     del policy, serving, judge
     write_pairs(root / "pairs.jsonl", pairs)
     return {"pairs": len(pairs), "by_source": dict(Counter(p.source for p in pairs)), "prompts": len(prompts),
+            "judge": judge_id,
             "samples": config.pair_samples, "margin": config.pair_margin, "seconds": time.perf_counter() - t}
 
 
