@@ -75,7 +75,7 @@ class RoundConfig:
                    replay_limit=8, judge_sources=("sample",), judge_source_limit=40, judge_train_rows=60,
                    judge_heldout_rows=40, eval_prompts=2, eval_tokens=24,
                    dpo=DpoConfig(max_length=256, max_steps=2, batch_size=2, save_steps=1), pair_prompts=6,
-                   pair_samples=3, pair_tokens=48, pair_margin=0.0, min_pairs=1,
+                   pair_samples=3, pair_tokens=64, pair_margin=0.0, min_pairs=1,
                    gate=Gate(min_win_rate=0.0, max_loss_ratio=10.0, min_judge_auc=0.0, min_judge_gain=-1.0,
                              max_loop_increase=1.0, max_cutoff_increase=1.0))
 
