@@ -53,6 +53,7 @@ def test_demo_quick_runs_the_whole_loop(tmp_path: Path) -> None:
     out = res.stdout + res.stderr
     assert "What happened:" in out and "What the figures mean:" in out
     assert "noise" in out and "no evidence" in out  # 2 prompts and a few dozen rows are said to be what they are
+    assert "preference training on" in out and "frozen judge" in out
     assert "{'loss'" not in out and "it/s]" not in out and "s/it]" not in out, out[-3000:]
     assert "http://127.0.0.1:" not in out.split("What happened:")[1]  # no address of a server that has stopped
     config = data_dir.resolve() / "thresher.toml"

@@ -214,6 +214,7 @@ def _run_demo(data_dir: Path, quick: bool, say: Callable[[str], None], keep_serv
         "data_dir": str(data_dir), "remote": str(remote), "conversations": len(ids), "judged": judged,
         "published": len(report.published), "approved": verdicts["approve"], "rejected": verdicts["reject"],
         "round": record["round"], "promoted": record["promoted"], "win_rate": ev["win_rate"],
+        "lc_win_rate": ev.get("lc_win_rate"), "pairs": (record.get("pairs") or {}).get("pairs") or 0,
         "prompts": ev.get("prompts"), "judge_auc": [jr["before_auc"], jr["after_auc"]],
         "judge_rows": jr.get("rows_heldout"), "relaxed_gate": round_config.gate == RoundConfig.tiny().gate,
         "threshold": settings.judge_threshold, "config": str(config_file),
@@ -247,12 +248,14 @@ def summary_lines(summary: dict[str, Any], serving: bool) -> list[str]:
         f"{summary['threshold']:g}, "
         "so the reviewer has something to review);",
         f"  a SIMULATED reviewer approved {summary['approved']} and rejected {summary['rejected']} in git;",
-        f"  training round {summary['round']} retrained the judge and the chat model on what was approved and "
+        f"  training round {summary['round']} retrained the judge and the chat model on what was approved (then "
+        f"preference training on {summary.get('pairs', 0)} pairs of its own replies, judged better and worse) and "
         f"promoted {promoted}.",
         "What the figures mean:",
         f"  judge AUC (how well it ranks good above bad conversations; 0.5 is chance): "
         f"{'-' if before is None else f'{before:.3f}'} -> {auc_words(after, summary.get('judge_rows'))};",
-        f"  chat win rate against the serving model: {win_rate_words(summary['win_rate'], summary.get('prompts'))}.",
+        f"  chat win rate against the serving model, by a frozen judge on held-out real questions: "
+        f"{win_rate_words(summary['win_rate'], summary.get('prompts'))}.",
     ]
     if summary.get("relaxed_gate"):
         lines.append("  The quick demo's gate has every limit off, to show the whole path: its promotion is no "
