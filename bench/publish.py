@@ -5,7 +5,7 @@ What it measures, in one process on one machine, with real git and a real SQLite
 
 * set-up (not timed against anything): N existing conversations (`--existing`, default 100,000; or each of
   `--sizes`, smallest first, the store and repository growing from one size to the next), generated in chunks. The
-  first `--git-max` of them (default 100,000) are also written as `conversations/YYYY/MM/<id>.json` files shaped like
+  first `--git-max` of them (default 100,000) are also written as `conversations/YYYY/MM/DD/<id>.json` files shaped like
   `thresher.flywheel._record` output (via `thresher.dataset_repo.dump`), spread over the past two years, committed
   and pushed to a local bare remote (`git init --bare -b main`); the clone is then given the remote's pack (as a fresh
   clone would hold it) and `gc.auto=0`, so that no side pays for a repack the other triggered. Every existing

@@ -32,7 +32,7 @@ def test_open_clones_an_empty_remote_and_writes_the_card(tmp_path: Path, remote:
 def test_write_commit_push_and_layout(tmp_path: Path, remote: Path) -> None:
     repo = DatasetRepo(tmp_path / "clone", str(remote)).open()
     rel = conversation_path("01ABC", datetime(2026, 3, 9, tzinfo=UTC))
-    assert rel == "conversations/2026/03/01ABC.json"
+    assert rel == "conversations/2026/03/09/01ABC.json"
     repo.write(rel, {"id": "01ABC", "messages": [{"role": "user", "content": "héllo"}]})
     commit = repo.commit([rel], "Publish 1 conversation")
     assert commit is not None and repo.commit([rel], "again") is None  # nothing changed

@@ -3,12 +3,12 @@
 Everything goes through the git command line, so reviewers' hooks, signing and credentials behave as in their own
 git. The layout (also described in the dataset card this module writes):
 
-    README.md                        dataset card with Hugging Face YAML front matter
-    REVIEWING.md                     how to review: approve, reject, edit
-    conversations/YYYY/MM/<id>.json  one published conversation
-    reviews/<id>/<reviewer>.json     one reviewer's verdict
-    rounds/<n>.json                  what training round n used
-    rounds/<n>-pairs.jsonl           its on-policy preference pairs, each naming its conversation
+    README.md                           dataset card with Hugging Face YAML front matter
+    REVIEWING.md                        how to review: approve, reject, edit
+    conversations/YYYY/MM/DD/<id>.json  one published conversation (YYYY/MM/<id>.json in older datasets)
+    reviews/<id>/<reviewer>.json        one reviewer's verdict
+    rounds/<n>.json                     what training round n used
+    rounds/<n>-pairs.jsonl              its on-policy preference pairs, each naming its conversation
 
 Several writers share one clone: the server's publishing loop, verdicts made on the review page, and `thresher
 publish` run by hand. Each holds `lock()` (an exclusive `flock` on `.git/thresher.lock`) around its whole sequence of
@@ -72,7 +72,7 @@ that scored at or above the threshold, and that passed personal-data scrubbing a
 - **Personal data** (e-mail addresses, phone numbers, card numbers, IP addresses, IBANs, secrets, postal addresses)
   was replaced by typed placeholders such as `<EMAIL>` before publication. If you find any that slipped through,
   please report it: the conversation will be taken down.
-- **Layout:** `conversations/YYYY/MM/<id>.json` (messages, the user's thumbs up or down on replies with their
+- **Layout:** `conversations/YYYY/MM/DD/<id>.json` (messages, the user's thumbs up or down on replies with their
   scrubbed reasons, preference pairs between versions of a reply where there are any, score, score distribution,
   rationale, flags, judge and model versions, licence, times); `reviews/<id>/<reviewer>.json` (verdicts);
   `rounds/<n>.json` (training rounds) and `rounds/<n>-pairs.jsonl` (a round's preference pairs: the better and the
@@ -107,8 +107,11 @@ class Commit:
 
 
 def conversation_path(conv_id: str, created_at: datetime) -> str:
-    """Where a conversation lives in the repository: sharded by month, so no directory grows past a month."""
-    return f"conversations/{created_at:%Y}/{created_at:%m}/{conv_id}.json"
+    """Where a conversation lives in the repository: sharded by day, so no directory grows past a day's
+    conversations and a commit rewrites only today's small tree (with month directories, each commit rewrote a tree
+    that grew with everything published that month: the cost of publishing grew with the dataset). Files published
+    under the earlier month layout keep their paths; readers take `conversations/**/*.json`."""
+    return f"conversations/{created_at:%Y}/{created_at:%m}/{created_at:%d}/{conv_id}.json"
 
 
 def dump(record: dict[str, Any]) -> str:
