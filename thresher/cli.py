@@ -778,9 +778,9 @@ def train_dpo_cmd(
     beta: Annotated[float, typer.Option(help="How far the model may move from the reference (smaller: further).")
                     ] = 0.1,
     max_length: Annotated[int, typer.Option(help="Tokens per prompt and reply.")] = 512,
-    epochs: Annotated[float, typer.Option(help="Passes over the pairs.")] = 1.0,
+    epochs: Annotated[float, typer.Option(help="Passes over the pairs.")] = 3.0,
     max_steps: Annotated[int, typer.Option(help="Stop after this many steps (> 0 overrides --epochs).")] = -1,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 5e-5,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 2e-4,
     batch_size: Annotated[int, typer.Option(help="Pairs per training step.")] = 4,
     export: Annotated[bool, typer.Option(help="Merge and export HF safetensors, GGUF and a model card.")] = True,
 ) -> None:

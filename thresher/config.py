@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     )
     gate_max_loss_ratio: float = Field(
         1.0, gt=0, description="... and its loss on held-out approved conversations is at most this times the "
-        "serving model's."
+        "serving model's (checked with 30 or more of them; over fewer the loss is noise, recorded but not gated on)."
     )
     gate_max_loop_increase: float = Field(
         0.05, ge=0, le=1, description="... and the share of its replies to held-out prompts that loop (a piece "

@@ -27,9 +27,12 @@ from thresher.train.sft import LORA_TARGETS, TrainError, TrainResult, bf16_avail
 class DpoConfig:
     beta: float = 0.1  # how far the policy may move from the reference: smaller is further
     max_length: int = 512
-    epochs: float = 1.0
+    # A few passes at a LoRA learning rate: on a round's two dozen pairs, one pass at 5e-5 left the loss at ln 2
+    # (nothing learnt); three at 2e-4 bring it to ~0.2 with every training pair ranked right (measured on the
+    # training pairs only).
+    epochs: float = 3.0
     max_steps: int = -1
-    learning_rate: float = 5e-5
+    learning_rate: float = 2e-4
     batch_size: int = 4
     grad_accum: int = 1
     lora_r: int = 16

@@ -251,8 +251,10 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
         metrics = {**ev, "judge_auc": judge_rec["after_auc"], "judge_gain": judge_rec["gain"], **_increases(ev)}
         # The length-controlled win rate where there is one (a longer reply is not a better one)
         won = metrics["lc_win_rate"] if metrics.get("lc_win_rate") is not None else metrics.get("win_rate")
-        chat_gate = apply_gate({"win_rate": won, **{k: metrics.get(k) for k in ("loss_ratio", "loop_increase",
-                                                                                "cutoff_increase")}}, config.gate)
+        # A loss over a handful of held-out conversations is noise: it is recorded, not gated on.
+        loss = None if is_noise(ev.get("heldout_conversations")) else metrics.get("loss_ratio")
+        chat_gate = apply_gate({"win_rate": won, "loss_ratio": loss,
+                                **{k: metrics.get(k) for k in ("loop_increase", "cutoff_increase")}}, config.gate)
         judge_gate = apply_gate({k: metrics.get(k) for k in ("judge_auc", "judge_gain")}, config.gate)
         for kind, rec, g in (("chat", chat_rec, chat_gate), ("judge", judge_rec, judge_gate)):
             registry.update(rec["version"], metrics={**registry.get(rec["version"]).metrics, **metrics})
