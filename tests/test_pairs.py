@@ -146,14 +146,20 @@ def test_on_policy_pairs_take_the_best_clean_reply_over_the_worst() -> None:
     loop = " ".join(["again and again"] * 8)
     engine = ByWords(answers=["Short.", "A clear and complete answer.", loop, "A good answer."])
     prompts = [("c1", [{"role": "user", "content": "Q1?"}]), (None, [{"role": "user", "content": "Q2?"}])]
-    pairs = on_policy(engine, LengthJudge(), prompts, n=4, max_tokens=64, min_margin=2.0)
+    pairs = on_policy(engine, LengthJudge(), prompts, n=4, max_tokens=64, min_margin=2.0, max_length_ratio=10)
     assert len(pairs) == 2
     for p, (conv_id, msgs) in zip(pairs, prompts, strict=True):
         assert p.chosen.strip() == "A clear and complete answer."  # the loop scored higher and was passed over
         assert p.rejected.strip() == "Short." and p.source == ON_POLICY and p.conversation == conv_id
         assert p.prompt == msgs and p.margin == 4.0
-    assert on_policy(engine, LengthJudge(), prompts, n=4, max_tokens=64, min_margin=5.0) == []  # no clear margin
-    cut = on_policy(engine, LengthJudge(), prompts, n=4, max_tokens=3, min_margin=0.5)
+    assert on_policy(engine, LengthJudge(), prompts, n=4, max_tokens=64, min_margin=5.0,
+                     max_length_ratio=10) == []  # no clear margin
+    # The rejected reply is the worst of those about as long as the chosen: a 1-word reply is not set against 5
+    alike = on_policy(engine, LengthJudge(), prompts, n=4, max_tokens=64, min_margin=1.0, max_length_ratio=2.0)
+    assert [(p.chosen.strip(), p.rejected.strip()) for p in alike] == [("A clear and complete answer.",
+                                                                         "A good answer.")] * 2
+    assert on_policy(engine, LengthJudge(), prompts, n=4, max_tokens=64, min_margin=1.0) == []  # none within 1.5x
+    cut = on_policy(engine, LengthJudge(), prompts, n=4, max_tokens=3, min_margin=0.5, max_length_ratio=10)
     assert all(p.chosen.strip() in ("Short.", "A good answer.") for p in cut)  # cut-off replies are never chosen
 
 

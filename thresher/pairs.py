@@ -92,9 +92,11 @@ def prompt_of(messages: Sequence[dict[str, str]]) -> list[dict[str, str]] | None
 
 
 def on_policy(engine: Any, judge: Any, prompts: Sequence[tuple[str | None, list[dict[str, str]]]], n: int = 4,
-              max_tokens: int = 256, params: Any = None, min_margin: float = 1.5,
+              max_tokens: int = 256, params: Any = None, min_margin: float = 1.5, max_length_ratio: float = 1.5,
               say: Callable[[str], None] | None = None) -> list[Pair]:
-    """Pairs from `n` sampled replies per prompt ((conversation id, messages ending with the user's)), judged."""
+    """Pairs from `n` sampled replies per prompt ((conversation id, messages ending with the user's)), judged. The
+    rejected reply is the worst of those within `max_length_ratio` of the chosen one's length in words: pairs
+    whose lengths differ a lot teach length (DPO learns "shorter" or "longer" as readily as "better")."""
     from thresher.evaluate import loops, replies
 
     flat = [(k, msgs) for k, (_, msgs) in enumerate(prompts) for _ in range(n)]
@@ -113,7 +115,10 @@ def on_policy(engine: Any, judge: Any, prompts: Sequence[tuple[str | None, list[
         if not clean:
             continue  # the best of them would teach looping or running on
         high, best = max(clean, key=lambda x: x[0])
-        low, worst = min(mine, key=lambda x: x[0])
+        size = max(1, len(best.text.split()))
+        alike = [x for x in mine if 1 / max_length_ratio <= max(1, len(x[1].text.split())) / size
+                 <= max_length_ratio]
+        low, worst = min(alike, key=lambda x: x[0])
         if high - low >= min_margin and best.text.strip() != worst.text.strip():
             out.append(Pair(msgs, best.text, worst.text, ON_POLICY, conv_id, round(high - low, 2)))
     if say:

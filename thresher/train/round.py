@@ -40,7 +40,10 @@ class RoundConfig:
 
     chat: TrainConfig = field(default_factory=lambda: TrainConfig(max_length=512, epochs=1.0))
     replay: str | None = "sample"  # base instruction data mixed in so a round does not forget; None: none
-    replay_limit: int | None = None
+    replay_limit: int | None = None  # at most this many replayed examples ...
+    # ... and at most this many per approved conversation: the shipped sample's short answers, replayed in bulk,
+    # shortened the model's replies (on training-side prompts: 86 words for the approved replies, 40-53 after SFT)
+    replay_per_approved: float | None = 1.0
     heldout_share: float = 0.1  # approved conversations kept out of training for the held-out loss
     # The judge's head: real good conversations from these shipped sources (and every approved one), spoiled.
     judge_sources: tuple[str, ...] = ("zaragoza", "chatterbot")
@@ -54,6 +57,7 @@ class RoundConfig:
     pair_samples: int = 4  # replies per prompt
     pair_tokens: int = 256
     pair_margin: float = 1.5  # the judge's score difference a pair needs
+    pair_max_length_ratio: float = 1.5  # the rejected reply's length within this factor of the chosen one's
     min_pairs: int = 8  # fewer: no preference stage this round
     eval_prompts: int = 60  # real held-out questions (`thresher.train.sources.prompts(split="eval")`)
     eval_tokens: int = 256
@@ -75,7 +79,7 @@ class RoundConfig:
                    replay_limit=8, judge_sources=("sample",), judge_source_limit=40, judge_train_rows=60,
                    judge_heldout_rows=40, eval_prompts=2, eval_tokens=24,
                    dpo=DpoConfig(max_length=256, max_steps=2, batch_size=2, save_steps=1), pair_prompts=6,
-                   pair_samples=3, pair_tokens=64, pair_margin=0.0, min_pairs=1,
+                   pair_samples=3, pair_tokens=64, pair_margin=0.0, pair_max_length_ratio=10.0, min_pairs=1,
                    gate=Gate(min_win_rate=0.0, max_loss_ratio=10.0, min_judge_auc=0.0, min_judge_gain=-1.0,
                              max_loop_increase=1.0, max_cutoff_increase=1.0))
 
@@ -356,7 +360,9 @@ def _train_chat(settings: Settings, config: RoundConfig, commit: str | None, n: 
     convs = [c["messages"] for c in train_convs]
     if config.replay:
         replay = load_conversations(config.replay, "alpaca" if config.replay == "sample" else "messages")
-        convs += replay[: config.replay_limit] if config.replay_limit else replay
+        limits = [x for x in (config.replay_limit, None if config.replay_per_approved is None
+                              else max(1, round(config.replay_per_approved * len(train_convs)))) if x is not None]
+        convs += replay[: min(limits)] if limits else replay
     say(f"round {n}: training the chat model on {len(train_convs)} approved conversations and "
         f"{len(convs) - len(train_convs)} replayed examples")
     model, tok = load_base(pin["base"])
@@ -441,7 +447,7 @@ def _pairs(settings: Settings, config: RoundConfig, repo: Any, commit: str | Non
         f"({judge.judge_id.split('@')[0]})")
     params = ChatParams(temperature=max(settings.temperature, 0.7), repetition_penalty=settings.repetition_penalty)
     pairs += on_policy(policy, judge, prompts, config.pair_samples, config.pair_tokens, params, config.pair_margin,
-                       say=lambda m: say(f"round {n}: {m}"))
+                       config.pair_max_length_ratio, say=lambda m: say(f"round {n}: {m}"))
     judge_id = judge.judge_id
     del policy, serving, judge
     write_pairs(root / "pairs.jsonl", pairs)
