@@ -108,7 +108,7 @@ def test_a_judge_without_a_server_follows_promotions(settings, tmp_path: Path) -
     """What `thresher worker` does each tick: its judge switches to a promoted judge version, or (judge = serving)
     to the promoted chat model, and back on rollback."""
     from thresher.registry import Registry, Version
-    from thresher.server import ModelFollower
+    from thresher.follow import ModelFollower
 
     judge = SwitchableJudge(Judge(ScriptedEngine(), rationale="never"))
     follower = ModelFollower(settings.model_copy(update={"judge": "serving", "data_dir": tmp_path}), judge)
@@ -185,3 +185,53 @@ def test_serve_with_default_settings_publishes_good_conversations_and_not_bad_on
     assert len(published - good) <= 0.2 * (len(label) - len(good)), (decided, label)
     files = git(remote, "ls-tree", "-r", "--name-only", "main", "conversations").split()
     assert len(files) == len(published)
+
+
+def test_a_worker_turn_judges_publishes_and_reads_reviews_back(store: Store, settings, remote: Path,
+                                                                 tmp_path: Path) -> None:
+    import threading
+
+    from thresher.dataset_repo import DatasetRepo
+    from thresher.flywheel import Worker
+    from thresher.review import write_verdict
+
+    s = settings.model_copy(update={"dataset_remote": str(remote), "judge": "serving"})
+    ids = ended_conversations(store, 3)
+    judge = SwitchableJudge(Judge(ScriptedEngine(), threshold=5.0, rationale="never"))  # scores 5.5: all pass
+    worker = Worker(s, store, judge)
+
+    first = worker.tick()
+    assert first.judged == 3 and sorted(first.published.published) == sorted(ids)
+    assert first.problems == [] and "published 3, rejected 0 conversation(s)" in first.lines()
+    again = worker.tick()
+    assert again.judged == 0 and again.published.published == []  # nothing twice
+    assert worker.tick(publish=False).published is None  # a stage not due is not run
+
+    ann = tmp_path / "ann"
+    subprocess.run(["git", "clone", "-q", str(remote), str(ann)], check=True)
+    git(ann, "config", "user.name", "ann")
+    git(ann, "config", "user.email", "ann@example.org")
+    write_verdict(DatasetRepo(ann, str(remote)), ids[0], "approve", reason="fine")
+    assert worker.tick().synced.approved == 1
+
+    # The remote gone: the turn says so and the loop lives; the next turn, with it back, pushes what it committed.
+    remote.rename(tmp_path / "away.git")
+    late = store.create(Conversation(messages=[Message("user", "What do herons eat?"),
+                                               Message("assistant", "Mostly fish, frogs and insects.")],
+                                     publish_allowed=True))
+    store.end(late.id, "button")
+    broken = worker.tick()
+    assert broken.judged == 1 and broken.published.published == [late.id]  # committed in the clone
+    assert len(broken.problems) == 1 and broken.problems[0].startswith("dataset: ")
+    assert not store.publication(late.id).pushed
+    (tmp_path / "away.git").rename(remote)
+    stop = threading.Event()
+    loop = threading.Thread(target=worker.run, args=(stop,))
+    loop.start()
+    deadline = time.monotonic() + 30
+    while not store.publication(late.id).pushed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    loop.join(timeout=10)
+    assert not loop.is_alive() and store.publication(late.id).pushed
+    assert late.id in git(remote, "ls-tree", "-r", "--name-only", "main")

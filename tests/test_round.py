@@ -134,16 +134,17 @@ def test_versions_carry_lineage_and_the_export_serves(finished_round, embedded_e
 
 
 def test_the_server_switches_to_the_promoted_version_and_back_without_a_restart(finished_round, tmp_path: Path,
-                                                                                  embedded_engine) -> None:
+                                                                                  embedded_engine,
+                                                                                  monkeypatch) -> None:
     from conftest import LiveServer
 
-    import thresher.server as server
+    from thresher import follow
     from thresher.server import create_app
 
     data_dir, remote, _ = finished_round
     reg = Registry(data_dir / "models")
     chat = reg.current("chat")
-    server.FOLLOW_SECONDS = 0.5
+    monkeypatch.setattr(follow, "FOLLOW_SECONDS", 0.5)
     settings = Settings(data_dir=data_dir, judge="off", dataset_remote=str(remote))
     store = Store(settings.db_url)
     with LiveServer(create_app(settings, engine=embedded_engine)) as live:

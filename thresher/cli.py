@@ -1030,13 +1030,11 @@ def worker_cmd(
     """
     import logging
     import os
-    import time
+    import threading
 
-    from thresher.dataset_repo import DatasetRepo, GitError
     from thresher.engines import load as load_engine
-    from thresher.flywheel import RoundRunner, judge_pending, publish, rejudge_corrections
-    from thresher.review import sync
-    from thresher.server import ModelFollower, make_judge
+    from thresher.flywheel import RoundRunner, Worker
+    from thresher.follow import FOLLOW_SECONDS, ModelFollower, judge_from_settings
     from thresher.store import Store
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -1049,36 +1047,22 @@ def worker_cmd(
     # The worker only judges (on the engine's own judging context): one decoding sequence is all it needs.
     serving = load_engine(s.model, n_ctx=s.n_ctx, n_threads=s.n_threads, n_parallel=1) if s.judge == "serving" \
         else None
-    judge = make_judge(s, serving)
-    follower = ModelFollower(s, judge) if s.follow_registry else None
-    repo = DatasetRepo(s.dataset_path, s.dataset_remote)
-    rounds = RoundRunner(s.data_dir, s.round_min_new_approved, env={**os.environ, **s.as_env()})
-    next_publish = 0.0
+    judge = judge_from_settings(s, serving)
+    worker = Worker(s, store, judge, follower=ModelFollower(s, judge) if s.follow_registry else None,
+                    rounds=RoundRunner(s.data_dir, s.round_min_new_approved, env={**os.environ, **s.as_env()}))
     try:
-        while True:
-            for what in follower.check() if follower else []:
-                typer.echo(f"now judging with: {what.removeprefix('judge -> ')}")
-            n = judge_pending(store, judge)
-            if n:
-                typer.echo(f"judged {n} conversation(s)")
-            if time.monotonic() >= next_publish:
-                next_publish = time.monotonic() + s.publish_interval_seconds
-                try:
-                    repo.open(s.licence)
-                    report = publish(store, repo, threshold=judge.threshold, daily_cap=s.publish_daily_cap)
-                    synced = sync(store, repo, s.quorum_approvals)
-                    rejudge_corrections(store, repo, judge)
-                    typer.echo(f"published {len(report.published)}, rejected {len(report.rejected)}; "
-                               f"{synced.approved} approved in the dataset")
-                    if rounds.maybe_start(synced.approved):
-                        typer.echo(f"started a training round; output in {rounds.log_path}")
-                except GitError as e:
-                    err.print(f"[yellow]dataset:[/yellow] {e} (retrying next time)")
-            if once:
-                if rounds.proc is not None:
-                    rounds.proc.wait()
-                return
-            time.sleep(s.judge_interval_seconds)
+        if once:
+            report = worker.tick()
+            for line in report.lines():
+                typer.echo(line)
+            if report.published is not None:
+                typer.echo(f"published {len(report.published.published)}, rejected {len(report.published.rejected)}"
+                           + (f"; {report.synced.approved} approved in the dataset" if report.synced else ""))
+            if worker.rounds.proc is not None:
+                typer.echo(f"started a training round; output in {worker.rounds.log_path}")
+                worker.rounds.proc.wait()
+            return
+        worker.run(threading.Event(), say=typer.echo, follow_seconds=FOLLOW_SECONDS)
     except KeyboardInterrupt:
         typer.echo("stopped")
     finally:

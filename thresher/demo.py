@@ -133,10 +133,10 @@ def _run_demo(data_dir: Path, quick: bool, say: Callable[[str], None], keep_serv
     import uvicorn
 
     from thresher.dataset_repo import DatasetRepo
-    from thresher.flywheel import judge_pending, publish
-    from thresher.review import sync, write_verdict
+    from thresher.flywheel import Worker
+    from thresher.follow import judge_from_settings
+    from thresher.review import write_verdict
     from thresher.server import create_app
-    from thresher.server import make_judge as _make_judge
     from thresher.store import Store
     from thresher.train.round import RoundConfig, run_round
 
@@ -183,11 +183,14 @@ def _run_demo(data_dir: Path, quick: bool, say: Callable[[str], None], keep_serv
             say(f"  simulated user {i + 1}: {turns[0]!r} -> {messages[-1]['content'][:60]!r}")
 
     store = Store(settings.db_url)
-    judge = _make_judge(settings, app.state.rt.engine)
-    judged = judge_pending(store, judge)
+    # The loop's stages one at a time (the server's own loop waits an hour between turns here), with the
+    # simulated reviewer between publishing and reading the verdicts back; the demo runs its round itself.
+    worker = Worker(settings, store, judge_from_settings(settings, app.state.rt.engine),
+                    repo=DatasetRepo(settings.dataset_path, str(remote)))
+    repo = worker.repo
+    judged = worker.judge_ended()
     say(f"judged {judged} conversation(s)")
-    repo = DatasetRepo(settings.dataset_path, str(remote)).open(settings.licence)
-    report = publish(store, repo, threshold=judge.threshold)
+    report = worker.publish()
     say(f"published {len(report.published)} to {remote}; rejected {len(report.rejected)}")
 
     say("the SIMULATED reviewer's policy: " + REVIEWER_POLICY.format(min_score=config.review_min_score,
@@ -201,7 +204,7 @@ def _run_demo(data_dir: Path, quick: bool, say: Callable[[str], None], keep_serv
                                         [m.to_openai() for m in conv.messages], config)
         write_verdict(repo, conv_id, verdict, reason, reviewer=REVIEWER)
         verdicts[verdict] += 1
-    synced = sync(store, repo, settings.quorum_approvals)
+    synced, _, _ = worker.read_reviews()
     say(f"simulated reviewer: {verdicts['approve']} approved, {verdicts['reject']} rejected; synced "
         f"({synced.approved} approved in the store)")
     store.close()

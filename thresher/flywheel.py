@@ -365,3 +365,124 @@ def _finished(state_file: Path) -> bool:
         return RoundState(state_file.parent).done("published")
     except (OSError, ValueError):
         return False
+
+
+# -- the loop -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TickReport:
+    """What one turn of the loop did; a stage that was not due is None."""
+
+    switched: list[str] = field(default_factory=list)  # registry versions now serving or judging
+    judged: int | None = None
+    published: PublishReport | None = None
+    synced: Any = None  # thresher.review.SyncReport
+    rejudged: int = 0  # corrected conversations judged again
+    round_started: bool = False
+    problems: list[str] = field(default_factory=list)  # stages that failed this turn (tried again on the next)
+
+    def lines(self) -> list[str]:
+        """The turn in words, one line per thing that happened (nothing when nothing did)."""
+        out = [f"now serving: {what}" for what in self.switched]
+        if self.judged:
+            out.append(f"judged {self.judged} conversation(s)")
+        if self.published is not None and (self.published.published or self.published.rejected):
+            out.append(f"published {len(self.published.published)}, rejected {len(self.published.rejected)} "
+                       "conversation(s)")
+        s = self.synced
+        if s is not None and (s.new or s.updated or s.corrections):
+            out.append(f"reviews: {s.new} new, {s.updated} updated verdict(s), {s.corrections} correction(s); "
+                       f"{s.approved} approved in the dataset")
+        if self.rejudged:
+            out.append(f"judged {self.rejudged} corrected conversation(s) again")
+        if self.round_started:
+            out.append("started a training round")
+        return out + self.problems
+
+
+class Worker:
+    """The loop that turns the flywheel. One `tick()` runs each stage once: follow the model registry (with a
+    `follower`), judge ended conversations, and publish: curate and commit the accepted ones, read reviewers'
+    verdicts back, judge corrected conversations again, and start a training round once enough new ones are
+    approved (with `rounds`).
+
+    The server runs it in a background thread (`run`), `thresher worker` in the foreground and the demo stage by
+    stage. All state lives in the store and the dataset repository, so every stage resumes after a crash; a stage
+    that fails is logged, said in the report, and tried again on the next turn."""
+
+    def __init__(self, settings: Any, store: Store, judge: Any, *, follower: Any = None,
+                 repo: DatasetRepo | None = None, rounds: RoundRunner | None = None) -> None:
+        self.settings, self.store, self.judge, self.follower = settings, store, judge, follower
+        self.repo = repo or DatasetRepo(settings.dataset_path, settings.dataset_remote)
+        self.rounds = rounds
+
+    def follow(self) -> list[str]:
+        """Switch to whatever the registry promoted since the last look."""
+        return self.follower.check() if self.follower is not None else []
+
+    def judge_ended(self) -> int:
+        return judge_pending(self.store, self.judge)
+
+    def publish(self) -> PublishReport:
+        """Curate judged conversations and commit the accepted ones, at the judge's threshold."""
+        self.repo.open(self.settings.licence)
+        return publish(self.store, self.repo, threshold=self.judge.threshold,
+                       daily_cap=self.settings.publish_daily_cap)
+
+    def read_reviews(self) -> tuple[Any, int, bool]:
+        """Reviewers' verdicts and corrections into the store; corrected conversations judged again; a round
+        started when due. Returns the sync report, how many were judged again and whether a round started."""
+        from thresher.review import sync
+
+        synced = sync(self.store, self.repo, self.settings.quorum_approvals)
+        rejudged = rejudge_corrections(self.store, self.repo, self.judge)
+        started = self.rounds.maybe_start(synced.approved) if self.rounds is not None else False
+        return synced, rejudged, started
+
+    def tick(self, *, follow: bool = True, judge: bool = True, publish: bool = True) -> TickReport:
+        report = TickReport()
+        if follow:
+            report.switched = self._stage(report, "following the registry", self.follow) or []
+        if judge and self.judge is not None:
+            report.judged = self._stage(report, "judging", self.judge_ended) or 0
+        if publish and self.judge is not None:
+            def publishing() -> None:
+                report.published = self.publish()
+                report.synced, report.rejudged, report.round_started = self.read_reviews()
+
+            self._stage(report, "publishing", publishing)
+        return report
+
+    @staticmethod
+    def _stage(report: TickReport, what: str, step: Callable[[], Any]) -> Any:
+        try:
+            return step()
+        except GitError as e:  # the remote is down or refused: the next turn pushes what is committed
+            report.problems.append(f"dataset: {e} (retrying next time)")
+            log.warning("%s failed: %s", what, e)
+        except Exception as e:  # keep the loop alive; the next turn retries
+            report.problems.append(f"{what} failed: {e} (retrying next time)")
+            log.exception("%s failed", what)
+        return None
+
+    def run(self, stop: Any, *, say: Callable[[str], None] | None = None, publish_first: bool = True,
+            follow_seconds: float = 5.0) -> None:
+        """Turn until `stop` (a threading.Event) is set, each stage at its own pace: the registry every
+        `follow_seconds`, judging every `judge_interval_seconds`, publishing every `publish_interval_seconds`
+        (at once when `publish_first`, else after one interval). Each line of a turn's report goes to `say`."""
+        import time
+
+        s, now = self.settings, time.monotonic()
+        due = {"follow": now, "judge": now, "publish": now if publish_first else now + s.publish_interval_seconds}
+        every = {"follow": follow_seconds, "judge": s.judge_interval_seconds, "publish": s.publish_interval_seconds}
+        while not stop.is_set():
+            now = time.monotonic()
+            todo = {k: due[k] <= now for k in due}
+            report = self.tick(**todo)
+            for k, ran in todo.items():
+                if ran:
+                    due[k] = time.monotonic() + every[k]
+            for line in report.lines():
+                (say or log.info)(line)
+            stop.wait(max(0.01, min(due.values()) - time.monotonic()))
