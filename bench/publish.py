@@ -79,7 +79,8 @@ from thresher.conversation import Conversation, Message, messages_hash
 from thresher.curate import Deduplicator, band_keys, scrub, scrub_text
 from thresher.dataset_repo import DatasetRepo, conversation_path, dump
 from thresher.judge import Judgment
-from thresher.store import ConversationRow, DedupBandRow, JudgmentRow, MessageRow, PublicationRow, Store
+from thresher.store import Store
+from thresher.store.tables import ConversationRow, DedupBandRow, JudgmentRow, MessageRow, PublicationRow
 
 GOAL_PER_S = 500.0
 GOAL_BATCH_VS_RAW = 2.0  # a batch within 2x raw git's time

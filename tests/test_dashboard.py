@@ -20,7 +20,8 @@ from thresher.conversation import Conversation, Message, utcnow
 from thresher.evaluate import Gate, apply_gate
 from thresher.judge import Judgment
 from thresher.registry import Registry, Version
-from thresher.store import Publication, PublicationRow, Review, Store
+from thresher.store import Publication, Review, Store
+from thresher.store.tables import PublicationRow
 from thresher.train.round import RoundState
 
 TOKEN = "dashboard-admin-token-123"

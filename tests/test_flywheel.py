@@ -107,8 +107,8 @@ def test_serve_judges_ended_conversations_in_the_background(serve) -> None:
 def test_a_judge_without_a_server_follows_promotions(settings, tmp_path: Path) -> None:
     """What `thresher worker` does each tick: its judge switches to a promoted judge version, or (judge = serving)
     to the promoted chat model, and back on rollback."""
-    from thresher.registry import Registry, Version
     from thresher.follow import ModelFollower
+    from thresher.registry import Registry, Version
 
     judge = SwitchableJudge(Judge(ScriptedEngine(), rationale="never"))
     follower = ModelFollower(settings.model_copy(update={"judge": "serving", "data_dir": tmp_path}), judge)

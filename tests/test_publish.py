@@ -299,7 +299,7 @@ def test_git_stays_sound_after_sigkill_during_publish(tmp_path: Path, remote: Pa
 
 
 def _keys(store: Store) -> list[tuple[str, str | None, bytes | None, str | None]]:
-    from thresher.store import PublicationRow
+    from thresher.store.tables import PublicationRow
 
     t = PublicationRow.__table__
     with store.engine.connect() as c:
@@ -309,7 +309,7 @@ def _keys(store: Store) -> list[tuple[str, str | None, bytes | None, str | None]
 
 def _bands(store: Store) -> dict[str, int]:
     """Band rows in the near-duplicate index, by conversation."""
-    from thresher.store import DedupBandRow
+    from thresher.store.tables import DedupBandRow
 
     t = DedupBandRow.__table__
     with store.engine.connect() as c:
@@ -318,7 +318,7 @@ def _bands(store: Store) -> dict[str, int]:
 
 def test_dedup_keys_are_kept_and_old_publications_backfilled(store: Store, tmp_path: Path, remote: Path) -> None:
     from thresher.curate import BANDS
-    from thresher.store import DedupBandRow, PublicationRow
+    from thresher.store.tables import DedupBandRow, PublicationRow
 
     a = judged(store, "How do owls see at night?", "Owls have large eyes with many rod cells.", 9.0)
     repo = DatasetRepo(tmp_path / "clone", str(remote)).open()
@@ -409,7 +409,7 @@ def test_a_publish_call_does_not_read_every_publication(store: Store, tmp_path: 
         return steps[0]
 
     def publish_earlier(n: int) -> None:  # published days ago, as a dataset grows: not in today's count
-        from thresher.store import PublicationRow
+        from thresher.store.tables import PublicationRow
 
         grow(n)
         assert len(publish(store, repo, threshold=8.0).published) == n
