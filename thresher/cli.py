@@ -258,12 +258,10 @@ def judge_eval(
     for text aimed at the evaluator counts as not accepted, whatever its score.
     """
     import json
-    import random
 
-    from thresher.conversation import InvalidConversation, messages_from_openai
-    from thresher.evaluate import judge_report, plot_scores
-    from thresher.judge import BLOCKING, read_jsonl
-    from thresher.train.judge import per_family
+    from thresher.evaluate import evaluate_judge, spoiled_set
+    from thresher.judge import read_jsonl
+    from thresher.train.sources import SourceError
 
     if (file is None) == (not source):
         err.print("[red]error:[/red] give a labelled FILE, or --source to build one (not both)")
@@ -274,20 +272,11 @@ def judge_eval(
     s = _settings()
     bad: list[tuple[int, str]] = []
     if source:
-        from thresher.train import sources as shipped
-        from thresher.train.contrast import contrast_rows
-
         try:
-            good = shipped.load(source)
-        except (shipped.SourceError, ValueError, OSError) as e:
+            lines = spoiled_set(source, limit, seed)
+        except (SourceError, ValueError, OSError) as e:
             err.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2) from None
-        if limit:
-            random.Random(seed).shuffle(good)
-            good = good[:limit]
-        built = contrast_rows(good, seed, heldout=True)
-        lines = [(i + 1, {"id": f"{r.source}:{r.degradation}:{i}", "messages": r.messages, "label": r.label,
-                          "degradation": r.degradation}) for i, r in enumerate(built)]
         if write is not None:
             write.write_text("".join(json.dumps(obj, ensure_ascii=False) + "\n" for _, obj in lines),
                              encoding="utf-8")
@@ -295,82 +284,19 @@ def judge_eval(
     else:
         assert file is not None
         lines = list(read_jsonl(file, bad))
-    need = [(n, obj) for n, obj in lines if obj.get("score") is None]
+    need = sum(obj.get("score") is None for _, obj in lines)
     j = _load_judge(s, judge_spec, threshold, "never") if need else None
     thr = threshold if threshold is not None else (j.threshold if j else s.threshold())
-    rows: list[dict] = []
-    scored: dict[int, tuple[float | None, list[str]]] = {}
-    valid: list[tuple[int, list[dict[str, str]]]] = []
-    for n, obj in need:
-        try:
-            msgs = messages_from_openai(obj.get("messages"), user_last=False)
-        except InvalidConversation as e:
-            bad.append((n, str(e)))
-            continue
-        valid.append((n, [m.to_openai() for m in msgs]))
     with _progress() as bar:
-        task = bar.add_task("judging", total=len(valid))
-        for start in range(0, len(valid), 16):
-            chunk = valid[start:start + 16]
-            many = getattr(j, "judge_many", None)
-            results = many([m for _, m in chunk]) if many else [j.judge(m) for _, m in chunk]  # type: ignore
-            for (n, _), res in zip(chunk, results, strict=True):
-                scored[n] = (res.score, res.flags)
-            bar.advance(task, len(chunk))
-    for n, obj in lines:
-        if obj.get("score") is not None:
-            score, flags = float(obj["score"]), list(obj.get("flags") or [])
-        elif n in scored:
-            score, flags = scored[n]
-        else:
-            continue
-        rows.append({"label": obj.get("label"), "human_score": obj.get("human_score"), "score": score,
-                     "degradation": obj.get("degradation") or ("none" if obj.get("label") == "good" else "bad"),
-                     "accepted": score is not None and score >= thr and not BLOCKING.intersection(flags),
-                     "flagged": bool(BLOCKING.intersection(flags))})
+        task = bar.add_task("judging", total=need)
+        result = evaluate_judge(lines, j, thr, plot or (file.with_suffix(".png") if file else Path("judge-eval.png")),
+                                bad, progress=lambda n: bar.advance(task, n))
     for n, why in bad:
         err.print(f"[yellow]line {n}:[/yellow] {why} (skipped)")
-    rep = judge_report(rows, thr)
-    unscored = sum(r.get("score") is None for r in rows)
-    path = plot_scores(rows, thr, plot or (file.with_suffix(".png") if file else Path("judge-eval.png")))
-    labelled = [r for r in rows if r["label"] in ("good", "bad")]
-    fam = per_family([r["score"] for r in labelled], [r["label"] for r in labelled],
-                     [r["degradation"] for r in labelled])
-
-    def f(x: float | None) -> str:
-        return "n/a" if x is None else f"{x:.3f}"
-
-    typer.echo(f"conversations: {rep.n_good} good, {rep.n_bad} bad, {rep.n_human} with human scores")
-    if unscored:
-        typer.echo(f"no score (unparseable or failed): {unscored}, left out of the figures below")
-    typer.echo(f"AUC: {f(rep.auc)}")
-    counts = {k: sum(r["degradation"] == k for r in labelled) for k in fam}
-    kinds = [k for k in fam if k != "all" and not k.startswith("family:")]
-    if kinds:
-        typer.echo("AUC by failure family (bad rows): " + ", ".join(
-            f"{k.removeprefix('family:')} {f(v)}" for k, v in fam.items() if k.startswith("family:")))
-        typer.echo("AUC by kind: " + ", ".join(f"{k} {f(fam[k])} ({counts[k]})" for k in kinds))
-    small = [k for k in kinds if counts[k] < 30]
-    if small:
-        typer.echo(f"note: fewer than 30 rows for {', '.join(small)}: those figures are noise")
-    flagged_accepted = sum(r["flagged"] and r["accepted"] for r in rows)
-    aimed = [r for r in rows if str(r["degradation"]).startswith("injection")]
-    if aimed:
-        typer.echo(f"rows with text aimed at the evaluator: {len(aimed)}, flagged {sum(r['flagged'] for r in aimed)}"
-                   f", accepted {sum(r['accepted'] for r in aimed)}")
-    typer.echo(f"accuracy at threshold {thr:g}: {f(rep.accuracy)}")
-    typer.echo(f"acceptance rate: good {f(rep.accept_good)}, bad {f(rep.accept_bad)}; flagged for text aimed at "
-               f"the evaluator: {sum(r['flagged'] for r in rows)}, of them accepted: {flagged_accepted}")
-    typer.echo(f"Spearman vs human scores: {f(rep.spearman)}")
-    typer.echo(f"plot: {path}")
+    for line in result.lines():
+        typer.echo(line)
     if report is not None:
-        report.write_text(json.dumps({"judge": j.judge_id if j else None, "threshold": thr, "auc": rep.auc,
-                                      "by_family": fam, "counts": counts, "accuracy": rep.accuracy,
-                                      "accept_good": rep.accept_good, "accept_bad": rep.accept_bad,
-                                      "flagged": sum(r["flagged"] for r in rows),
-                                      "flagged_accepted": flagged_accepted,
-                                      "injection_rows": len(aimed),
-                                      "injection_accepted": sum(r["accepted"] for r in aimed)}, indent=2))
+        report.write_text(json.dumps(result.to_json(), indent=2))
 
 
 @app.command()

@@ -1,8 +1,10 @@
-"""The one data type that flows through thresher: a `Conversation` of `Message`s.
+"""The one data type that flows through thresher: a `Conversation` of `Message`s, and its published `Record`.
 
-The same object goes from the HTTP request to the store, the judge, the dataset and the training example. This
-module also owns ids (ULID), the stable content hash used to stitch stateless API requests together, and the
-conversions to and from the OpenAI message shape.
+The same object goes from the HTTP request to the store, the judge, the dataset and the training example; once
+published it is a `Record` (`Conversation.to_record`), the one schema of a file in the public dataset, read back
+with `Record.from_json` wherever a published file or a dataset build's line is read. This module also owns ids
+(ULID), the stable content hash used to stitch stateless API requests together, and the conversions to and from
+the OpenAI message shape.
 """
 
 from __future__ import annotations
@@ -71,6 +73,92 @@ class Conversation:
 
     def content_hash(self) -> str:
         return messages_hash(self.to_openai())
+
+    def to_record(self, judgment: Any, *, rationale: str | None = None, threshold: float | None = None,
+                  feedback: list[dict[str, Any]] | None = None, pairs: list[dict[str, Any]] | None = None,
+                  published_at: str | None = None) -> Record:
+        """The conversation as published, with the judgment that chose it (`thresher.judge.Judgment`). Its
+        messages go as they are: scrub them first. No client or owner hash ever leaves the machine."""
+        return Record(
+            id=self.id, messages=self.to_openai(), feedback=list(feedback or []), pairs=list(pairs or []),
+            score=None if judgment.score is None else round(judgment.score, 4),
+            distribution=judgment.distribution, rationale=rationale, threshold=threshold, flags=list(judgment.flags),
+            judge=judgment.judge_id, rubric=judgment.rubric_hash, model=self.model_version, licence=self.licence,
+            source=self.source, created_at=self.created_at.isoformat(),
+            published_at=published_at or utcnow().isoformat(timespec="seconds"))
+
+
+RECORD_SCHEMA = 1  # the version of the published file's fields; a file without one is version 1
+
+
+class InvalidRecord(InvalidConversation):
+    """A published file (or a dataset build's line) that does not hold a conversation record."""
+
+
+@dataclass
+class Record:
+    """A published conversation: one file `conversations/YYYY/MM/DD/<id>.json` of the public dataset (its fields
+    are listed in the dataset card), and what a dataset build's lines and training read back. Written by
+    `Conversation.to_record` and read by `Record.from_json`, nowhere else."""
+
+    id: str
+    messages: list[dict[str, str]]  # role and content, scrubbed
+    feedback: list[dict[str, Any]] = field(default_factory=list)  # the user's thumbs on replies (scrubbed reasons)
+    pairs: list[dict[str, Any]] = field(default_factory=list)  # preference pairs between versions of a reply
+    score: float | None = None
+    distribution: Any = None
+    rationale: str | None = None
+    threshold: float | None = None  # the acceptance threshold it was published at
+    flags: list[str] = field(default_factory=list)
+    judge: str | None = None
+    rubric: str | None = None
+    model: str | None = None
+    licence: str | None = None
+    source: str | None = None
+    created_at: str | None = None
+    published_at: str | None = None
+    schema: int = RECORD_SCHEMA
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "messages": self.messages, "feedback": self.feedback}
+        if self.pairs:
+            out["pairs"] = self.pairs
+        out.update(score=self.score, distribution=self.distribution, rationale=self.rationale,
+                   threshold=self.threshold, flags=self.flags, judge=self.judge, rubric=self.rubric, model=self.model,
+                   licence=self.licence, source=self.source, created_at=self.created_at,
+                   published_at=self.published_at, schema=self.schema)
+        return out
+
+    def training_json(self) -> dict[str, Any]:
+        """What a dataset build keeps of it, one line each: id, messages, and its preference pairs if any."""
+        return {"id": self.id, "messages": self.messages, **({"pairs": self.pairs} if self.pairs else {})}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Record:
+        """A record from a parsed file; a reviewer's edit may have broken it, so it is checked: InvalidRecord says
+        what is wrong. Fields a later schema added are ignored; ones it lacks take their defaults."""
+        if not isinstance(data, dict):
+            raise InvalidRecord("a conversation record must be a JSON object")
+        if not isinstance(data.get("id"), str) or not data["id"]:
+            raise InvalidRecord("the record has no 'id'")
+        raw = data.get("messages")
+        if not isinstance(raw, list) or not raw:
+            raise InvalidRecord("'messages' must be a non-empty list")
+        messages = []
+        for i, m in enumerate(raw):
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise InvalidRecord(f"messages[{i}] must have a role (system, user, assistant) and a text content")
+            messages.append({"role": m["role"], "content": m["content"]})
+        known = {f: data[f] for f in cls.__dataclass_fields__ if f in data and f not in ("id", "messages")}
+        for name in ("feedback", "pairs", "flags"):
+            if not isinstance(known.get(name, []), list):
+                known.pop(name)
+        return cls(id=data["id"], messages=messages, **known)
+
+    def conversation(self) -> Conversation:
+        """The conversation it records (messages, model, licence, source; times are not kept)."""
+        return Conversation(id=self.id, messages=[Message(m["role"], m["content"]) for m in self.messages],
+                            licence=self.licence or "CC-BY-4.0", model_version=self.model, source=self.source or "api")
 
 
 def _content_text(content: Any) -> str:

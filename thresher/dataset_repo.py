@@ -72,9 +72,11 @@ that scored at or above the threshold, and that passed personal-data scrubbing a
 - **Personal data** (e-mail addresses, phone numbers, card numbers, IP addresses, IBANs, secrets, postal addresses)
   was replaced by typed placeholders such as `<EMAIL>` before publication. If you find any that slipped through,
   please report it: the conversation will be taken down.
-- **Layout:** `conversations/YYYY/MM/DD/<id>.json` (messages, the user's thumbs up or down on replies with their
-  scrubbed reasons, preference pairs between versions of a reply where there are any, score, score distribution,
-  rationale, flags, judge and model versions, licence, times); `reviews/<id>/<reviewer>.json` (verdicts);
+- **Layout:** `conversations/YYYY/MM/DD/<id>.json`, one conversation each, schema version 1 (field `schema`):
+  `id`, `messages` (role, content), `feedback` (the user's thumbs up or down on replies, with their scrubbed
+  reasons), `pairs` (preference pairs between versions of a reply, where there are any), `score`, `distribution`,
+  `rationale`, `threshold` (the acceptance threshold it was published at), `flags`, `judge`, `rubric`, `model`,
+  `licence`, `source`, `created_at`, `published_at`; `reviews/<id>/<reviewer>.json` (verdicts);
   `rounds/<n>.json` (training rounds) and `rounds/<n>-pairs.jsonl` (a round's preference pairs: the better and the
   worse of the model's own replies to a conversation's question, as the judge saw them).
 

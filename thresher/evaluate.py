@@ -348,3 +348,131 @@ def apply_gate(metrics: dict[str, float | None], gate: Gate) -> GateResult:
     if not measured:
         reasons.append("nothing was measured")
     return GateResult(bool(measured) and not reasons, checks, reasons)
+
+
+# -- a judge against labels (`thresher judge-eval`) ---------------------------------------------------------------
+
+
+def spoiled_set(names: Sequence[str], limit: int | None = None, seed: int = 0) -> list[tuple[int, dict[str, Any]]]:
+    """A labelled set built from real good conversations (`thresher.train.sources` names or files): each kept as
+    a good row and spoiled in every failure family with wordings training never used. (line number, row) pairs,
+    as `thresher.judge.read_jsonl` gives them. Raises the sources' SourceError/ValueError/OSError."""
+    import random
+
+    from thresher.train import sources
+    from thresher.train.contrast import contrast_rows
+
+    good = sources.load(list(names))
+    if limit:
+        random.Random(seed).shuffle(good)
+        good = good[:limit]
+    built = contrast_rows(good, seed, heldout=True)
+    return [(i + 1, {"id": f"{r.source}:{r.degradation}:{i}", "messages": r.messages, "label": r.label,
+                     "degradation": r.degradation}) for i, r in enumerate(built)]
+
+
+@dataclass
+class JudgeEvaluation:
+    """A judge measured against labelled rows: `thresher judge-eval`'s figures."""
+
+    judge: str | None  # None: every row came scored
+    threshold: float
+    rows: list[dict[str, Any]]  # label, human_score, score, degradation, accepted, flagged
+    report: JudgeReport
+    by_family: dict[str, float | None]  # AUC overall, by kind and by `family:NAME`
+    counts: dict[str, int]  # bad rows of each kind
+    plot: Path
+
+    @property
+    def flagged(self) -> int:
+        return sum(r["flagged"] for r in self.rows)
+
+    @property
+    def aimed(self) -> list[dict[str, Any]]:
+        """Rows with text aimed at the evaluator."""
+        return [r for r in self.rows if str(r["degradation"]).startswith("injection")]
+
+    def to_json(self) -> dict[str, Any]:
+        rep = self.report
+        return {"judge": self.judge, "threshold": self.threshold, "auc": rep.auc, "by_family": self.by_family,
+                "counts": self.counts, "accuracy": rep.accuracy, "accept_good": rep.accept_good,
+                "accept_bad": rep.accept_bad, "flagged": self.flagged,
+                "flagged_accepted": sum(r["flagged"] and r["accepted"] for r in self.rows),
+                "injection_rows": len(self.aimed), "injection_accepted": sum(r["accepted"] for r in self.aimed)}
+
+    def lines(self) -> list[str]:
+        def f(x: float | None) -> str:
+            return "n/a" if x is None else f"{x:.3f}"
+
+        rep, fam, counts = self.report, self.by_family, self.counts
+        out = [f"conversations: {rep.n_good} good, {rep.n_bad} bad, {rep.n_human} with human scores"]
+        unscored = sum(r.get("score") is None for r in self.rows)
+        if unscored:
+            out.append(f"no score (unparseable or failed): {unscored}, left out of the figures below")
+        out.append(f"AUC: {f(rep.auc)}")
+        kinds = [k for k in fam if k != "all" and not k.startswith("family:")]
+        if kinds:
+            out.append("AUC by failure family (bad rows): " + ", ".join(
+                f"{k.removeprefix('family:')} {f(v)}" for k, v in fam.items() if k.startswith("family:")))
+            out.append("AUC by kind: " + ", ".join(f"{k} {f(fam[k])} ({counts[k]})" for k in kinds))
+        small = [k for k in kinds if counts[k] < 30]
+        if small:
+            out.append(f"note: fewer than 30 rows for {', '.join(small)}: those figures are noise")
+        if self.aimed:
+            out.append(f"rows with text aimed at the evaluator: {len(self.aimed)}, flagged "
+                       f"{sum(r['flagged'] for r in self.aimed)}, accepted {sum(r['accepted'] for r in self.aimed)}")
+        out.append(f"accuracy at threshold {self.threshold:g}: {f(rep.accuracy)}")
+        out.append(f"acceptance rate: good {f(rep.accept_good)}, bad {f(rep.accept_bad)}; flagged for text aimed at "
+                   f"the evaluator: {self.flagged}, of them accepted: "
+                   f"{sum(r['flagged'] and r['accepted'] for r in self.rows)}")
+        out.append(f"Spearman vs human scores: {f(rep.spearman)}")
+        out.append(f"plot: {self.plot}")
+        return out
+
+
+def evaluate_judge(lines: Sequence[tuple[int, dict[str, Any]]], judge: Any, threshold: float | None, plot: Path,
+                   bad: list[tuple[int, str]], progress: Any = None) -> JudgeEvaluation:
+    """Score the rows that carry no `score` with `judge` (16 at a time, through `judge_many` where it has one,
+    calling `progress(n)` after each batch), and measure. `threshold`: None takes the judge's own. Rows whose
+    messages are not a conversation go to `bad` as (line, why). A conversation flagged for text aimed at the
+    evaluator counts as not accepted, whatever its score."""
+    from thresher.conversation import InvalidConversation, messages_from_openai
+    from thresher.judge import BLOCKING
+    from thresher.train.judge import per_family
+
+    thr = threshold if threshold is not None else judge.threshold
+    valid: list[tuple[int, list[dict[str, str]]]] = []
+    for n, obj in lines:
+        if obj.get("score") is None:
+            try:
+                valid.append((n, [m.to_openai() for m in messages_from_openai(obj.get("messages"),
+                                                                              user_last=False)]))
+            except InvalidConversation as e:
+                bad.append((n, str(e)))
+    scored: dict[int, tuple[float | None, list[str]]] = {}
+    for start in range(0, len(valid), 16):
+        chunk = valid[start:start + 16]
+        many = getattr(judge, "judge_many", None)
+        results = many([m for _, m in chunk]) if many else [judge.judge(m) for _, m in chunk]
+        for (n, _), res in zip(chunk, results, strict=True):
+            scored[n] = (res.score, res.flags)
+        if progress is not None:
+            progress(len(chunk))
+    rows: list[dict[str, Any]] = []
+    for n, obj in lines:
+        if obj.get("score") is not None:
+            score, flags = float(obj["score"]), list(obj.get("flags") or [])
+        elif n in scored:
+            score, flags = scored[n]
+        else:
+            continue
+        rows.append({"label": obj.get("label"), "human_score": obj.get("human_score"), "score": score,
+                     "degradation": obj.get("degradation") or ("none" if obj.get("label") == "good" else "bad"),
+                     "accepted": score is not None and score >= thr and not BLOCKING.intersection(flags),
+                     "flagged": bool(BLOCKING.intersection(flags))})
+    labelled = [r for r in rows if r["label"] in ("good", "bad")]
+    fam = per_family([r["score"] for r in labelled], [r["label"] for r in labelled],
+                     [r["degradation"] for r in labelled])
+    counts = {k: sum(r["degradation"] == k for r in labelled) for k in fam}
+    return JudgeEvaluation(getattr(judge, "judge_id", None) if valid else None, thr, rows,
+                           judge_report(rows, thr), fam, counts, plot_scores(rows, thr, plot))

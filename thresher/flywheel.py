@@ -17,7 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from thresher.conversation import Conversation, Message, utcnow
+from thresher.conversation import Conversation, InvalidRecord, Record, utcnow
 from thresher.curate import Deduplicator, rejection, scrub, scrub_text
 from thresher.dataset_repo import DatasetRepo, GitError, conversation_path
 from thresher.judge import Judge, Judgment
@@ -81,31 +81,6 @@ def _feedback(items: Sequence[Feedback]) -> list[dict[str, Any]]:
             item["reason"] = scrub_text(f.reason)[0]
         out.append(item)
     return out
-
-
-def _record(conv: Conversation, judgment: Judgment, messages: list[dict[str, str]], rationale: str | None,
-            feedback: Sequence[Feedback] = (), threshold: float | None = None,
-            pairs: Sequence[dict] = ()) -> dict:
-    """What a published conversation file holds. No client or owner hash ever leaves the machine. `pairs`: the
-    preference pairs its replies' versions make (`thresher.pairs.record_pairs`, scrubbed), present only if any."""
-    return {
-        "id": conv.id,
-        "messages": messages,
-        "feedback": _feedback(feedback),
-        **({"pairs": list(pairs)} if pairs else {}),
-        "score": None if judgment.score is None else round(judgment.score, 4),
-        "distribution": judgment.distribution,
-        "rationale": rationale,
-        "threshold": threshold,  # the acceptance threshold this conversation was published at
-        "flags": judgment.flags,
-        "judge": judgment.judge_id,
-        "rubric": judgment.rubric_hash,
-        "model": conv.model_version,
-        "licence": conv.licence,
-        "source": conv.source,
-        "created_at": conv.created_at.isoformat(),
-        "published_at": utcnow().isoformat(timespec="seconds"),
-    }
 
 
 def publish(store: Store, repo: DatasetRepo, *, threshold: float, daily_cap: int = 1000) -> PublishReport:
@@ -194,8 +169,9 @@ def _publish(store: Store, repo: DatasetRepo, threshold: float, daily_cap: int) 
             rationale = scrub_text(judgment.rationale)[0] if judgment.rationale else None
         p.path = p.path or conversation_path(conv.id, conv.created_at)
         pairs = record_pairs(versions[conv.id], clean=lambda t: scrub_text(t)[0]) if conv.id in versions else []
-        repo.write(p.path, _record(conv, judgment, clean.to_openai(), rationale, thumbs.get(conv.id, []),
-                                   threshold, pairs))
+        record = clean.to_record(judgment, rationale=rationale, threshold=threshold,
+                                 feedback=_feedback(thumbs.get(conv.id, [])), pairs=pairs)
+        repo.write(p.path, record.to_json())
         done.append(p)
         judges.add(judgment.judge_id)
     store.set_publications(withdrawn)
@@ -231,8 +207,11 @@ def _backfill_dedup_keys(store: Store, repo: DatasetRepo) -> None:
         keys: list[tuple[str, str, bytes]] = []
         for cid, path in rows:
             if path and (repo.path / path).exists():
-                rec = repo.read(path)
-                old = Conversation(id=rec["id"], messages=[Message(m["role"], m["content"]) for m in rec["messages"]])
+                try:
+                    old = Record.from_json(repo.read(path)).conversation()
+                except InvalidRecord as e:  # a reviewer's edit broke it: nothing to compare with
+                    log.warning("%s: %s (no duplicate keys kept for it)", path, e)
+                    continue
                 keys.append((cid, *dedup.keys(old)))
         store.set_dedup_keys(keys)
         after = rows[-1][0]
@@ -300,8 +279,13 @@ def rejudge_corrections(store: Store, repo: DatasetRepo, judge: Judge) -> int:
         if pub is None or not pub.path or not (repo.path / pub.path).exists():
             store.mark_rejudged(c.conversation_id, c.commit_sha)  # gone (taken down): nothing to judge
             continue
-        rec = repo.read(pub.path)
-        judgment = judge.judge([{"role": m["role"], "content": m["content"]} for m in rec["messages"]])
+        try:
+            record = Record.from_json(repo.read(pub.path))
+        except InvalidRecord as e:  # the correction broke the file: nothing to judge until it is mended
+            log.warning("corrected %s: %s (not judged again)", pub.path, e)
+            store.mark_rejudged(c.conversation_id, c.commit_sha)
+            continue
+        judgment = judge.judge(record.messages)
         store.save_judgment(c.conversation_id, judgment)
         store.mark_rejudged(c.conversation_id, c.commit_sha)
         done += 1

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from thresher.conversation import InvalidRecord, Record
+
 ON_POLICY, FEEDBACK, REGENERATION, CORRECTION = "on-policy", "feedback", "regeneration", "correction"
 
 
@@ -151,18 +153,23 @@ def record_pairs(versions: dict[int, list[Any]], clean: Callable[[str], str] = l
     return out
 
 
-def from_record(record: dict[str, Any]) -> list[Pair]:
+def from_record(record: Record | dict[str, Any]) -> list[Pair]:
     """The pairs a published conversation carries (its `pairs` field), traced to it; a malformed one is skipped,
-    not trained on."""
-    messages = record.get("messages") if isinstance(record.get("messages"), list) else []
+    not trained on (and a record that is not one carries none)."""
+    if isinstance(record, dict):
+        try:
+            record = Record.from_json(record)
+        except InvalidRecord:
+            return []
     out = []
-    for d in record.get("pairs") or []:
+    for d in record.pairs:
         try:
             turn = int(d["turn"])
-            if not 0 < turn <= len(messages):
+            if not 0 < turn <= len(record.messages):
                 continue
-            out.append(Pair.from_json({"prompt": messages[:turn], "chosen": d["chosen"], "rejected": d["rejected"],
-                                       "source": d.get("source"), "conversation": record.get("id")}))
+            out.append(Pair.from_json({"prompt": record.messages[:turn], "chosen": d["chosen"],
+                                       "rejected": d["rejected"], "source": d.get("source"),
+                                       "conversation": record.id}))
         except (ValueError, TypeError, KeyError, AttributeError):
             continue
     return out

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from thresher.conversation import InvalidRecord, Record
 from thresher.dataset_repo import DatasetRepo, GitError, dump
 from thresher.store import Correction, NotFound, Review, Store
 
@@ -244,6 +245,10 @@ def commit_correction(repo: DatasetRepo, path: str, push: bool = True) -> str | 
         raise InvalidVerdict(f"{path} is no longer valid JSON: {e}") from None
     if not isinstance(rec, dict) or rec.get("id") != conv_id:
         raise InvalidVerdict(f"{path} must stay a JSON object with \"id\": \"{conv_id}\"")
+    try:
+        Record.from_json(rec)
+    except InvalidRecord as e:
+        raise InvalidVerdict(f"{path} is no longer a conversation record: {e}") from None
     with repo.lock():
         commit = repo.commit([path], f"Correct {conv_id}")
         if commit and push and repo.remote:
@@ -377,12 +382,8 @@ def build_dataset(repo: DatasetRepo, at: str, out: Path, min_approvals: int = 1)
         state = quorum(by_conv.get(conv_id, []), min_approvals)
         counts[state] += 1
         if state == "approved":
-            rec = json.loads(repo.git("show", f"{sha}:{paths[conv_id]}"))
-            messages = [{"role": m["role"], "content": m["content"]} for m in rec["messages"]]
-            row = {"id": conv_id, "messages": messages}
-            if rec.get("pairs"):  # preference pairs the conversation carries (see thresher.pairs)
-                row["pairs"] = rec["pairs"]
-            lines.append(json.dumps(row, ensure_ascii=False, sort_keys=True))
+            record = Record.from_json(json.loads(repo.git("show", f"{sha}:{paths[conv_id]}")))
+            lines.append(json.dumps(record.training_json(), ensure_ascii=False, sort_keys=True))
     data = "".join(line + "\n" for line in lines).encode("utf-8")
     out.mkdir(parents=True, exist_ok=True)
     (out / "data.jsonl").write_bytes(data)

@@ -8,16 +8,19 @@ Everything becomes OpenAI-style `messages` first (thresher.conversation's conver
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from thresher.conversation import FORMATS, InvalidConversation, from_format
+from thresher.conversation import FORMATS, InvalidConversation, InvalidRecord, Record, from_format
 
 SAMPLES = Path(__file__).parent / "samples"
 SAMPLE = "sample"  # the name of the Alpaca-format sample that ships with thresher
 GOOD_RATING, BAD_RATING = 9, 2  # what the judge learns to answer for a good and for a degraded conversation
+
+log = logging.getLogger("thresher.train")
 
 
 class DataError(ValueError):
@@ -157,8 +160,11 @@ def rows_from_verdicts(repo: Any, at: str = "HEAD") -> list[JudgeRow]:
         good = approvals * 2 > len(verdicts)
         scores = [v.score for v in verdicts if v.score is not None]
         rating = round(sum(scores) / len(scores)) if scores else (GOOD_RATING if good else BAD_RATING)
-        rec = json.loads(repo.git("show", f"{at}:{paths[conv_id]}"))
-        messages = [{"role": m["role"], "content": m["content"]} for m in rec["messages"]]
+        try:
+            messages = Record.from_json(json.loads(repo.git("show", f"{at}:{paths[conv_id]}"))).messages
+        except (InvalidRecord, ValueError) as e:  # a file an edit broke teaches nothing
+            log.warning("%s: %s (its verdicts are not trained on)", paths[conv_id], e)
+            continue
         rows.append(JudgeRow(messages, "good" if good else "bad", max(1, min(10, rating)), "reviewer",
                              source=conv_id))
     return rows
@@ -177,15 +183,14 @@ def rows_from_corrections(repo: Any, at: str = "HEAD") -> list[JudgeRow]:
     for path in sorted({p for p in changed.splitlines() if p.endswith(".json")}):
         try:
             first = repo.git("log", "--diff-filter=A", "--format=%H", at, "--", path).split()[-1]
-            now = json.loads(repo.git("show", f"{at}:{path}"))
-            before = json.loads(repo.git("show", f"{first}:{path}"))
-        except (GitError, IndexError, ValueError):
-            continue  # removed since, or not JSON: nothing to learn from
-        new = [{"role": m["role"], "content": m["content"]} for m in now.get("messages", [])]
-        old = [{"role": m["role"], "content": m["content"]} for m in before.get("messages", [])]
+            now = Record.from_json(json.loads(repo.git("show", f"{at}:{path}")))
+            before = Record.from_json(json.loads(repo.git("show", f"{first}:{path}")))
+        except (GitError, IndexError, ValueError):  # InvalidRecord is a ValueError
+            continue  # removed since, not JSON or not a record: nothing to learn from
+        new, old = now.messages, before.messages
         said = lambda ms: [m["content"] for m in ms if m["role"] == "assistant"]  # noqa: E731
-        if new and old and said(new) != said(old):
-            cid = now.get("id", path)
+        if said(new) != said(old):
+            cid = now.id
             rows.append(JudgeRow(new, "good", GOOD_RATING, "correction", source=cid))
             rows.append(JudgeRow(old, "bad", BAD_RATING, "correction", "corrected", source=cid))
     return rows

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from thresher.conversation import Record
 from thresher.evaluate import auc
 from thresher.judge import BLOCKING, detect_injection
 from thresher.reward import Features, Head, fit_head
@@ -40,10 +41,9 @@ def sources_from_build(path: Path) -> list[Source]:
     out = []
     for line in (path / "data.jsonl").read_text(encoding="utf-8").splitlines():
         if line.strip():
-            rec = json.loads(line)
-            msgs = [{"role": m["role"], "content": m["content"]} for m in rec["messages"]]
-            if any(m["role"] == "assistant" for m in msgs) and any(m["role"] == "user" for m in msgs):
-                out.append(Source(rec["id"], msgs, "approved"))
+            rec = Record.from_json(json.loads(line))
+            if any(m["role"] == "assistant" for m in rec.messages) and any(m["role"] == "user" for m in rec.messages):
+                out.append(Source(rec.id, rec.messages, "approved"))
     return out
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from thresher.config import Settings
+from thresher.conversation import Record
 from thresher.evaluate import Gate, apply_gate
 from thresher.evidence import auc_words, is_noise, win_rate_words
 from thresher.registry import PROMOTED, Registry, Version
@@ -139,11 +140,11 @@ def resolve_base(settings: Settings, registry: Registry) -> tuple[str, Path | No
                      "remote server")
 
 
-def _split(conversations: list[dict], share: float) -> tuple[list[dict], list[dict]]:
+def _split(conversations: list[Record], share: float) -> tuple[list[Record], list[Record]]:
     """Held-out by a hash of the id, so the split never changes as the dataset grows."""
-    held = [c for c in conversations if int(hashlib.sha256(c["id"].encode()).hexdigest(), 16) % 1000 < share * 1000]
-    ids = {c["id"] for c in held}
-    return [c for c in conversations if c["id"] not in ids], held
+    held = [c for c in conversations if int(hashlib.sha256(c.id.encode()).hexdigest(), 16) % 1000 < share * 1000]
+    ids = {c.id for c in held}
+    return [c for c in conversations if c.id not in ids], held
 
 
 def _version_id(kind: str, n: int, path: Path) -> str:
@@ -205,17 +206,18 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
 
     data_dir = root / "data"
     if not state.done("data"):
-        approved: list[dict] = []
+        approved: list[Record] = []
         if commit:
             m = build_dataset(repo, commit, data_dir, settings.quorum_approvals)
-            approved = [json.loads(x) for x in (data_dir / "data.jsonl").read_text().splitlines() if x.strip()]
+            approved = [Record.from_json(json.loads(x)) for x in (data_dir / "data.jsonl").read_text().splitlines()
+                        if x.strip()]
             say(f"round {n}: {m.approved} approved conversations at {commit[:12]}")
         train, held = _split(approved, config.heldout_share)
-        (root / "train.json").write_text(json.dumps(train))
-        (root / "heldout.json").write_text(json.dumps(held))
+        (root / "train.json").write_text(json.dumps([c.training_json() for c in train]))
+        (root / "heldout.json").write_text(json.dumps([c.training_json() for c in held]))
         state.mark("data", {"approved": len(approved), "train": len(train), "heldout": len(held)})
-    train_convs = json.loads((root / "train.json").read_text())
-    held_convs = json.loads((root / "heldout.json").read_text())
+    train_convs = [Record.from_json(c) for c in json.loads((root / "train.json").read_text())]
+    held_convs = [Record.from_json(c) for c in json.loads((root / "heldout.json").read_text())]
 
     if not state.done("judge"):
         state.mark("judge", _train_judge(settings, config, registry, repo, commit, n, root, pin, train_convs, say))
@@ -300,7 +302,7 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
 
 
 def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, repo: Any, commit: str | None, n: int,
-                 root: Path, pin: dict, train_convs: list[dict], say: Callable[[str], None]) -> dict[str, Any]:
+                 root: Path, pin: dict, train_convs: list[Record], say: Callable[[str], None]) -> dict[str, Any]:
     """Fit a new head on the serving model's states: shipped real conversations and the approved ones, spoiled,
     plus reviewers' verdicts and corrections; measured against the serving judge on the same held-out rows."""
     import random
@@ -317,7 +319,7 @@ def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, re
     good = shipped.load(config.judge_sources)
     if config.judge_source_limit and len(good) > config.judge_source_limit:
         good = random.Random(config.seed).sample(good, config.judge_source_limit)
-    good += [Source(c["id"], c["messages"], "approved") for c in train_convs]
+    good += [Source(c.id, c.messages, "approved") for c in train_convs]
     verdicts = [*rows_from_verdicts(repo, commit), *rows_from_corrections(repo, commit)] if commit else []
     engine = load_engine(pin["serving"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     same = pin["serving_judge"] == pin["serving"]
@@ -349,7 +351,7 @@ def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, re
 
 
 def _train_chat(settings: Settings, config: RoundConfig, commit: str | None, n: int, root: Path, pin: dict,
-                train_convs: list[dict], judge_rec: dict, say: Callable[[str], None]) -> dict[str, Any]:
+                train_convs: list[Record], judge_rec: dict, say: Callable[[str], None]) -> dict[str, Any]:
     """SFT on the approved conversations (and replayed base instruction data), exported as the round's first
     candidate."""
     from thresher.train.data import load_conversations
@@ -357,7 +359,7 @@ def _train_chat(settings: Settings, config: RoundConfig, commit: str | None, n: 
     from thresher.train.sft import load_base, tokenise_all, train_lora
 
     t = time.perf_counter()
-    convs = [c["messages"] for c in train_convs]
+    convs = [c.messages for c in train_convs]
     if config.replay:
         replay = load_conversations(config.replay, "alpaca" if config.replay == "sample" else "messages")
         limits = [x for x in (config.replay_limit, None if config.replay_per_approved is None
@@ -380,7 +382,7 @@ def _train_chat(settings: Settings, config: RoundConfig, commit: str | None, n: 
             "seconds": time.perf_counter() - t}
 
 
-def _pair_prompts(config: RoundConfig, train_convs: list[dict]) -> list[tuple[str | None, list[dict[str, str]]]]:
+def _pair_prompts(config: RoundConfig, train_convs: list[Record]) -> list[tuple[str | None, list[dict[str, str]]]]:
     """The prompts on-policy pairs are sampled for: the approved conversations' (up to their last question), then
     shipped real questions on the training side of the split, up to `pair_prompts`."""
     import random
@@ -389,9 +391,9 @@ def _pair_prompts(config: RoundConfig, train_convs: list[dict]) -> list[tuple[st
 
     picked: list[tuple[str | None, list[dict[str, str]]]] = []
     for c in random.Random(config.seed).sample(train_convs, len(train_convs)):
-        p = prompt_of(c["messages"])
+        p = prompt_of(c.messages)
         if p:
-            picked.append((c["id"], p))
+            picked.append((c.id, p))
     if len(picked) < config.pair_prompts:
         from thresher.train.sources import SourceError
         from thresher.train.sources import prompts as shipped_prompts
@@ -405,7 +407,7 @@ def _pair_prompts(config: RoundConfig, train_convs: list[dict]) -> list[tuple[st
 
 
 def _pairs(settings: Settings, config: RoundConfig, repo: Any, commit: str | None, n: int, root: Path, pin: dict,
-           train_convs: list[dict], sft_rec: dict, judge_rec: dict, say: Callable[[str], None]) -> dict[str, Any]:
+           train_convs: list[Record], sft_rec: dict, judge_rec: dict, say: Callable[[str], None]) -> dict[str, Any]:
     """Preference pairs for this round: those the approved conversations carry and reviewers' corrections, then
     on-policy ones: the SFT model's replies judged by the better of this round's judge and the serving one (by
     their AUC on the same held-out rows), over the serving model's states."""
@@ -519,7 +521,7 @@ def eval_prompts(limit: int, sources: tuple[str, ...] = ("zaragoza", "chatterbot
 
 
 def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: dict, chat_rec: dict,
-              held_convs: list[dict], say: Callable[[str], None]) -> dict[str, Any]:
+              held_convs: list[Record], say: Callable[[str], None]) -> dict[str, Any]:
     """The candidate against the serving model on held-out real questions, sampled as users are served: by the
     frozen evaluation judge (length-controlled too), by rates that need no judge, and by the loss on held-out
     approved conversations."""
@@ -556,7 +558,7 @@ def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: 
     if held_convs:
         from thresher.train.sft import heldout_loss, load_base
 
-        convs = [c["messages"] for c in held_convs]
+        convs = [c.messages for c in held_convs]
         m, tok = load_base(chat_rec["hf"])
         loss_new = heldout_loss(m, tok, convs, config.chat.max_length)
         m, tok = load_base(pin["base"])
