@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -49,3 +51,37 @@ def test_hash_depends_only_on_roles_and_contents(pairs) -> None:
     if msgs:
         changed = [*msgs[:-1], {"role": msgs[-1]["role"], "content": msgs[-1]["content"] + "x"}]
         assert messages_hash(changed) != messages_hash(msgs)
+
+
+def test_a_record_is_what_the_file_holds_and_reads_back_the_same() -> None:
+    from thresher.conversation import RECORD_SCHEMA, Record
+    from thresher.judge import Judgment
+
+    conv = Conversation(messages=[Message("user", "What is a tide?"), Message("assistant", "The sea rising.")],
+                        model_version="m-1", licence="CC0-1.0", source="web", owner_hash="secret-owner",
+                        client_hash="secret-client")
+    judgment = Judgment(score=8.123456, status="ok", judge_id="head-x", rubric_hash="r1", flags=["long"])
+    rec = conv.to_record(judgment, rationale="Fine.", threshold=7.5, feedback=[{"message": 2, "rating": "up"}])
+    data = rec.to_json()
+    assert data["schema"] == RECORD_SCHEMA and data["score"] == 8.1235 and data["threshold"] == 7.5
+    assert "pairs" not in data  # present only when there are any
+    assert not any("secret" in str(v) for v in data.values())  # no owner or client hash leaves the machine
+    back = Record.from_json(data)
+    assert back == rec and back.conversation().to_openai() == conv.to_openai()
+    assert back.training_json() == {"id": conv.id, "messages": conv.to_openai()}
+    older = {k: v for k, v in data.items() if k not in ("schema", "threshold")}  # a file from before either field
+    assert Record.from_json({**older, "added_later": 1}).schema == RECORD_SCHEMA
+
+
+@pytest.mark.parametrize("data, why", [
+    ([], "JSON object"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, "no 'id'"),
+    ({"id": "c1", "messages": []}, "non-empty list"),
+    ({"id": "c1", "messages": [{"role": "robot", "content": "hi"}]}, "messages[0]"),
+    ({"id": "c1", "messages": [{"role": "user", "content": None}]}, "messages[0]"),
+])
+def test_a_broken_record_says_what_is_wrong(data, why: str) -> None:
+    from thresher.conversation import InvalidRecord, Record
+
+    with pytest.raises(InvalidRecord, match=re.escape(why)):
+        Record.from_json(data)

@@ -22,6 +22,7 @@ from thresher.flywheel import publish
 from thresher.review import (
     InvalidVerdict,
     Review,
+    commit_correction,
     parse_verdict,
     pending,
     quorum,
@@ -415,3 +416,27 @@ def test_serve_publishes_and_reads_verdicts_in_the_background(serve, tmp_path: P
         while not store.reviews(cid) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert [v.verdict for v in store.reviews(cid)] == ["approve"]
+
+
+def test_an_edit_that_breaks_the_record_is_refused_and_a_pushed_one_is_not_judged(store: Store, tmp_path: Path,
+                                                                                  remote: Path) -> None:
+    from conftest import ScriptedEngine
+
+    from thresher.flywheel import rejudge_corrections
+    from thresher.judge import Judge
+
+    publisher, ids = published(store, tmp_path, remote, n=2)
+    ada = clone(tmp_path, remote, "ada", "ada@example.org")
+    path = next(p for p in pending(ada, "ada-example.org") if ids[0] in p)
+    rec = ada.read(path)
+    rec["messages"][1] = {"role": "assistant"}  # the text gone
+    ada.write(path, rec)
+    with pytest.raises(InvalidVerdict, match="no longer a conversation record"):
+        commit_correction(ada, path)
+    # Committed by hand all the same: synced as a correction, but there is nothing to judge until it is mended.
+    ada.commit([path], f"Correct {ids[0]}")
+    assert ada.push()
+    assert sync(store, publisher).corrections == 1
+    assert rejudge_corrections(store, publisher, Judge(ScriptedEngine(), rationale="never")) == 0
+    assert store.corrections(to_rejudge=True) == []
+    assert [j.judge_id for j in store.judgments(ids[0])] == ["judge@1"]
