@@ -6,7 +6,7 @@ What it measures, in one process on one machine, with real git and a real SQLite
 * set-up (not timed against anything): N existing conversations (`--existing`, default 100,000; or each of
   `--sizes`, smallest first, the store and repository growing from one size to the next), generated in chunks. The
   first `--git-max` of them (default 100,000) are also written as `conversations/YYYY/MM/DD/<id>.json` files shaped like
-  `thresher.flywheel._record` output (via `thresher.dataset_repo.dump`), spread over the past two years, committed
+  `Conversation.to_record` output (via `thresher.dataset_repo.dump`), spread over the past two years, committed
   and pushed to a local bare remote (`git init --bare -b main`); the clone is then given the remote's pack (as a fresh
   clone would hold it) and `gc.auto=0`, so that no side pays for a repack the other triggered. Every existing
   conversation has its store rows (conversations, messages, judgments, publications: published and pushed, with the
@@ -139,12 +139,12 @@ def judgment(at: datetime) -> Judgment:
 
 
 def record(conv: Conversation, j: Judgment, scrubbed: bool = True) -> dict[str, Any]:
-    """What thresher writes for this conversation, via its own `_record` (`scrubbed=False`: the texts are known to
-    hold nothing to scrub, so skip the scrubber's cost)."""
+    """What thresher writes for this conversation, via its own `Conversation.to_record` (`scrubbed=False`: the
+    texts are known to hold nothing to scrub, so skip the scrubber's cost)."""
     if not scrubbed:
-        return flywheel._record(conv, j, conv.to_openai(), j.rationale)
+        return conv.to_record(j, rationale=j.rationale).to_json()
     clean, _ = scrub(conv)
-    return flywheel._record(conv, j, clean.to_openai(), scrub_text(j.rationale or "")[0])
+    return clean.to_record(j, rationale=scrub_text(j.rationale or "")[0]).to_json()
 
 
 def insert_rows(store: Store, convs: list[Conversation], published: dict[str, tuple[str | None, str | None]] | None,
@@ -364,7 +364,7 @@ def instrumented(store: Store, repo: DatasetRepo, stages: Stages) -> Iterator[No
         (repo, "unpushed", stages.wrap(repo.unpushed, "git push")),
         (flywheel, "scrub", stages.wrap(flywheel.scrub, "scrub")),
         (flywheel, "scrub_text", stages.wrap(flywheel.scrub_text, "scrub")),
-        (flywheel, "_record", stages.wrap(flywheel._record, "build records")),
+        (Conversation, "to_record", stages.wrap(Conversation.to_record, "build records")),
         (Deduplicator, "_keys_of", stages.wrap(Deduplicator._keys_of, "dedup: MinHash")),
         (Deduplicator, "prefetch", stages.wrap(Deduplicator.prefetch, "dedup: check")),
         (Deduplicator, "duplicate_of", stages.wrap(Deduplicator.duplicate_of, "dedup: check")),

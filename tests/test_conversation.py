@@ -85,3 +85,33 @@ def test_a_broken_record_says_what_is_wrong(data, why: str) -> None:
 
     with pytest.raises(InvalidRecord, match=re.escape(why)):
         Record.from_json(data)
+
+
+def test_the_status_type_knows_every_move_and_refuses_others() -> None:
+    from thresher import stats
+    from thresher.conversation import LOCKED, TRANSITIONS, Status
+
+    assert set(TRANSITIONS) == set(Status) and set(stats.STATUSES) == set(Status)  # nothing left undescribed
+    assert Status.move("open", "ended") == Status.ENDED and Status.move("judged", "judged") == "judged"
+    for old, new in [("open", "published"), ("published", "accepted"), ("taken_down", "published"),
+                     ("published", "open")]:
+        with pytest.raises(ValueError, match=f"from {old} to {new}"):
+            Status.move(old, new)
+    assert Status.TAKEN_DOWN not in Status.sources("published") and "published" in LOCKED
+    assert not TRANSITIONS[Status.TAKEN_DOWN]  # a takedown is final
+
+
+def test_curation_moves_a_status_only_where_the_transitions_allow(store) -> None:
+    from thresher.store import Publication
+
+    conv = store.create(Conversation(messages=[Message("user", "hi"), Message("assistant", "hello")],
+                                     publish_allowed=True))
+    store.set_publications([Publication(conv.id, "accepted")])
+    assert store.get(conv.id).status == "open"  # an open conversation is not curation's yet
+    store.end(conv.id, "button")
+    store.set_publications([Publication(conv.id, "published")])
+    assert store.get(conv.id).status == "published"
+    store.set_publications([Publication(conv.id, "accepted")])
+    assert store.get(conv.id).status == "published"  # never back from published but by a takedown
+    store.set_publications([Publication(conv.id, "taken_down")])
+    assert store.get(conv.id).status == "taken_down"

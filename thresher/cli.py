@@ -805,7 +805,8 @@ def train_judge_cmd(
         good += sources_from_build(Path(d))
     repo = DatasetRepo(s.dataset_path)
     has_clone = (repo.path / ".git").exists() and repo.has_commits()
-    vrows = [*rows_from_verdicts(repo), *rows_from_corrections(repo)] if verdicts and has_clone else []
+    vrows = ([*rows_from_verdicts(repo, min_approvals=s.quorum_approvals), *rows_from_corrections(repo)]
+             if verdicts and has_clone else [])
     engine = None
     if hidden:
         try:

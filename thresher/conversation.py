@@ -13,6 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 from ulid import ULID
@@ -22,6 +23,49 @@ ROLES: tuple[str, ...] = ("system", "user", "assistant")
 
 # Message status: a finished turn, a reply being generated right now, or one cut off (stop, disconnect, crash).
 COMPLETE, STREAMING, INTERRUPTED = "complete", "streaming", "interrupted"
+
+
+class Status(StrEnum):
+    """Where a conversation stands, in the order it passes through: the one status type (stored as its text).
+    `TRANSITIONS` lists every change the store makes; `Status.move` checks one."""
+
+    OPEN = "open"  # being chatted in
+    ENDED = "ended"  # ended, not judged yet
+    JUDGED = "judged"  # judged, not curated yet
+    ACCEPTED = "accepted"  # chosen by curation, its file not committed yet
+    PUBLISHING = "publishing"  # claimed for publishing: the owner's switch is locked
+    PUBLISHED = "published"
+    REJECTED = "rejected"  # turned away by curation (the reason is kept with the publication)
+    TAKEN_DOWN = "taken_down"
+
+    @staticmethod
+    def move(old: str, new: str) -> Status:
+        """`new`, if a conversation may go there from `old` (or stays where it is); ValueError otherwise."""
+        if new != old and Status(new) not in TRANSITIONS[Status(old)]:
+            raise ValueError(f"a conversation cannot go from {old} to {new}")
+        return Status(new)
+
+    @staticmethod
+    def sources(new: str) -> list[Status]:
+        """Every status a conversation may reach `new` from (itself included)."""
+        return [old for old, to in TRANSITIONS.items() if Status(new) in to or old == new]
+
+
+# What curation decides (a publication's state); the conversation's status follows it.
+_DECIDED = frozenset({Status.ACCEPTED, Status.PUBLISHED, Status.REJECTED, Status.TAKEN_DOWN})
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.OPEN: frozenset({Status.ENDED}),
+    Status.ENDED: frozenset({Status.JUDGED}) | _DECIDED,
+    Status.JUDGED: _DECIDED,
+    Status.ACCEPTED: frozenset({Status.PUBLISHING}) | _DECIDED,  # published at once: a crash's leftovers
+    Status.PUBLISHING: _DECIDED,  # rejected: the owner withdrew before the claim
+    Status.PUBLISHED: frozenset({Status.TAKEN_DOWN}),
+    # A later yes from the owner undoes a rejection for want of consent, and curation decides again.
+    Status.REJECTED: frozenset({Status.JUDGED, Status.ENDED, Status.OPEN}) | _DECIDED,
+    Status.TAKEN_DOWN: frozenset(),
+}
+# The owner's publishing choice no longer changes what happens in these.
+LOCKED = frozenset({Status.PUBLISHING, Status.PUBLISHED, Status.TAKEN_DOWN})
 
 
 class InvalidConversation(ValueError):
@@ -56,7 +100,7 @@ class Conversation:
     updated_at: datetime = field(default_factory=utcnow)
     ended_at: datetime | None = None
     end_reason: str | None = None
-    status: str = "open"
+    status: str = Status.OPEN
     publish_allowed: bool = False  # nothing is published without its owner's affirmative choice
     licence: str = "CC-BY-4.0"
     model_version: str | None = None

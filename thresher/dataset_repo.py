@@ -31,7 +31,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from thresher.conversation import Record
+
 BRANCH = "main"
+# The layout: conversations/YYYY/MM/DD/<id>.json, reviews/<id>/<reviewer>.json, takedowns/<id>.json (tombstones).
+CONVERSATIONS_DIR, REVIEWS_DIR, TAKEDOWNS_DIR = "conversations", "reviews", "takedowns"
 
 
 class GitError(RuntimeError):
@@ -209,6 +213,82 @@ class DatasetRepo:
         if at is None:
             return json.loads((self.path / relpath).read_text(encoding="utf-8"))
         return json.loads(self.git("show", f"{at}:{relpath}"))
+
+    # -- the layout, read at a commit (HEAD unless said) --------------------------------------------------------
+
+    def config(self, key: str) -> str:
+        """A git setting as this clone sees it ("" when unset)."""
+        return self.git("config", key, check=False)
+
+    def resolve(self, at: str) -> str:
+        """The commit `at` names, in full; GitError saying so when it names none."""
+        try:
+            return self.git("rev-parse", "--verify", f"{at}^{{commit}}")
+        except GitError:
+            raise GitError(f"{at!r} is not a commit of the clone at {self.path} (pull first, or check the id)"
+                           ) from None
+
+    def files(self, under: str, at: str = "HEAD") -> list[str]:
+        """Paths of every file under a directory at a commit (none in a clone without commits)."""
+        if not self.has_commits():
+            return []
+        return [p for p in self.git("ls-tree", "-r", "--name-only", at, "--", under).splitlines() if p]
+
+    def conversations(self, at: str = "HEAD") -> dict[str, str]:
+        """conversation id -> path of every published conversation file at a commit."""
+        return {p.rsplit("/", 1)[-1].removesuffix(".json"): p for p in self.files(CONVERSATIONS_DIR, at)
+                if p.endswith(".json")}
+
+    def record(self, path: str, at: str | None = None) -> Record:
+        """The conversation record in a file (of the working tree, or at a commit); InvalidRecord (a ValueError,
+        like broken JSON) when it holds none."""
+        return Record.from_json(self.read(path, at))
+
+    def takedowns(self, at: str = "HEAD") -> set[str]:
+        """Ids with a tombstone in `takedowns/` at a commit."""
+        return {p.rsplit("/", 1)[-1].removesuffix(".json") for p in self.files(TAKEDOWNS_DIR, at)
+                if p.endswith(".json")}
+
+    def last_commits(self, under: str, at: str = "HEAD") -> dict[str, str]:
+        """path -> the newest commit (reachable from `at`) that touched it, for every path under `under`, in one
+        call."""
+        last: dict[str, str] = {}
+        sha = ""
+        for line in self.git("log", "--format=%x00%H", "--name-only", at, "--", under).splitlines():
+            if line.startswith("\0"):
+                sha = line[1:]
+            elif line and line not in last:
+                last[line] = sha
+        return last
+
+    def edited_since(self, sha: str, under: str = CONVERSATIONS_DIR) -> list[str]:
+        """Files under `under` changed (not added or removed) between a commit and HEAD."""
+        return self.git("diff", "--name-only", "--diff-filter=M", sha, "HEAD", "--", under).splitlines()
+
+    def diff(self, sha: str, path: str) -> str:
+        return self.git("diff", sha, "HEAD", "--", path)
+
+    def last_change(self, path: str) -> tuple[str, str, datetime]:
+        """The newest commit to touch a file at HEAD: its id, its author ("Name <email>") and time."""
+        sha, author, when = self.git("log", "-1", "--format=%H%x00%an <%ae>%x00%aI", "HEAD", "--", path).split("\0")
+        return sha, author, datetime.fromisoformat(when)
+
+    def edited(self, under: str = CONVERSATIONS_DIR, at: str = "HEAD") -> list[str]:
+        """Files under `under` that some commit up to `at` modified after adding them."""
+        out = self.git("log", "--diff-filter=M", "--name-only", "--format=", at, "--", under)
+        return sorted({p for p in out.splitlines() if p})
+
+    def added_by(self, path: str, at: str = "HEAD") -> str:
+        """The commit that first added a file (IndexError if none did)."""
+        return self.git("log", "--diff-filter=A", "--format=%H", at, "--", path).split()[-1]
+
+    def history(self, path: str) -> list[str]:
+        """Every commit that touched a path, newest first."""
+        return self.git("log", "--format=%H", "--", path).splitlines()
+
+    def remove(self, path: str, recursive: bool = False) -> None:
+        """Stage a file's (or a directory's) removal for the next commit."""
+        self.git("rm", "-q", *(["-r"] if recursive else []), "--", path)
 
     def commit(self, paths: list[str], message: str, author: str | None = None) -> Commit | None:
         """Commit these paths (a path whose file is gone is removed), with whatever `git rm` staged; None when that

@@ -19,7 +19,7 @@ from typing import Any
 
 from thresher.conversation import Conversation, InvalidRecord, Record, utcnow
 from thresher.curate import Deduplicator, rejection, scrub, scrub_text
-from thresher.dataset_repo import DatasetRepo, GitError, conversation_path
+from thresher.dataset_repo import REVIEWS_DIR, TAKEDOWNS_DIR, DatasetRepo, GitError, conversation_path
 from thresher.judge import Judge, Judgment
 from thresher.pairs import drop_pairs_of, record_pairs
 from thresher.store import Feedback, Publication, Store
@@ -248,19 +248,19 @@ def _takedown(store: Store, repo: DatasetRepo, conv_id: str, reason: str) -> Tak
     path = pub.path if pub and pub.path else conversation_path(conv_id, conv.created_at)
     changed = []
     if (repo.path / path).exists():
-        repo.git("rm", "-q", "--", path)
+        repo.remove(path)
         changed.append(path)
-    reviews = repo.path / "reviews" / conv_id
-    if reviews.exists():
-        repo.git("rm", "-q", "-r", "--", f"reviews/{conv_id}")
-        changed.append(f"reviews/{conv_id}")
+    reviews = f"{REVIEWS_DIR}/{conv_id}"
+    if (repo.path / reviews).exists():
+        repo.remove(reviews, recursive=True)
+        changed.append(reviews)
     # Its on-policy preference pairs (published beside the round records) go with it.
     pair_files = [str(f.relative_to(repo.path)) for f in sorted((repo.path / "rounds").glob("*-pairs.jsonl"))
                   if drop_pairs_of(f, conv_id)]
-    tomb = f"takedowns/{conv_id}.json"
+    tomb = f"{TAKEDOWNS_DIR}/{conv_id}.json"
     repo.write(tomb, {"id": conv_id, "reason": reason, "time": utcnow().isoformat(timespec="seconds")})
     commit = repo.commit([tomb, *pair_files], f"Take down {conv_id}: {reason}")  # the removals: staged by git rm
-    history = repo.git("log", "--format=%H", "--", path).splitlines() if changed else []
+    history = repo.history(path) if changed else []
     store.set_publish(conv_id, False)
     store.set_publication(Publication(conv_id, "taken_down", reason, path=path if changed else None,
                                       commit_sha=commit.sha if commit else None,

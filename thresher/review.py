@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from thresher.conversation import InvalidRecord, Record
-from thresher.dataset_repo import DatasetRepo, GitError, dump
+from thresher.dataset_repo import REVIEWS_DIR, DatasetRepo, GitError, dump
 from thresher.store import Correction, NotFound, Review, Store
 
 log = logging.getLogger("thresher.review")
 
 VERDICTS = ("approve", "reject")
-REVIEWS_DIR = "reviews"
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
 _CONV_ID = re.compile(r"^[0-9A-Za-z]{1,26}$")
 
@@ -76,7 +75,7 @@ def reviewer_author(identity: str) -> str:
 def reviewer_identity(repo: DatasetRepo) -> str:
     """The reviewer name of whoever commits in this clone: a slug of git's user.email, else user.name."""
     for key in ("user.email", "user.name"):
-        value = repo.git("config", key, check=False)
+        value = repo.config(key)
         if value:
             return reviewer_slug(value)
     raise InvalidVerdict("this clone has no git identity: set `git config user.email you@example.org` "
@@ -140,35 +139,20 @@ class VerdictsRead:
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of files skipped
 
 
-def _last_commits(repo: DatasetRepo, at: str, under: str) -> dict[str, str]:
-    """path -> the newest commit (reachable from `at`) that touched it, for every path under `under`, in one call."""
-    out = repo.git("log", "--format=%x00%H", "--name-only", at, "--", under)
-    last: dict[str, str] = {}
-    sha = ""
-    for line in out.splitlines():
-        if line.startswith("\0"):
-            sha = line[1:]
-        elif line and line not in last:
-            last[line] = sha
-    return last
-
-
 def read_verdicts(repo: DatasetRepo, at: str = "HEAD") -> VerdictsRead:
     """Every verdict in the repository at a commit (HEAD by default). Malformed files are reported in `problems`
     and skipped, never raised."""
     result = VerdictsRead()
-    if not repo.has_commits():
-        return result
-    paths = [p for p in repo.git("ls-tree", "-r", "--name-only", at, "--", REVIEWS_DIR).splitlines() if p]
-    commits = _last_commits(repo, at, REVIEWS_DIR) if paths else {}
+    paths = repo.files(REVIEWS_DIR, at)
+    commits = repo.last_commits(REVIEWS_DIR, at) if paths else {}
     for path in paths:
         parts = path.split("/")
         if len(parts) != 3 or not parts[2].endswith(".json"):
             result.problems.append((path, "not reviews/<conversation id>/<reviewer>.json"))
             continue
         try:
-            obj = json.loads(repo.git("show", f"{at}:{path}"))
-            result.verdicts.append(parse_verdict(parts[1], parts[2].removesuffix(".json"), obj, commits.get(path)))
+            result.verdicts.append(parse_verdict(parts[1], parts[2].removesuffix(".json"), repo.read(path, at),
+                                                 commits.get(path)))
         except (ValueError, GitError) as e:  # InvalidVerdict and JSONDecodeError are ValueErrors
             result.problems.append((path, str(e)))
     for path, why in result.problems:
@@ -178,10 +162,10 @@ def read_verdicts(repo: DatasetRepo, at: str = "HEAD") -> VerdictsRead:
 
 def verdicts_on(repo: DatasetRepo, conv_id: str, at: str = "HEAD") -> list[Review]:
     """Every well-formed verdict on one conversation at a commit (what a reviewer sees others said)."""
-    if not _CONV_ID.match(conv_id) or not repo.has_commits():
+    if not _CONV_ID.match(conv_id):
         return []
     found = []
-    for path in repo.git("ls-tree", "-r", "--name-only", at, "--", f"{REVIEWS_DIR}/{conv_id}").splitlines():
+    for path in repo.files(f"{REVIEWS_DIR}/{conv_id}", at):
         parts = path.split("/")
         if len(parts) == 3 and parts[2].endswith(".json"):
             try:
@@ -220,19 +204,10 @@ def write_verdict(repo: DatasetRepo, conv_id: str, verdict: str, reason: str = "
     return Written(review, commit.sha if commit else None, pushed)
 
 
-def conversation_paths(repo: DatasetRepo, at: str = "HEAD") -> dict[str, str]:
-    """conversation id -> path of every published conversation file at a commit."""
-    if not repo.has_commits():
-        return {}
-    out = repo.git("ls-tree", "-r", "--name-only", at, "--", "conversations")
-    return {p.rsplit("/", 1)[-1].removesuffix(".json"): p for p in out.splitlines() if p.endswith(".json")}
-
-
 def pending(repo: DatasetRepo, reviewer: str) -> list[str]:
     """Paths of the conversations this reviewer has not given a verdict on yet, oldest first (ids are ULIDs)."""
-    mine = {p.split("/")[1] for p in repo.git("ls-tree", "-r", "--name-only", "HEAD", "--", REVIEWS_DIR)
-            .splitlines() if p.endswith(f"/{reviewer}.json")} if repo.has_commits() else set()
-    return [path for cid, path in sorted(conversation_paths(repo).items()) if cid not in mine]
+    mine = {p.split("/")[1] for p in repo.files(REVIEWS_DIR) if p.endswith(f"/{reviewer}.json")}
+    return [path for cid, path in sorted(repo.conversations().items()) if cid not in mine]
 
 
 def commit_correction(repo: DatasetRepo, path: str, push: bool = True) -> str | None:
@@ -271,17 +246,15 @@ def find_corrections(store: Store, repo: DatasetRepo) -> list[Correction]:
             by_commit.setdefault(p.commit_sha, {})[p.path] = p.conversation_id
     for sha, paths in by_commit.items():
         try:  # one diff per publishing commit, not one per file
-            changed = repo.git("diff", "--name-only", "--diff-filter=M", sha, "HEAD", "--", "conversations")
+            changed = repo.edited_since(sha)
         except GitError as e:
             log.warning("cannot compare with publishing commit %s: %s", sha[:12], e)
             continue
-        for path in changed.splitlines():
+        for path in changed:
             if path not in paths:
                 continue
-            diff = repo.git("diff", sha, "HEAD", "--", path)
-            last, author, when = repo.git("log", "-1", "--format=%H%x00%an <%ae>%x00%aI", "HEAD", "--",
-                                          path).split("\0")
-            found.append(Correction(paths[path], last, diff, datetime.fromisoformat(when).astimezone(UTC), author))
+            last, author, when = repo.last_change(path)
+            found.append(Correction(paths[path], last, repo.diff(sha, path), when.astimezone(UTC), author))
     return found
 
 
@@ -351,43 +324,45 @@ class Manifest:
         return dump(asdict(self))
 
 
-def taken_down(repo: DatasetRepo, at: str = "HEAD") -> set[str]:
-    """Ids with a tombstone in `takedowns/` at a commit."""
-    if not repo.has_commits():
-        return set()
-    out = repo.git("ls-tree", "-r", "--name-only", at, "--", "takedowns")
-    return {p.rsplit("/", 1)[-1].removesuffix(".json") for p in out.splitlines() if p.endswith(".json")}
+@dataclass
+class Reviewed:
+    """A published conversation at a commit, its verdicts there, and what they decide (`quorum`)."""
+
+    id: str
+    path: str
+    verdicts: list[Review]
+    state: str  # approved | rejected | pending
 
 
-def build_dataset(repo: DatasetRepo, at: str, out: Path, min_approvals: int = 1) -> Manifest:
-    """The approved conversations at commit `at` as training-ready JSONL (`{"id", "messages"}` a line, by id, with
-    `pairs` where the conversation carries preference pairs) plus
-    `manifest.json`. Byte-for-byte reproducible: nothing depends on the time, the machine or the store; the one
-    thing read beyond `at` is the takedown tombstones at HEAD, so a conversation taken down later never trains."""
-    try:
-        sha = repo.git("rev-parse", "--verify", f"{at}^{{commit}}")
-    except GitError:
-        raise GitError(f"{at!r} is not a commit of the clone at {repo.path} (pull first, or check the id)") from None
-    paths = conversation_paths(repo, sha)
+def reviewed(repo: DatasetRepo, at: str = "HEAD", min_approvals: int = 1) -> tuple[str, list[Reviewed], int]:
+    """The reviewed data at a commit: every conversation published at `at` and not taken down (at `at` or at HEAD,
+    so that one taken down later never trains), by id, with its verdicts and their outcome by the one verdict
+    policy, `quorum`. Returns the commit in full, them, and how many were left out as taken down. The chat model's
+    data (`build_dataset`) and the judge's (`thresher.train.data.rows_from_verdicts`) both come from here."""
+    sha = repo.resolve(at)
+    paths = repo.conversations(sha)
     by_conv: dict[str, list[Review]] = {}
     for v in read_verdicts(repo, sha).verdicts:
         by_conv.setdefault(v.conversation_id, []).append(v)
-    gone = taken_down(repo, sha) | taken_down(repo, "HEAD")
-    counts = {"approved": 0, "rejected": 0, "pending": 0}
-    lines, removed = [], 0
-    for conv_id in sorted(paths):
-        if conv_id in gone:
-            removed += 1
-            continue
-        state = quorum(by_conv.get(conv_id, []), min_approvals)
-        counts[state] += 1
-        if state == "approved":
-            record = Record.from_json(json.loads(repo.git("show", f"{sha}:{paths[conv_id]}")))
-            lines.append(json.dumps(record.training_json(), ensure_ascii=False, sort_keys=True))
+    gone = repo.takedowns(sha) | repo.takedowns("HEAD")
+    items = [Reviewed(cid, paths[cid], by_conv.get(cid, []), quorum(by_conv.get(cid, []), min_approvals))
+             for cid in sorted(paths) if cid not in gone]
+    return sha, items, len(paths) - len(items)
+
+
+def build_dataset(repo: DatasetRepo, at: str, out: Path, min_approvals: int = 1) -> Manifest:
+    """The approved conversations at commit `at` (`reviewed`) as training-ready JSONL (`Record.training_json`: id,
+    messages, and pairs where the conversation carries preference pairs; a line each, by id) plus `manifest.json`.
+    Byte-for-byte reproducible: nothing depends on the time, the machine or the store; the one thing read beyond
+    `at` is the takedown tombstones at HEAD, so a conversation taken down later never trains."""
+    sha, items, removed = reviewed(repo, at, min_approvals)
+    counts = {state: sum(i.state == state for i in items) for state in ("approved", "rejected", "pending")}
+    lines = [json.dumps(repo.record(i.path, sha).training_json(), ensure_ascii=False, sort_keys=True)
+             for i in items if i.state == "approved"]
     data = "".join(line + "\n" for line in lines).encode("utf-8")
     out.mkdir(parents=True, exist_ok=True)
     (out / "data.jsonl").write_bytes(data)
-    manifest = Manifest(sha, min_approvals, len(paths), counts["approved"], counts["rejected"], counts["pending"],
-                        removed, hashlib.sha256(data).hexdigest())
+    manifest = Manifest(sha, min_approvals, len(items) + removed, counts["approved"], counts["rejected"],
+                        counts["pending"], removed, hashlib.sha256(data).hexdigest())
     (out / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
     return manifest

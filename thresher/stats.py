@@ -18,6 +18,7 @@ from datetime import UTC, date
 from pathlib import Path
 from typing import Any
 
+from thresher.conversation import Status
 from thresher.evaluate import auc, spearman
 from thresher.evidence import is_noise
 from thresher.judge import Judgment
@@ -27,14 +28,14 @@ from thresher.store import CONSENT_REJECTIONS, Store
 
 # Conversation statuses in the order a conversation passes through them, with what each means here.
 STATUSES = {
-    "open": "open (being chatted in)",
-    "ended": "ended, not judged (yet)",
-    "judged": "judged, not curated yet",
-    "accepted": "accepted, not published yet",
-    "publishing": "being published",
-    "published": "published",
-    "rejected": "rejected by the judge or curator",
-    "taken_down": "taken down",
+    Status.OPEN: "open (being chatted in)",
+    Status.ENDED: "ended, not judged (yet)",
+    Status.JUDGED: "judged, not curated yet",
+    Status.ACCEPTED: "accepted, not published yet",
+    Status.PUBLISHING: "being published",
+    Status.PUBLISHED: "published",
+    Status.REJECTED: "rejected by the judge or curator",
+    Status.TAKEN_DOWN: "taken down",
 }
 # Published conversations by the reviewers' quorum.
 REVIEWS = {"approved": "approved by reviewers", "rejected": "rejected by reviewers", "pending": "awaiting review"}
@@ -175,7 +176,7 @@ def collect(store: Store, data_dir: Path, threshold: float, min_approvals: int =
     """Every figure, from the store, the round records under `data_dir/rounds` and the registry."""
     problems: list[str] = []
     counts = store.counts()
-    statuses = {s: counts[s] for s in STATUSES if counts.get(s)}
+    statuses = {str(s): counts[s] for s in STATUSES if counts.get(s)}
     statuses.update(sorted((s, n) for s, n in counts.items() if s not in STATUSES and n))
 
     decisions = store.decisions()

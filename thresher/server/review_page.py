@@ -26,7 +26,6 @@ from thresher.dataset_repo import DatasetRepo, GitError, RepoBusy
 from thresher.review import (
     VERDICTS,
     InvalidVerdict,
-    conversation_paths,
     pending,
     reviewer_author,
     reviewer_slug,
@@ -259,7 +258,7 @@ def _decide(repo: DatasetRepo, reviewer: Reviewer, conv_id: str, verdict: str, r
             repo.pull()  # what others said meanwhile, so our file lands on top of theirs
         except GitError as e:
             log.warning("could not pull the dataset before a verdict (pushing later): %s", e)
-        if conv_id not in conversation_paths(repo):
+        if conv_id not in repo.conversations():
             raise LookupError(conv_id)
         written = write_verdict(repo, conv_id, verdict, reason, score, reviewer=reviewer.slug, author=reviewer.author)
     log.info("%s: %s %s on the review page", reviewer.slug, verdict, conv_id)

@@ -20,12 +20,12 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
+from thresher.conversation import LOCKED
 from thresher.store.conversations import Conversations
 from thresher.store.judgments import Judgments
 from thresher.store.publications import Publications
 from thresher.store.records import (
     CONSENT_REJECTIONS,
-    LOCKED,
     RATINGS,
     ROOT,
     Correction,
@@ -39,9 +39,9 @@ from thresher.store.records import (
     Turn,
 )
 from thresher.store.reviews import Reviews
-from thresher.store.tables import CURATION_STATUSES, DEDUP_STATES, Base
+from thresher.store.tables import DEDUP_STATES, Base
 
-__all__ = ["CONSENT_REJECTIONS", "CURATION_STATUSES", "DEDUP_STATES", "LOCKED", "RATINGS", "ROOT", "Base",
+__all__ = ["CONSENT_REJECTIONS", "DEDUP_STATES", "LOCKED", "RATINGS", "ROOT", "Base",
            "Correction", "Feedback", "NotFound", "Publication", "PublishLocked", "ReplyVersion", "Review", "Store",
            "Summary", "Turn"]
 

@@ -13,10 +13,18 @@ from sqlalchemy.orm import (
     Session,
 )
 
-from thresher.conversation import INTERRUPTED, STREAMING, Conversation, Message, messages_hash, utcnow
+from thresher.conversation import (
+    INTERRUPTED,
+    LOCKED,
+    STREAMING,
+    Conversation,
+    Message,
+    Status,
+    messages_hash,
+    utcnow,
+)
 from thresher.store.records import (
     CONSENT_REJECTIONS,
-    LOCKED,
     RATINGS,
     ROOT,
     Feedback,
@@ -368,7 +376,7 @@ class Conversations:
             if row.ended_at is None:
                 row.ended_at = utcnow()
                 row.end_reason = reason
-                row.status = "ended"
+                row.status = str(Status.move(row.status, Status.ENDED))
             return _to_conversation(row)
 
     def set_publish(self, conv_id: str, allowed: bool) -> None:
@@ -395,7 +403,8 @@ class Conversations:
                 s.delete(pub)
                 judged = s.scalar(sa.select(JudgmentRow.id).where(JudgmentRow.conversation_id == conv_id,
                                                                   JudgmentRow.status != "failed").limit(1))
-                row.status = "judged" if judged else "ended" if row.ended_at else "open"
+                row.status = str(Status.move(row.status, Status.JUDGED if judged else Status.ENDED if row.ended_at
+                                             else Status.OPEN))
             return _to_conversation(row)
 
     def claim_for_publishing(self, ids: list[str]) -> set[str]:
@@ -409,7 +418,7 @@ class Conversations:
                                                         .where(c.c.id.in_(ids[start:start + 500])).with_for_update())
                            if ok]
                 if allowed:
-                    s.execute(sa.update(c).where(c.c.id.in_(allowed)).values(status="publishing"))
+                    s.execute(sa.update(c).where(c.c.id.in_(allowed)).values(status=str(Status.PUBLISHING)))
                 claimed.update(allowed)
         return claimed
 
@@ -423,7 +432,7 @@ class Conversations:
             ).all()
             now = utcnow()
             for row in rows:
-                row.ended_at, row.end_reason, row.status = now, "idle", "ended"
+                row.ended_at, row.end_reason, row.status = now, "idle", str(Status.move(row.status, Status.ENDED))
             return [r.id for r in rows]
 
     def recover_interrupted(self) -> int:

@@ -10,7 +10,7 @@ from sqlalchemy.orm import (
     Session,
 )
 
-from thresher.conversation import Conversation
+from thresher.conversation import Conversation, Status
 from thresher.judge import Judgment
 from thresher.store.records import (
     NotFound,
@@ -66,8 +66,8 @@ class Judgments:
                 method=j.method, score=j.score, distribution=j.distribution, rationale=j.rationale,
                 flags=list(j.flags), error=j.error, created_at=j.created_at,
             ))
-            if conv.status in ("ended", "judged"):
-                conv.status = "judged"
+            if conv.status in (Status.ENDED, Status.JUDGED):
+                conv.status = str(Status.JUDGED)
 
     def judgments(self, conv_id: str) -> list[Judgment]:
         with self.session() as s:

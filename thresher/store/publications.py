@@ -14,13 +14,12 @@ from sqlalchemy.orm import (
     selectinload,
 )
 
-from thresher.conversation import Conversation, utcnow
+from thresher.conversation import Conversation, Status, utcnow
 from thresher.judge import Judgment
 from thresher.store.records import (
     Publication,
 )
 from thresher.store.tables import (
-    CURATION_STATUSES,
     DEDUP_STATES,
     ConversationRow,
     DedupBandRow,
@@ -96,9 +95,12 @@ class Publications:
                 by_columns.setdefault(tuple(sorted(changes)), []).append({**changes, "b_id": cid})
         for rows in by_columns.values():
             s.execute(sa.update(t).where(t.c.conversation_id == sa.bindparam("b_id")), rows)
-        follows = c.c.status.in_([sa.literal(x) for x in CURATION_STATUSES])  # literals: bound once, for every row
-        s.execute(sa.update(c).where(c.c.id == sa.bindparam("b_id"), follows).values(status=sa.bindparam("b_state")),
-                  [{"b_id": cid, "b_state": v["state"]} for cid, v in values.items()])
+        # The conversation's status follows the decision, where `Status`'s transitions allow it (an open one, or a
+        # published one "accepted" again, stays as it is).
+        for state in sorted({v["state"] for v in values.values()}):
+            follows = c.c.status.in_([sa.literal(str(x)) for x in Status.sources(state)])  # bound once, for all
+            s.execute(sa.update(c).where(c.c.id == sa.bindparam("b_id"), follows).values(status=state),
+                      [{"b_id": cid} for cid, v in values.items() if v["state"] == state])
         # The band index follows: in it go signatures that entered DEDUP_STATES (accepted), out go those that
         # left (a takedown, a withdrawn consent); published after accepted changes nothing.
         changed: dict[str, tuple[bytes | None, bytes | None]] = {}

@@ -15,8 +15,6 @@ class PublishLocked(ValueError):
     does)."""
 
 
-# Conversation states in which the owner's publishing choice can no longer change what happens.
-LOCKED = ("publishing", "published", "taken_down")
 # Curation's reasons for a rejection that only the owner's choice caused; a later yes undoes them.
 CONSENT_REJECTIONS = ("owner opted out", "owner withdrew consent")
 

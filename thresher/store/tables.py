@@ -146,8 +146,6 @@ class PublicationRow(Base):
 
 # Publication states whose conversations new ones must not duplicate: those in the dataset and those on their way.
 DEDUP_STATES = ("accepted", "published")
-# The conversation statuses that follow the publication state set for them (curation owns the conversation then).
-CURATION_STATUSES = ("ended", "judged", "published", "rejected", "accepted", "publishing", "taken_down")
 
 
 class DedupBandRow(Base):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from thresher.conversation import FORMATS, InvalidConversation, InvalidRecord, Record, from_format
+from thresher.conversation import FORMATS, InvalidConversation, from_format
 
 SAMPLES = Path(__file__).parent / "samples"
 SAMPLE = "sample"  # the name of the Alpaca-format sample that ships with thresher
@@ -143,30 +143,26 @@ class JudgeRow:
     template: str = ""  # which wording spoiled it (evaluation uses wordings training never saw)
 
 
-def rows_from_verdicts(repo: Any, at: str = "HEAD") -> list[JudgeRow]:
-    """Judge rows from reviewers' verdicts at a commit: approve is good, reject bad; a reviewer's score, when given,
-    is the rating to learn. Several verdicts on one conversation: the majority decides, the mean score rates."""
-    from thresher.review import conversation_paths, read_verdicts, taken_down
+def rows_from_verdicts(repo: Any, at: str = "HEAD", min_approvals: int = 1) -> list[JudgeRow]:
+    """Judge rows from reviewers' verdicts at a commit, decided as for the chat model's data (`review.reviewed`:
+    approved is good, rejected bad, pending teaches nothing yet); the mean of the reviewers' scores, when they gave
+    any, is the rating to learn."""
+    from thresher.review import reviewed
 
-    paths = conversation_paths(repo, at)
-    gone = taken_down(repo, at) | taken_down(repo, "HEAD")
-    by_conv: dict[str, list] = {}
-    for v in read_verdicts(repo, at).verdicts:
-        if v.conversation_id in paths and v.conversation_id not in gone:
-            by_conv.setdefault(v.conversation_id, []).append(v)
     rows = []
-    for conv_id, verdicts in sorted(by_conv.items()):
-        approvals = sum(v.verdict == "approve" for v in verdicts)
-        good = approvals * 2 > len(verdicts)
-        scores = [v.score for v in verdicts if v.score is not None]
+    for item in reviewed(repo, at, min_approvals)[1]:
+        if item.state == "pending":
+            continue
+        good = item.state == "approved"
+        scores = [v.score for v in item.verdicts if v.score is not None]
         rating = round(sum(scores) / len(scores)) if scores else (GOOD_RATING if good else BAD_RATING)
         try:
-            messages = Record.from_json(json.loads(repo.git("show", f"{at}:{paths[conv_id]}"))).messages
-        except (InvalidRecord, ValueError) as e:  # a file an edit broke teaches nothing
-            log.warning("%s: %s (its verdicts are not trained on)", paths[conv_id], e)
+            messages = repo.record(item.path, at).messages
+        except ValueError as e:  # a file an edit broke (InvalidRecord, bad JSON) teaches nothing
+            log.warning("%s: %s (its verdicts are not trained on)", item.path, e)
             continue
         rows.append(JudgeRow(messages, "good" if good else "bad", max(1, min(10, rating)), "reviewer",
-                             source=conv_id))
+                             source=item.id))
     return rows
 
 
@@ -176,15 +172,13 @@ def rows_from_corrections(repo: Any, at: str = "HEAD") -> list[JudgeRow]:
     from thresher.dataset_repo import GitError
 
     try:
-        changed = repo.git("log", "--diff-filter=M", "--name-only", "--format=", at, "--", "conversations")
+        changed = repo.edited(at=at)
     except GitError:
         return []
     rows = []
-    for path in sorted({p for p in changed.splitlines() if p.endswith(".json")}):
+    for path in [p for p in changed if p.endswith(".json")]:
         try:
-            first = repo.git("log", "--diff-filter=A", "--format=%H", at, "--", path).split()[-1]
-            now = Record.from_json(json.loads(repo.git("show", f"{at}:{path}")))
-            before = Record.from_json(json.loads(repo.git("show", f"{first}:{path}")))
+            now, before = repo.record(path, at), repo.record(path, repo.added_by(path, at))
         except (GitError, IndexError, ValueError):  # InvalidRecord is a ValueError
             continue  # removed since, not JSON or not a record: nothing to learn from
         new, old = now.messages, before.messages

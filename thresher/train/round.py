@@ -320,7 +320,8 @@ def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, re
     if config.judge_source_limit and len(good) > config.judge_source_limit:
         good = random.Random(config.seed).sample(good, config.judge_source_limit)
     good += [Source(c.id, c.messages, "approved") for c in train_convs]
-    verdicts = [*rows_from_verdicts(repo, commit), *rows_from_corrections(repo, commit)] if commit else []
+    verdicts = ([*rows_from_verdicts(repo, commit, settings.quorum_approvals), *rows_from_corrections(repo, commit)]
+                if commit else [])
     engine = load_engine(pin["serving"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     same = pin["serving_judge"] == pin["serving"]
     current = make_judge("serving" if same else pin["serving_judge"], engine, n_ctx=settings.n_ctx,
@@ -424,10 +425,9 @@ def _pairs(settings: Settings, config: RoundConfig, repo: Any, commit: str | Non
         return {"pairs": 0, "skipped": "no preference stage in this round's configuration", "seconds": 0.0}
     pairs = [p for c in train_convs for p in from_record(c)]
     if commit:  # reviewers' corrections: the corrected reply over the published one
-        from thresher.review import taken_down
         from thresher.train.data import rows_from_corrections
 
-        gone = taken_down(repo, commit) | taken_down(repo, "HEAD")
+        gone = repo.takedowns(commit) | repo.takedowns("HEAD")
         both: dict[str, dict[str, list[dict[str, str]]]] = {}
         for row in rows_from_corrections(repo, commit):
             both.setdefault(row.source or "", {})[row.label] = row.messages
