@@ -332,7 +332,7 @@ def test_exact_duplicates_ignore_case_and_whitespace() -> None:
     dedup = Deduplicator(published)
     copy = _with(published[3], ["  " + m.content.upper().replace(" ", " \n ") for m in published[3].messages])
     assert normalised_hash(copy) == normalised_hash(published[3])
-    assert dedup.check_batch([copy]) == [f"exact duplicate of {published[3].id}"]
+    assert check(dedup, [copy]) == [f"exact duplicate of {published[3].id}"]
     role_swapped = Conversation(messages=[Message("assistant", m.content) for m in published[3].messages])
     assert normalised_hash(role_swapped) != normalised_hash(published[3])
 
@@ -346,7 +346,7 @@ def test_near_duplicates_with_a_few_words_changed() -> None:
     for i in (5, 30, 55):
         words[i] = "changed"
     near = _with(original, [original.messages[0].content, " ".join(words)])
-    (reason,) = dedup.check_batch([near])
+    (reason,) = check(dedup, [near])
     assert reason is not None and reason.startswith(f"near duplicate of {original.id} (jaccard ~0.")
 
 
@@ -354,17 +354,17 @@ def test_distinct_conversations_are_kept_and_batch_duplicates_found() -> None:
     rng = random.Random(3)
     dedup = Deduplicator([_conv(rng) for _ in range(30)])
     fresh = [_conv(rng) for _ in range(20)]
-    assert dedup.check_batch(fresh) == [None] * 20
+    assert check(dedup, fresh) == [None] * 20
     a, b = _conv(rng), _conv(rng)
     a_again = _with(a, [m.content for m in a.messages])
     words = b.messages[1].content.split()
     words[10] = "other"
     b_near = _with(b, [b.messages[0].content, " ".join(words)])
-    reasons = dedup.check_batch([a, b, a_again, b_near])
+    reasons = check(dedup, [a, b, a_again, b_near])
     assert reasons[:2] == [None, None]
     assert reasons[2] == f"exact duplicate of {a.id}"
     assert reasons[3] is not None and reasons[3].startswith(f"near duplicate of {b.id}")
-    assert dedup.check_batch(fresh[:1]) == [None]  # the same conversation (same id) is not its own duplicate
+    assert check(dedup, fresh[:1]) == [None]  # the same conversation (same id) is not its own duplicate
 
 
 def test_the_store_index_finds_what_memory_finds(store: Store) -> None:
@@ -388,8 +388,20 @@ def test_the_store_index_finds_what_memory_finds(store: Store) -> None:
     keys = Deduplicator()
     store.set_publications([Publication(c.id, "published", dedup_hash=keys.keys(c)[0], minhash=keys.keys(c)[1])
                             for c in published])
-    in_memory = Deduplicator(published).check_batch(candidates)
-    assert Deduplicator(index=store).check_batch(candidates) == in_memory
+    in_memory = check(Deduplicator(published), candidates)
+    assert check(Deduplicator(index=store), candidates) == in_memory
     assert sum(r is not None and r.startswith("exact") for r in in_memory) > 10
     assert sum(r is not None and r.startswith("near") for r in in_memory) > 30
     assert sum(r is None for r in in_memory) > 50
+
+
+def check(dedup: Deduplicator, convs: list[Conversation]) -> list[str | None]:
+    """What publishing does with a batch: look it up at once, then ask about each in turn and keep the new ones."""
+    dedup.prefetch(convs)
+    reasons = []
+    for conv in convs:
+        reason = dedup.duplicate_of(conv)
+        if reason is None:
+            dedup.add(conv)
+        reasons.append(reason)
+    return reasons

@@ -440,3 +440,28 @@ def test_an_edit_that_breaks_the_record_is_refused_and_a_pushed_one_is_not_judge
     assert rejudge_corrections(store, publisher, Judge(ScriptedEngine(), rationale="never")) == 0
     assert store.corrections(to_rejudge=True) == []
     assert [j.judge_id for j in store.judgments(ids[0])] == ["judge@1"]
+
+
+def test_the_chat_models_data_and_the_judges_rows_follow_one_verdict_policy(store: Store, tmp_path: Path,
+                                                                           remote: Path) -> None:
+    from thresher.review import build_dataset, reviewed
+    from thresher.train.data import rows_from_verdicts
+
+    publisher, ids = published(store, tmp_path, remote, n=4)
+    ada, bob, cy = (clone(tmp_path, remote, n, f"{n}@example.org") for n in ("ada", "bob", "cy"))
+    write_verdict(ada, ids[0], "approve", score=9)
+    write_verdict(ada, ids[1], "approve")  # two approvals and one rejection: rejected, for both
+    write_verdict(bob, ids[1], "approve")
+    write_verdict(cy, ids[1], "reject", "made up")
+    write_verdict(bob, ids[2], "reject", "rude")  # ids[3]: nobody said anything yet
+    publisher.pull()
+    _, items, gone = reviewed(publisher)
+    assert {i.id: i.state for i in items} == {ids[0]: "approved", ids[1]: "rejected", ids[2]: "rejected",
+                                              ids[3]: "pending"} and gone == 0
+    manifest = build_dataset(publisher, "HEAD", tmp_path / "build")
+    assert (manifest.approved, manifest.rejected, manifest.pending) == (1, 2, 1)
+    rows = {r.source: r for r in rows_from_verdicts(publisher)}
+    assert {cid: r.label for cid, r in rows.items()} == {ids[0]: "good", ids[1]: "bad", ids[2]: "bad"}
+    assert rows[ids[0]].rating == 9  # the reviewer's own score is the rating learnt
+    with pytest.raises(GitError, match="not a commit"):
+        reviewed(publisher, "no-such-commit")

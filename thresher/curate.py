@@ -402,8 +402,8 @@ class Deduplicator:
     """Exact and near-duplicate detection against a growing set of conversations.
 
     Seed it with what is already published, or give it the `index` (the store) that holds the keys of everything
-    published, then `check_batch` the candidates: each candidate is compared with the published conversations and
-    with the candidates before it, and those that are not duplicates join the set (as if published). With an index
+    published, then for each candidate in turn ask `duplicate_of` and `add` the ones that are kept: each candidate is
+    compared with the published conversations and with the candidates added before it. With an index
     only what was added since is held in memory, and `prefetch` looks a whole batch up in a few queries. Compare
     scrubbed conversations with scrubbed ones, so that placeholders match placeholders. The default threshold
     (estimated Jaccard similarity of word 3-grams >= 0.7) flags a 100-word conversation with three words changed."""
@@ -495,17 +495,6 @@ class Deduplicator:
         if best is not None and best[0] >= self.threshold:
             return f"near duplicate of {best[1]} (jaccard ~{best[0]:.2f})"
         return None
-
-    def check_batch(self, convs: Sequence[Conversation]) -> list[str | None]:
-        """For each conversation, in order: None (kept, and remembered) or the reason it is a duplicate."""
-        self.prefetch(convs)
-        reasons = []
-        for conv in convs:
-            reason = self.duplicate_of(conv)
-            if reason is None:
-                self.add(conv)
-            reasons.append(reason)
-        return reasons
 
 
 # --- selection ---------------------------------------------------------------------------------------------------
