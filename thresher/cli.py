@@ -192,15 +192,13 @@ def judge(
     j = _load_judge(s, judge_spec, threshold, rationale)
 
     if pending:
+        from thresher.deployment import Deployment
         from thresher.flywheel import judge_pending
-        from thresher.store import Store
 
-        store = Store(s.db_url)
-        store.migrate()
-        total = len(store.pending_judgment(j.judge_id, j.rubric_hash, limit=1_000_000))
-        with _progress() as bar:
-            task = bar.add_task("judging", total=total)
-            n = judge_pending(store, j, on_judged=lambda *_: bar.advance(task))
+        with Deployment(s) as d, _progress() as bar:
+            task = bar.add_task("judging", total=len(d.store.pending_judgment(j.judge_id, j.rubric_hash,
+                                                                               limit=1_000_000)))
+            n = judge_pending(d.store, j, on_judged=lambda *_: bar.advance(task))
         err.print(f"judged {n} conversation(s) with {j.judge_id}")
         return
 
@@ -308,34 +306,14 @@ def status(
 
     Example: `thresher status --data-dir thresher-data`
     """
-    from collections import Counter
-
     from thresher import stats
-    from thresher.store import Store
+    from thresher.deployment import Deployment
 
     s = _settings(data_dir=data_dir)
-    store = Store(s.db_url)
-    store.migrate()
-    try:
-        counts = store.counts()
-        judgment_stats = store.judgment_stats()
-        typer.echo("conversations: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
-        by = judgment_stats["by_status"]
-        typer.echo("judgments: " + (", ".join(f"{k} {v}" for k, v in sorted(by.items())) or "none"))  # type: ignore[union-attr]
-        pubs = store.publications()
-        if pubs:
-            states = Counter(p.state for p in pubs)
-            unpushed = sum(1 for p in pubs if p.state == "published" and not p.pushed)
-            typer.echo("dataset: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
-                       + (f" ({unpushed} not pushed yet)" if unpushed and s.dataset_remote else
-                          f" (in {s.dataset_path}; no dataset_remote set, so nothing is pushed)" if unpushed else ""))
-        if judgment_stats["mean_score"] is not None:
-            typer.echo(f"mean score: {judgment_stats['mean_score']:.2f}")
-        figures = stats.collect(store, s.data_dir, s.threshold(), s.quorum_approvals)
-        typer.echo(f"publishing: {figures.threshold_note()} (judge_threshold = {s.judge_threshold})")
-        recent = [(conv, store.judgments(conv.id)[-1]) for conv in store.list(status="judged", limit=5)]
-    finally:
-        store.close()
+    with Deployment(s) as d:
+        lines, figures, recent = stats.status(d.store, s)
+    for line in lines:
+        typer.echo(line)
     out = Console()
     for part in stats.tables(figures):
         out.print(part)
@@ -359,22 +337,18 @@ def publish_cmd(
     Accepted conversations are scrubbed, written to the dataset clone, committed in one batch and pushed to
     `dataset_remote`; rejected ones stay in the store with the reason. A push that fails is retried next time.
     """
-    from thresher.dataset_repo import DatasetRepo, GitError
+    from thresher.dataset_repo import GitError
+    from thresher.deployment import Deployment
     from thresher.flywheel import publish
-    from thresher.store import Store
 
     s = _settings(data_dir=data_dir)
-    store = Store(s.db_url)
-    store.migrate()
-    try:
-        repo = DatasetRepo(s.dataset_path, s.dataset_remote).open(s.licence)
-        report = publish(store, repo, threshold=s.threshold() if min_score is None else min_score,
-                         daily_cap=s.publish_daily_cap)
-    except GitError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
-    finally:
-        store.close()
+    with Deployment(s) as d:
+        try:
+            report = publish(d.store, d.dataset(), threshold=s.threshold() if min_score is None else min_score,
+                             daily_cap=s.publish_daily_cap)
+        except GitError as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(1) from None
     typer.echo(f"published {len(report.published)}, rejected {len(report.rejected)}, deferred {report.deferred}")
     for cid, why in report.rejected.items():
         typer.echo(f"  rejected {cid}: {why}")
@@ -397,21 +371,17 @@ def sync_cmd(
     Verdicts are upserted (running it again changes nothing), edits of published conversations are kept with
     their diff for re-judging, and published conversations are counted by quorum (`quorum_approvals`).
     """
-    from thresher.dataset_repo import DatasetRepo, GitError
+    from thresher.dataset_repo import GitError
+    from thresher.deployment import Deployment
     from thresher.review import sync
-    from thresher.store import Store
 
     s = _settings(data_dir=data_dir)
-    store = Store(s.db_url)
-    store.migrate()
-    try:
-        repo = DatasetRepo(s.dataset_path, s.dataset_remote).open(s.licence)
-        report = sync(store, repo, min_approvals=s.quorum_approvals)
-    except GitError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
-    finally:
-        store.close()
+    with Deployment(s) as d:
+        try:
+            report = sync(d.store, d.dataset(), min_approvals=s.quorum_approvals)
+        except GitError as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(1) from None
     for path, why in report.problems:
         err.print(f"[yellow]{path}:[/yellow] {why} (skipped)")
     typer.echo(f"verdicts: {report.new} new, {report.updated} updated; corrections: {report.corrections} new")
@@ -539,24 +509,20 @@ def takedown_cmd(
 
     Example: `thresher takedown 01JABCDEF0123456789ABCDEFG --reason "contains a home address"`
     """
-    from thresher.dataset_repo import DatasetRepo, GitError
+    from thresher.dataset_repo import GitError
+    from thresher.deployment import Deployment
     from thresher.flywheel import takedown
-    from thresher.store import NotFound, Store
+    from thresher.store import NotFound
 
-    s = _settings(data_dir=data_dir)
-    store = Store(s.db_url)
-    store.migrate()
-    try:
-        repo = DatasetRepo(s.dataset_path, s.dataset_remote).open(s.licence)
-        report = takedown(store, repo, conversation_id, reason)
-    except NotFound:
-        err.print(f"[red]error:[/red] no conversation {conversation_id}")
-        raise typer.Exit(2) from None
-    except (ValueError, GitError) as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
-    finally:
-        store.close()
+    with Deployment(_settings(data_dir=data_dir)) as d:
+        try:
+            report = takedown(d.store, d.dataset(), conversation_id, reason)
+        except NotFound:
+            err.print(f"[red]error:[/red] no conversation {conversation_id}")
+            raise typer.Exit(2) from None
+        except (ValueError, GitError) as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(1) from None
     typer.echo(f"{conversation_id} is marked never-train and will not be published again.")
     if report.removed_path:
         typer.echo(f"removed {report.removed_path} from HEAD in commit {report.commit[:12] if report.commit else '-'}"
@@ -956,27 +922,19 @@ def worker_cmd(
     the rest. Every stage is resumable: all state is in the store and the dataset repository.
     """
     import logging
-    import os
     import threading
 
-    from thresher.engines import load as load_engine
-    from thresher.flywheel import RoundRunner, Worker
-    from thresher.follow import FOLLOW_SECONDS, ModelFollower, judge_from_settings
-    from thresher.store import Store
+    from thresher.deployment import Deployment
+    from thresher.follow import FOLLOW_SECONDS
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     s = _settings(data_dir=data_dir)
     if s.judge == "off":
         err.print("[red]error:[/red] the worker judges conversations: set `judge` to 'serving' or an engine spec")
         raise typer.Exit(2)
-    store = Store(s.db_url)
-    store.migrate()
+    d = Deployment(s)
     # The worker only judges (on the engine's own judging context): one decoding sequence is all it needs.
-    serving = load_engine(s.model, n_ctx=s.n_ctx, n_threads=s.n_threads, n_parallel=1) if s.judge == "serving" \
-        else None
-    judge = judge_from_settings(s, serving)
-    worker = Worker(s, store, judge, follower=ModelFollower(s, judge) if s.follow_registry else None,
-                    rounds=RoundRunner(s.data_dir, s.round_min_new_approved, env={**os.environ, **s.as_env()}))
+    worker = d.worker(d.judge(d.engine(n_parallel=1) if s.judge == "serving" else None))
     try:
         if once:
             report = worker.tick()
@@ -993,7 +951,7 @@ def worker_cmd(
     except KeyboardInterrupt:
         typer.echo("stopped")
     finally:
-        store.close()
+        d.close()
 
 
 @app.command("demo")

@@ -522,3 +522,29 @@ def tables(f: Figures) -> list[Any]:
     else:
         out.append(none("Models", "none registered; the configured models serve"))
     return out
+
+
+def status(store: Store, settings: Any) -> tuple[list[str], Figures, list[tuple[Any, Judgment]]]:
+    """`thresher status`: summary lines (conversations, judgments, the dataset, the threshold in force), the
+    dashboard's figures, and the newest judged conversations not curated yet with their last judgment."""
+    from collections import Counter
+
+    counts = store.counts()
+    judgment_stats = store.judgment_stats()
+    lines = ["conversations: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")]
+    by: dict[str, int] = judgment_stats["by_status"]  # type: ignore[assignment]
+    lines.append("judgments: " + (", ".join(f"{k} {v}" for k, v in sorted(by.items())) or "none"))
+    pubs = store.publications()
+    if pubs:
+        states = Counter(p.state for p in pubs)
+        unpushed = sum(1 for p in pubs if p.state == "published" and not p.pushed)
+        lines.append("dataset: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
+                     + (f" ({unpushed} not pushed yet)" if unpushed and settings.dataset_remote else
+                        f" (in {settings.dataset_path}; no dataset_remote set, so nothing is pushed)" if unpushed
+                        else ""))
+    if judgment_stats["mean_score"] is not None:
+        lines.append(f"mean score: {judgment_stats['mean_score']:.2f}")
+    figures = collect(store, settings.data_dir, settings.threshold(), settings.quorum_approvals)
+    lines.append(f"publishing: {figures.threshold_note()} (judge_threshold = {settings.judge_threshold})")
+    recent = [(conv, store.judgments(conv.id)[-1]) for conv in store.list(status=Status.JUDGED, limit=5)]
+    return lines, figures, recent

@@ -1,0 +1,77 @@
+"""One deployment: what a set of settings opens, made once and shared.
+
+The store (migrated), the dataset clone, engines by spec and the judge are each made on first use, with the
+settings' context size, threads and parallelism, and closed together. The CLI's commands, `thresher worker` and a
+training round take them from here rather than opening each by hand.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from thresher.config import Settings
+from thresher.dataset_repo import DatasetRepo
+from thresher.store import Store
+
+
+class Deployment:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._engines: dict[tuple[str, int | None], Any] = {}
+
+    def __enter__(self) -> Deployment:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @cached_property
+    def store(self) -> Store:
+        """The conversation store, its schema brought up to date."""
+        store = Store(self.settings.db_url)
+        store.migrate()
+        return store
+
+    def dataset(self, open: bool = True) -> DatasetRepo:
+        """The dataset clone (`dataset_path`, pushing to `dataset_remote`); `open`: made and set up if it is not
+        yet (a GitError says why it cannot be)."""
+        repo = DatasetRepo(self.settings.dataset_path, self.settings.dataset_remote)
+        return repo.open(self.settings.licence) if open else repo
+
+    def engine(self, spec: str | None = None, *, n_parallel: int | None = None) -> Any:
+        """An engine for `spec` (default: the `model` setting), loaded once per spec and parallelism."""
+        from thresher.engines import load
+
+        s = self.settings
+        key = (spec or s.model, n_parallel)
+        if key not in self._engines:
+            self._engines[key] = load(key[0], n_ctx=s.n_ctx, n_threads=s.n_threads,
+                                      n_parallel=s.n_parallel if n_parallel is None else n_parallel)
+        return self._engines[key]
+
+    def judge(self, serving: Any = None) -> Any:
+        """The judge the `judge` setting asks for (None when it is "off"), judging with `serving` where it says
+        "serving"; it can be switched while loops hold it (`SwitchableJudge`)."""
+        from thresher.follow import judge_from_settings
+
+        return judge_from_settings(self.settings, serving)
+
+    def worker(self, judge: Any, *, follow: bool | None = None, rounds: bool = True) -> Any:
+        """The flywheel's loop over this deployment: `judge` judges, the registry is followed when `follow` (by
+        default the `follow_registry` setting), and training rounds are started when `rounds`."""
+        import os
+
+        from thresher.flywheel import RoundRunner, Worker
+        from thresher.follow import ModelFollower
+
+        s = self.settings
+        follower = ModelFollower(s, judge) if (s.follow_registry if follow is None else follow) else None
+        runner = RoundRunner(s.data_dir, s.round_min_new_approved, env={**os.environ, **s.as_env()}) if rounds \
+            else None
+        return Worker(s, self.store, judge, follower=follower, repo=self.dataset(open=False), rounds=runner)
+
+    def close(self) -> None:
+        if "store" in self.__dict__:
+            self.store.close()
+            del self.__dict__["store"]
