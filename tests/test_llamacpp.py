@@ -54,7 +54,7 @@ def idle(engine) -> bool:
 
 
 def test_sampler_respects_min_p_top_p_and_seeds() -> None:
-    from thresher.engines.llamacpp import sample
+    from thresher.engines.scheduler import sample
 
     logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], dtype=np.float32))
     rng = np.random.default_rng(0)
@@ -72,7 +72,7 @@ def test_sampler_respects_min_p_top_p_and_seeds() -> None:
 
 
 def test_prompts_are_read_in_pieces_of_two_or_more() -> None:
-    from thresher.engines.llamacpp import piece_length
+    from thresher.engines.scheduler import piece_length
 
     for pending in range(2, 40):
         for budget in (1, 2, 3, 7, 128):
@@ -82,7 +82,7 @@ def test_prompts_are_read_in_pieces_of_two_or_more() -> None:
 
 
 def test_logprob_entry_reports_the_model_distribution() -> None:
-    from thresher.engines.llamacpp import logprob_entry
+    from thresher.engines.scheduler import logprob_entry
 
     logits = np.log(np.array([0.1, 0.6, 0.3], dtype=np.float32))
     entry = logprob_entry(logits, 2, 2, lambda t: f"t{t}")

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from thresher.cli import app
 from thresher.conversation import COMPLETE, INTERRUPTED, Conversation, Message
 from thresher.engines import ChatParams, Chunk, penalised
-from thresher.engines.llamacpp import sample
+from thresher.engines.scheduler import sample
 from thresher.evaluate import FrozenJudge
 from thresher.judge import FLAGGED, OK, Judgment
 from thresher.pairs import (
