@@ -1,0 +1,101 @@
+"""The `thresher` command. Each command calls one library function and formats its result.
+
+This module makes the app and what every command shares (settings from the command line, the judge option, the
+progress bar); the commands live beside it by group: `serving`, `judging`, `dataset`, `training`, `models`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from thresher import __version__
+
+app = typer.Typer(
+    help="thresher: a free language model that improves itself from its own public conversations.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+
+
+err = Console(stderr=True)
+
+
+# typer 0.2x prints a value type after every option, on/off flags too ("--pending <bool>"), as if they took one.
+_value_type = typer.core.TyperOption.display_type_rich
+
+
+typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _value_type(self, ctx)
+
+
+def _settings(**overrides: Any) -> Any:
+    """Settings from thresher.toml and THRESHER_* variables, with command-line options on top."""
+    from thresher.config import Settings
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        for problem in e.errors():
+            where = ".".join(str(p) for p in problem["loc"]) or "settings"
+            err.print(f"[red]error:[/red] {where}: {problem['msg'].removeprefix('Value error, ')}")
+        raise typer.Exit(2) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"thresher {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """thresher: a free language model that improves itself from its own public conversations."""
+
+
+def _load_judge(s: Any, spec: str | None, threshold: float | None, rationale: str | None) -> Any:
+    from thresher.engines import EngineError
+    from thresher.judge import make_judge
+    from thresher.reward import HeadError
+
+    spec = spec or (s.model if s.judge == "off" else s.judge)
+    try:
+        with err.status(f"Loading judge {spec} …"):
+            serving = None
+            if spec in ("serving", "rating:serving"):
+                from thresher.engines import load
+
+                serving = load(s.model, n_ctx=s.n_ctx, n_threads=s.n_threads)
+            return make_judge(spec, serving, threshold=s.judge_threshold if threshold is None else threshold,
+                              rationale=rationale or s.judge_rationale, n_ctx=s.n_ctx, n_threads=s.n_threads)
+    except (EngineError, HeadError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+
+
+def _progress() -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err, transient=False)
+
+
+JudgeSpec = Annotated[str | None, typer.Option("--judge", help="A judge directory written by `thresher train "
+                                                               "judge`, an engine spec, or rating:SPEC (the rubric "
+                                                               "prompt) [default: the `judge` setting: the serving "
+                                                               "model with its shipped head].")]
+
+
+Threshold = Annotated[float | None, typer.Option(help="Acceptance threshold, 1-10 [default: the judge's calibrated "
+                                                      "threshold].")]
+
+
+# The commands, in the order `thresher --help` lists them (imported for their registration on `app`).
+from thresher.cli import serving, judging, dataset, training, models  # noqa: E402, F401, I001
+from thresher.cli.serving import serving_lines  # noqa: E402, F401

@@ -1,0 +1,262 @@
+"""The dataset in git: `publish`, `sync`, `review` (in a clone), `takedown`, `dataset build`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from thresher.cli import _settings, app, err
+
+
+@app.command("publish")
+def publish_cmd(
+    min_score: Annotated[float | None, typer.Option(help="Publish at this score or above, for this run only "
+                                                         "[default: the judge threshold, 8].")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory [default: ./thresher-data].")] = None,
+) -> None:
+    """Curate judged conversations (consent, score, flags, personal data, duplicates) and publish now.
+
+    Example: `thresher publish --min-score 7`
+
+    Accepted conversations are scrubbed, written to the dataset clone, committed in one batch and pushed to
+    `dataset_remote`; rejected ones stay in the store with the reason. A push that fails is retried next time.
+    """
+    from thresher.dataset_repo import GitError
+    from thresher.deployment import Deployment
+    from thresher.flywheel import publish
+
+    s = _settings(data_dir=data_dir)
+    with Deployment(s) as d:
+        try:
+            report = publish(d.store, d.dataset(), threshold=s.threshold() if min_score is None else min_score,
+                             daily_cap=s.publish_daily_cap)
+        except GitError as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(1) from None
+    typer.echo(f"published {len(report.published)}, rejected {len(report.rejected)}, deferred {report.deferred}")
+    for cid, why in report.rejected.items():
+        typer.echo(f"  rejected {cid}: {why}")
+    if report.pii:
+        typer.echo("personal data replaced: " + ", ".join(f"{k} {v}" for k, v in sorted(report.pii.items())))
+    if report.commit:
+        typer.echo(f"commit {report.commit[:12]} in {s.dataset_path}")
+    if s.dataset_remote:
+        typer.echo("pushed" if report.pushed else "not pushed yet (the remote did not answer): will retry")
+
+
+@app.command("sync")
+def sync_cmd(
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory [default: ./thresher-data].")] = None,
+) -> None:
+    """Pull the dataset repository and read reviewers' verdicts and edits into the store.
+
+    Example: `thresher sync --data-dir thresher-data`
+
+    Verdicts are upserted (running it again changes nothing), edits of published conversations are kept with
+    their diff for re-judging, and published conversations are counted by quorum (`quorum_approvals`).
+    """
+    from thresher.dataset_repo import GitError
+    from thresher.deployment import Deployment
+    from thresher.review import sync
+
+    s = _settings(data_dir=data_dir)
+    with Deployment(s) as d:
+        try:
+            report = sync(d.store, d.dataset(), min_approvals=s.quorum_approvals)
+        except GitError as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(1) from None
+    for path, why in report.problems:
+        err.print(f"[yellow]{path}:[/yellow] {why} (skipped)")
+    typer.echo(f"verdicts: {report.new} new, {report.updated} updated; corrections: {report.corrections} new")
+    typer.echo(f"published conversations: {report.approved} approved, {report.rejected} rejected, "
+               f"{report.pending} pending (quorum {s.quorum_approvals})")
+
+
+@app.command("review")
+def review_cmd(
+    repo_path: Annotated[Path, typer.Option("--repo", show_default=False, help="Your clone of the dataset "
+                                            "[default: the current directory].")] = Path("."),
+    reviewer: Annotated[str | None, typer.Option(help="Your reviewer name [default: from your git "
+                                                      "user.email].")] = None,
+) -> None:
+    """Review published conversations one at a time in your clone: approve, reject, skip, edit or quit.
+
+    Example: `git clone https://example.org/dataset.git && cd dataset && thresher review`
+
+    Each verdict is written to reviews/ID/YOU.json, committed under your own git identity and pushed. Edit
+    opens $EDITOR on the conversation file and commits your change as a correction.
+    """
+    import click
+
+    from thresher.dataset_repo import DatasetRepo, GitError
+    from thresher.review import (
+        InvalidVerdict,
+        check_reviewer,
+        commit_correction,
+        pending,
+        reviewer_identity,
+        write_verdict,
+    )
+
+    if not (repo_path / ".git").exists():
+        err.print(f"[red]error:[/red] {repo_path} is not a git clone of the dataset (`git clone URL` first)")
+        raise typer.Exit(2)
+    out = Console(highlight=False)
+    try:
+        probe = DatasetRepo(repo_path)
+        remote = probe.git("remote", "get-url", "origin", check=False) or None
+        repo = DatasetRepo(repo_path, remote)
+        me = reviewer_identity(repo) if reviewer is None else check_reviewer(reviewer)
+        repo.pull()
+        todo = pending(repo, me)
+    except (GitError, InvalidVerdict) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    out.print(f"{len(todo)} conversation(s) to review as [bold]{me}[/bold]")
+    counts = {"approved": 0, "rejected": 0, "skipped": 0, "corrected": 0}
+    choice = ""
+    for i, path in enumerate(todo, 1):
+        show = True
+        while True:
+            if show:
+                _show_conversation(out, repo.read(path), f"{i}/{len(todo)}")
+                show = False
+            choice = typer.prompt("[a]pprove, [r]eject, [s]kip, [e]dit, [q]uit", default="s").strip().lower()[:1]
+            if choice not in ("a", "r", "s", "e", "q"):
+                err.print("answer a, r, s, e or q")
+                continue
+            try:
+                if choice == "e":
+                    click.edit(filename=str(repo.path / path))
+                    try:
+                        sha = commit_correction(repo, path)
+                    except InvalidVerdict as e:
+                        repo.git("checkout", "--", path)
+                        err.print(f"[yellow]edit not kept:[/yellow] {e}")
+                        continue
+                    if sha:
+                        counts["corrected"] += 1
+                        out.print(f"correction committed ({sha[:12]})")
+                        show = True  # show the corrected conversation, then ask for a verdict
+                    continue
+                if choice in ("a", "r"):
+                    reason = typer.prompt("Reason") if choice == "r" else ""
+                    written = write_verdict(repo, path.rsplit("/", 1)[-1].removesuffix(".json"),
+                                            "approve" if choice == "a" else "reject", reason, reviewer=me)
+                    counts["approved" if choice == "a" else "rejected"] += 1
+                    out.print(("approved" if choice == "a" else "rejected") + (
+                        ", pushed" if written.pushed else
+                        ", committed (not pushed yet: it goes with your next push)" if repo.remote else
+                        ", committed (no remote)"))
+            except (GitError, InvalidVerdict) as e:
+                err.print(f"[red]error:[/red] {e}")
+                raise typer.Exit(1) from None
+            break
+        if choice == "q":
+            break
+        if choice == "s":
+            counts["skipped"] += 1
+    out.print(", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def _show_conversation(out: Any, rec: dict[str, Any], where: str) -> None:
+    """One published conversation for a reviewer: score, the judge's rationale and flags, then the messages with
+    the user's thumbs on them."""
+    from rich.panel import Panel
+    from rich.text import Text
+
+    thumbs = {f["message"]: f for f in rec.get("feedback") or [] if isinstance(f, dict) and
+              isinstance(f.get("message"), int) and f.get("rating") in ("up", "down")}
+
+    score = rec.get("score")
+    out.rule(f"{where}  {rec.get('id')}  score {'-' if score is None else f'{score:.2f}'}")
+    if rec.get("rationale"):
+        out.print(Text(f"judge: {rec['rationale']}", style="italic"))
+    if rec.get("flags"):
+        out.print(Text("flags: " + ", ".join(rec["flags"]), style="yellow"))
+    for i, m in enumerate(rec.get("messages", [])):
+        f = thumbs.get(i)
+        note = None if f is None else f"user: thumbs {f['rating']}" + (f" ({f['reason']})" if f.get("reason") else "")
+        out.print(Panel(Text(str(m.get("content", ""))), title=str(m.get("role", "?")), title_align="left",
+                        subtitle=None if note is None else Text(note), subtitle_align="right"))
+
+
+@app.command("takedown")
+def takedown_cmd(
+    conversation_id: Annotated[str, typer.Argument(help="The conversation to remove.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the tombstone and the commit message).")],
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory [default: ./thresher-data].")] = None,
+) -> None:
+    """Remove a conversation from the dataset with a tombstone commit and mark it never-train.
+
+    Example: `thresher takedown 01JABCDEF0123456789ABCDEFG --reason "contains a home address"`
+    """
+    from thresher.dataset_repo import GitError
+    from thresher.deployment import Deployment
+    from thresher.flywheel import takedown
+    from thresher.store import NotFound
+
+    with Deployment(_settings(data_dir=data_dir)) as d:
+        try:
+            report = takedown(d.store, d.dataset(), conversation_id, reason)
+        except NotFound:
+            err.print(f"[red]error:[/red] no conversation {conversation_id}")
+            raise typer.Exit(2) from None
+        except (ValueError, GitError) as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(1) from None
+    typer.echo(f"{conversation_id} is marked never-train and will not be published again.")
+    if report.removed_path:
+        typer.echo(f"removed {report.removed_path} from HEAD in commit {report.commit[:12] if report.commit else '-'}"
+                   + (" and pushed" if report.pushed else " (not pushed yet: run thresher publish to retry)"))
+        typer.echo(
+            f"Git history still holds the file in {len(report.history)} earlier commit(s), and so does every clone "
+            "and fork made before now. To erase it: in a fresh clone run\n"
+            f"  git filter-repo --invert-paths --path {report.removed_path}\n"
+            "then force-push every branch, ask the git host to purge cached views and pull requests, and ask the "
+            "people who cloned the dataset to re-clone."
+        )
+    else:
+        typer.echo("it was not in the dataset's HEAD; a tombstone keeps it out of every build.")
+
+
+dataset_app = typer.Typer(help="The reviewed dataset.", no_args_is_help=True)
+
+
+app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("build")
+def dataset_build(
+    out: Annotated[Path, typer.Option(help="Directory for data.jsonl and manifest.json.")],
+    at: Annotated[str, typer.Option(help="Commit (or branch, tag) of the dataset to build from.")] = "HEAD",
+    repo_path: Annotated[Path | None, typer.Option("--repo", help="A clone of the dataset [default: the "
+                                                                  "data dir's clone].")] = None,
+    min_approvals: Annotated[int | None, typer.Option(help="Approvals needed [default: quorum_approvals].")] = None,
+) -> None:
+    """Write the approved conversations at a commit as training-ready JSONL, with a manifest.
+
+    Example: `thresher dataset build --at 3f2a9c1 --out round-1-data`
+
+    Byte-for-byte reproducible: the same commit gives the same files.
+    """
+    from thresher.dataset_repo import DatasetRepo, GitError
+    from thresher.review import build_dataset
+
+    s = _settings()
+    path = repo_path or s.dataset_path
+    if not (path / ".git").exists():
+        err.print(f"[red]error:[/red] {path} is not a clone of the dataset")
+        raise typer.Exit(2)
+    try:
+        m = build_dataset(DatasetRepo(path), at, out, s.quorum_approvals if min_approvals is None else min_approvals)
+    except GitError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    typer.echo(f"commit {m.commit}: {m.approved} approved of {m.conversations} ({m.rejected} rejected, "
+               f"{m.pending} pending, {m.taken_down} taken down)")
+    typer.echo(f"wrote {out / 'data.jsonl'} (sha256 {m.sha256[:16]}…) and {out / 'manifest.json'}")

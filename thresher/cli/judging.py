@@ -1,0 +1,150 @@
+"""Judging: `judge` (files or the pending conversations) and `judge-eval` (a judge against labels)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from thresher.cli import JudgeSpec, Threshold, _load_judge, _progress, _settings, app, err
+
+
+@app.command()
+def judge(
+    file: Annotated[Path | None, typer.Argument(help="JSONL of {\"id\": ..., \"messages\": [...]} lines.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write results here (resumes: ids already in it are "
+                                                  "skipped) [default: standard output].")] = None,
+    pending: Annotated[bool, typer.Option("--pending", help="Judge the store's ended conversations that this "
+                                                            "judge has not judged yet.")] = False,
+    judge_spec: JudgeSpec = None,
+    threshold: Threshold = None,
+    rationale: Annotated[str | None, typer.Option(help="near | always | never [default: near].")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory (with --pending).")] = None,
+) -> None:
+    """Rate conversations "out of 10" as fine-tuning data.
+
+    Example: `thresher judge chats.jsonl --out judged.jsonl --threshold 7`
+
+    Each output line keeps `id` and adds `score` (1-10), `accepted`, `rationale`, `flags` and `status`. Bad input
+    lines are reported with their line numbers and skipped. `thresher judge --pending` judges the store instead.
+    """
+    import sys
+
+    if (file is None) == (not pending):
+        err.print("[red]error:[/red] give a FILE to judge, or --pending (not both)")
+        raise typer.Exit(2)
+    if rationale not in (None, "near", "always", "never"):
+        err.print("[red]error:[/red] --rationale must be near, always or never")
+        raise typer.Exit(2)
+    s = _settings(data_dir=data_dir)
+    if file is not None and not file.is_file():
+        err.print(f"[red]error:[/red] no such file: {file}")
+        raise typer.Exit(2)
+    j = _load_judge(s, judge_spec, threshold, rationale)
+
+    if pending:
+        from thresher.deployment import Deployment
+        from thresher.flywheel import judge_pending
+
+        with Deployment(s) as d, _progress() as bar:
+            task = bar.add_task("judging", total=len(d.store.pending_judgment(j.judge_id, j.rubric_hash,
+                                                                               limit=1_000_000)))
+            n = judge_pending(d.store, j, on_judged=lambda *_: bar.advance(task))
+        err.print(f"judged {n} conversation(s) with {j.judge_id}")
+        return
+
+    from thresher.judge import judge_jsonl
+
+    assert file is not None
+    done: set[str] = set()
+    if out is not None and out.exists():
+        text = out.read_text(encoding="utf-8")
+        if text and not text.endswith("\n"):  # a line cut off by an earlier crash: drop it, judge it again
+            text = text[: text.rfind("\n") + 1]
+            out.write_text(text, encoding="utf-8")
+        for line in text.splitlines():
+            try:
+                done.add(str(json.loads(line)["id"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+    with open(file, encoding="utf-8") as f:
+        total = sum(1 for line in f if line.strip())
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(open(out, "a", encoding="utf-8")) if out is not None else sys.stdout
+        with _progress() as bar:
+            task = bar.add_task("judging", total=total)
+            result = judge_jsonl(j, file, sink, done, on_line=lambda: bar.advance(task))
+    for n, why in result.bad_lines:
+        err.print(f"[yellow]line {n}:[/yellow] {why} (skipped)")
+    err.print(f"judged {result.judged}, skipped {len(result.bad_lines)} bad line(s)"
+              + (f", {result.already} already in {out}" if result.already else ""))
+
+
+@app.command("judge-eval")
+def judge_eval(
+    file: Annotated[Path | None, typer.Argument(help="JSONL with `messages` (or a `score`), a `label` (good/bad) "
+                                                     "or `human_score`, and optionally a `degradation`.")] = None,
+    source: Annotated[list[str] | None, typer.Option(help="Build the labelled set instead: real good "
+                                                          "conversations (an Alpaca, ShareGPT or messages file, or "
+                                                          "zaragoza / chatterbot / sample), each spoiled in every "
+                                                          "failure family with wordings training never used; "
+                                                          "repeatable.")] = None,
+    write: Annotated[Path | None, typer.Option(help="With --source: also write the built set here (JSONL).")] = None,
+    limit: Annotated[int | None, typer.Option(help="With --source: use at most this many good conversations.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="PNG of the score distributions [default: FILE.png, or "
+                                                   "judge-eval.png].")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the figures as JSON here.")] = None,
+    judge_spec: JudgeSpec = None,
+    threshold: Threshold = None,
+    seed: Annotated[int, typer.Option(help="With --source: how conversations are spoiled.")] = 0,
+) -> None:
+    """Measure a judge against labels: AUC overall and by failure family, accuracy at the threshold, acceptance
+    rates, Spearman against human scores.
+
+    Example: `thresher judge-eval --source alpaca_en_demo.json --judge thresher-data/train/judge`
+
+    Lines that already carry a `score` (output of `thresher judge`) are not judged again. A conversation flagged
+    for text aimed at the evaluator counts as not accepted, whatever its score.
+    """
+
+    from thresher.evaluate import evaluate_judge, spoiled_set
+    from thresher.judge import read_jsonl
+    from thresher.train.sources import SourceError
+
+    if (file is None) == (not source):
+        err.print("[red]error:[/red] give a labelled FILE, or --source to build one (not both)")
+        raise typer.Exit(2)
+    if file is not None and not file.is_file():
+        err.print(f"[red]error:[/red] no such file: {file}")
+        raise typer.Exit(2)
+    s = _settings()
+    bad: list[tuple[int, str]] = []
+    if source:
+        try:
+            lines = spoiled_set(source, limit, seed)
+        except (SourceError, ValueError, OSError) as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from None
+        if write is not None:
+            write.write_text("".join(json.dumps(obj, ensure_ascii=False) + "\n" for _, obj in lines),
+                             encoding="utf-8")
+            err.print(f"wrote {len(lines)} labelled rows to {write}")
+    else:
+        assert file is not None
+        lines = list(read_jsonl(file, bad))
+    need = sum(obj.get("score") is None for _, obj in lines)
+    j = _load_judge(s, judge_spec, threshold, "never") if need else None
+    thr = threshold if threshold is not None else (j.threshold if j else s.threshold())
+    with _progress() as bar:
+        task = bar.add_task("judging", total=need)
+        result = evaluate_judge(lines, j, thr, plot or (file.with_suffix(".png") if file else Path("judge-eval.png")),
+                                bad, progress=lambda n: bar.advance(task, n))
+    for n, why in bad:
+        err.print(f"[yellow]line {n}:[/yellow] {why} (skipped)")
+    for line in result.lines():
+        typer.echo(line)
+    if report is not None:
+        report.write_text(json.dumps(result.to_json(), indent=2))

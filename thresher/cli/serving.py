@@ -1,0 +1,191 @@
+"""Serving and turning the loop: `serve`, `status`, `worker`, `demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from thresher.cli import _settings, app, err
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8000].")] = None,
+    model: Annotated[str | None, typer.Option(help="Engine spec [default: embedded].")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory [default: ./thresher-data].")] = None,
+    public: Annotated[
+        bool | None, typer.Option("--public/--local", help="Public mode: admin token required, rate limits on.")
+    ] = None,
+) -> None:
+    """Serve the chat page at / and the OpenAI-compatible API at /v1.
+
+    Example: `thresher serve --port 8000 --model embedded`
+
+    Other engines: `--model llama.cpp:model.gguf`, `--model hf:HuggingFaceTB/SmolLM2-360M-Instruct`,
+    `--model openai:http://127.0.0.1:8001/v1#my-model`. Every setting can also come from thresher.toml or a
+    THRESHER_* variable (see the README).
+    """
+    import uvicorn
+
+    from thresher.engines import EngineError, load
+    from thresher.server import create_app
+
+    s = _settings(host=host, port=port, model=model, data_dir=data_dir, public=public)
+    try:
+        with err.status(f"Loading model {s.model} …"):
+            engine = load(s.model, n_ctx=s.n_ctx, n_threads=s.n_threads)
+    except EngineError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    err.print(
+        f"Serving [bold]{s.model_name or engine.model_id}[/bold] ({engine.version}) at "
+        f"[link]http://{s.host}:{s.port}[/link]  ·  data in {s.data_dir}  ·  "
+        f"{'public' if s.public else 'local'} mode"
+    )
+    for line in serving_lines(s):
+        err.print("  " + line, highlight=False)
+    uvicorn.run(
+        create_app(s, engine=engine),
+        host=s.host,
+        port=s.port,
+        proxy_headers=True,
+        forwarded_allow_ips=s.trusted_proxies,
+        log_level="info",
+        access_log=not s.public,  # access lines carry client addresses; public mode keeps none
+    )
+
+
+def serving_lines(s: Any) -> list[str]:
+    """What `thresher serve` turns on, and why each part that is off is off: said at start-up."""
+    base = f"http://{s.host}:{s.port}"
+    lines = [f"chat page {base}/   ·   OpenAI-compatible API {base}/v1"]
+    if s.reviewer_tokens:
+        lines.append(f"review page {base}/review ({len(s.reviewer_tokens)} reviewer token(s))")
+    else:
+        lines.append("review page off: no reviewer tokens (set reviewer_tokens to open /review)")
+    if s.admin_token:
+        lines.append(f"dashboard {base}/dashboard (sign in with the admin token)")
+    else:
+        lines.append(f"dashboard {base}/dashboard, from this machine only (no admin token set)")
+    if s.judge == "off":
+        lines.append("judging off (judge = off): nothing is rated or published")
+    else:
+        where = s.dataset_remote or f"the local clone {s.dataset_path} (no dataset_remote set)"
+        lines.append(f"judging ended conversations with {s.judge} at threshold {s.threshold():g}; publishing every "
+                     f"{s.publish_interval_seconds:g} s to {where}")
+    return lines
+
+
+@app.command()
+def status(
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory [default: ./thresher-data].")] = None,
+) -> None:
+    """Show the dashboard's figures in the terminal: conversations by status (and the published by reviewers'
+    verdict), acceptance per day, scores by judge version, judge-reviewer agreement, rounds and models.
+
+    Example: `thresher status --data-dir thresher-data`
+    """
+    from thresher import stats
+    from thresher.deployment import Deployment
+
+    s = _settings(data_dir=data_dir)
+    with Deployment(s) as d:
+        lines, figures, recent = stats.status(d.store, s)
+    for line in lines:
+        typer.echo(line)
+    out = Console()
+    for part in stats.tables(figures):
+        out.print(part)
+    if recent:
+        out.print("Judged, not curated yet (newest):")
+    for conv, last in recent:
+        score = "-" if last.score is None else f"{last.score:.2f}"
+        typer.echo(f"  {conv.id}  score {score}  {last.status}  {' '.join(last.flags)}")
+
+
+@app.command("worker")
+def worker_cmd(
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory [default: ./thresher-data].")] = None,
+    once: Annotated[bool, typer.Option(help="Run each stage once and exit (for cron or a test).")] = False,
+) -> None:
+    """Run the loop without the web server: judge ended conversations, publish, sync reviews, start rounds.
+
+    Example: `thresher worker --data-dir thresher-data`
+
+    For larger set-ups, where `thresher serve` runs with `judge = "off"` on the chat machines and one worker does
+    the rest. Every stage is resumable: all state is in the store and the dataset repository.
+    """
+    import logging
+    import threading
+
+    from thresher.deployment import Deployment
+    from thresher.follow import FOLLOW_SECONDS
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    s = _settings(data_dir=data_dir)
+    if s.judge == "off":
+        err.print("[red]error:[/red] the worker judges conversations: set `judge` to 'serving' or an engine spec")
+        raise typer.Exit(2)
+    d = Deployment(s)
+    # The worker only judges (on the engine's own judging context): one decoding sequence is all it needs.
+    worker = d.worker(d.judge(d.engine(n_parallel=1) if s.judge == "serving" else None))
+    try:
+        if once:
+            report = worker.tick()
+            for line in report.lines():
+                typer.echo(line)
+            if report.published is not None:
+                typer.echo(f"published {len(report.published.published)}, rejected {len(report.published.rejected)}"
+                           + (f"; {report.synced.approved} approved in the dataset" if report.synced else ""))
+            if worker.rounds.proc is not None:
+                typer.echo(f"started a training round; output in {worker.rounds.log_path}")
+                worker.rounds.proc.wait()
+            return
+        worker.run(threading.Event(), say=typer.echo, follow_seconds=FOLLOW_SECONDS)
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+    finally:
+        d.close()
+
+
+@app.command("demo")
+def demo_cmd(
+    data_dir: Annotated[Path, typer.Option(help="A fresh directory for the demo's data.")] = Path("thresher-demo"),
+    quick: Annotated[bool, typer.Option(help="4 simulated users and a tiny round (a few minutes on 2 cores).")] = (
+        False),
+    serve_after: Annotated[bool, typer.Option("--serve/--exit", help="Keep the server running afterwards so you "
+                                                                   "can look at the chat page and dashboard.")] = True,
+    port: Annotated[int | None, typer.Option(help="Port [default: a free one].")] = None,
+    verbose: Annotated[bool, typer.Option(help="Show progress bars and training logs here instead of in "
+                                               "DATA_DIR/demo.log.")] = False,
+) -> None:
+    """The whole loop on this machine with SIMULATED users and a SIMULATED reviewer, ending in one gated round.
+
+    Example: `thresher demo --quick`
+
+    Simulated users chat with the embedded model through the real API and agree to publishing; conversations are
+    judged, published to a local bare git repository, reviewed by a simulated reviewer (its policy is printed), and
+    one small round trains and is gated.
+    """
+    import time
+
+    from thresher.demo import run_demo, summary_lines
+
+    try:
+        summary = run_demo(data_dir, quick, typer.echo, keep_serving=serve_after, port=port, verbose=verbose)
+    except FileExistsError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    typer.echo("")
+    for line in summary_lines(summary, serving=serve_after):
+        typer.echo(line)
+    if serve_after:
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            summary["server"].should_exit = True

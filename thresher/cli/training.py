@@ -1,0 +1,277 @@
+"""Training: `train sft`, `train dpo`, `train judge`, and a whole `round`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from thresher.cli import _settings, app, err
+
+train_app = typer.Typer(help="Fine-tune the chat model and the judge (LoRA, on CPU or GPU).", no_args_is_help=True)
+
+
+app.add_typer(train_app, name="train")
+
+
+def _train_config(max_length: int, epochs: float, max_steps: int, lr: float, batch_size: int, lora_r: int,
+                  save_steps: int, grad_accum: int = 1) -> Any:
+    from thresher.train.sft import TrainConfig
+
+    if min(batch_size, grad_accum, lora_r, save_steps) < 1:
+        err.print("[red]error:[/red] --batch-size, --grad-accum, --lora-r and --save-steps must be at least 1")
+        raise typer.Exit(2)
+    return TrainConfig(max_length=max_length, epochs=epochs, max_steps=max_steps, learning_rate=lr,
+                       batch_size=batch_size, grad_accum=grad_accum, lora_r=lora_r, lora_alpha=2 * lora_r,
+                       save_steps=save_steps)
+
+
+def _base_spec(base: str | None) -> tuple[str, Path | None]:
+    """What to train from: --base, or the configured model (the embedded GGUF by default)."""
+    from thresher.engines import embedded_model_path, parse_spec
+
+    spec = base or _settings().model
+    if spec.endswith(".gguf") and Path(spec).is_file():
+        return spec, Path(spec)
+    kind, target = parse_spec(spec)
+    if kind == "llama.cpp":
+        path = Path(target) if target else embedded_model_path()
+        return str(path), path
+    if kind == "hf":
+        return target, None
+    err.print("[red]error:[/red] training needs local weights: pass --base FILE.gguf, a model directory or a hub "
+              "name")
+    raise typer.Exit(2)
+
+
+@train_app.command("sft")
+def train_sft(
+    data: Annotated[str, typer.Option(help="A .json/.jsonl file, a `thresher dataset build` directory, a hub "
+                                           "dataset name, or `sample` (the Alpaca sample shipped with thresher).")],
+    fmt: Annotated[str, typer.Option("--format", help="alpaca, sharegpt or messages.")] = "alpaca",
+    base: Annotated[str | None, typer.Option(help="GGUF file, model directory or hub name [default: the "
+                                                  "configured model].")] = None,
+    out: Annotated[Path, typer.Option(help="Where checkpoints, the adapter, the loss plot and the export go.")] = Path(
+        "thresher-data/train/sft"),
+    max_length: Annotated[int, typer.Option(help="Tokens per packed row.")] = 512,
+    epochs: Annotated[float, typer.Option(help="Passes over the data (a fraction stops part-way).")] = 1.0,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many steps (> 0 overrides --epochs).")] = -1,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 2e-4,
+    batch_size: Annotated[int, typer.Option(help="Rows per training step.")] = 8,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank (alpha is twice this).")] = 16,
+    save_steps: Annotated[int, typer.Option(help="Checkpoint every this many steps.")] = 25,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N examples.")] = None,
+    export: Annotated[bool, typer.Option(help="Merge and export HF safetensors, GGUF and a model card.")] = True,
+) -> None:
+    """LoRA fine-tuning of a chat model on instruction data (loss on the assistant's tokens only, packed rows).
+
+    Example: `thresher train sft --data sample --format alpaca --max-steps 20`
+
+    Run it again after a crash or Ctrl-C: it continues from the newest checkpoint in --out.
+    """
+    from thresher.train.data import DataError, load_conversations
+    from thresher.train.export import export as export_model
+    from thresher.train.sft import TrainError, load_base, tokenise_all, train_lora
+
+    spec, gguf = _base_spec(base)
+    try:
+        convs = load_conversations(data, fmt)[:limit]
+        model, tok = load_base(spec)
+        rows = tokenise_all(tok, convs, max_length)
+        typer.echo(f"{len(rows)} examples ({sum(len(r.input_ids) for r in rows)} tokens) from {data}; base {spec}")
+        result, trained = train_lora(model, tok, rows, out, _train_config(max_length, epochs, max_steps, lr,
+                                                                          batch_size, lora_r, save_steps))
+    except (DataError, TrainError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
+               f"final loss {result.final_loss}")
+    typer.echo(f"adapter: {result.adapter}; loss curve: {result.plot}")
+    if export:
+        ex = export_model(trained, tok, out / "export", gguf, {"name": "thresher SFT", "kind": "chat", "base": spec,
+                                                              "examples": len(rows), "licence": "apache-2.0",
+                                                              "metrics": {"final_loss": result.final_loss}})
+        typer.echo(f"exported: {ex.hf_dir}" + (f", {ex.gguf}" if ex.gguf else f" (no GGUF: {ex.note})"))
+
+
+@train_app.command("dpo")
+def train_dpo_cmd(
+    pairs: Annotated[Path, typer.Option(help="Preference pairs: a .jsonl of pairs (what a round writes to "
+                                             "rounds/N/pairs.jsonl) or a `thresher dataset build` directory "
+                                             "(the pairs its conversations carry).")],
+    base: Annotated[str | None, typer.Option(help="GGUF file, model directory or hub name: the model trained and "
+                                                  "its own reference [default: the configured model].")] = None,
+    out: Annotated[Path, typer.Option(help="Where checkpoints, the adapter, the loss plot and the export go.")] = Path(
+        "thresher-data/train/dpo"),
+    beta: Annotated[float, typer.Option(help="How far the model may move from the reference (smaller: further).")
+                    ] = 0.1,
+    max_length: Annotated[int, typer.Option(help="Tokens per prompt and reply.")] = 512,
+    epochs: Annotated[float, typer.Option(help="Passes over the pairs.")] = 3.0,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many steps (> 0 overrides --epochs).")] = -1,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 2e-4,
+    batch_size: Annotated[int, typer.Option(help="Pairs per training step.")] = 4,
+    export: Annotated[bool, typer.Option(help="Merge and export HF safetensors, GGUF and a model card.")] = True,
+) -> None:
+    """Preference fine-tuning (DPO, LoRA) of a chat model on pairs: a reply preferred over another for a prompt.
+
+    Example: `thresher train dpo --pairs thresher-data/rounds/1/pairs.jsonl --max-steps 20`
+
+    Run it again after a crash or Ctrl-C: it continues from the newest checkpoint in --out.
+    """
+    from thresher.pairs import PairError, from_record, read_pairs
+    from thresher.train.dpo import DpoConfig, train_dpo
+    from thresher.train.export import export as export_model
+    from thresher.train.sft import TrainError, load_base
+
+    spec, gguf = _base_spec(base)
+    try:
+        if pairs.is_dir():
+            data = pairs / "data.jsonl"
+            if not data.is_file():
+                raise PairError(f"{pairs} holds no data.jsonl: build it with `thresher dataset build`")
+            found = [p for line in data.read_text(encoding="utf-8").splitlines() if line.strip()
+                     for p in from_record(json.loads(line))]
+        elif pairs.is_file():
+            found = read_pairs(pairs)
+        else:
+            raise PairError(f"no file or directory at {pairs}")
+        if not found:
+            raise PairError(f"no preference pairs in {pairs}")
+        typer.echo(f"{len(found)} pairs from {pairs}; base {spec}")
+        model, tok = load_base(spec)
+        result, trained = train_dpo(model, tok, found, out, DpoConfig(beta=beta, max_length=max_length, epochs=epochs,
+                                                                     max_steps=max_steps, learning_rate=lr,
+                                                                     batch_size=batch_size))
+    except (PairError, TrainError, json.JSONDecodeError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s; final loss {result.final_loss}")
+    typer.echo(f"adapter: {result.adapter}; loss curve: {result.plot}")
+    if export:
+        ex = export_model(trained, tok, out / "export", gguf, {"name": "thresher DPO", "kind": "chat", "base": spec,
+                                                              "pairs": len(found), "licence": "apache-2.0",
+                                                              "metrics": {"final_loss": result.final_loss}})
+        typer.echo(f"exported: {ex.hf_dir}" + (f", {ex.gguf}" if ex.gguf else f" (no GGUF: {ex.note})"))
+
+
+@train_app.command("judge")
+def train_judge_cmd(
+    base: Annotated[str | None, typer.Option(help="The model whose hidden states the judge reads: a GGUF file or "
+                                                  "an engine spec [default: the configured model].")] = None,
+    out: Annotated[Path, typer.Option(help="Where the judge (judge.json), its report and plot go.")] = Path(
+        "thresher-data/train/judge"),
+    source: Annotated[list[str] | None, typer.Option(help="Real good conversations to learn from: zaragoza, "
+                                                          "chatterbot, sample, or an Alpaca / ShareGPT / messages "
+                                                          "file; repeatable [default: zaragoza and chatterbot].")
+                      ] = None,
+    data: Annotated[list[str] | None, typer.Option(help="Approved conversations too (a `thresher dataset build` "
+                                                        "directory); repeatable.")] = None,
+    verdicts: Annotated[bool, typer.Option(help="Also learn from reviewers' verdicts in the dataset clone.")] = True,
+    train_rows: Annotated[int, typer.Option(help="Most rows to train on (each costs one forward pass).")] = 2400,
+    heldout_rows: Annotated[int, typer.Option(help="Most held-out rows to measure on.")] = 900,
+    hidden: Annotated[bool, typer.Option(help="Read the model's hidden state (off: text signals only, no "
+                                              "model).")] = True,
+    encoder: Annotated[bool, typer.Option(help="Use the small sentence encoder's relevance figures.")] = True,
+    seed: Annotated[int, typer.Option(help="How rows are spoiled and split.")] = 0,
+) -> None:
+    """Train to train: fit the judge's head on real good conversations, copies of them spoiled in every failure
+    family, and reviewers' verdicts.
+
+    Example: `thresher train judge --out thresher-data/train/judge` (about 25 minutes on 2 CPU cores), then
+    `thresher judge chats.jsonl --judge thresher-data/train/judge`
+
+    Prints AUC on held-out rows (whole topics and spoiling wordings training never saw) overall and by failure
+    family, and the acceptance threshold chosen on them, which the judge then applies (`judge_threshold = "auto"`).
+    Serve it with `judge = "thresher-data/train/judge"`.
+    """
+    from thresher.dataset_repo import DatasetRepo
+    from thresher.engines import EngineError, embedded_model_path
+    from thresher.engines import load as load_engine
+    from thresher.judge import head_for
+    from thresher.train import sources as shipped
+    from thresher.train.data import rows_from_corrections, rows_from_verdicts
+    from thresher.train.judge import JudgeTrainError, sources_from_build, train_head_judge
+
+    s = _settings()
+    spec = base or s.model
+    if spec.endswith(".gguf") and not spec.startswith("llama.cpp:"):
+        spec = f"llama.cpp:{spec}"
+    if spec == f"llama.cpp:{embedded_model_path()}":
+        spec = "embedded"
+    try:
+        good = shipped.load(source or list(shipped.DEFAULT))
+    except (shipped.SourceError, ValueError, OSError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    for d in data or []:
+        good += sources_from_build(Path(d))
+    repo = DatasetRepo(s.dataset_path)
+    has_clone = (repo.path / ".git").exists() and repo.has_commits()
+    vrows = ([*rows_from_verdicts(repo, min_approvals=s.quorum_approvals), *rows_from_corrections(repo)]
+             if verdicts and has_clone else [])
+    engine = None
+    if hidden:
+        try:
+            with err.status(f"Loading {spec} …"):
+                engine = load_engine(spec, n_ctx=s.n_ctx, n_threads=s.n_threads)
+        except EngineError as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(1) from None
+        if not hasattr(engine, "last_hidden"):
+            err.print("[red]error:[/red] this engine gives no hidden states; use a GGUF file, or --no-hidden")
+            raise typer.Exit(2)
+    shipped_head = head_for(engine) if engine is not None else None
+    typer.echo(f"{len(good)} good conversations from {', '.join(source or shipped.DEFAULT)}"
+               + (f" and {len(data or [])} build(s)" if data else "") + f"; {len(vrows)} rows from reviewers' "
+               "verdicts and corrections")
+    try:
+        report = train_head_judge(engine, spec, out, good, vrows, seed=seed, max_train=train_rows,
+                                  max_heldout=heldout_rows, encoder=encoder, hidden=hidden, before=shipped_head,
+                                  say=typer.echo)
+    except JudgeTrainError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+
+    def fmt(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    before = report.auc_before or {}
+    typer.echo(f"held-out rows: {report.rows_heldout} (trained on {report.rows_train}), in {report.seconds:.0f} s")
+    typer.echo(f"AUC: {fmt(report.auc_after['all'])}" + (f" (the shipped judge: {fmt(before.get('all'))})"
+                                                        if before else ""))
+    typer.echo("AUC by failure family: " + ", ".join(
+        f"{k.removeprefix('family:')} {fmt(v)}" for k, v in report.auc_after.items() if k.startswith("family:")))
+    typer.echo("AUC by kind: " + ", ".join(f"{k} {fmt(v)}" for k, v in report.auc_after.items()
+                                           if k != "all" and not k.startswith("family:")))
+    typer.echo(f"threshold chosen on held-out rows: {report.threshold:g}: it accepts {report.accept_good:.0%} of "
+               f"the good rows and {report.accept_bad:.0%} of the bad ones")
+    typer.echo(f"judge: {out / 'judge.json'}; report: {out / 'judge_eval.json'}; plot: {out / 'heldout_scores.png'}")
+    typer.echo(f"use it: thresher judge FILE --judge {out}   or   judge = \"{out}\" in thresher.toml")
+
+
+@app.command("round")
+def round_cmd(
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory [default: ./thresher-data].")] = None,
+    tiny: Annotated[bool, typer.Option(help="A few steps on a few examples: to try the whole round in minutes.")] = (
+        False),
+) -> None:
+    """Run one training round: sync, pin a commit, build data, train judge and chat model, export, evaluate, gate,
+    promote, and write rounds/N.json into the dataset.
+
+    Example: `thresher round --tiny`
+
+    Killed and run again, it continues from where it stopped (mid-training: from the newest checkpoint).
+    """
+    from thresher.train.round import RoundBusy, RoundConfig, run_round
+
+    s = _settings(data_dir=data_dir)
+    config = RoundConfig.tiny() if tiny else RoundConfig(gate=s.gate())
+    try:
+        record = run_round(s, config, progress=typer.echo)
+    except RoundBusy as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    typer.echo(f"round {record['round']} done in {record['seconds']:.0f} s; promoted: "
+               f"{', '.join(record['promoted']) or 'nothing'}")
