@@ -46,6 +46,18 @@ def _base_spec(base: str | None) -> tuple[str, Path | None]:
     raise typer.Exit(2)
 
 
+def _exported(result: Any, trained: Any, tok: Any, out: Path, gguf: Path | None, export: bool,
+              card: dict[str, Any]) -> None:
+    """Say where the adapter and its loss curve are; with `export`, merge and export the model and say where."""
+    typer.echo(f"adapter: {result.adapter}; loss curve: {result.plot}")
+    if export:
+        from thresher.train.export import export as export_model
+
+        ex = export_model(trained, tok, out / "export", gguf, {**card, "kind": "chat", "licence": "apache-2.0",
+                                                              "metrics": {"final_loss": result.final_loss}})
+        typer.echo(f"exported: {ex.hf_dir}" + (f", {ex.gguf}" if ex.gguf else f" (no GGUF: {ex.note})"))
+
+
 @train_app.command("sft")
 def train_sft(
     data: Annotated[str, typer.Option(help="A .json/.jsonl file, a `thresher dataset build` directory, a hub "
@@ -72,7 +84,6 @@ def train_sft(
     Run it again after a crash or Ctrl-C: it continues from the newest checkpoint in --out.
     """
     from thresher.train.data import DataError, load_conversations
-    from thresher.train.export import export as export_model
     from thresher.train.sft import TrainError, load_base, tokenise_all, train_lora
 
     spec, gguf = _base_spec(base)
@@ -88,12 +99,7 @@ def train_sft(
         raise typer.Exit(1) from None
     typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
                f"final loss {result.final_loss}")
-    typer.echo(f"adapter: {result.adapter}; loss curve: {result.plot}")
-    if export:
-        ex = export_model(trained, tok, out / "export", gguf, {"name": "thresher SFT", "kind": "chat", "base": spec,
-                                                              "examples": len(rows), "licence": "apache-2.0",
-                                                              "metrics": {"final_loss": result.final_loss}})
-        typer.echo(f"exported: {ex.hf_dir}" + (f", {ex.gguf}" if ex.gguf else f" (no GGUF: {ex.note})"))
+    _exported(result, trained, tok, out, gguf, export, {"name": "thresher SFT", "base": spec, "examples": len(rows)})
 
 
 @train_app.command("dpo")
@@ -122,7 +128,6 @@ def train_dpo_cmd(
     """
     from thresher.pairs import PairError, from_record, read_pairs
     from thresher.train.dpo import DpoConfig, train_dpo
-    from thresher.train.export import export as export_model
     from thresher.train.sft import TrainError, load_base
 
     spec, gguf = _base_spec(base)
@@ -148,12 +153,7 @@ def train_dpo_cmd(
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
     typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s; final loss {result.final_loss}")
-    typer.echo(f"adapter: {result.adapter}; loss curve: {result.plot}")
-    if export:
-        ex = export_model(trained, tok, out / "export", gguf, {"name": "thresher DPO", "kind": "chat", "base": spec,
-                                                              "pairs": len(found), "licence": "apache-2.0",
-                                                              "metrics": {"final_loss": result.final_loss}})
-        typer.echo(f"exported: {ex.hf_dir}" + (f", {ex.gguf}" if ex.gguf else f" (no GGUF: {ex.note})"))
+    _exported(result, trained, tok, out, gguf, export, {"name": "thresher DPO", "base": spec, "pairs": len(found)})
 
 
 @train_app.command("judge")
