@@ -191,7 +191,7 @@ def train_judge_cmd(
     from thresher.engines import load as load_engine
     from thresher.judge import head_for
     from thresher.train import sources as shipped
-    from thresher.train.data import rows_from_corrections, rows_from_verdicts
+    from thresher.train.data import reviewer_rows
     from thresher.train.judge import JudgeTrainError, sources_from_build, train_head_judge
 
     s = _settings()
@@ -207,10 +207,7 @@ def train_judge_cmd(
         raise typer.Exit(2) from None
     for d in data or []:
         good += sources_from_build(Path(d))
-    repo = DatasetRepo(s.dataset_path)
-    has_clone = (repo.path / ".git").exists() and repo.has_commits()
-    vrows = ([*rows_from_verdicts(repo, min_approvals=s.quorum_approvals), *rows_from_corrections(repo)]
-             if verdicts and has_clone else [])
+    vrows = reviewer_rows(DatasetRepo(s.dataset_path), min_approvals=s.quorum_approvals) if verdicts else []
     engine = None
     if hidden:
         try:
@@ -234,21 +231,8 @@ def train_judge_cmd(
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
 
-    def fmt(x: float | None) -> str:
-        return "-" if x is None else f"{x:.3f}"
-
-    before = report.auc_before or {}
-    typer.echo(f"held-out rows: {report.rows_heldout} (trained on {report.rows_train}), in {report.seconds:.0f} s")
-    typer.echo(f"AUC: {fmt(report.auc_after['all'])}" + (f" (the shipped judge: {fmt(before.get('all'))})"
-                                                        if before else ""))
-    typer.echo("AUC by failure family: " + ", ".join(
-        f"{k.removeprefix('family:')} {fmt(v)}" for k, v in report.auc_after.items() if k.startswith("family:")))
-    typer.echo("AUC by kind: " + ", ".join(f"{k} {fmt(v)}" for k, v in report.auc_after.items()
-                                           if k != "all" and not k.startswith("family:")))
-    typer.echo(f"threshold chosen on held-out rows: {report.threshold:g}: it accepts {report.accept_good:.0%} of "
-               f"the good rows and {report.accept_bad:.0%} of the bad ones")
-    typer.echo(f"judge: {out / 'judge.json'}; report: {out / 'judge_eval.json'}; plot: {out / 'heldout_scores.png'}")
-    typer.echo(f"use it: thresher judge FILE --judge {out}   or   judge = \"{out}\" in thresher.toml")
+    for line in report.lines(out):
+        typer.echo(line)
 
 
 @app.command("round")

@@ -166,6 +166,14 @@ def rows_from_verdicts(repo: Any, at: str = "HEAD", min_approvals: int = 1) -> l
     return rows
 
 
+def reviewer_rows(repo: Any, at: str = "HEAD", min_approvals: int = 1) -> list[JudgeRow]:
+    """Everything people said at a commit, as judge rows: verdicts (`rows_from_verdicts`) and corrections
+    (`rows_from_corrections`); none from a clone without commits."""
+    if not (repo.path / ".git").exists() or not repo.has_commits():
+        return []
+    return [*rows_from_verdicts(repo, at, min_approvals), *rows_from_corrections(repo, at)]
+
+
 def rows_from_corrections(repo: Any, at: str = "HEAD") -> list[JudgeRow]:
     """Reviewers' corrections as pairs: the conversation as a reviewer left it (good) and as it was published (bad),
     for files edited after publication whose assistant text changed."""

@@ -115,6 +115,26 @@ class JudgeTraining:
     seconds: float
     sources: dict[str, int] = field(default_factory=dict)
 
+    def lines(self, out: Path) -> list[str]:
+        """`thresher train judge`'s report: AUC overall, by family and kind (beside the earlier judge's), the
+        threshold and what it accepts, and where the judge went."""
+        def fmt(x: float | None) -> str:
+            return "-" if x is None else f"{x:.3f}"
+
+        after, before = self.auc_after, self.auc_before or {}
+        return [
+            f"held-out rows: {self.rows_heldout} (trained on {self.rows_train}), in {self.seconds:.0f} s",
+            f"AUC: {fmt(after['all'])}" + (f" (the shipped judge: {fmt(before.get('all'))})" if before else ""),
+            "AUC by failure family: " + ", ".join(f"{k.removeprefix('family:')} {fmt(v)}" for k, v in after.items()
+                                                  if k.startswith("family:")),
+            "AUC by kind: " + ", ".join(f"{k} {fmt(v)}" for k, v in after.items()
+                                        if k != "all" and not k.startswith("family:")),
+            f"threshold chosen on held-out rows: {self.threshold:g}: it accepts {self.accept_good:.0%} of the good "
+            f"rows and {self.accept_bad:.0%} of the bad ones",
+            f"judge: {out / 'judge.json'}; report: {out / 'judge_eval.json'}; plot: {out / 'heldout_scores.png'}",
+            f"use it: thresher judge FILE --judge {out}   or   judge = \"{out}\" in thresher.toml",
+        ]
+
     def to_json(self) -> dict[str, Any]:
         return {"head": self.head.id, "rows_train": self.rows_train, "rows_heldout": self.rows_heldout,
                 "from_verdicts": self.from_verdicts, "auc_after": self.auc_after, "auc_before": self.auc_before,

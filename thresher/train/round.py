@@ -313,7 +313,7 @@ def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, re
     from thresher.reward import HeadJudge
     from thresher.train import sources as shipped
     from thresher.train.contrast import Source
-    from thresher.train.data import rows_from_corrections, rows_from_verdicts
+    from thresher.train.data import reviewer_rows
     from thresher.train.judge import train_head_judge
 
     t = time.perf_counter()
@@ -321,8 +321,7 @@ def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, re
     if config.judge_source_limit and len(good) > config.judge_source_limit:
         good = random.Random(config.seed).sample(good, config.judge_source_limit)
     good += [Source(c.id, c.messages, "approved") for c in train_convs]
-    verdicts = ([*rows_from_verdicts(repo, commit, settings.quorum_approvals), *rows_from_corrections(repo, commit)]
-                if commit else [])
+    verdicts = reviewer_rows(repo, commit, settings.quorum_approvals) if commit else []
     engine = load_engine(pin["serving"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     same = pin["serving_judge"] == pin["serving"]
     current = make_judge("serving" if same else pin["serving_judge"], engine, n_ctx=settings.n_ctx,
