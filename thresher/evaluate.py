@@ -96,25 +96,19 @@ def judge_report(rows: Sequence[dict], threshold: float) -> JudgeReport:
 
 def plot_scores(rows: Sequence[dict], threshold: float, path: Path, title: str = "Judge scores by label") -> Path:
     """A PNG histogram of scores, one colour per label, with the threshold marked."""
-    import matplotlib
+    from thresher.plots import figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    bins = [1 + 0.5 * i for i in range(19)]
-    for label, colour in (("good", "#2563eb"), ("bad", "#dc2626"), (None, "#71717a")):
-        xs = [r["score"] for r in rows if r.get("score") is not None and r.get("label") == label]
-        if xs:
-            ax.hist(xs, bins=bins, alpha=0.6, color=colour, label=f"{label or 'unlabelled'} ({len(xs)})")
-    ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
-    ax.set_xlabel("score (1-10)")
-    ax.set_ylabel("conversations")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path) as ax:
+        bins = [1 + 0.5 * i for i in range(19)]
+        for label, colour in (("good", "#2563eb"), ("bad", "#dc2626"), (None, "#71717a")):
+            xs = [r["score"] for r in rows if r.get("score") is not None and r.get("label") == label]
+            if xs:
+                ax.hist(xs, bins=bins, alpha=0.6, color=colour, label=f"{label or 'unlabelled'} ({len(xs)})")
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+        ax.set_xlabel("score (1-10)")
+        ax.set_ylabel("conversations")
+        ax.set_title(title)
+        ax.legend()
     return path
 
 

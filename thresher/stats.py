@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date
@@ -310,27 +309,22 @@ def lineage(version: Version, versions: list[Version]) -> list[str]:
 
 # -- plots ----------------------------------------------------------------------------------------------------------
 
-_PLOT_LOCK = threading.Lock()  # Agg is fine in threads with separate figures; this bounds the CPU a page costs
 COLOURS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#71717a"]
 
 
 def plot(figures: Figures, name: str) -> bytes:
     """One figure as PNG bytes: statuses, acceptance, scores, agreement or rounds."""
     empty = figures.empty(name)  # raises ValueError for an unknown name
-    from matplotlib.figure import Figure
+    from thresher.plots import figure
 
-    fig = Figure(figsize=(7, 3.6), dpi=100)
-    ax = fig.add_subplot()
-    if empty:
-        ax.set_axis_off()
-        ax.text(0.5, 0.5, NO_DATA, ha="center", va="center", fontsize=16, color="#71717a")
-    else:
-        {"statuses": _statuses, "acceptance": _acceptance, "scores": _scores, "agreement": _agreement,
-         "rounds": _rounds}[name](figures, ax)
-    fig.tight_layout()
     buf = io.BytesIO()
-    with _PLOT_LOCK:
-        fig.savefig(buf, format="png")
+    with figure(buf, size=(7, 3.6)) as ax:
+        if empty:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, NO_DATA, ha="center", va="center", fontsize=16, color="#71717a")
+        else:
+            {"statuses": _statuses, "acceptance": _acceptance, "scores": _scores, "agreement": _agreement,
+             "rounds": _rounds}[name](figures, ax)
     return buf.getvalue()
 
 

@@ -236,23 +236,17 @@ def train_head_judge(engine: Any, engine_spec: str, out: Path, sources: Sequence
 
 def _plot(scores: Sequence[float], rows: Sequence[JudgeRow], threshold: float, path: Path) -> None:
     """Held-out scores, good against each family, with the threshold."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from thresher.plots import figure
 
     fams = sorted({FAMILY_OF.get(r.degradation, r.degradation) for r in rows if r.label == "bad"})
     groups = [("good", [s for s, r in zip(scores, rows, strict=True) if r.label == "good"])] + [
         (f, [s for s, r in zip(scores, rows, strict=True) if r.label == "bad" and
              FAMILY_OF.get(r.degradation, r.degradation) == f]) for f in fams]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(groups) + 1.2))
-    ax.boxplot([g[1] for g in groups], orientation="horizontal",
-               tick_labels=[f"{g[0]} ({len(g[1])})" for g in groups])
-    ax.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:.2f}")
-    ax.set_xlim(1, 10)
-    ax.set_xlabel("score (1-10)")
-    ax.set_title("Held-out rows: scores of good conversations and of each failure family")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    with figure(path, size=(8, 0.45 * len(groups) + 1.2), dpi=90) as ax:
+        ax.boxplot([g[1] for g in groups], orientation="horizontal",
+                   tick_labels=[f"{g[0]} ({len(g[1])})" for g in groups])
+        ax.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:.2f}")
+        ax.set_xlim(1, 10)
+        ax.set_xlabel("score (1-10)")
+        ax.set_title("Held-out rows: scores of good conversations and of each failure family")
+        ax.legend(loc="lower right")

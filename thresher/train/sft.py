@@ -268,24 +268,18 @@ def heldout_loss(model: Any, tokenizer: Any, conversations: Sequence[list[dict[s
 
 
 def plot_loss(losses: Sequence[tuple[int, float]], path: Path, title: str) -> Path:
-    import matplotlib
+    from thresher.plots import figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     steps, values = zip(*losses, strict=True)
-    ax.plot(steps, values, color="#2563eb", linewidth=1, alpha=0.5, label="loss")
-    window = max(1, len(values) // 10)
-    if window > 1:
-        smooth = [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
-                  for i in range(len(values))]
-        ax.plot(steps, smooth, color="#1e3a8a", linewidth=2, label=f"mean of {window}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (assistant tokens)")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path) as ax:
+        ax.plot(steps, values, color="#2563eb", linewidth=1, alpha=0.5, label="loss")
+        window = max(1, len(values) // 10)
+        if window > 1:
+            smooth = [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
+                      for i in range(len(values))]
+            ax.plot(steps, smooth, color="#1e3a8a", linewidth=2, label=f"mean of {window}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (assistant tokens)")
+        ax.set_title(title)
+        ax.legend()
     return path
