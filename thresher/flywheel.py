@@ -366,14 +366,18 @@ class TickReport:
     round_started: bool = False
     problems: list[str] = field(default_factory=list)  # stages that failed this turn (tried again on the next)
 
-    def lines(self) -> list[str]:
-        """The turn in words, one line per thing that happened (nothing when nothing did)."""
+    def lines(self, quiet: bool = True) -> list[str]:
+        """The turn in words, one line per thing that happened (nothing when nothing did); not `quiet`: a
+        publishing stage that ran is said even when it published nothing, with what the dataset holds approved."""
         out = [f"now serving: {what}" for what in self.switched]
         if self.judged:
             out.append(f"judged {self.judged} conversation(s)")
-        if self.published is not None and (self.published.published or self.published.rejected):
-            out.append(f"published {len(self.published.published)}, rejected {len(self.published.rejected)} "
-                       "conversation(s)")
+        p = self.published
+        if p is not None and not quiet:
+            out.append(f"published {len(p.published)}, rejected {len(p.rejected)}"
+                       + (f"; {self.synced.approved} approved in the dataset" if self.synced else ""))
+        elif p is not None and (p.published or p.rejected):
+            out.append(f"published {len(p.published)}, rejected {len(p.rejected)} conversation(s)")
         s = self.synced
         if s is not None and (s.new or s.updated or s.corrections):
             out.append(f"reviews: {s.new} new, {s.updated} updated verdict(s), {s.corrections} correction(s); "

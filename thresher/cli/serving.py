@@ -135,14 +135,10 @@ def worker_cmd(
     worker = d.worker(d.judge(d.engine(n_parallel=1) if s.judge == "serving" else None))
     try:
         if once:
-            report = worker.tick()
-            for line in report.lines():
+            for line in worker.tick().lines(quiet=False):
                 typer.echo(line)
-            if report.published is not None:
-                typer.echo(f"published {len(report.published.published)}, rejected {len(report.published.rejected)}"
-                           + (f"; {report.synced.approved} approved in the dataset" if report.synced else ""))
             if worker.rounds.proc is not None:
-                typer.echo(f"started a training round; output in {worker.rounds.log_path}")
+                typer.echo(f"the round's output goes to {worker.rounds.log_path}")
                 worker.rounds.proc.wait()
             return
         worker.run(threading.Event(), say=typer.echo, follow_seconds=FOLLOW_SECONDS)
