@@ -56,7 +56,6 @@ class Conversations:
 
     session: Callable[[], AbstractContextManager[Session]]
 
-
     def create(self, conv: Conversation) -> Conversation:
         """Insert a conversation with the messages it already has (all treated as complete turns)."""
         with self.session() as s:

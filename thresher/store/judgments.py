@@ -28,7 +28,6 @@ class Judgments:
 
     session: Callable[[], AbstractContextManager[Session]]
 
-
     def pending_judgment(self, judge_id: str, rubric_hash: str, limit: int = 50) -> list[Conversation]:
         """Ended conversations whose owners allow publishing and that this judge version has not judged yet (or
         failed to), oldest first."""

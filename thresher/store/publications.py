@@ -37,7 +37,6 @@ class Publications:
 
     session: Callable[[], AbstractContextManager[Session]]
 
-
     def undecided(self, limit: int = 1000) -> list[tuple[Conversation, Judgment]]:
         """Judged conversations that curation has not decided on yet, each with its latest judgment. Reads only
         conversations waiting (ended or judged: a decision moves a conversation out of both), never the decided."""
@@ -50,7 +49,8 @@ class Publications:
                 sa.select(ConversationRow, JudgmentRow)
                 .options(selectinload(ConversationRow.messages))
                 .join(JudgmentRow, JudgmentRow.id == latest)
-                .where(ConversationRow.status.in_(("ended", "judged")), ~decided, JudgmentRow.status != "failed")
+                .where(ConversationRow.status.in_((str(Status.ENDED), str(Status.JUDGED))), ~decided,
+                       JudgmentRow.status != "failed")
                 .order_by(ConversationRow.ended_at, ConversationRow.id)
                 .limit(limit)
             )

@@ -29,7 +29,6 @@ class Reviews:
 
     session: Callable[[], AbstractContextManager[Session]]
 
-
     def save_reviews(self, reviews: list[Review]) -> tuple[int, int, list[Review]]:
         """Upsert verdicts (one per conversation and reviewer) in one transaction. Returns (new, updated, unknown):
         verdicts on conversations this store does not hold are left out and handed back."""
