@@ -122,6 +122,19 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return Settings(data_dir=tmp_path / "data", judge="off")  # tests that judge turn it on
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_home(tmp_path_factory) -> Iterator[Path]:
+    """What the engines derive from model files (the embedded model's 8-bit copy for batched decoding) is made once
+    per test session, in the session's temporary folder, not in the user's cache."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(path := tmp_path_factory.mktemp("cache"))
+    yield path
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
 @pytest.fixture(scope="session")
 def embedded_engine():
     from thresher.engines import load

@@ -280,3 +280,54 @@ def test_a_closed_engine_finishes_its_replies_then_lets_go_of_the_model() -> Non
     del stream, rest, seen
     gc.collect()
     assert llm() is None  # freed once idle
+
+
+def test_weights_that_do_not_batch_are_decoded_from_an_8_bit_copy_made_once(embedded_engine, tmp_path,
+                                                                            monkeypatch, caplog) -> None:
+    """The embedded model's Q4_1 weights batch poorly on a CPU: with several sequences, chat decodes from an 8-bit
+    copy kept in the cache folder (made once, written whole); the judge's calls still read the file itself, so its
+    hidden states are exactly those a head was trained on; one sequence decodes from the file. A copy that cannot
+    be written is said once, and the file serves."""
+    import llama_cpp
+
+    from thresher.engines import embedded_model_path, load
+    from thresher.engines.llamacpp import cache_dir
+
+    copy = embedded_engine.batch_file
+    assert copy is not None and copy.parent == cache_dir() / "gguf" and copy.is_file()
+    assert copy.name.startswith(embedded_engine.version)
+    made = copy.stat().st_mtime_ns
+    again = load("embedded", n_ctx=512, n_parallel=2)
+    assert again.batch_file == copy and copy.stat().st_mtime_ns == made  # not made again
+    assert not list(copy.parent.glob(".making-*"))
+    model = llama_cpp.llama_model_load_from_file(str(copy).encode(), llama_cpp.llama_model_default_params())
+    try:  # the copy is an 8-bit file of the same model
+        desc = llama_cpp.ctypes.create_string_buffer(128)
+        llama_cpp.llama_model_desc(model, desc, 128)
+        assert b"Q8_0" in desc.value
+    finally:
+        llama_cpp.llama_model_free(model)
+
+    single = load("embedded", n_ctx=512, n_parallel=1)
+    assert single.batch_file is None and single.version == embedded_engine.version
+    conv = [ask("Why is the sky blue?")[0], {"role": "assistant", "content": "Because air scatters blue light."}]
+    assert np.array_equal(embedded_engine.last_hidden([conv]), single.last_hidden([conv]))
+
+    # The same model to within 8-bit rounding: the same first words greedily, the same likeliest tokens.
+    params = ChatParams(max_tokens=6, temperature=0.0, logprobs=3)
+    a = list(embedded_engine.stream_chat(ask("Name three rivers in Europe."), params))
+    b = list(single.stream_chat(ask("Name three rivers in Europe."), params))
+    first_a = [lp for c in a for lp in c.logprobs][:3]
+    first_b = [lp for c in b for lp in c.logprobs][:3]
+    assert [x.token for x in first_a] == [x.token for x in first_b]
+    assert all(abs(x.logprob - y.logprob) < 0.1 for x, y in zip(first_a, first_b, strict=True))
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    (tmp_path / "file").write_text("not a folder")
+    with caplog.at_level("WARNING", logger="thresher.engines"):
+        plain = load(f"llama.cpp:{embedded_model_path()}", n_ctx=512, n_parallel=2)
+    assert plain.batch_file is None
+    assert "as it is" in caplog.text
+    assert text_of(list(plain.stream_chat(ask("Hello"), ChatParams(max_tokens=4, temperature=0.0))))
+    for e in (again, single, plain):
+        e.close()

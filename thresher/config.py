@@ -47,7 +47,8 @@ class Settings(BaseSettings):
     n_parallel: int = Field(
         8, ge=1, description="Replies the llama.cpp engine writes together (continuous batching: one decoding step "
         "serves them all). Each has its own n_ctx tokens of KV cache, so its memory is n_ctx x n_parallel tokens "
-        "(~12 KB a token for the embedded model). 8 suits a CPU. For an OpenAI-compatible server (vLLM): how "
+        "(~12 KB a token for the embedded model). 8 suits a CPU (above 1, a Q4_1 file is decoded from an 8-bit copy: "
+        "see Engines). For an OpenAI-compatible server (vLLM): how "
         "many requests it is sent at once (raise it to what the server batches). transformers answers one at a time."
     )
     max_queue: int = Field(

@@ -1,16 +1,17 @@
 """The scheduler behind the llama.cpp engine: continuous batching, as llama.cpp's own server (`-np`) and vLLM do it.
 
 One thread, the scheduler, makes every llama.cpp call. Its context holds `n_parallel` sequences, each with `n_ctx`
-cells of KV cache of its own. A step feeds the next token of every reply being written in one `llama_decode`, then
-the next pieces of the prompts being read, within a token budget (PREFILL_CHUNK tokens while replies are being
-written, so a long prompt does not stall them; up to N_BATCH when none are); each reply whose last token was fed
+cells of KV cache of its own. A step reads the next pieces of the prompts being read, within a token budget
+(PREFILL_CHUNK tokens while replies are being written, so a long prompt does not stall them; up to N_BATCH when none
+are), then feeds the next token of every reply being written in one `llama_decode`; each reply whose last token was fed
 draws its next one from the logits (numpy: temperature, min-p, top-p, one random generator per reply). Requests join
 between steps as sequences free up, and leave at the next step once their reader closes the stream (their cells are
 freed). A finished reply's cells stay cached: a later prompt that begins the same way (the next turn of that
-conversation) is read only from where it differs. A seeded (or greedy) reply reads its prompt as if afresh, in
-pieces of two tokens or more, so it comes out the same every time, alone or among others (llama.cpp's result for a
-sequence does not depend on what else is in the pass, but it does on whether a pass holds one of its tokens or
-several).
+conversation) is read only from where it differs. A prompt's last token is read in the decoding pass, so a new
+reply joins the batch in the step that finishes its prompt. A seeded (or greedy) reply reads the rest of its prompt
+as if afresh, in pieces of two tokens or more, so it comes out the same every time, alone or among others
+(llama.cpp's result for a sequence does not depend on what else is in the pass, but it does on whether a pass holds
+one of its tokens or several).
 
 Chat comes first. Background replies (`ChatParams.background`: judging) take at most a quarter of the sequences and
 only when no chat waits. Exclusive jobs (the judge's `next_token_probs` and `last_hidden`, on the engine's second
@@ -45,7 +46,7 @@ from thresher.engines import (
     split_stop,
 )
 
-DEFAULT_PARALLEL = 8  # sequences decoded together on a CPU (2 cores: a step of 8 takes ~36 ms, of one ~9 ms)
+DEFAULT_PARALLEL = 8  # sequences decoded together on a CPU (2 cores, 8-bit weights: a step of 8 ~34 ms, of one ~12)
 N_BATCH = 512  # most prompt tokens one step reads when no reply is decoding
 PREFILL_CHUNK = 128  # ... and while some are: about 0.4 s of a 2-core CPU, the longest pause a stream sees
 BG_SHARE = 0.2  # background work's share of the time while chat is being served
@@ -182,6 +183,10 @@ class Scheduler:
         self.bg_next = 0.0  # background work may run, while chat is served, from this time on
         self.steps = self.prompt_tokens = self.cached_tokens = 0
         self._pieces: dict[tuple[int, bool], bytes] = {}
+        self._eog: dict[int, bool] = {}
+        # Chunks for the readers, handed out at the end of a step: a reader woken mid-step takes the GIL from this
+        # thread at its next llama.cpp call (each call lets go of it), and with 8 readers that cost a step ~10%.
+        self._outbox: list[tuple[queue.SimpleQueue[Any], Any]] = []
         threading.Thread(target=self._run, name="llama.cpp", daemon=True).start()
 
     # --- called from other threads
@@ -270,11 +275,12 @@ class Scheduler:
             free = [i for i, s in enumerate(self.slots) if s is None]
             # What each free sequence could lend this prompt. A reproducible reply (seeded, or greedy) takes only
             # cells that were read as a prompt (in pieces of two or more: the same cells as reading afresh), and
-            # reads two tokens at least, so it comes out the same every time; any other takes the whole prefix.
+            # reads three tokens at least (a piece of two, then the last alone in the decoding pass, as every
+            # prompt's last), so it comes out the same every time; any other takes the whole prefix.
             seeded = r.params.seed is not None or r.params.temperature <= 0
             common = {i: min(Llama.longest_token_prefix(self.cached[i], r.prompt),
                              self.exact[i] if seeded else len(r.prompt),
-                             len(r.prompt) - (2 if seeded else 1)) for i in free}
+                             len(r.prompt) - (3 if seeded else 1)) for i in free}
             # The lowest free sequence: llama.cpp decodes a run of consecutive sequence ids in one pass, so the
             # busy ones are kept together (sequences 0-3 and 5-7 busy cost two passes a step, ~30% more time) ...
             slot = free[0]
@@ -291,31 +297,44 @@ class Scheduler:
             self.slots[slot] = r
 
     def _step(self, chat: bool) -> bool:
-        """One step: the next token of every reply being written, in one llama_decode, then pieces of the prompts
-        being read, each in a llama_decode of its own (llama.cpp would run them as passes of their own anyway);
-        each reply whose last fed token had its logits computed draws its next token."""
+        """One step: pieces of the prompts being read, each in a llama_decode of its own (llama.cpp would run them
+        as passes of their own anyway), then the next token of every reply being written in one llama_decode, with
+        the last token of each prompt now read whole: a new reply joins the batch in the step that finishes its
+        prompt, so the sequences in the pass stay consecutive (a gap in them costs a second pass: a step of 7
+        sequences with one missing in the middle took ~50 ms, of all 8 ~38 ms). Each reply whose last fed token had
+        its logits computed draws its next token."""
         active = sorted((r for r in self.slots if r is not None), key=lambda r: (r.background, r.arrival))
-        decoding = sorted((r for r in active if r.decoding), key=lambda r: r.slot)  # consecutive: one pass
-        budget = PREFILL_CHUNK if decoding else N_BATCH
+        budget = PREFILL_CHUNK if any(r.decoding for r in active) else N_BATCH
         bg_ok = not chat or time.monotonic() >= self.bg_next
         pieces = []
         for r in active:
-            if r.decoding or budget <= 0 or (r.background and not bg_ok):
+            body = len(r.pending) - 1  # a prompt's last token is read in the decoding pass, alone (see _admit)
+            if r.decoding or body <= 0 or budget <= 0 or (r.background and not bg_ok):
                 continue
-            n = piece_length(len(r.pending), min(budget, BG_SLICE) if r.background and chat else budget)
+            n = piece_length(body, min(budget, BG_SLICE) if r.background and chat else budget)
             pieces.append((r, r.pending[:n]))
             budget -= n
-        if not decoding and not pieces:
+        if not pieces and not any(r.decoding or len(r.pending) == 1 for r in active):
             return False
-        if decoding:
-            self._decode([(r, r.pending) for r in decoding])
-        for r, tokens in pieces:
-            start = time.monotonic()
-            self._decode([(r, tokens)])
-            if chat and r.background:
-                self._bg_spent(time.monotonic() - start)
+        try:
+            for r, tokens in pieces:
+                start = time.monotonic()
+                self._decode([(r, tokens)])
+                if chat and r.background:
+                    self._bg_spent(time.monotonic() - start)
+            decoding = sorted((r for r in active if r.decoding or len(r.pending) == 1),
+                              key=lambda r: r.slot)  # consecutive sequences: one pass
+            if decoding:
+                self._decode([(r, r.pending) for r in decoding])
+        finally:
+            self._flush()
         self.steps += 1
         return True
+
+    def _flush(self) -> None:
+        for out, item in self._outbox:
+            out.put(item)
+        self._outbox.clear()
 
     def _decode(self, items: list[tuple[Reply, list[int]]]) -> None:
         """Feed each reply its tokens in one llama_decode; a reply whose pending tokens are all fed then draws
@@ -344,9 +363,10 @@ class Scheduler:
             r.n_past += len(tokens)
             self.cached[slot].extend(tokens)
             del r.pending[: len(tokens)]
-        for r, i in outputs:
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx.ctx, i), shape=(self.n_vocab,))
-            self._advance(r, logits)
+        if outputs:  # one row per output, in the batch's order: one call for all of them
+            rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.ctx.ctx), shape=(len(outputs), self.n_vocab))
+            for (r, _), logits in zip(outputs, rows, strict=True):
+                self._advance(r, logits)
 
     def _slice(self, chat: bool) -> bool:
         """Run the first background job for one slice."""
@@ -394,7 +414,10 @@ class Scheduler:
         token = sample(penalised(logits.copy(), r.tokens, r.params.repetition_penalty)
                        if r.params.repetition_penalty != 1.0 else logits, r.params, r.rng)
         r.tokens.append(token)
-        if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+        if eog:
             self._finish(r, "stop")
             return
         r.generated += 1
@@ -421,7 +444,8 @@ class Scheduler:
     def _emit(self, r: Reply, upto: int, straddling: bool = False) -> None:
         if upto > r.emitted:
             text, r.emitted = r.text[r.emitted:upto], upto
-            r.out.put(Chunk(text=text, logprobs=r.take_lps(upto, straddling) if r.n_top is not None else []))
+            self._outbox.append((r.out, Chunk(text=text, logprobs=r.take_lps(upto, straddling)
+                                              if r.n_top is not None else [])))
 
     def _finish(self, r: Reply, reason: str, flush: bool = True) -> None:
         if flush:  # text held back for a stop string that never came, and any half character
@@ -431,9 +455,9 @@ class Scheduler:
             self._emit(r, len(r.text))
         # Tokens that straddle a stop string, whose visible part was already handed out, come with the last chunk.
         rest = r.take_lps(r.emitted, straddling=True) if r.n_top is not None else []
-        r.out.put(Chunk(finish_reason=reason, prompt_tokens=len(r.prompt), completion_tokens=r.generated,
-                        logprobs=rest))
-        r.out.put(_END)
+        self._outbox.append((r.out, Chunk(finish_reason=reason, prompt_tokens=len(r.prompt),
+                                          completion_tokens=r.generated, logprobs=rest)))
+        self._outbox.append((r.out, _END))
         self._free(r)
 
     def _free(self, r: Reply, forget: bool = False) -> None:
@@ -449,6 +473,7 @@ class Scheduler:
 
     def _fail_active(self, error: BaseException) -> None:
         failure = error if isinstance(error, EngineError) else EngineError(f"llama.cpp failed: {error}")
+        self._flush()  # what was written before the failure comes first
         with self.cv:
             for r in self.slots:
                 if r is not None:
@@ -474,10 +499,13 @@ def sample(logits: np.ndarray, params: ChatParams, rng: np.random.Generator) -> 
     min_p x the likeliest), then top-p (the smallest set reaching top_p); no top-k. Ties go to the lower id."""
     if params.temperature <= 0:
         return int(np.argmax(logits))
-    z = logits.astype(np.float64) / params.temperature
-    top = z.max()
-    ids = np.flatnonzero(z >= top + math.log(min(params.min_p, 1.0))) if params.min_p > 0 else np.arange(len(z))
-    p = np.exp(z[ids] - top)
+    # min-p on the raw logits (z >= z_max + log(min_p) is x >= x_max + T log(min_p)): only the few tokens it keeps
+    # are scaled and exponentiated, not the whole vocabulary, a step's largest cost outside llama.cpp
+    top = float(logits.max())
+    ids = (np.flatnonzero(logits >= top + params.temperature * math.log(min(params.min_p, 1.0)))
+           if params.min_p > 0 else np.arange(len(logits)))
+    z = logits[ids].astype(np.float64) / params.temperature
+    p = np.exp(z - top / params.temperature)
     order = np.argsort(-p, kind="stable")
     ids, p = ids[order], p[order] / p.sum()
     if params.top_p < 1.0:
