@@ -442,6 +442,39 @@ def test_an_edit_that_breaks_the_record_is_refused_and_a_pushed_one_is_not_judge
     assert [j.judge_id for j in store.judgments(ids[0])] == ["judge@1"]
 
 
+
+def test_a_review_session_is_what_the_command_does(store: Store, tmp_path: Path, remote: Path) -> None:
+    """The library side of `thresher review`: what is left to review, the records, a verdict pushed, a broken edit
+    undone and refused, a good one committed as a correction, and the counts."""
+    from thresher.review import ReviewSession
+
+    _, ids = published(store, tmp_path, remote, n=3)
+    ada = clone(tmp_path, remote, "ada", "ada@example.org")
+    session = ReviewSession(ada.path)
+    assert session.reviewer == "ada-example.org" and len(session.todo) == 3
+    first, second, third = session.todo
+    assert session.record(first).id in ids and session.record(first).messages[0]["role"] == "user"
+    assert session.verdict(first, True) == "approved, pushed"
+    assert git(ada.path, "rev-parse", "HEAD") == git(remote, "rev-parse", "main")
+
+    before = session.file(second).read_text()
+    rec = json.loads(before)
+    rec["messages"] = []
+    session.file(second).write_text(json.dumps(rec))
+    with pytest.raises(InvalidVerdict, match="no longer a conversation record"):
+        session.correct(second)
+    assert session.file(second).read_text() == before  # the broken edit is undone
+    rec = json.loads(before)
+    rec["messages"][1]["content"] = "Mended by ada."
+    session.file(second).write_text(json.dumps(rec))
+    assert session.correct(second) and session.record(second).messages[1]["content"] == "Mended by ada."
+    assert session.correct(second) is None  # nothing changed since
+    assert session.verdict(third, False, "vague") == "rejected, pushed"
+    assert session.summary() == "approved 1, rejected 1, skipped 0, corrected 1"
+    assert ReviewSession(ada.path).todo == [second]  # only what ada has not judged yet
+    with pytest.raises(GitError, match="not a git clone"):
+        ReviewSession(tmp_path / "nowhere")
+
 def test_the_chat_models_data_and_the_judges_rows_follow_one_verdict_policy(store: Store, tmp_path: Path,
                                                                            remote: Path) -> None:
     from thresher.review import build_dataset, reviewed

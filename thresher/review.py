@@ -233,6 +233,59 @@ def commit_correction(repo: DatasetRepo, path: str, push: bool = True) -> str | 
     return commit.sha if commit else None
 
 
+
+class ReviewSession:
+    """One reviewer's pass over their clone of the dataset, as `thresher review` runs it: what is left for them to
+    review (oldest first), each conversation's record, and what they can do to one: approve or reject it (a verdict
+    committed under their identity and pushed), or correct its file (an edit committed as a correction). Counts
+    what they did. Raises GitError or InvalidVerdict (a path that is no clone, a reviewer name that is no slug)."""
+
+    def __init__(self, path: Path, reviewer: str | None = None) -> None:
+        if not (path / ".git").exists():
+            raise GitError(f"{path} is not a git clone of the dataset (`git clone URL` first)")
+        remote = DatasetRepo(path).git("remote", "get-url", "origin", check=False) or None
+        self.repo = DatasetRepo(path, remote)
+        self.reviewer = reviewer_identity(self.repo) if reviewer is None else check_reviewer(reviewer)
+        self.repo.pull()
+        self.todo = pending(self.repo, self.reviewer)
+        self.counts = {"approved": 0, "rejected": 0, "skipped": 0, "corrected": 0}
+
+    def record(self, path: str) -> Record:
+        """The conversation as its file holds it now (InvalidRecord if an edit pushed by someone broke it)."""
+        return self.repo.record(path)
+
+    def file(self, path: str) -> Path:
+        """The file to open in an editor for a correction."""
+        return self.repo.path / path
+
+    def verdict(self, path: str, approve: bool, reason: str = "") -> str:
+        """Approve or reject; says what became of the verdict (pushed, or committed and waiting for a push)."""
+        written = write_verdict(self.repo, path.rsplit("/", 1)[-1].removesuffix(".json"),
+                                "approve" if approve else "reject", reason, reviewer=self.reviewer)
+        word = "approved" if approve else "rejected"
+        self.counts[word] += 1
+        return word + (", pushed" if written.pushed else
+                       ", committed (not pushed yet: it goes with your next push)" if self.repo.remote else
+                       ", committed (no remote)")
+
+    def correct(self, path: str) -> str | None:
+        """Commit the edited file as a correction (None when nothing changed). An edit that breaks the record is
+        undone (the file is as it was) and refused with InvalidVerdict saying why."""
+        try:
+            sha = commit_correction(self.repo, path)
+        except InvalidVerdict:
+            self.repo.git("checkout", "--", path)
+            raise
+        if sha:
+            self.counts["corrected"] += 1
+        return sha
+
+    def skip(self) -> None:
+        self.counts["skipped"] += 1
+
+    def summary(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.counts.items())
+
 # -- corrections and sync into the store ---------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from thresher.cli import _settings, app, err
+from thresher.conversation import InvalidRecord, Record
 
 
 @app.command("publish")
@@ -92,38 +93,26 @@ def review_cmd(
     """
     import click
 
-    from thresher.dataset_repo import DatasetRepo, GitError
-    from thresher.review import (
-        InvalidVerdict,
-        check_reviewer,
-        commit_correction,
-        pending,
-        reviewer_identity,
-        write_verdict,
-    )
+    from thresher.dataset_repo import GitError
+    from thresher.review import InvalidVerdict, ReviewSession
 
-    if not (repo_path / ".git").exists():
-        err.print(f"[red]error:[/red] {repo_path} is not a git clone of the dataset (`git clone URL` first)")
-        raise typer.Exit(2)
     out = Console(highlight=False)
     try:
-        probe = DatasetRepo(repo_path)
-        remote = probe.git("remote", "get-url", "origin", check=False) or None
-        repo = DatasetRepo(repo_path, remote)
-        me = reviewer_identity(repo) if reviewer is None else check_reviewer(reviewer)
-        repo.pull()
-        todo = pending(repo, me)
+        session = ReviewSession(repo_path, reviewer)
     except (GitError, InvalidVerdict) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
-    out.print(f"{len(todo)} conversation(s) to review as [bold]{me}[/bold]")
-    counts = {"approved": 0, "rejected": 0, "skipped": 0, "corrected": 0}
+    out.print(f"{len(session.todo)} conversation(s) to review as [bold]{session.reviewer}[/bold]")
     choice = ""
-    for i, path in enumerate(todo, 1):
+    for i, path in enumerate(session.todo, 1):
         show = True
         while True:
             if show:
-                _show_conversation(out, repo.read(path), f"{i}/{len(todo)}")
+                try:
+                    _show_conversation(out, session.record(path), f"{i}/{len(session.todo)}")
+                except InvalidRecord as e:  # someone pushed an edit that broke it: it can still be judged
+                    out.rule(f"{i}/{len(session.todo)}  {path}")
+                    err.print(f"[yellow]this file no longer holds a conversation record:[/yellow] {e}")
                 show = False
             choice = typer.prompt("[a]pprove, [r]eject, [s]kip, [e]dit, [q]uit", default="s").strip().lower()[:1]
             if choice not in ("a", "r", "s", "e", "q"):
@@ -131,27 +120,18 @@ def review_cmd(
                 continue
             try:
                 if choice == "e":
-                    click.edit(filename=str(repo.path / path))
+                    click.edit(filename=str(session.file(path)))
                     try:
-                        sha = commit_correction(repo, path)
+                        sha = session.correct(path)
                     except InvalidVerdict as e:
-                        repo.git("checkout", "--", path)
                         err.print(f"[yellow]edit not kept:[/yellow] {e}")
                         continue
                     if sha:
-                        counts["corrected"] += 1
                         out.print(f"correction committed ({sha[:12]})")
                         show = True  # show the corrected conversation, then ask for a verdict
                     continue
                 if choice in ("a", "r"):
-                    reason = typer.prompt("Reason") if choice == "r" else ""
-                    written = write_verdict(repo, path.rsplit("/", 1)[-1].removesuffix(".json"),
-                                            "approve" if choice == "a" else "reject", reason, reviewer=me)
-                    counts["approved" if choice == "a" else "rejected"] += 1
-                    out.print(("approved" if choice == "a" else "rejected") + (
-                        ", pushed" if written.pushed else
-                        ", committed (not pushed yet: it goes with your next push)" if repo.remote else
-                        ", committed (no remote)"))
+                    out.print(session.verdict(path, choice == "a", typer.prompt("Reason") if choice == "r" else ""))
             except (GitError, InvalidVerdict) as e:
                 err.print(f"[red]error:[/red] {e}")
                 raise typer.Exit(1) from None
@@ -159,29 +139,27 @@ def review_cmd(
         if choice == "q":
             break
         if choice == "s":
-            counts["skipped"] += 1
-    out.print(", ".join(f"{k} {v}" for k, v in counts.items()))
+            session.skip()
+    out.print(session.summary())
 
 
-def _show_conversation(out: Any, rec: dict[str, Any], where: str) -> None:
+def _show_conversation(out: Any, rec: Record, where: str) -> None:
     """One published conversation for a reviewer: score, the judge's rationale and flags, then the messages with
     the user's thumbs on them."""
     from rich.panel import Panel
     from rich.text import Text
 
-    thumbs = {f["message"]: f for f in rec.get("feedback") or [] if isinstance(f, dict) and
+    thumbs = {f["message"]: f for f in rec.feedback if isinstance(f, dict) and
               isinstance(f.get("message"), int) and f.get("rating") in ("up", "down")}
-
-    score = rec.get("score")
-    out.rule(f"{where}  {rec.get('id')}  score {'-' if score is None else f'{score:.2f}'}")
-    if rec.get("rationale"):
-        out.print(Text(f"judge: {rec['rationale']}", style="italic"))
-    if rec.get("flags"):
-        out.print(Text("flags: " + ", ".join(rec["flags"]), style="yellow"))
-    for i, m in enumerate(rec.get("messages", [])):
+    out.rule(f"{where}  {rec.id}  score {'-' if rec.score is None else f'{rec.score:.2f}'}")
+    if rec.rationale:
+        out.print(Text(f"judge: {rec.rationale}", style="italic"))
+    if rec.flags:
+        out.print(Text("flags: " + ", ".join(map(str, rec.flags)), style="yellow"))
+    for i, m in enumerate(rec.messages):
         f = thumbs.get(i)
         note = None if f is None else f"user: thumbs {f['rating']}" + (f" ({f['reason']})" if f.get("reason") else "")
-        out.print(Panel(Text(str(m.get("content", ""))), title=str(m.get("role", "?")), title_align="left",
+        out.print(Panel(Text(m["content"]), title=m["role"], title_align="left",
                         subtitle=None if note is None else Text(note), subtitle_align="right"))
 
 
