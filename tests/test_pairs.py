@@ -113,6 +113,15 @@ def test_train_dpo_says_what_is_wrong_with_its_input(tmp_path: Path) -> None:
     (empty_dir / "data.jsonl").write_text(json.dumps({"id": "c", "messages": []}) + "\n")
     none = runner.invoke(app, ["train", "dpo", "--pairs", str(empty_dir)])
     assert none.exit_code == 1 and "no preference pairs" in none.output
+    (empty_dir / "data.jsonl").write_text("{broken\n")
+    broken = runner.invoke(app, ["train", "dpo", "--pairs", str(empty_dir)])
+    assert broken.exit_code == 1 and "data.jsonl line 1" in " ".join(broken.output.split())
+    (empty_dir / "data.jsonl").unlink()
+    unbuilt = runner.invoke(app, ["train", "dpo", "--pairs", str(empty_dir)])
+    assert unbuilt.exit_code == 1 and "thresher dataset build" in " ".join(unbuilt.output.split())
+    remote = runner.invoke(app, ["train", "dpo", "--pairs", str(tmp_path / "bad.jsonl"), "--base",
+                                 "openai:http://127.0.0.1:9/v1"])
+    assert remote.exit_code == 2 and "training needs local weights" in " ".join(remote.output.split())
 
 
 @dataclass

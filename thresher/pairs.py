@@ -153,6 +153,28 @@ def record_pairs(versions: dict[int, list[Any]], clean: Callable[[str], str] = l
     return out
 
 
+def load_pairs(path: Path) -> list[Pair]:
+    """The pairs `thresher train dpo --pairs` reads: a JSON Lines file of pairs (a round's `pairs.jsonl`), or a
+    `thresher dataset build` directory (the pairs its conversations carry). PairError when there are none."""
+    if path.is_dir():
+        data = path / "data.jsonl"
+        if not data.is_file():
+            raise PairError(f"{path} holds no data.jsonl: build it with `thresher dataset build`")
+        found = []
+        for n, line in enumerate(data.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    found += from_record(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise PairError(f"{data} line {n}: {e}") from None
+    elif path.is_file():
+        found = read_pairs(path)
+    else:
+        raise PairError(f"no file or directory at {path}")
+    if not found:
+        raise PairError(f"no preference pairs in {path}")
+    return found
+
 def from_record(record: Record | dict[str, Any]) -> list[Pair]:
     """The pairs a published conversation carries (its `pairs` field), traced to it; a malformed one is skipped,
     not trained on (and a record that is not one carries none)."""

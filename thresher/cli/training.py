@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,20 +29,13 @@ def _train_config(max_length: int, epochs: float, max_steps: int, lr: float, bat
 
 def _base_spec(base: str | None) -> tuple[str, Path | None]:
     """What to train from: --base, or the configured model (the embedded GGUF by default)."""
-    from thresher.engines import embedded_model_path, parse_spec
+    from thresher.engines import EngineError, local_weights
 
-    spec = base or _settings().model
-    if spec.endswith(".gguf") and Path(spec).is_file():
-        return spec, Path(spec)
-    kind, target = parse_spec(spec)
-    if kind == "llama.cpp":
-        path = Path(target) if target else embedded_model_path()
-        return str(path), path
-    if kind == "hf":
-        return target, None
-    err.print("[red]error:[/red] training needs local weights: pass --base FILE.gguf, a model directory or a hub "
-              "name")
-    raise typer.Exit(2)
+    try:
+        return local_weights(base or _settings().model)
+    except EngineError as e:
+        err.print(f"[red]error:[/red] {e}: pass --base FILE.gguf, a model directory or a hub name")
+        raise typer.Exit(2) from None
 
 
 def _exported(result: Any, trained: Any, tok: Any, out: Path, gguf: Path | None, export: bool,
@@ -126,30 +118,19 @@ def train_dpo_cmd(
 
     Run it again after a crash or Ctrl-C: it continues from the newest checkpoint in --out.
     """
-    from thresher.pairs import PairError, from_record, read_pairs
+    from thresher.pairs import PairError, load_pairs
     from thresher.train.dpo import DpoConfig, train_dpo
     from thresher.train.sft import TrainError, load_base
 
     spec, gguf = _base_spec(base)
     try:
-        if pairs.is_dir():
-            data = pairs / "data.jsonl"
-            if not data.is_file():
-                raise PairError(f"{pairs} holds no data.jsonl: build it with `thresher dataset build`")
-            found = [p for line in data.read_text(encoding="utf-8").splitlines() if line.strip()
-                     for p in from_record(json.loads(line))]
-        elif pairs.is_file():
-            found = read_pairs(pairs)
-        else:
-            raise PairError(f"no file or directory at {pairs}")
-        if not found:
-            raise PairError(f"no preference pairs in {pairs}")
+        found = load_pairs(pairs)
         typer.echo(f"{len(found)} pairs from {pairs}; base {spec}")
         model, tok = load_base(spec)
         result, trained = train_dpo(model, tok, found, out, DpoConfig(beta=beta, max_length=max_length, epochs=epochs,
                                                                      max_steps=max_steps, learning_rate=lr,
                                                                      batch_size=batch_size))
-    except (PairError, TrainError, json.JSONDecodeError) as e:
+    except (PairError, TrainError) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
     typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s; final loss {result.final_loss}")
@@ -186,50 +167,20 @@ def train_judge_cmd(
     family, and the acceptance threshold chosen on them, which the judge then applies (`judge_threshold = "auto"`).
     Serve it with `judge = "thresher-data/train/judge"`.
     """
-    from thresher.dataset_repo import DatasetRepo
-    from thresher.engines import EngineError, embedded_model_path
-    from thresher.engines import load as load_engine
-    from thresher.judge import head_for
-    from thresher.train import sources as shipped
-    from thresher.train.data import reviewer_rows
-    from thresher.train.judge import JudgeTrainError, sources_from_build, train_head_judge
+    from thresher.engines import EngineError
+    from thresher.train.judge import JudgeTrainError, train_judge
+    from thresher.train.sources import SourceError
 
-    s = _settings()
-    spec = base or s.model
-    if spec.endswith(".gguf") and not spec.startswith("llama.cpp:"):
-        spec = f"llama.cpp:{spec}"
-    if spec == f"llama.cpp:{embedded_model_path()}":
-        spec = "embedded"
     try:
-        good = shipped.load(source or list(shipped.DEFAULT))
-    except (shipped.SourceError, ValueError, OSError) as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
-    for d in data or []:
-        good += sources_from_build(Path(d))
-    vrows = reviewer_rows(DatasetRepo(s.dataset_path), min_approvals=s.quorum_approvals) if verdicts else []
-    engine = None
-    if hidden:
-        try:
-            with err.status(f"Loading {spec} …"):
-                engine = load_engine(spec, n_ctx=s.n_ctx, n_threads=s.n_threads)
-        except EngineError as e:
-            err.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(1) from None
-        if not hasattr(engine, "last_hidden"):
-            err.print("[red]error:[/red] this engine gives no hidden states; use a GGUF file, or --no-hidden")
-            raise typer.Exit(2)
-    shipped_head = head_for(engine) if engine is not None else None
-    typer.echo(f"{len(good)} good conversations from {', '.join(source or shipped.DEFAULT)}"
-               + (f" and {len(data or [])} build(s)" if data else "") + f"; {len(vrows)} rows from reviewers' "
-               "verdicts and corrections")
-    try:
-        report = train_head_judge(engine, spec, out, good, vrows, seed=seed, max_train=train_rows,
-                                  max_heldout=heldout_rows, encoder=encoder, hidden=hidden, before=shipped_head,
-                                  say=typer.echo)
-    except JudgeTrainError as e:
+        report = train_judge(_settings(), out, base=base, sources=source or (), builds=[Path(d) for d in data or []],
+                             verdicts=verdicts, hidden=hidden, encoder=encoder, seed=seed, max_train=train_rows,
+                             max_heldout=heldout_rows, say=typer.echo)
+    except (JudgeTrainError, EngineError) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
+    except (SourceError, ValueError, OSError) as e:  # a source or build that cannot be read
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
 
     for line in report.lines(out):
         typer.echo(line)

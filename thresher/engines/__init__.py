@@ -150,6 +150,20 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return "hf", spec
 
 
+def local_weights(spec: str) -> tuple[str, Path | None]:
+    """What training loads for an engine spec: (a GGUF file's path, that file) or (a model directory or hub name,
+    None); the GGUF is also what an export copies its metadata from. EngineError for a remote server, which has
+    no weights here."""
+    if spec.endswith(".gguf") and Path(spec).is_file():
+        return spec, Path(spec)
+    kind, target = parse_spec(spec)
+    if kind == "llama.cpp":
+        return target, Path(target)
+    if kind == "hf":
+        return target, None
+    raise EngineError("training needs local weights: a GGUF file, a model directory or a hub name, not a remote "
+                      "server")
+
 def load(spec: str, *, n_ctx: int = 2048, n_threads: int | None = None, n_parallel: int | None = None) -> Engine:
     """Load the engine a spec names. Raises EngineError with a readable reason.
 

@@ -250,3 +250,43 @@ def _plot(scores: Sequence[float], rows: Sequence[JudgeRow], threshold: float, p
         ax.set_xlabel("score (1-10)")
         ax.set_title("Held-out rows: scores of good conversations and of each failure family")
         ax.legend(loc="lower right")
+
+
+def train_judge(settings: Any, out: Path, *, base: str | None = None, sources: Sequence[str] = (),
+                builds: Sequence[Path] = (), verdicts: bool = True, hidden: bool = True, encoder: bool = True,
+                seed: int = 0, max_train: int | None = JUDGE_TRAIN_ROWS, max_heldout: int | None = JUDGE_HELDOUT_ROWS,
+                say: Callable[[str], None] = log.info) -> JudgeTraining:
+    """What `thresher train judge` does: the good conversations (shipped `sources`, by name or file, and approved
+    ones from dataset `builds`), reviewers' verdicts from the dataset clone, the model whose hidden states the head
+    reads (`base`, else the configured model), and the shipped head for that model to compare with; then
+    `train_head_judge`. Raises SourceError (a source that cannot be read), EngineError (a model that cannot be
+    loaded) or JudgeTrainError."""
+    from thresher.dataset_repo import DatasetRepo
+    from thresher.engines import embedded_model_path
+    from thresher.engines import load as load_engine
+    from thresher.judge import head_for
+    from thresher.train import sources as shipped
+    from thresher.train.data import reviewer_rows
+
+    spec = base or settings.model
+    if spec.endswith(".gguf") and not spec.startswith("llama.cpp:"):
+        spec = f"llama.cpp:{spec}"
+    if spec == f"llama.cpp:{embedded_model_path()}":
+        spec = "embedded"  # the name a head for the embedded model is found by
+    names = list(sources) or list(shipped.DEFAULT)
+    good = shipped.load(names)
+    for build in builds:
+        good += sources_from_build(Path(build))
+    rows = (reviewer_rows(DatasetRepo(settings.dataset_path), min_approvals=settings.quorum_approvals)
+            if verdicts else [])
+    engine = None
+    if hidden:
+        say(f"loading {spec} …")
+        engine = load_engine(spec, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+        if not hasattr(engine, "last_hidden"):
+            raise JudgeTrainError("this engine gives no hidden states; use a GGUF file, or --no-hidden")
+    say(f"{len(good)} good conversations from {', '.join(names)}" + (f" and {len(builds)} build(s)" if builds else "")
+        + f"; {len(rows)} rows from reviewers' verdicts and corrections")
+    return train_head_judge(engine, spec, out, good, rows, seed=seed, max_train=max_train, max_heldout=max_heldout,
+                            encoder=encoder, hidden=hidden, before=head_for(engine) if engine is not None else None,
+                            say=say)

@@ -124,21 +124,21 @@ class RoundState:
 def resolve_base(settings: Settings, registry: Registry) -> tuple[str, Path | None, str | None, str]:
     """(what to load for training, the GGUF whose metadata an export reuses, the parent version id, the serving
     engine spec): the promoted chat version if there is one, else the configured model."""
-    from thresher.engines import embedded_model_path, parse_spec
+    from thresher.engines import EngineError, local_weights
 
     current = registry.current("chat")
     if current is not None:
         path = Path(current.path or "")
         gguf = path / "model.gguf"
         return str(path / "hf"), gguf if gguf.exists() else None, current.id, current.spec
-    kind, target = parse_spec(settings.model)
-    if kind == "llama.cpp":
-        path = Path(target) if target else embedded_model_path()
-        return str(path), path, None, "embedded" if settings.model == "embedded" else f"llama.cpp:{path}"
-    if kind == "hf":
+    try:
+        target, gguf = local_weights(settings.model)
+    except EngineError:
+        raise ValueError("a round trains a local model: set `model` to a GGUF file or a Hugging Face model, not a "
+                         "remote server") from None
+    if gguf is None:
         return target, None, None, settings.model
-    raise ValueError("a round trains a local model: set `model` to a GGUF file or a Hugging Face model, not a "
-                     "remote server")
+    return target, gguf, None, "embedded" if settings.model == "embedded" else f"llama.cpp:{gguf}"
 
 
 def _split(conversations: list[Record], share: float) -> tuple[list[Record], list[Record]]:
