@@ -341,6 +341,36 @@ def judge_jsonl(judge: Judge, src: Path, out: TextIO, done: set[str] | None = No
     return result
 
 
+
+def judged_ids(out: Path) -> set[str]:
+    """The ids an earlier run already wrote to `out` (a results file being resumed); a last line cut off by a
+    crash is dropped from the file, so that conversation is judged again."""
+    if not out.exists():
+        return set()
+    text = out.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        out.write_text(text, encoding="utf-8")
+    done = set()
+    for line in text.splitlines():
+        try:
+            done.add(str(json.loads(line)["id"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return done
+
+
+def judge_file(judge: Judge, src: Path, out: Path | None, on_line: Callable[[], None] | None = None) -> FileResult:
+    """`thresher judge FILE`: judge a JSONL file into `out` (appended to, resuming: ids already there are skipped)
+    or to standard output."""
+    import sys
+
+    done = judged_ids(out) if out is not None else set()
+    if out is None:
+        return judge_jsonl(judge, src, sys.stdout, done, on_line)
+    with open(out, "a", encoding="utf-8") as sink:
+        return judge_jsonl(judge, src, sink, done, on_line)
+
 # ------------------------------------------------------------------------------------------- choosing a judge
 
 DEFAULT_THRESHOLD = 8.0  # for the rating judge, which has no calibration of its own

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
@@ -31,8 +30,6 @@ def judge(
     Each output line keeps `id` and adds `score` (1-10), `accepted`, `rationale`, `flags` and `status`. Bad input
     lines are reported with their line numbers and skipped. `thresher judge --pending` judges the store instead.
     """
-    import sys
-
     if (file is None) == (not pending):
         err.print("[red]error:[/red] give a FILE to judge, or --pending (not both)")
         raise typer.Exit(2)
@@ -56,27 +53,14 @@ def judge(
         err.print(f"judged {n} conversation(s) with {j.judge_id}")
         return
 
-    from thresher.judge import judge_jsonl
+    from thresher.judge import judge_file
 
     assert file is not None
-    done: set[str] = set()
-    if out is not None and out.exists():
-        text = out.read_text(encoding="utf-8")
-        if text and not text.endswith("\n"):  # a line cut off by an earlier crash: drop it, judge it again
-            text = text[: text.rfind("\n") + 1]
-            out.write_text(text, encoding="utf-8")
-        for line in text.splitlines():
-            try:
-                done.add(str(json.loads(line)["id"]))
-            except (ValueError, KeyError, TypeError):
-                continue
     with open(file, encoding="utf-8") as f:
         total = sum(1 for line in f if line.strip())
-    with contextlib.ExitStack() as stack:
-        sink = stack.enter_context(open(out, "a", encoding="utf-8")) if out is not None else sys.stdout
-        with _progress() as bar:
-            task = bar.add_task("judging", total=total)
-            result = judge_jsonl(j, file, sink, done, on_line=lambda: bar.advance(task))
+    with _progress() as bar:
+        task = bar.add_task("judging", total=total)
+        result = judge_file(j, file, out, on_line=lambda: bar.advance(task))
     for n, why in result.bad_lines:
         err.print(f"[yellow]line {n}:[/yellow] {why} (skipped)")
     err.print(f"judged {result.judged}, skipped {len(result.bad_lines)} bad line(s)"
