@@ -29,6 +29,23 @@ def test_serve_reports_an_unloadable_model(settings, tmp_path) -> None:
     assert "no GGUF file" in result.output
 
 
+
+def test_serve_loads_the_model_with_the_settings_parallelism(settings, monkeypatch) -> None:
+    """`n_parallel` reaches the engine `thresher serve` loads (it was left at the engine's default); with one
+    sequence the embedded model is decoded from its own file, not from the 8-bit copy."""
+    import uvicorn
+
+    import thresher.server
+
+    seen = {}
+    monkeypatch.setattr(thresher.server, "create_app", lambda s, engine: seen.setdefault("engine", engine))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.setdefault("ran", kw["port"]))
+    monkeypatch.setenv("THRESHER_N_PARALLEL", "1")
+    result = runner.invoke(app, ["serve", "--port", "8123"])
+    assert result.exit_code == 0, result.output
+    assert seen["ran"] == 8123 and seen["engine"].n_parallel == 1 and seen["engine"].batch_file is None
+    seen["engine"].close()
+
 def _write(path, rows) -> None:
     import json
 

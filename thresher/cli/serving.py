@@ -31,13 +31,14 @@ def serve(
     """
     import uvicorn
 
-    from thresher.engines import EngineError, load
+    from thresher.deployment import Deployment
+    from thresher.engines import EngineError
     from thresher.server import create_app
 
     s = _settings(host=host, port=port, model=model, data_dir=data_dir, public=public)
     try:
         with err.status(f"Loading model {s.model} …"):
-            engine = load(s.model, n_ctx=s.n_ctx, n_threads=s.n_threads)
+            engine = Deployment(s).engine()  # with the settings' context, threads and parallelism
     except EngineError as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
