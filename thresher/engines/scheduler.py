@@ -184,8 +184,8 @@ class Scheduler:
         self.steps = self.prompt_tokens = self.cached_tokens = 0
         self._pieces: dict[tuple[int, bool], bytes] = {}
         self._eog: dict[int, bool] = {}
-        # Chunks for the readers, handed out at the end of a step: a reader woken mid-step takes the GIL from this
-        # thread at its next llama.cpp call (each call lets go of it), and with 8 readers that cost a step ~10%.
+        # Chunks for the readers, handed out together at the end of a step: the threads they wake then run while
+        # the next step computes, not between this step's llama.cpp calls (each of which lets go of the GIL).
         self._outbox: list[tuple[queue.SimpleQueue[Any], Any]] = []
         threading.Thread(target=self._run, name="llama.cpp", daemon=True).start()
 
@@ -298,8 +298,8 @@ class Scheduler:
 
     def _step(self, chat: bool) -> bool:
         """One step: pieces of the prompts being read, each in a llama_decode of its own (llama.cpp would run them
-        as passes of their own anyway), then the next token of every reply being written in one llama_decode, with
-        the last token of each prompt now read whole: a new reply joins the batch in the step that finishes its
+        as passes of their own anyway), then the next token of every reply being written in one llama_decode, and
+        the last token of each prompt whose rest is read: a new reply joins the batch in the step that finishes its
         prompt, so the sequences in the pass stay consecutive (a gap in them costs a second pass: a step of 7
         sequences with one missing in the middle took ~50 ms, of all 8 ~38 ms). Each reply whose last fed token had
         its logits computed draws its next token."""
