@@ -417,12 +417,12 @@ def make_judge(spec: str, serving: Engine | None = None, *, threshold: float | s
                                           == head.engine_version):
             engine = serving  # text signals alone need no model; the same weights are not loaded twice
         else:
-            engine = load(head.engine_spec, n_ctx=n_ctx, n_threads=n_threads)
+            engine = load(head.engine_spec, n_ctx=n_ctx, n_threads=n_threads, n_parallel=1)  # judging only
         return HeadJudge(engine, head, number, rationale)
     if spec.startswith("rating:"):  # the rubric prompt on this engine, even where a head exists
         target = spec.removeprefix("rating:")
         engine = serving if target == "serving" and serving is not None else load(target, n_ctx=n_ctx,
-                                                                                   n_threads=n_threads)
+                                                                                   n_threads=n_threads, n_parallel=1)
         return Judge(engine, threshold=DEFAULT_THRESHOLD if number is None else number, rationale=rationale,
                      context_tokens=n_ctx)
     if spec == "serving":
@@ -430,7 +430,7 @@ def make_judge(spec: str, serving: Engine | None = None, *, threshold: float | s
             raise ValueError("judge = 'serving' needs the serving engine")
         engine = serving
     else:
-        engine = load(spec, n_ctx=n_ctx, n_threads=n_threads)
+        engine = load(spec, n_ctx=n_ctx, n_threads=n_threads, n_parallel=1)  # a judge's own: one reply at a time
     head = head_for(engine)
     if head is not None:
         return HeadJudge(engine, head, number, rationale)

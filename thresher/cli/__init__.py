@@ -71,7 +71,7 @@ def _load_judge(s: Any, spec: str | None, threshold: float | None, rationale: st
             if spec in ("serving", "rating:serving"):
                 from thresher.engines import load
 
-                serving = load(s.model, n_ctx=s.n_ctx, n_threads=s.n_threads)
+                serving = load(s.model, n_ctx=s.n_ctx, n_threads=s.n_threads, n_parallel=1)  # judging only
             return make_judge(spec, serving, threshold=s.judge_threshold if threshold is None else threshold,
                               rationale=rationale or s.judge_rationale, n_ctx=s.n_ctx, n_threads=s.n_threads)
     except (EngineError, HeadError) as e:

@@ -282,7 +282,7 @@ def train_judge(settings: Any, out: Path, *, base: str | None = None, sources: S
     engine = None
     if hidden:
         say(f"loading {spec} …")
-        engine = load_engine(spec, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+        engine = load_engine(spec, n_ctx=settings.n_ctx, n_threads=settings.n_threads, n_parallel=1)
         if not hasattr(engine, "last_hidden"):
             raise JudgeTrainError("this engine gives no hidden states; use a GGUF file, or --no-hidden")
     say(f"{len(good)} good conversations from {', '.join(names)}" + (f" and {len(builds)} build(s)" if builds else "")

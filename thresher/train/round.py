@@ -322,7 +322,7 @@ def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, re
         good = random.Random(config.seed).sample(good, config.judge_source_limit)
     good += [Source(c.id, c.messages, "approved") for c in train_convs]
     verdicts = reviewer_rows(repo, commit, settings.quorum_approvals) if commit else []
-    engine = load_engine(pin["serving"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+    engine = load_engine(pin["serving"], n_ctx=settings.n_ctx, n_threads=settings.n_threads, n_parallel=1)
     same = pin["serving_judge"] == pin["serving"]
     current = make_judge("serving" if same else pin["serving_judge"], engine, n_ctx=settings.n_ctx,
                          n_threads=settings.n_threads)
