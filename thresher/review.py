@@ -233,7 +233,6 @@ def commit_correction(repo: DatasetRepo, path: str, push: bool = True) -> str | 
     return commit.sha if commit else None
 
 
-
 class ReviewSession:
     """One reviewer's pass over their clone of the dataset, as `thresher review` runs it: what is left for them to
     review (oldest first), each conversation's record, and what they can do to one: approve or reject it (a verdict
@@ -285,6 +284,7 @@ class ReviewSession:
 
     def summary(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in self.counts.items())
+
 
 # -- corrections and sync into the store ---------------------------------------------------------------------------
 
