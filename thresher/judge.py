@@ -341,7 +341,6 @@ def judge_jsonl(judge: Judge, src: Path, out: TextIO, done: set[str] | None = No
     return result
 
 
-
 def judged_ids(out: Path) -> set[str]:
     """The ids an earlier run already wrote to `out` (a results file being resumed); a last line cut off by a
     crash is dropped from the file, so that conversation is judged again."""
@@ -370,6 +369,7 @@ def judge_file(judge: Judge, src: Path, out: Path | None, on_line: Callable[[], 
         return judge_jsonl(judge, src, sys.stdout, done, on_line)
     with open(out, "a", encoding="utf-8") as sink:
         return judge_jsonl(judge, src, sink, done, on_line)
+
 
 # ------------------------------------------------------------------------------------------- choosing a judge
 

@@ -175,6 +175,7 @@ def load_pairs(path: Path) -> list[Pair]:
         raise PairError(f"no preference pairs in {path}")
     return found
 
+
 def from_record(record: Record | dict[str, Any]) -> list[Pair]:
     """The pairs a published conversation carries (its `pairs` field), traced to it; a malformed one is skipped,
     not trained on (and a record that is not one carries none)."""

@@ -521,8 +521,6 @@ def tables(f: Figures) -> list[Any]:
 def status(store: Store, settings: Any) -> tuple[list[str], Figures, list[tuple[Any, Judgment]]]:
     """`thresher status`: summary lines (conversations, judgments, the dataset, the threshold in force), the
     dashboard's figures, and the newest judged conversations not curated yet with their last judgment."""
-    from collections import Counter
-
     counts = store.counts()
     judgment_stats = store.judgment_stats()
     lines = ["conversations: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")]

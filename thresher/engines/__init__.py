@@ -164,6 +164,7 @@ def local_weights(spec: str) -> tuple[str, Path | None]:
     raise EngineError("training needs local weights: a GGUF file, a model directory or a hub name, not a remote "
                       "server")
 
+
 def load(spec: str, *, n_ctx: int = 2048, n_threads: int | None = None, n_parallel: int | None = None) -> Engine:
     """Load the engine a spec names. Raises EngineError with a readable reason.
 
