@@ -29,8 +29,11 @@ cycle, every request seeded), then finishing the request in flight. Aggregate to
 inside the window / the window (a reply that straddles its end counts in proportion to its pieces of text that
 arrived inside): the rate while n streams are in flight. The whole-run rate (all tokens / time to the last reply's
 end) is printed beside it: it adds the drain, when the last replies finish with fewer streams left, which a fixed
-number of requests per stream would mix into the figure. p50 and p95 of TTFT over all the level's requests; ratios
-against the one stream measured in the same run. The llama.cpp engine decodes
+number of requests per stream would mix into the figure. The levels run in turn, `--passes` times (1, 4, 8, 16,
+1, 4, 8, 16, ...): a level's rate is the mean of its passes, p50 and p95 of TTFT are over all its requests, and
+ratios are against the one stream measured in the same run (per pass too). The clients read the replies through
+plain sockets and parse them after each reply has ended, so that they take as little as they can of the cores the
+server shares with them. The llama.cpp engine decodes
 `n_parallel` streams together (8 by default); beyond that requests wait in the queue, and their TTFT includes the
 wait.
 
@@ -39,8 +42,8 @@ the aggregate tok/s of one, with p95 TTFT <= 1.5 s (short prompts).
 
 Run:
     python bench/chat.py [--model SPEC] [--max-tokens N] [--rounds N] [--threads N] [--concurrency 1,4,8,16]
-                         [--seconds S] [--json PATH]
-About 3 minutes with the embedded model on an idle 2-core machine. The bench also prints how much CPU other
+                         [--seconds S] [--passes N] [--json PATH]
+About 4 minutes with the embedded model on an idle 2-core machine. The bench also prints how much CPU other
 processes used while it ran; above 10% the numbers are noisy (2 llama.cpp threads on 2 cores stall badly when
 anything else runs), so run it again on an idle machine.
 """
@@ -48,10 +51,13 @@ anything else runs), so run it again on an idle machine.
 from __future__ import annotations
 
 import argparse
+import bisect
+import itertools
 import json
 import math
 import os
 import platform
+import re
 import socket
 import statistics
 import sys
@@ -60,6 +66,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -88,6 +95,7 @@ GOAL_TTFT = 1.2  # API TTFT <= 1.2 x direct
 GOAL_SPEEDUP = 2.5  # 8 concurrent streams: aggregate tok/s >= 2.5 x one stream's
 GOAL_TTFT_P95_S = 1.5  # ... and p95 time to first token <= 1.5 s
 WINDOW_S = 20.0  # each concurrency level: streams send requests back to back for this long
+PASSES = 2  # ... and the levels run in turn this many times (one stream's rate varied by ~7% between runs)
 
 
 @dataclass
@@ -230,6 +238,69 @@ def run_api(client: httpx.Client, url: str, model: str, prompt: str, max_tokens:
     return Sample("api", idx, rnd, ttft, decode, e2e, end - start, n, text, times)
 
 
+class RawClient:
+    """A keep-alive HTTP/1.1 connection that does as little as it can while a reply streams: one `recv` per piece
+    the server sends, kept with its arrival time; the events are parsed after the reply has ended. The concurrent
+    levels use it so that the clients, which share the 2 cores with the server here, take as little of them as
+    possible (parsing every event with httpx as it arrives took ~3% of a core at 8 streams, and on 2 cores any
+    time taken from llama.cpp's two threads stalls both)."""
+
+    EVENT = re.compile(rb"data: ([^\n]*)\n\n")
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.host = f"{host}:{port}"
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def stream(self, path: str, body: dict) -> tuple[list[tuple[float, bytes]], float]:
+        """POST `body` and read the chunked event stream to its end: ([(arrival, bytes)], end time)."""
+        data = json.dumps(body).encode()
+        self.sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        pieces: list[tuple[float, bytes]] = []
+        tail = b""
+        while not tail.endswith(b"\r\n0\r\n\r\n"):  # the last chunk of a chunked response
+            got = self.sock.recv(65536)
+            if not got:
+                raise RuntimeError("the server closed the connection mid-reply")
+            pieces.append((time.perf_counter(), got))
+            tail = (tail + got)[-16:]
+            if len(pieces) == 1 and not got.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"API answered {got[:200]!r}")
+        return pieces, pieces[-1][0]
+
+
+def run_raw(client: RawClient, model: str, prompt: str, max_tokens: int, rnd: int, idx: int) -> Sample:
+    """As `run_api`, through a RawClient: each event's time is the arrival of the piece that completed it."""
+    body = {"model": model, "messages": messages(prompt), "stream": True, "stream_options": {"include_usage": True},
+            "max_tokens": max_tokens, "temperature": TEMPERATURE, "top_p": TOP_P, "seed": SEED}
+    start = time.perf_counter()
+    pieces, end = client.stream("/v1/chat/completions", body)
+    raw = b"".join(p for _, p in pieces)
+    ends = list(itertools.accumulate(len(p) for _, p in pieces))
+    text, n, times = "", 0, []
+    for m in RawClient.EVENT.finditer(raw):
+        if m.group(1) == b"[DONE]":
+            break
+        event = json.loads(m.group(1))
+        if "error" in event:
+            raise RuntimeError(f"API stream error: {event['error']}")
+        for choice in event.get("choices") or ():
+            piece = (choice.get("delta") or {}).get("content")
+            if piece:
+                text += piece
+                times.append(pieces[bisect.bisect_left(ends, m.end())][0])
+        if event.get("usage"):
+            n = event["usage"]["completion_tokens"]
+    first, last = (times[0], times[-1]) if times else (None, None)
+    ttft, decode, e2e = rates(n, start, first, last, end)
+    return Sample("api", idx, rnd, ttft, decode, e2e, end - start, n, text, times)
+
+
 def run_streams(url: str, model: str, max_tokens: int, n: int, seconds: float) -> tuple[float, float, list[Sample]]:
     """n client threads, released together, each sending streaming requests back to back until `seconds` have
     passed (then it finishes the one in flight): n streams are in flight for the whole window. (window, wall time
@@ -240,13 +311,16 @@ def run_streams(url: str, model: str, max_tokens: int, n: int, seconds: float) -
 
     def worker(i: int) -> None:
         try:
-            with httpx.Client(timeout=600) as client:
+            client = RawClient(url)
+            try:
                 barrier.wait()
                 k = 0
                 while time.perf_counter() < deadline[0]:
                     j = (i + k * n) % len(PROMPTS)
-                    results[i].append(run_api(client, url, model, PROMPTS[j], max_tokens, k, j))  # type: ignore
+                    results[i].append(run_raw(client, model, PROMPTS[j], max_tokens, k, j))  # type: ignore
                     k += 1
+            finally:
+                client.close()
         except BaseException as e:  # reported below
             results[i] = e
 
@@ -277,21 +351,29 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
-def run_concurrent(url: str, model: str, max_tokens: int, n: int, seconds: float) -> dict[str, float]:
-    """One level: the aggregate rate while all n streams are in flight (the window), and over the whole run
-    including the drain, when the last replies finish with fewer streams left."""
+def run_concurrent(url: str, model: str, max_tokens: int, n: int, seconds: float) -> dict[str, Any]:
+    """One pass of one level: the aggregate rate while all n streams are in flight (the window), and over the
+    whole run including the drain, when the last replies finish with fewer streams left."""
     start, wall, samples = run_streams(url, model, max_tokens, n, seconds)
+    return {"aggregate_tps": tokens_between(samples, start, start + seconds) / seconds,
+            "whole_run_tps": sum(s.completion_tokens for s in samples) / wall, "wall_s": wall, "samples": samples}
+
+
+def level(n: int, seconds: float, passes: list[dict[str, Any]]) -> dict[str, float]:
+    """A level's figures over its passes: the rates averaged, the TTFT percentiles over all its requests."""
+    samples = [s for p in passes for s in p["samples"]]
     ttfts = [s.ttft_s for s in samples if s.ttft_s == s.ttft_s] or [float("nan")]  # NaN: no text
     decode = [s.decode_tps for s in samples if s.decode_tps == s.decode_tps]
-    total = sum(s.completion_tokens for s in samples)
     return {
         "streams": n,
+        "passes": len(passes),
         "requests": len(samples),
         "window_s": seconds,
-        "wall_s": wall,
-        "completion_tokens": total,
-        "aggregate_tps": tokens_between(samples, start, start + seconds) / seconds,
-        "whole_run_tps": total / wall,
+        "wall_s": sum(p["wall_s"] for p in passes),
+        "completion_tokens": sum(s.completion_tokens for s in samples),
+        "aggregate_tps": statistics.mean(p["aggregate_tps"] for p in passes),
+        "aggregate_tps_passes": [p["aggregate_tps"] for p in passes],
+        "whole_run_tps": statistics.mean(p["whole_run_tps"] for p in passes),
         "ttft_p50_s": percentile(ttfts, 50),
         "ttft_p95_s": percentile(ttfts, 95),
         "ttft_max_s": max(ttfts),
@@ -328,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=WINDOW_S, help="how long each concurrency level's streams "
                     f"keep sending requests back to back; the rate is measured over this window (default: "
                     f"{WINDOW_S:.0f})")
+    ap.add_argument("--passes", type=int, default=PASSES, help="how many times the levels run in turn; a "
+                    f"level's rate is the mean of its passes (default: {PASSES})")
     ap.add_argument("--json", type=Path, help="also write the results to this file")
     args = ap.parse_args(argv)
     levels = sorted({1, *(int(x) for x in args.concurrency.split(",") if x.strip())})
@@ -372,11 +456,20 @@ def main(argv: list[str] | None = None) -> int:
                         samples.append(fn(i, rnd))
                 console.print(f"  round {rnd + 1}/{args.rounds} done ({time.perf_counter() - t0:.0f}s)")
 
+            # The levels in turn, pass after pass: a drift in the machine's speed falls on every level alike.
+            runs: dict[int, list[dict[str, Any]]] = {n: [] for n in levels}
+            shares: dict[int, list[float]] = {n: [] for n in levels}
+            for k in range(args.passes):
+                for n in levels:
+                    level_load = OtherLoad()
+                    runs[n].append(run_concurrent(server.url, model, args.max_tokens, n, args.seconds))
+                    if (share := level_load.share()) is not None:
+                        shares[n].append(share)
+                    console.print(f"  pass {k + 1}/{args.passes}: {n} concurrent stream(s) done "
+                                  f"({time.perf_counter() - t0:.0f}s)")
             for n in levels:
-                level_load = OtherLoad()
-                conc.append(run_concurrent(server.url, model, args.max_tokens, n, args.seconds))
-                conc[-1]["other_processes_cpu_share"] = level_load.share()
-                console.print(f"  {n} concurrent stream(s) done ({time.perf_counter() - t0:.0f}s)")
+                conc.append(level(n, args.seconds, runs[n]))
+                conc[-1]["other_processes_cpu_share"] = max(shares[n]) if shares[n] else None
 
     other_share = other.share()
 
@@ -422,16 +515,19 @@ def main(argv: list[str] | None = None) -> int:
     console.print(tab)
 
     base = conc[0]  # one stream, measured in this run
-    ct = Table(title=f"Concurrent API streams over {args.seconds:.0f} s each ({getattr(engine, 'n_parallel', 1)} "
-               "decoded together; more wait in the queue, and their TTFT includes the wait)", title_justify="left")
-    for col in ("streams", "requests", "aggregate tok/s", "x one stream", "whole run tok/s", "x one",
+    ct = Table(title=f"Concurrent API streams, {args.passes} pass(es) of {args.seconds:.0f} s each "
+               f"({getattr(engine, 'n_parallel', 1)} decoded together; more wait in the queue, and their TTFT "
+               "includes the wait)", title_justify="left")
+    for col in ("streams", "requests", "aggregate tok/s", "x one stream", "passes", "whole run tok/s", "x one",
                 "TTFT p50 ms", "TTFT p95 ms", "TTFT max ms", "per-stream decode tok/s", "others' CPU"):
         ct.add_column(col, justify="right")
     for c in conc:
         c["speedup"] = c["aggregate_tps"] / base["aggregate_tps"]
         c["whole_run_speedup"] = c["whole_run_tps"] / base["whole_run_tps"]
         share = c["other_processes_cpu_share"]
-        ct.add_row(str(c["streams"]), str(c["requests"]), f"{c['aggregate_tps']:.1f}", f"{c['speedup']:.2f}x",
+        per_pass = " ".join(f"{a / b:.2f}x" for a, b in zip(c["aggregate_tps_passes"], base["aggregate_tps_passes"],
+                                                            strict=True))
+        ct.add_row(str(c["streams"]), str(c["requests"]), f"{c['aggregate_tps']:.1f}", f"{c['speedup']:.2f}x", per_pass,
                    f"{c['whole_run_tps']:.1f}", f"{c['whole_run_speedup']:.2f}x",
                    f"{c['ttft_p50_s'] * 1e3:.0f}", f"{c['ttft_p95_s'] * 1e3:.0f}", f"{c['ttft_max_s'] * 1e3:.0f}",
                    f"{c['per_stream_decode_tps_median']:.1f}", "-" if share is None else f"{share:.0%}")

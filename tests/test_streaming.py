@@ -6,6 +6,7 @@ no work for those that left; and a SIGKILL under load loses no stored message.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ from conftest import ScriptedEngine, free_port
 from thresher.conversation import COMPLETE, INTERRUPTED
 from thresher.engines import ChatParams, Chunk
 from thresher.server.guard import ApiError
-from thresher.server.streaming import Admission
+from thresher.server.streaming import Admission, relay
 from thresher.store import Store
 
 URL = "/v1/chat/completions"
@@ -44,6 +45,38 @@ class SlowEngine(ScriptedEngine):
         for chunk in super().stream_chat(messages, params):
             self.produced += bool(chunk.text)
             yield chunk
+
+
+@dataclass
+class PushingSlowEngine(SlowEngine):
+    """The same, handing its chunks over as the llama.cpp engine does (`push_chat`, from a thread of its own), so
+    the API reads it on its event loop."""
+
+    def push_chat(self, messages, params: ChatParams, deliver):
+        gone = threading.Event()
+
+        def run() -> None:
+            chunks = self.stream_chat(messages, params)
+            try:
+                while not gone.is_set():
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        deliver(None)
+                        return
+                    if gone.is_set():
+                        return
+                    deliver(chunk)
+            except Exception as e:  # as the real engine does: the error, handed over
+                deliver(e)
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+
+        def withdraw() -> None:
+            gone.set()
+            worker.join()  # nothing more is written once withdrawn (the real engine drops it at its next step)
+
+        return withdraw
 
 
 def rt_of(srv):
@@ -118,9 +151,30 @@ def test_the_chat_page_is_told_how_many_are_ahead(serve) -> None:
     assert names[-1] == "done" and events[-1][1]["finish_reason"] == "stop"
 
 
+def test_a_relay_wakes_the_loop_once_for_what_arrived_meanwhile() -> None:
+    """What the engine's thread hands over while the loop is busy (a step's pieces of every reply) arrives in one
+    call on the loop, each reply's in order; anything later schedules another."""
+
+    async def main() -> None:
+        rl = relay()
+        drains, drain = [], rl._drain
+        rl._drain = lambda: (drains.append(1), drain())
+        a, b = asyncio.Queue(), asyncio.Queue()
+        sender = threading.Thread(target=lambda: [rl.send(q, i) for i in range(500) for q in (a, b)])
+        sender.start()
+        sender.join()  # holding the loop meanwhile, as a busy loop would be
+        assert [await a.get() for _ in range(500)] == list(range(500)) == [await b.get() for _ in range(500)]
+        assert len(drains) == 1 and a.empty() and b.empty()
+        rl.send(a, "later")
+        assert await a.get() == "later" and len(drains) == 2
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("how", ["api-stream", "api-plain", "page"])
-def test_a_client_that_leaves_stops_its_reply(serve, how: str) -> None:
-    engine = SlowEngine()
+@pytest.mark.parametrize("kind", [SlowEngine, PushingSlowEngine])
+def test_a_client_that_leaves_stops_its_reply(serve, how: str, kind: type[SlowEngine]) -> None:
+    engine = kind()
     with serve(engine) as srv:
         if how == "api-plain":
             with pytest.raises(httpx.ReadTimeout):  # the client gives up waiting and hangs up

@@ -109,10 +109,16 @@ class ChatService:
         another version of the reply that follows it), saving it as it grows.
 
         Setting `cancel` (or closing the iterator) stops generation; the partial answer is kept as interrupted."""
+        record, prompt = self.start_reply(conv_id, after)
+        return self._generate(record, prompt, params, cancel)
+
+    def start_reply(self, conv_id: str, after: int | None = None) -> tuple[ReplyRecord, list[dict[str, str]]]:
+        """The empty reply stored (streaming) and what the engine is to answer: for a caller that streams the
+        engine itself (the API, from its event loop) and keeps the record as `reply` does."""
         msg_id = self.store.append(conv_id, Message(role="assistant", content="", status=STREAMING), after=after)
         conv = self.store.get(conv_id)
         prompt = [m.to_openai() for m in conv.messages if m.content or m.role != "assistant"]
-        return self._generate(msg_id, prompt, params, cancel, "")
+        return ReplyRecord(self.store, msg_id), prompt
 
     def continue_reply(
         self, conv_id: str, message_id: int, params: ChatParams, cancel: threading.Event | None = None
@@ -129,43 +135,60 @@ class ChatService:
             raise NotOnBranch("this reply is still being written")
         prompt = [m.to_openai() for m in conv.messages[:-1]]
         self.store.update_reply(message_id, turns[-1].content, STREAMING)
-        return self._generate(message_id, prompt, replace(params, prefix=turns[-1].content), cancel,
-                              turns[-1].content)
+        return self._generate(ReplyRecord(self.store, message_id, turns[-1].content), prompt,
+                              replace(params, prefix=turns[-1].content), cancel)
 
     def _generate(
-        self, msg_id: int, prompt: list[dict[str, str]], params: ChatParams, cancel: threading.Event | None,
-        text: str,
+        self, record: ReplyRecord, prompt: list[dict[str, str]], params: ChatParams, cancel: threading.Event | None,
     ) -> Iterator[Chunk]:
-        last_flush = time.monotonic()
-        final: Chunk | None = None
         stream: Iterator[Chunk] | None = None
         try:
             stream = self.engine.stream_chat(prompt, params)
             for chunk in stream:
-                if chunk.finish_reason is not None:
-                    final = chunk
-                if chunk.text:
-                    text += chunk.text
+                if record.add(chunk):
+                    record.save()
+                if chunk.text or chunk.waiting is not None:  # waiting: how many requests are ahead of this one
                     yield chunk
-                    if time.monotonic() - last_flush >= FLUSH_SECONDS:
-                        self.store.update_reply(msg_id, text)
-                        last_flush = time.monotonic()
-                elif chunk.waiting is not None:
-                    yield chunk  # how many requests are ahead of this one in the engine's queue
                 if cancel is not None and cancel.is_set():
                     break
         finally:
             close = getattr(stream, "close", None)  # an engine may hand back a plain iterator
             if close is not None:
                 close()
-            if final is not None:
-                self.store.update_reply(
-                    msg_id, text, COMPLETE, final.finish_reason, final.prompt_tokens, final.completion_tokens
-                )
-            else:
-                self.store.update_reply(msg_id, text, INTERRUPTED, "interrupted")
-        if final is not None:
-            yield final
+            record.close()
+        if record.final is not None:
+            yield record.final
 
     def end(self, conv_id: str, reason: str) -> Conversation:
         return self.store.end(conv_id, reason)
+
+
+class ReplyRecord:
+    """An assistant reply being saved as it streams: every FLUSH_SECONDS while it grows (what survives a SIGKILL),
+    and once at the end, complete with its finish reason and token counts, or interrupted if no last chunk came."""
+
+    def __init__(self, store: Store, message_id: int, text: str = "") -> None:
+        self.store, self.message_id, self.text = store, message_id, text
+        self.final: Chunk | None = None
+        self._saved = time.monotonic()
+
+    def add(self, chunk: Chunk) -> bool:
+        """Take the next chunk; True when the text so far is due to be saved (`save`)."""
+        if chunk.finish_reason is not None:
+            self.final = chunk
+        if not chunk.text:
+            return False
+        self.text += chunk.text
+        return time.monotonic() - self._saved >= FLUSH_SECONDS
+
+    def save(self) -> None:
+        self.store.update_reply(self.message_id, self.text)
+        self._saved = time.monotonic()
+
+    def close(self) -> None:
+        final = self.final
+        if final is not None:
+            self.store.update_reply(self.message_id, self.text, COMPLETE, final.finish_reason, final.prompt_tokens,
+                                    final.completion_tokens)
+        else:
+            self.store.update_reply(self.message_id, self.text, INTERRUPTED, "interrupted")

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 
 import llama_cpp
@@ -39,6 +39,7 @@ from thresher.engines import (
 from thresher.engines.scheduler import (
     DEFAULT_PARALLEL,
     N_BATCH,
+    Handoff,
     Reply,
     Scheduler,
     piece_length,
@@ -170,11 +171,22 @@ class LlamaCppEngine:
         """The reply, piece by piece. While the request waits for a free sequence, chunks with `waiting` set say
         how many are ahead of it; empty chunks now and then let a reader notice that its client has gone.
         Closing the iterator (from the thread reading it) takes the request out of the queue or the batch."""
+        return self._sched.submit(self._reply(messages, params))
+
+    def push_chat(self, messages: Sequence[dict[str, str]], params: ChatParams,
+                  deliver: Callable[[Chunk | BaseException | None], None]) -> Callable[[], None]:
+        """As `stream_chat`, but the chunks are handed to `deliver` on the engine's own thread as they are made (an
+        exception if the reply fails, None after the last one), for a reader that is not a thread: no thread
+        waits for each piece (the server's event loop takes a step's pieces of every reply at one wake-up). The
+        chunks are the same, less the empty ones. Returns what withdraws the request (from any thread)."""
+        return self._sched.submit(self._reply(messages, params, Handoff(deliver))).close
+
+    def _reply(self, messages: Sequence[dict[str, str]], params: ChatParams, out: Handoff | None = None) -> Reply:
         tokens, template_stops = self._prompt(messages, params.prefix)
         budget = min(params.max_tokens, self.n_ctx - len(tokens))
         if budget <= 0:
             raise EngineError(f"the prompt has {len(tokens)} tokens; the context holds {self.n_ctx}")
-        return self._sched.submit(Reply(tokens, [*params.stop, *template_stops], budget, params))
+        return Reply(tokens, [*params.stop, *template_stops], budget, params, out)
 
     def stats(self) -> dict[str, int]:
         """What the engine holds now (replies being written, requests waiting, judging calls) and has done (steps,

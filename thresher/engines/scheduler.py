@@ -67,14 +67,17 @@ class Reply:
 
     _arrivals = itertools.count()
 
-    def __init__(self, prompt: list[int], stops: list[str], budget: int, params: ChatParams) -> None:
+    def __init__(self, prompt: list[int], stops: list[str], budget: int, params: ChatParams,
+                 out: Any = None) -> None:
         self.prompt, self.budget, self.params = prompt, budget, params
         self.stops = [s for s in stops if s]
         self.background = params.background
         self.arrival = next(self._arrivals)
         self.rng = np.random.default_rng(None if params.seed is None else params.seed % 2**64)
         self.n_top = None if params.logprobs is None else max(0, min(params.logprobs, MAX_LOGPROBS))
-        self.out: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Where its chunks go (then an exception if it fails, then _END): a queue its reader's thread waits on,
+        # or anything else with a `put` (see `Handoff`)
+        self.out: Any = queue.SimpleQueue() if out is None else out
         self.closed = False  # the reader has gone
         self.slot: int | None = None
         self.pending: list[int] = []  # tokens to feed next: the rest of the prompt, or the last token drawn
@@ -135,6 +138,19 @@ class Stream:
 
 
 _END = object()
+
+
+class Handoff:
+    """`Reply.out` for a reader that is not a thread waiting on a queue (an event loop): each chunk goes to
+    `deliver` on the scheduler's thread as it is made, then an exception if the reply failed, then None."""
+
+    __slots__ = ("deliver",)
+
+    def __init__(self, deliver: Callable[[Chunk | BaseException | None], None]) -> None:
+        self.deliver = deliver
+
+    def put(self, item: Any) -> None:
+        self.deliver(None if item is _END else item)
 
 
 class Job:

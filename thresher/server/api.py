@@ -11,7 +11,6 @@ Every response names its conversation in the X-Thresher-Conversation header.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from thresher.conversation import InvalidConversation, messages_from_openai, new_id
 from thresher.engines import ChatParams, Chunk, EngineError, ProbabilitiesUnavailable, TokenLogprob
 from thresher.server.guard import ApiError, api_owner, check_api_key, client_hash, parse_json, read_body
-from thresher.server.streaming import cancel_on_disconnect, stream_in_thread
+from thresher.server.streaming import Cancel, cancel_on_disconnect, chat_reply
 from thresher.store import NotFound, PublishLocked
 
 router = APIRouter(prefix="/v1")
@@ -216,8 +215,8 @@ async def chat_completions(request: Request) -> Any:
         if end_after:
             rt.chat.end(conv_id, "api")
 
-    cancel = threading.Event()  # set when the client goes away
-    chunks = stream_in_thread(lambda c: rt.chat.reply(conv_id, params, c), cancel, ticket)
+    cancel = Cancel()  # set when the client goes away
+    chunks = chat_reply(rt.chat, conv_id, params, cancel, ticket)
 
     if not req.stream:
         text, final, tokens = "", None, []
