@@ -123,6 +123,29 @@ def test_replies_decode_together_and_seeded_ones_do_not_change(embedded_engine) 
     wait_for(lambda: idle(engine))
 
 
+def test_a_hole_in_the_batch_is_filled_and_changes_no_reply(embedded_engine) -> None:
+    """A reply that ends while those in the sequences above it go on leaves a hole, which a stand-in token fills
+    (and a prompt read into the hole, a piece at a time, too): the pass stays whole, and seeded replies on
+    either side come out as they do alone."""
+    engine = embedded_engine
+    wait_for(lambda: idle(engine))
+    params = ChatParams(max_tokens=40, temperature=0.8, seed=5)
+    later = ask("Here is a story. " + "The baker met the dragon at dawn, and they talked. " * 12 + "How does it end?")
+    alone = [text_of(list(engine.stream_chat(p, params))) for p in (ask(PROMPTS[2]), later)]
+    before = engine.stats()["stand_ins"]
+    long = engine.stream_chat(LONG, ChatParams(max_tokens=300))  # sequence 0
+    short = engine.stream_chat(ask(PROMPTS[1]), ChatParams(max_tokens=2))  # sequence 1: over at once
+    seeded = engine.stream_chat(ask(PROMPTS[2]), params)  # sequence 2
+    head = first_text(seeded)
+    list(short)
+    filler = engine.stream_chat(later, params)  # read into sequence 1 while 0 and 2 go on
+    assert text_of(head + list(seeded)) == alone[0]
+    assert text_of(list(filler)) == alone[1]
+    assert engine.stats()["stand_ins"] > before
+    long.close()
+    wait_for(lambda: idle(engine))
+
+
 @pytest.mark.slow
 def test_closing_a_stream_frees_its_sequence_and_its_place_in_the_queue(embedded_engine) -> None:
     import llama_cpp

@@ -190,7 +190,7 @@ class LlamaCppEngine:
 
     def stats(self) -> dict[str, int]:
         """What the engine holds now (replies being written, requests waiting, judging calls) and has done (steps,
-        prompt tokens read, prompt tokens found already cached)."""
+        stand-in tokens fed to keep a pass whole, prompt tokens read, prompt tokens found already cached)."""
         return self._sched.stats()
 
     # ------------------------------------------------------------------------------------------- judging calls

@@ -50,6 +50,13 @@ from thresher.store.tables import (
     _to_conversation,
 )
 
+_m, _c = MessageRow.__table__.c, ConversationRow.__table__.c
+_GROW_REPLY = sa.update(MessageRow.__table__).where(_m.id == sa.bindparam("mid")).values(
+    content=sa.bindparam("content"), status=sa.bindparam("status"), finish_reason=sa.bindparam("reason"),
+    prompt_tokens=sa.bindparam("prompt"), completion_tokens=sa.bindparam("completion"),
+).returning(_m.conversation_id)
+_TOUCH = sa.update(ConversationRow.__table__).where(_c.id == sa.bindparam("cid")).values(updated_at=sa.bindparam("now"))
+
 
 class Conversations:
     """Part of `Store` (see the module's docstring); it uses the store's `session()`."""
@@ -351,6 +358,15 @@ class Conversations:
         completion_tokens: int | None = None,
     ) -> None:
         """Save an assistant reply as it grows, and once more when it completes or is cut off."""
+        if status == STREAMING:  # twice a second for each reply being written: two plain statements, ~1/4 the time
+            with self.session() as s:
+                conv_id = s.execute(_GROW_REPLY, {"mid": message_id, "content": content, "status": status,
+                                                  "reason": finish_reason, "prompt": prompt_tokens,
+                                                  "completion": completion_tokens}).scalar()
+                if conv_id is None:
+                    raise NotFound(f"message {message_id}")
+                s.execute(_TOUCH, {"cid": conv_id, "now": utcnow()})
+            return
         with self.session() as s:
             msg = s.get(MessageRow, message_id)
             if msg is None:
