@@ -195,6 +195,38 @@ def test_a_client_that_leaves_stops_its_reply(serve, how: str, kind: type[SlowEn
     assert conv.messages[-1].status == INTERRUPTED and conv.messages[-1].content.startswith(" w0")
 
 
+@pytest.mark.parametrize("kind", [SlowEngine, PushingSlowEngine])
+def test_the_stop_button_stops_a_reply_and_continue_extends_it(serve, kind: type[SlowEngine]) -> None:
+    engine = kind()
+    with serve(engine) as srv, httpx.Client(base_url=srv.url, timeout=30) as page:  # the page's cookie kept
+        with page.stream("POST", "/api/chat", json={"content": "count for me"}) as r:
+            events, lines, conv_id = [], [], None
+            for line in r.iter_lines():  # as they come
+                lines.append(line)
+                if not line.startswith("data: "):
+                    continue
+                events.append(name_data := sse_events(lines[-2:])[-1])
+                if conv_id is None and name_data[0] == "delta" and "w3" in name_data[1]["text"]:
+                    conv_id = events[0][1]["conversation_id"]
+                    assert page.post(f"/api/conversations/{conv_id}/stop").json() == {"stopped": True}
+        assert events[-1][0] == "done" and events[-1][1]["finish_reason"] == "interrupted"
+        produced = engine.produced
+        time.sleep(0.3)
+        assert engine.produced == produced < 100
+        store = rt_of(srv).store
+        _, turns = store.thread(conv_id)
+        stopped = turns[-1]
+        assert stopped.status == INTERRUPTED and stopped.content.startswith(" w0 w1 w2 w3")
+        engine.words = [" and", " more."]
+        with page.stream("POST", f"/api/conversations/{conv_id}/continue", json={"message_id": stopped.id}) as r:
+            events = sse_events(r.iter_lines())
+        assert events[-1][0] == "done" and events[-1][1]["finish_reason"] == "stop"
+        _, turns = store.thread(conv_id)
+        assert (turns[-1].id, turns[-1].content, turns[-1].status) == (stopped.id, stopped.content + " and more.",
+                                                                       COMPLETE)
+        assert engine.prefixes[-1] == stopped.content  # the model was given the cut-off text to go on from
+
+
 # ------------------------------------------------------------------------------------------- with the real model
 
 

@@ -38,6 +38,9 @@ class Opened:
     continued: bool
 
 
+Started = tuple["ReplyRecord", list[dict[str, str]], ChatParams]  # a reply stored, its prompt, its sampling
+
+
 class ChatService:
     def __init__(self, store: Store, engine: Engine, licence: str = "CC-BY-4.0") -> None:
         self.store = store
@@ -109,16 +112,7 @@ class ChatService:
         another version of the reply that follows it), saving it as it grows.
 
         Setting `cancel` (or closing the iterator) stops generation; the partial answer is kept as interrupted."""
-        record, prompt = self.start_reply(conv_id, after)
-        return self._generate(record, prompt, params, cancel)
-
-    def start_reply(self, conv_id: str, after: int | None = None) -> tuple[ReplyRecord, list[dict[str, str]]]:
-        """The empty reply stored (streaming) and what the engine is to answer: for a caller that streams the
-        engine itself (the API, from its event loop) and keeps the record as `reply` does."""
-        msg_id = self.store.append(conv_id, Message(role="assistant", content="", status=STREAMING), after=after)
-        conv = self.store.get(conv_id)
-        prompt = [m.to_openai() for m in conv.messages if m.content or m.role != "assistant"]
-        return ReplyRecord(self.store, msg_id), prompt
+        return self.stream(*self.start_reply(conv_id, params, after), cancel)
 
     def continue_reply(
         self, conv_id: str, message_id: int, params: ChatParams, cancel: threading.Event | None = None
@@ -126,6 +120,18 @@ class ChatService:
         """Extend the last reply (one that was stopped or ran out of length) in place: the engine is given the
         cut-off text as the start of its own turn (`ChatParams.prefix`) and writes what follows, which is appended
         to the same message."""
+        return self.stream(*self.start_continue(conv_id, message_id, params), cancel)
+
+    # What `reply` and `continue_reply` do in two halves, for a caller that reads the engine itself (the server,
+    # from its event loop): the reply stored and what the engine is to answer, then the engine's chunks, kept.
+
+    def start_reply(self, conv_id: str, params: ChatParams, after: int | None = None) -> Started:
+        msg_id = self.store.append(conv_id, Message(role="assistant", content="", status=STREAMING), after=after)
+        conv = self.store.get(conv_id)
+        prompt = [m.to_openai() for m in conv.messages if m.content or m.role != "assistant"]
+        return ReplyRecord(self.store, msg_id), prompt, params
+
+    def start_continue(self, conv_id: str, message_id: int, params: ChatParams) -> Started:
         conv, turns = self.store.thread(conv_id)
         if conv.ended:
             raise ConversationEnded(conv_id)
@@ -135,8 +141,15 @@ class ChatService:
             raise NotOnBranch("this reply is still being written")
         prompt = [m.to_openai() for m in conv.messages[:-1]]
         self.store.update_reply(message_id, turns[-1].content, STREAMING)
-        return self._generate(ReplyRecord(self.store, message_id, turns[-1].content), prompt,
-                              replace(params, prefix=turns[-1].content), cancel)
+        return (ReplyRecord(self.store, message_id, turns[-1].content), prompt,
+                replace(params, prefix=turns[-1].content))
+
+    def stream(
+        self, record: ReplyRecord, prompt: list[dict[str, str]], params: ChatParams,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Chunk]:
+        """The engine's reply to `prompt`, kept in `record` as it grows; see `reply`."""
+        return self._generate(record, prompt, params, cancel)
 
     def _generate(
         self, record: ReplyRecord, prompt: list[dict[str, str]], params: ChatParams, cancel: threading.Event | None,

@@ -216,7 +216,7 @@ async def chat_completions(request: Request) -> Any:
             rt.chat.end(conv_id, "api")
 
     cancel = Cancel()  # set when the client goes away
-    chunks = chat_reply(rt.chat, conv_id, params, cancel, ticket)
+    chunks = chat_reply(rt.chat, lambda: rt.chat.start_reply(conv_id, params), cancel, ticket)
 
     if not req.stream:
         text, final, tokens = "", None, []

@@ -32,7 +32,7 @@ from thresher.engines import ChatParams, Chunk
 from thresher.server.guard import ApiError
 
 if TYPE_CHECKING:
-    from thresher.chat import ChatService
+    from thresher.chat import ChatService, Started
 
 T = TypeVar("T")
 _END = object()
@@ -162,17 +162,19 @@ async def pushed(engine: Any, messages: Sequence[dict[str, str]], params: ChatPa
         withdraw()
 
 
-async def chat_reply(chat: ChatService, conv_id: str, params: ChatParams, cancel: Cancel,
+async def chat_reply(chat: ChatService, start: Callable[[], Started], cancel: Cancel,
                      ticket: Ticket | None = None) -> AsyncIterator[Chunk]:
-    """`chat.reply(conv_id, params, cancel)` read from async code: the same chunks, the reply saved the same way
-    (as it grows, then complete or interrupted). Pushed onto the loop when the engine can; else in a thread."""
+    """A reply read from async code: `start` (one of `ChatService.start_*`, bound to its arguments) stores it and
+    says what the engine is to answer, then the engine's chunks come as `ChatService.reply` gives them, the reply
+    saved the same way (as it grows, then complete or interrupted). Pushed onto the loop when the engine can;
+    else read in a thread."""
     engine = chat.engine
     if not hasattr(engine, "push_chat"):
-        async for chunk in stream_in_thread(lambda c: chat.reply(conv_id, params, c), cancel, ticket):
+        async for chunk in stream_in_thread(lambda c: chat.stream(*start(), c), cancel, ticket):
             yield chunk
         return
     try:
-        record, prompt = await run_in_threadpool(chat.start_reply, conv_id)
+        record, prompt, params = await run_in_threadpool(start)
         try:
             async for chunk in pushed(engine, prompt, params, cancel):
                 if record.add(chunk):

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,12 +37,12 @@ from pydantic import Field
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from thresher.chat import ConversationEnded, NotOnBranch
+from thresher.chat import ConversationEnded, NotOnBranch, Started
 from thresher.conversation import Conversation, Message
-from thresher.engines import ChatParams, Chunk, EngineError
+from thresher.engines import ChatParams, EngineError
 from thresher.server.guard import ApiError, JsonBody, check_admin, client_hash, salted_hash, secure_cookie
 from thresher.server.render import highlight_css, render
-from thresher.server.streaming import stream_in_thread
+from thresher.server.streaming import Cancel, chat_reply
 from thresher.store import LOCKED, NotFound, PublishLocked, Turn
 
 HERE = Path(__file__).parent
@@ -208,7 +207,7 @@ async def _own(request: Request, conv_id: str) -> Conversation:
     return conv
 
 
-def _generating(request: Request) -> dict[str, threading.Event]:
+def _generating(request: Request) -> dict[str, Cancel]:
     """Replies being written now, by conversation: what the Stop button stops."""
     state = request.app.state
     if not hasattr(state, "generating"):
@@ -368,7 +367,7 @@ async def send(body: SendRequest, request: Request) -> Response:
         except ConversationEnded:
             _release(request, conv_id)
             raise ApiError(409, "this conversation has ended; start a new one", "conversation_ended") from None
-    response = _reply_stream(request, conv_id, who, lambda params, cancel: rt.chat.reply(conv_id, params, cancel))
+    response = _reply_stream(request, conv_id, who, lambda params: rt.chat.start_reply(conv_id, params))
     if fresh:
         _set_cookie(request, response, token)
     return response
@@ -379,8 +378,7 @@ async def regenerate(conv_id: str, body: MessageRef, request: Request) -> Respon
     rt = request.app.state.rt
     who = await _start(request, conv_id)
     after = await _branch_call(request, conv_id, rt.chat.regenerate_after, conv_id, body.message_id)
-    return _reply_stream(request, conv_id, who,
-                         lambda params, cancel: rt.chat.reply(conv_id, params, cancel, after=after))
+    return _reply_stream(request, conv_id, who, lambda params: rt.chat.start_reply(conv_id, params, after))
 
 
 @router.post("/api/conversations/{conv_id}/edit")
@@ -389,7 +387,7 @@ async def edit(conv_id: str, body: EditRequest, request: Request) -> Response:
     _check_length(request, body.content)
     who = await _start(request, conv_id)
     await _branch_call(request, conv_id, rt.chat.edit, conv_id, body.message_id, body.content)
-    return _reply_stream(request, conv_id, who, lambda params, cancel: rt.chat.reply(conv_id, params, cancel))
+    return _reply_stream(request, conv_id, who, lambda params: rt.chat.start_reply(conv_id, params))
 
 
 @router.post("/api/conversations/{conv_id}/continue")
@@ -398,7 +396,7 @@ async def continue_reply(conv_id: str, body: MessageRef, request: Request) -> Re
     who = await _start(request, conv_id)
     await _branch_call(request, conv_id, rt.chat.regenerate_after, conv_id, body.message_id)  # validates early
     return _reply_stream(request, conv_id, who,
-                         lambda params, cancel: rt.chat.continue_reply(conv_id, body.message_id, params, cancel))
+                         lambda params: rt.chat.start_continue(conv_id, body.message_id, params))
 
 
 def _check_length(request: Request, text: str) -> None:
@@ -413,17 +411,17 @@ def _not_generating(request: Request, conv_id: str) -> None:
         raise ApiError(409, "a reply is still being written: stop it first", "reply_in_progress")
 
 
-def _claim(request: Request, conv_id: str) -> threading.Event:
+def _claim(request: Request, conv_id: str) -> Cancel:
     """One reply at a time per conversation."""
     generating = _generating(request)
     if conv_id in generating:
         raise ApiError(409, "a reply is still being written in this conversation: wait, or stop it",
                        "reply_in_progress")
-    cancel = generating[conv_id] = threading.Event()
+    cancel = generating[conv_id] = Cancel()
     return cancel
 
 
-def _release(request: Request, conv_id: str, cancel: threading.Event | None = None) -> None:
+def _release(request: Request, conv_id: str, cancel: Cancel | None = None) -> None:
     generating = _generating(request)
     if cancel is None or generating.get(conv_id) is cancel:
         generating.pop(conv_id, None)
@@ -459,8 +457,10 @@ async def _branch_call(request: Request, conv_id: str, fn: Callable[..., Any], *
 
 def _reply_stream(
     request: Request, conv_id: str, who: str,
-    generate: Callable[[ChatParams, threading.Event], Iterator[Chunk]],
+    start: Callable[[ChatParams], Started],
 ) -> Response:
+    """Stream a reply to the page as server-sent events; `start` (a `ChatService.start_*`) stores it, given the
+    conversation's sampling."""
     rt = request.app.state.rt
     generating = _generating(request)
     cancel = generating.get(conv_id) or _claim(request, conv_id)
@@ -471,8 +471,8 @@ def _reply_stream(
             final, meter = None, rt.limiter.meter(who)
             try:
                 ahead = None
-                async for chunk in stream_in_thread(lambda c: generate(_params(rt, conv_id), c), cancel,
-                                                    getattr(request.state, "ticket", None)):
+                async for chunk in chat_reply(rt.chat, lambda: start(_params(rt, conv_id)), cancel,
+                                              getattr(request.state, "ticket", None)):
                     meter.add(chunk)
                     if chunk.waiting is not None and chunk.waiting != ahead:  # waiting for the model: how long
                         ahead = chunk.waiting
