@@ -8,10 +8,10 @@ written, the API served ~13% fewer tokens a second than the engine called direct
 step's pieces to a `Relay`, which wakes the loop once for all of them.
 
 A client that goes away cancels the async side (a streaming response is cancelled by starlette; a plain response
-watches for the disconnect with `cancel_on_disconnect`); the `finally` below sets the cancel event, the producer
-thread stops at its next item (a waiting engine stream sends empty chunks now and then for this), closing the engine
-stream takes the request out of the engine's queue or batch, and the chat service keeps the partial reply as
-interrupted.
+watches for the disconnect with `cancel_on_disconnect`, which sets the cancel flag, as the Stop button does). A
+pushed reply then leaves the loop's wait at once and withdraws the request; a reply read in a thread stops at its
+next item (a waiting engine stream sends empty chunks now and then for this) and closing the engine stream takes the
+request out of the engine's queue or batch. Either way the chat service keeps the partial reply as interrupted.
 """
 
 from __future__ import annotations
