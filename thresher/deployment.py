@@ -16,9 +16,15 @@ from thresher.store import Store
 
 
 class Deployment:
-    def __init__(self, settings: Settings) -> None:
+    """`store` and `engine`, when given (the server's tests hand in their own), are used as they are and left open
+    by `close`."""
+
+    def __init__(self, settings: Settings, *, store: Store | None = None, engine: Any = None) -> None:
         self.settings = settings
         self._engines: dict[tuple[str, int | None], Any] = {}
+        if engine is not None:
+            self._engines[(settings.model, None)] = engine
+        self._given_store = store
 
     def __enter__(self) -> Deployment:
         return self
@@ -29,7 +35,7 @@ class Deployment:
     @cached_property
     def store(self) -> Store:
         """The conversation store, its schema brought up to date."""
-        store = Store(self.settings.db_url)
+        store = self._given_store or Store(self.settings.db_url)
         store.migrate()
         return store
 
@@ -57,21 +63,23 @@ class Deployment:
 
         return judge_from_settings(self.settings, serving)
 
-    def worker(self, judge: Any, *, follow: bool | None = None, rounds: bool = True) -> Any:
+    def worker(self, judge: Any, *, follow: bool | None = None, rounds: bool = True, serving: Any = None) -> Any:
         """The flywheel's loop over this deployment: `judge` judges, the registry is followed when `follow` (by
-        default the `follow_registry` setting), and training rounds are started when `rounds`."""
+        default the `follow_registry` setting), switching `serving`'s chat model too when given (the server's
+        runtime), and training rounds are started when `rounds`."""
         import os
 
         from thresher.flywheel import RoundRunner, Worker
         from thresher.follow import ModelFollower
 
         s = self.settings
-        follower = ModelFollower(s, judge) if (s.follow_registry if follow is None else follow) else None
+        follower = ModelFollower(s, judge, serving) if (s.follow_registry if follow is None else follow) else None
         runner = RoundRunner(s.data_dir, s.round_min_new_approved, env={**os.environ, **s.as_env()}) if rounds \
             else None
         return Worker(s, self.store, judge, follower=follower, repo=self.dataset(open=False), rounds=runner)
 
     def close(self) -> None:
         if "store" in self.__dict__:
-            self.store.close()
+            if self.store is not self._given_store:
+                self.store.close()
             del self.__dict__["store"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,10 +26,8 @@ from thresher import follow
 from thresher.chat import ChatService
 from thresher.config import Settings
 from thresher.conversation import utcnow
+from thresher.deployment import Deployment
 from thresher.engines import Engine
-from thresher.engines import load as load_engine
-from thresher.flywheel import RoundRunner, Worker
-from thresher.follow import ModelFollower, judge_from_settings
 from thresher.judge import SwitchableJudge
 from thresher.server.guard import ApiError, BodyCap, RateLimiter, SameOrigin, SecurityHeaders
 from thresher.server.streaming import Admission
@@ -81,15 +78,12 @@ async def _idle_loop(rt: Runtime) -> None:
 def create_app(settings: Settings, engine: Engine | None = None, store: Store | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        st = store or Store(settings.db_url)
-        await run_in_threadpool(st.migrate)
+        deployment = Deployment(settings, store=store, engine=engine)
+        st = await run_in_threadpool(lambda: deployment.store)  # migrated
         recovered = await run_in_threadpool(st.recover_interrupted)
         if recovered:
             log.warning("kept %d reply(ies) cut off by a crash, marked interrupted", recovered)
-        eng = engine or await run_in_threadpool(
-            load_engine, settings.model, n_ctx=settings.n_ctx, n_threads=settings.n_threads,
-            n_parallel=settings.n_parallel,
-        )
+        eng = await run_in_threadpool(deployment.engine)
         limiter = RateLimiter(
             settings.rate_limit_requests if settings.public else 0,
             settings.rate_limit_tokens if settings.public else 0,
@@ -97,16 +91,14 @@ def create_app(settings: Settings, engine: Engine | None = None, store: Store | 
         app.state.rt = Runtime(settings, st, eng, ChatService(st, eng, settings.licence), limiter, settings.salt(),
                                started_as=eng.model_id, admission=Admission(settings.max_queue))
         tasks = [asyncio.create_task(_idle_loop(app.state.rt))]
-        judge = await run_in_threadpool(judge_from_settings, settings, eng)
+        judge = await run_in_threadpool(deployment.judge, eng)
         app.state.rt.judge = judge
-        follower = ModelFollower(settings, judge, app.state.rt) if settings.follow_registry else None
-        app.state.follower = follower
+        worker = deployment.worker(judge, serving=app.state.rt) if judge is not None or settings.follow_registry \
+            else None
+        app.state.follower = worker.follower if worker is not None else None
         stop, loop = threading.Event(), None
-        if judge is not None or follower is not None:
+        if worker is not None:
             # The flywheel's loop, in its own thread: judging and publishing block, chats go on meanwhile.
-            rounds = RoundRunner(settings.data_dir, settings.round_min_new_approved,
-                                 env={**os.environ, **settings.as_env()})
-            worker = Worker(settings, st, judge, follower=follower, rounds=rounds)
             loop = threading.Thread(target=worker.run, args=(stop,), name="thresher-worker", daemon=True,
                                     kwargs={"publish_first": False, "follow_seconds": follow.FOLLOW_SECONDS})
             loop.start()
@@ -118,8 +110,7 @@ def create_app(settings: Settings, engine: Engine | None = None, store: Store | 
             stop.set()
             if loop is not None:
                 loop.join(timeout=5)  # mid-judgment it finishes on its own; its work is saved as it goes
-            if store is None:
-                st.close()
+            deployment.close()  # the store, unless it was handed in
 
     app = FastAPI(title="thresher", lifespan=lifespan, docs_url=None, redoc_url=None)
 
