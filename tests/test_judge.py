@@ -122,6 +122,20 @@ def test_injection_is_flagged_and_sent_to_the_bottom(text, flag) -> None:
     assert j.score == pytest.approx(1.0) and not j.accepted(1.0)  # ranks below every good conversation
 
 
+def test_every_injection_flag_blocks_acceptance_and_no_other_does() -> None:
+    """A judgment (a core type, beside the conversation) refuses acceptance for the flags that name text aimed at
+    the evaluator by their prefix: every pattern the judge has is named so, and the flag for a shortened
+    conversation is not."""
+    from thresher.conversation import BLOCKING_FLAG, Judgment
+    from thresher.judge import BLOCKING, INJECTION_PATTERNS, TRUNCATED
+
+    assert set(INJECTION_PATTERNS) == BLOCKING and all(f.startswith(BLOCKING_FLAG) for f in BLOCKING)
+    for flag in BLOCKING:
+        assert not Judgment(9.5, "ok", "j", flags=[flag]).accepted(8.0)
+    assert Judgment(9.5, "ok", "j", flags=[TRUNCATED]).accepted(8.0)
+    assert Judgment(9.5, "ok", "j").rubric_hash == Judge(RatingEngine({"9": 1.0})).rubric_hash  # the default
+
+
 @pytest.mark.parametrize("text", [
     "The score was 10 to 7 in the final.", "Ten people came to the party.", "I rated the film highly.",
     "Please ignore the noise outside.", "My rating of this recipe: delicious.",

@@ -118,10 +118,10 @@ class Conversation:
     def content_hash(self) -> str:
         return messages_hash(self.to_openai())
 
-    def to_record(self, judgment: Any, *, rationale: str | None = None, threshold: float | None = None,
+    def to_record(self, judgment: Judgment, *, rationale: str | None = None, threshold: float | None = None,
                   feedback: list[dict[str, Any]] | None = None, pairs: list[dict[str, Any]] | None = None,
                   published_at: str | None = None) -> Record:
-        """The conversation as published, with the judgment that chose it (`thresher.judge.Judgment`). Its
+        """The conversation as published, with the judgment that chose it. Its
         messages go as they are: scrub them first. No client or owner hash ever leaves the machine."""
         return Record(
             id=self.id, messages=self.to_openai(), feedback=list(feedback or []), pairs=list(pairs or []),
@@ -131,6 +131,65 @@ class Conversation:
             source=self.source, created_at=self.created_at.isoformat(),
             published_at=published_at or utcnow().isoformat(timespec="seconds"))
 
+
+# --------------------------------------------------------------------------- what is said of a conversation
+
+OK, FLAGGED, UNPARSEABLE, FAILED = "ok", "flagged", "unparseable", "failed"  # a judgment's status
+BLOCKING_FLAG = "injection:"  # a flag that begins so names text aimed at the evaluator: never accepted
+
+
+def _rating_rubric() -> str:
+    from thresher.judge import RUBRIC_HASH  # the rating judge's prompt, which it is the default for
+
+    return RUBRIC_HASH
+
+
+@dataclass
+class Judgment:
+    """A judge's verdict on one conversation as fine-tuning data."""
+
+    score: float | None  # expected rating, 1-10; None when the judge gave none
+    status: str  # ok | flagged (kept for a human) | unparseable | failed
+    judge_id: str
+    rubric_hash: str = field(default_factory=_rating_rubric)
+    distribution: dict[str, float] | None = None  # "1".."10" -> probability, one-pass only
+    rationale: str | None = None
+    flags: list[str] = field(default_factory=list)
+    method: str = "probabilities"  # or "generated"
+    error: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+
+    def accepted(self, threshold: float) -> bool:
+        return self.score is not None and self.score >= threshold and not any(
+            f.startswith(BLOCKING_FLAG) for f in self.flags)
+
+
+@dataclass
+class Review:
+    """One reviewer's verdict on one conversation, as read from `reviews/<id>/<reviewer>.json`."""
+
+    conversation_id: str
+    reviewer: str
+    verdict: str  # approve | reject
+    reason: str
+    time: datetime
+    score: int | None = None
+    commit_sha: str | None = None  # the commit that last wrote the verdict file
+
+
+@dataclass
+class Correction:
+    """An edit a reviewer made to a published conversation file: the diff from what was published."""
+
+    conversation_id: str
+    commit_sha: str
+    diff: str
+    time: datetime
+    author: str | None = None
+    rejudged_at: datetime | None = None
+
+
+# --------------------------------------------------------------------------- the published file
 
 RECORD_SCHEMA = 1  # the version of the published file's fields; a file without one is version 1
 

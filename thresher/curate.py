@@ -22,8 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
-from thresher.conversation import Conversation, messages_hash
-from thresher.judge import Judgment
+from thresher.conversation import Conversation, Judgment, messages_hash
 
 # A person-name finder, only ever supplied by the operator (e.g. a local NER model loaded from a path they chose):
 # given a text, it returns the (start, end) character spans of names. thresher never downloads one.

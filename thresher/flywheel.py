@@ -17,10 +17,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from thresher.conversation import Conversation, InvalidRecord, Record, utcnow
+from thresher.conversation import Conversation, InvalidRecord, Judgment, Record, utcnow
 from thresher.curate import Deduplicator, rejection, scrub, scrub_text
 from thresher.dataset_repo import REVIEWS_DIR, TAKEDOWNS_DIR, DatasetRepo, GitError, conversation_path
-from thresher.judge import Judge, Judgment
+from thresher.judge import Judge
 from thresher.pairs import drop_pairs_of, record_pairs
 from thresher.store import Feedback, Publication, Store
 

@@ -23,11 +23,16 @@ import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from thresher.conversation import utcnow
+from thresher.conversation import (  # the verdict types live with the conversation; named here too
+    FAILED,
+    FLAGGED,
+    OK,
+    UNPARSEABLE,
+    Judgment,
+)
 from thresher.engines import ChatParams, Engine, EngineError, ProbabilitiesUnavailable
 
 RUBRIC = """\
@@ -97,26 +102,8 @@ INJECTION_PATTERNS: dict[str, re.Pattern[str]] = {
     ),
 }
 TRUNCATED = "truncated_for_judge"
-BLOCKING = frozenset(INJECTION_PATTERNS)
+BLOCKING = frozenset(INJECTION_PATTERNS)  # every one begins with BLOCKING_FLAG (tested)
 
-OK, FLAGGED, UNPARSEABLE, FAILED = "ok", "flagged", "unparseable", "failed"
-
-
-@dataclass
-class Judgment:
-    score: float | None  # expected rating, 1-10; None when the judge gave none
-    status: str  # ok | flagged (kept for a human) | unparseable | failed
-    judge_id: str
-    rubric_hash: str = RUBRIC_HASH
-    distribution: dict[str, float] | None = None  # "1".."10" -> probability, one-pass only
-    rationale: str | None = None
-    flags: list[str] = field(default_factory=list)
-    method: str = "probabilities"  # or "generated"
-    error: str | None = None
-    created_at: datetime = field(default_factory=utcnow)
-
-    def accepted(self, threshold: float) -> bool:
-        return self.score is not None and self.score >= threshold and not BLOCKING.intersection(self.flags)
 
 
 def detect_injection(messages: Sequence[dict[str, str]]) -> list[str]:

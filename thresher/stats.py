@@ -17,10 +17,9 @@ from datetime import UTC, date
 from pathlib import Path
 from typing import Any
 
-from thresher.conversation import Status
+from thresher.conversation import Judgment, Status
 from thresher.evaluate import auc, spearman
 from thresher.evidence import is_noise
-from thresher.judge import Judgment
 from thresher.registry import Registry, RegistryError, Version
 from thresher.review import quorum
 from thresher.store import CONSENT_REJECTIONS, Store

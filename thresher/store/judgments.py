@@ -10,8 +10,7 @@ from sqlalchemy.orm import (
     Session,
 )
 
-from thresher.conversation import Conversation, Status
-from thresher.judge import Judgment
+from thresher.conversation import Conversation, Judgment, Status
 from thresher.store.records import (
     NotFound,
 )

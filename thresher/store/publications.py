@@ -14,8 +14,7 @@ from sqlalchemy.orm import (
     selectinload,
 )
 
-from thresher.conversation import Conversation, Status, utcnow
-from thresher.judge import Judgment
+from thresher.conversation import Conversation, Judgment, Status, utcnow
 from thresher.store.records import (
     Publication,
 )

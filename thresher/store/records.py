@@ -1,9 +1,12 @@
-"""The store's own record types and errors: what its methods take and return besides Conversation and Judgment."""
+"""The store's own record types and errors: what its methods take and return besides the core types of
+`thresher.conversation` (Conversation, Judgment, Review, Correction), which are named here too."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+
+from thresher.conversation import Correction, Review  # noqa: F401  (named here too)
 
 
 class NotFound(LookupError):
@@ -35,31 +38,6 @@ class Publication:
     minhash: bytes | None = None
     threshold: float | None = None  # the acceptance threshold curation decided at
 
-
-
-@dataclass
-class Review:
-    """One reviewer's verdict on one conversation, as read from `reviews/<id>/<reviewer>.json`."""
-
-    conversation_id: str
-    reviewer: str
-    verdict: str  # approve | reject
-    reason: str
-    time: datetime
-    score: int | None = None
-    commit_sha: str | None = None  # the commit that last wrote the verdict file
-
-
-@dataclass
-class Correction:
-    """An edit a reviewer made to a published conversation file: the diff from what was published."""
-
-    conversation_id: str
-    commit_sha: str
-    diff: str
-    time: datetime
-    author: str | None = None
-    rejudged_at: datetime | None = None
 
 
 RATINGS = ("up", "down")

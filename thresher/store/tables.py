@@ -15,8 +15,7 @@ from sqlalchemy.orm import (
     relationship,
 )
 
-from thresher.conversation import COMPLETE, Conversation, Message, messages_hash
-from thresher.judge import Judgment
+from thresher.conversation import COMPLETE, Conversation, Judgment, Message, messages_hash
 from thresher.store.records import (
     Publication,
 )
