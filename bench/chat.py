@@ -32,7 +32,7 @@ end) is printed beside it: it adds the drain, when the last replies finish with 
 number of requests per stream would mix into the figure. The levels run in turn, `--passes` times (1, 4, 8, 16,
 1, 4, 8, 16, ...): a level's rate is the mean of its passes, p50 and p95 of TTFT are over all its requests, and
 ratios are against the one stream measured in the same run (per pass too). The clients read the replies through
-plain sockets and parse them after each reply has ended, so that they take as little as they can of the cores the
+plain sockets and parse them once the level is over, so that they take as little as they can of the cores the
 server shares with them. The llama.cpp engine decodes
 `n_parallel` streams together (8 by default); beyond that requests wait in the queue, and their TTFT includes the
 wait.
@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import functools
 import itertools
 import json
 import math
@@ -64,6 +65,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,7 +242,7 @@ def run_api(client: httpx.Client, url: str, model: str, prompt: str, max_tokens:
 
 class RawClient:
     """A keep-alive HTTP/1.1 connection that does as little as it can while a reply streams: one `recv` per piece
-    the server sends, kept with its arrival time; the events are parsed after the reply has ended. The concurrent
+    the server sends, kept with its arrival time; the events are parsed later (`run_raw`). The concurrent
     levels use it so that the clients, which share the 2 cores with the server here, take as little of them as
     possible (parsing every event with httpx as it arrives took ~3% of a core at 8 streams, and on 2 cores any
     time taken from llama.cpp's two threads stalls both)."""
@@ -274,12 +276,19 @@ class RawClient:
         return pieces, pieces[-1][0]
 
 
-def run_raw(client: RawClient, model: str, prompt: str, max_tokens: int, rnd: int, idx: int) -> Sample:
-    """As `run_api`, through a RawClient: each event's time is the arrival of the piece that completed it."""
+def run_raw(client: RawClient, model: str, prompt: str, max_tokens: int, rnd: int,
+            idx: int) -> Callable[[], Sample]:
+    """As `run_api`, through a RawClient, but what it returns makes the Sample: the events are parsed once the
+    level is over, not while other replies stream. Each event's time is the arrival of the piece that completed
+    it."""
     body = {"model": model, "messages": messages(prompt), "stream": True, "stream_options": {"include_usage": True},
             "max_tokens": max_tokens, "temperature": TEMPERATURE, "top_p": TOP_P, "seed": SEED}
     start = time.perf_counter()
     pieces, end = client.stream("/v1/chat/completions", body)
+    return functools.partial(parse_raw, pieces, start, end, rnd, idx)
+
+
+def parse_raw(pieces: list[tuple[float, bytes]], start: float, end: float, rnd: int, idx: int) -> Sample:
     raw = b"".join(p for _, p in pieces)
     ends = list(itertools.accumulate(len(p) for _, p in pieces))
     text, n, times = "", 0, []
@@ -305,7 +314,7 @@ def run_streams(url: str, model: str, max_tokens: int, n: int, seconds: float) -
     """n client threads, released together, each sending streaming requests back to back until `seconds` have
     passed (then it finishes the one in flight): n streams are in flight for the whole window. (window, wall time
     to the last reply's end, every request's sample)."""
-    results: list[list[Sample] | BaseException] = [[] for _ in range(n)]
+    results: list[list[Callable[[], Sample]] | BaseException] = [[] for _ in range(n)]
     barrier = threading.Barrier(n + 1)
     deadline = [0.0]
 
@@ -336,7 +345,7 @@ def run_streams(url: str, model: str, max_tokens: int, n: int, seconds: float) -
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise RuntimeError(f"concurrent request failed: {errors[0]!r}")
-    return start, wall, [s for r in results if isinstance(r, list) for s in r]
+    return start, wall, [parse() for r in results if isinstance(r, list) for parse in r]
 
 
 def tokens_between(samples: list[Sample], lo: float, hi: float) -> float:
