@@ -172,3 +172,19 @@ def load_version(spec: str) -> str:
     from thresher.engines import file_version
 
     return file_version(Path(spec.removeprefix("llama.cpp:")))
+
+
+def test_a_rounds_pin_is_a_typed_record_and_older_state_files_still_read(tmp_path: Path) -> None:
+    from thresher.train.round import Pin, RoundState
+
+    state = RoundState(tmp_path)
+    pin = Pin(commit="c0ffee", base="hf/base", base_gguf=None, parent=None, serving="embedded",
+              serving_judge="head:/j", serving_judge_id="judge-1")
+    state.mark("pinned", pin)
+    assert RoundState(tmp_path).pin() == pin  # through state.json
+    # A state file from before the judge was pinned (a killed round resumed after an upgrade)
+    older = {"commit": None, "base": "hf/base", "base_gguf": "/m.gguf", "parent": "chat-1",
+             "serving": "llama.cpp:/m.gguf"}
+    (tmp_path / "state.json").write_text(json.dumps({"stages": {"pinned": older}}))
+    old = RoundState(tmp_path).pin()
+    assert (old.serving_judge, old.serving_judge_id, old.base_gguf) == ("llama.cpp:/m.gguf", None, "/m.gguf")

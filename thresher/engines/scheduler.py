@@ -354,10 +354,10 @@ class Scheduler:
 
     def _gaps(self, decoding: list[Reply]) -> list[int]:
         """The sequences between the first and the last of those decoding that do not decode this step (free, or
-        reading a prompt): llama.cpp decodes a run of consecutive sequences in one pass and splits a run with a hole in it
-        into two (7 of 8 sequences, one missing in the middle: ~50 ms a step against ~38 for all 8, measured). A
-        token fed to each of them, and taken out again at once, keeps the run whole for the cost of one more
-        token (what replies are finishing and joining leave all the time under load)."""
+        reading a prompt): llama.cpp decodes a run of consecutive sequences in one pass and splits a run with a
+        hole in it into two (7 of 8 sequences, one missing in the middle: ~50 ms a step against ~38 for all 8,
+        measured). A token fed to each of them, and taken out again at once, keeps the run whole for the cost of
+        one more token (what replies are finishing and joining leave all the time under load)."""
         busy = {r.slot for r in decoding}
         lo, hi = decoding[0].slot, decoding[-1].slot
         assert lo is not None and hi is not None

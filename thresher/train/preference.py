@@ -14,7 +14,7 @@ from thresher.config import Settings
 from thresher.conversation import Record
 
 if TYPE_CHECKING:
-    from thresher.train.round import RoundConfig
+    from thresher.train.round import Pin, RoundConfig
 
 
 def pair_prompts(config: RoundConfig, train_convs: list[Record]) -> list[tuple[str | None, list[dict[str, str]]]]:
@@ -41,7 +41,7 @@ def pair_prompts(config: RoundConfig, train_convs: list[Record]) -> list[tuple[s
     return picked[: config.pair_prompts]
 
 
-def pairs_stage(settings: Settings, config: RoundConfig, repo: Any, commit: str | None, n: int, root: Path, pin: dict,
+def pairs_stage(settings: Settings, config: RoundConfig, repo: Any, commit: str | None, n: int, root: Path, pin: Pin,
            train_convs: list[Record], sft_rec: dict, judge_rec: dict, say: Callable[[str], None]) -> dict[str, Any]:
     """Preference pairs for this round: those the approved conversations carry and reviewers' corrections, then
     on-policy ones: the SFT model's replies judged by the better of this round's judge and the serving one (by
@@ -70,12 +70,12 @@ def pairs_stage(settings: Settings, config: RoundConfig, repo: Any, commit: str 
     prompts = pair_prompts(config, train_convs)
     say(f"round {n}: sampling {config.pair_samples} replies to each of {len(prompts)} prompts for preference pairs")
     policy = load_engine(sft_rec["spec"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
-    serving = load_engine(pin["serving"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+    serving = load_engine(pin.serving, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     better = judge_rec.get("before_auc") is None or (judge_rec.get("after_auc") or 0) >= judge_rec["before_auc"]
     if better:
         spec = f"head:{root / 'judge'}"
-    elif pin.get("serving_judge_id"):  # a promoted judge
-        spec = pin["serving_judge"]
+    elif pin.serving_judge_id:  # a promoted judge
+        spec = pin.serving_judge
     else:  # what the server judges with: the head shipped for the embedded model (over its own states)
         spec = f"head:{default_head_path()}" if settings.model == "embedded" else "serving"
     judge = make_judge(spec, serving, rationale="never", n_ctx=settings.n_ctx, n_threads=settings.n_threads)
@@ -92,7 +92,7 @@ def pairs_stage(settings: Settings, config: RoundConfig, repo: Any, commit: str 
             "samples": config.pair_samples, "margin": config.pair_margin, "seconds": time.perf_counter() - t}
 
 
-def dpo_stage(settings: Settings, config: RoundConfig, commit: str | None, n: int, root: Path, pin: dict,
+def dpo_stage(settings: Settings, config: RoundConfig, commit: str | None, n: int, root: Path, pin: Pin,
                sft_rec: dict, pairs_rec: dict, judge_rec: dict, say: Callable[[str], None]) -> dict[str, Any]:
     """DPO on the pairs, from the SFT model (its own reference), exported as the round's candidate; skipped with
     too few pairs (the SFT model is then the candidate)."""
@@ -112,12 +112,12 @@ def dpo_stage(settings: Settings, config: RoundConfig, commit: str | None, n: in
     result, trained = train_dpo(model, tok, pairs, root / "dpo", config.dpo, title=f"Round {n}: DPO loss")
     accuracy = json.loads((root / "dpo" / "train.json").read_text()).get("reward_accuracy")
     out = root / "dpo" / "export"
-    info = {"name": f"thresher chat, round {n}", "kind": "chat", "round": n, "base": pin["base"],
-            "parent": pin["parent"], "data_commit": commit, "examples": sft_rec["examples"], "pairs": len(pairs),
+    info = {"name": f"thresher chat, round {n}", "kind": "chat", "round": n, "base": pin.base,
+            "parent": pin.parent, "data_commit": commit, "examples": sft_rec["examples"], "pairs": len(pairs),
             "judge_version": judge_rec["version"], "licence": "apache-2.0",
             "metrics": {"sft_final_loss": sft_rec["final_loss"], "dpo_final_loss": result.final_loss,
                         "reward_accuracy": accuracy}}
-    ex = export(trained, tok, out, Path(pin["base_gguf"]) if pin["base_gguf"] else None, info)
+    ex = export(trained, tok, out, Path(pin.base_gguf) if pin.base_gguf else None, info)
     return {"spec": f"llama.cpp:{ex.gguf}" if ex.gguf else f"hf:{ex.hf_dir}", "hf": str(ex.hf_dir),
             "out": str(out), "pairs": len(pairs), "final_loss": result.final_loss, "reward_accuracy": accuracy,
             "tokens_per_second": result.tokens_per_second, "seconds": time.perf_counter() - t}

@@ -100,6 +100,28 @@ def round_lock(data_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@dataclass
+class Pin:
+    """What a round is pinned to when it starts (its first stage, "pinned"): the reviewed data's commit and the
+    models it starts from. Every later stage reads these, never the registry's current state, so a round resumed
+    after a crash (or a promotion meanwhile) trains and compares against the same things."""
+
+    commit: str | None  # the dataset commit whose reviewed data it trains on (None: an empty dataset)
+    base: str  # what the chat model's training loads (a promoted version's weights, or the configured model)
+    base_gguf: str | None  # the GGUF whose metadata an export reuses
+    parent: str | None  # the promoted chat version it starts from (None: the configured model)
+    serving: str  # the engine spec serving chat when it started
+    serving_judge: str  # ... and judging (the chat model's spec when no judge version is promoted)
+    serving_judge_id: str | None  # the promoted judge version, if any
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Pin:
+        return cls(commit=data.get("commit"), base=data["base"], base_gguf=data.get("base_gguf"),
+                   parent=data.get("parent"), serving=data["serving"],
+                   serving_judge=data.get("serving_judge") or data["serving"],
+                   serving_judge_id=data.get("serving_judge_id"))
+
+
 class RoundState:
     """`rounds/<n>/state.json`: the stages done and what each produced."""
 
@@ -114,8 +136,12 @@ class RoundState:
     def get(self, stage: str) -> Any:
         return self.data["stages"].get(stage)
 
+    def pin(self) -> Pin:
+        """The "pinned" stage's record."""
+        return Pin.from_json(self.get("pinned"))
+
     def mark(self, stage: str, result: Any) -> None:
-        self.data["stages"][stage] = result
+        self.data["stages"][stage] = asdict(result) if isinstance(result, Pin) else result
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=2, default=str))
         tmp.replace(self.file)
@@ -197,12 +223,12 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
             store.close()
         base, base_gguf, parent, serving = resolve_base(settings, registry)
         judge_cur = registry.current("judge")
-        state.mark("pinned", {"commit": repo.head() if repo.has_commits() else None, "base": base,
-                              "base_gguf": str(base_gguf) if base_gguf else None, "parent": parent,
-                              "serving": serving, "serving_judge": judge_cur.spec if judge_cur else serving,
-                              "serving_judge_id": judge_cur.id if judge_cur else None})
-    pin = state.get("pinned")
-    commit = pin["commit"]
+        state.mark("pinned", Pin(commit=repo.head() if repo.has_commits() else None, base=base,
+                                 base_gguf=str(base_gguf) if base_gguf else None, parent=parent, serving=serving,
+                                 serving_judge=judge_cur.spec if judge_cur else serving,
+                                 serving_judge_id=judge_cur.id if judge_cur else None))
+    pin = state.pin()
+    commit = pin.commit
     say(f"round {n}: dataset commit {commit[:12] if commit else '(empty)'}")
 
     data_dir = root / "data"
@@ -276,7 +302,7 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
 
     record = {
         "round": n, "commit": commit, "counts": state.get("data"),
-        "base": pin["base"], "parent": pin["parent"],
+        "base": pin.base, "parent": pin.parent,
         "judge": {k: judge_rec.get(k) for k in (
             "version", "before_auc", "after_auc", "gain", "by_family", "by_family_before", "reviewer_agreement_before",
             "reviewer_agreement_after", "rows_train", "rows_heldout", "from_verdicts", "calibrated_threshold")},
@@ -303,7 +329,7 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
 
 
 def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, repo: Any, commit: str | None, n: int,
-                 root: Path, pin: dict, train_convs: list[Record], say: Callable[[str], None]) -> dict[str, Any]:
+                 root: Path, pin: Pin, train_convs: list[Record], say: Callable[[str], None]) -> dict[str, Any]:
     """Fit a new head on the serving model's states: shipped real conversations and the approved ones, spoiled,
     plus reviewers' verdicts and corrections; measured against the serving judge on the same held-out rows."""
     import random
@@ -322,13 +348,13 @@ def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, re
         good = random.Random(config.seed).sample(good, config.judge_source_limit)
     good += [Source(c.id, c.messages, "approved") for c in train_convs]
     verdicts = reviewer_rows(repo, commit, settings.quorum_approvals) if commit else []
-    engine = load_engine(pin["serving"], n_ctx=settings.n_ctx, n_threads=settings.n_threads, n_parallel=1)
-    same = pin["serving_judge"] == pin["serving"]
-    current = make_judge("serving" if same else pin["serving_judge"], engine, n_ctx=settings.n_ctx,
+    engine = load_engine(pin.serving, n_ctx=settings.n_ctx, n_threads=settings.n_threads, n_parallel=1)
+    same = pin.serving_judge == pin.serving
+    current = make_judge("serving" if same else pin.serving_judge, engine, n_ctx=settings.n_ctx,
                          n_threads=settings.n_threads)
     before = current.head if isinstance(current, HeadJudge) else None
     say(f"round {n}: training the judge's head on {len(good)} good conversations and {len(verdicts)} verdicts")
-    report = train_head_judge(engine, pin["serving"], root / "judge", good, verdicts, seed=config.seed,
+    report = train_head_judge(engine, pin.serving, root / "judge", good, verdicts, seed=config.seed,
                               max_train=config.judge_train_rows, max_heldout=config.judge_heldout_rows,
                               before=before, say=say)
     after_auc = report.auc_after["all"]
@@ -337,7 +363,7 @@ def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, re
     say(f"round {n}: judge AUC {was} -> {auc_words(after_auc, report.rows_heldout)}")
     vid = f"judge-r{n}-{report.head.id.split('@')[0].removeprefix('head-')}"
     spec = f"head:{root / 'judge'}"
-    registry.add(Version(vid, "judge", spec, n, pin["serving_judge_id"], commit, None,
+    registry.add(Version(vid, "judge", spec, n, pin.serving_judge_id, commit, None,
                          {"judge_auc_before": before_auc, "judge_auc_after": after_auc,
                           "calibrated_threshold": report.threshold, "judge_id": report.head.id},
                          path=str(root / "judge")))
@@ -351,7 +377,7 @@ def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, re
             "seconds": time.perf_counter() - t}
 
 
-def _train_chat(settings: Settings, config: RoundConfig, commit: str | None, n: int, root: Path, pin: dict,
+def _train_chat(settings: Settings, config: RoundConfig, commit: str | None, n: int, root: Path, pin: Pin,
                 train_convs: list[Record], judge_rec: dict, say: Callable[[str], None]) -> dict[str, Any]:
     """SFT on the approved conversations (and replayed base instruction data), exported as the round's first
     candidate."""
@@ -368,22 +394,22 @@ def _train_chat(settings: Settings, config: RoundConfig, commit: str | None, n: 
         convs += replay[: min(limits)] if limits else replay
     say(f"round {n}: training the chat model on {len(train_convs)} approved conversations and "
         f"{len(convs) - len(train_convs)} replayed examples")
-    model, tok = load_base(pin["base"])
+    model, tok = load_base(pin.base)
     rows = tokenise_all(tok, convs, config.chat.max_length)
     result, trained = train_lora(model, tok, rows, root / "chat", config.chat, title=f"Round {n}: chat SFT loss")
     out = root / "chat" / "export"
-    info = {"name": f"thresher chat, round {n} (SFT)", "kind": "chat", "round": n, "base": pin["base"],
-            "parent": pin["parent"], "data_commit": commit, "examples": len(rows),
+    info = {"name": f"thresher chat, round {n} (SFT)", "kind": "chat", "round": n, "base": pin.base,
+            "parent": pin.parent, "data_commit": commit, "examples": len(rows),
             "judge_version": judge_rec["version"], "licence": "apache-2.0",
             "metrics": {"final_loss": result.final_loss, "tokens_per_second": round(result.tokens_per_second, 1)}}
-    ex = export(trained, tok, out, Path(pin["base_gguf"]) if pin["base_gguf"] else None, info)
+    ex = export(trained, tok, out, Path(pin.base_gguf) if pin.base_gguf else None, info)
     spec = f"llama.cpp:{ex.gguf}" if ex.gguf else f"hf:{ex.hf_dir}"
     return {"spec": spec, "hf": str(ex.hf_dir), "out": str(out), "examples": len(rows),
             "tokens_per_second": result.tokens_per_second, "final_loss": result.final_loss,
             "seconds": time.perf_counter() - t}
 
 
-def _register_chat(registry: Registry, commit: str | None, n: int, root: Path, pin: dict, sft_rec: dict,
+def _register_chat(registry: Registry, commit: str | None, n: int, root: Path, pin: Pin, sft_rec: dict,
                    dpo_rec: dict | None, judge_rec: dict) -> dict[str, Any]:
     """The round's candidate chat version: the DPO model, or the SFT one where there was no preference stage."""
     final = dpo_rec if dpo_rec and "spec" in dpo_rec else sft_rec
@@ -392,7 +418,7 @@ def _register_chat(registry: Registry, commit: str | None, n: int, root: Path, p
     metrics = {"final_loss": sft_rec["final_loss"]}
     if final is dpo_rec:
         metrics |= {"dpo_final_loss": dpo_rec["final_loss"], "reward_accuracy": dpo_rec["reward_accuracy"]}
-    registry.add(Version(vid, "chat", final["spec"], n, pin["parent"], commit, judge_rec["version"], metrics,
+    registry.add(Version(vid, "chat", final["spec"], n, pin.parent, commit, judge_rec["version"], metrics,
                          path=str(out)))
     return {"version": vid, "spec": final["spec"], "hf": final["hf"], "examples": sft_rec["examples"],
             "tokens_per_second": sft_rec["tokens_per_second"], "final_loss": sft_rec["final_loss"],
@@ -414,7 +440,7 @@ def eval_prompts(limit: int, sources: tuple[str, ...] = ("zaragoza", "chatterbot
         return [p["prompt"] for p in load_rows(str(sample_path().parent / "eval_prompts.json"))][:limit]
 
 
-def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: dict, chat_rec: dict,
+def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: Pin, chat_rec: dict,
               held_convs: list[Record], say: Callable[[str], None]) -> dict[str, Any]:
     """The candidate against the serving model on held-out real questions, sampled as users are served: by the
     frozen evaluation judge (length-controlled too), by rates that need no judge, and by the loss on held-out
@@ -430,7 +456,7 @@ def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: 
     new = load_engine(chat_rec["spec"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     new_replies = replies(new, prompts, config.eval_tokens, progress="new model", params=params)
     del new
-    old = load_engine(pin["serving"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+    old = load_engine(pin.serving, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     old_replies = replies(old, prompts, config.eval_tokens, progress="serving model", params=params)
     del old
     new_answers, old_answers = [r.text for r in new_replies], [r.text for r in old_replies]
@@ -455,7 +481,7 @@ def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: 
         convs = [c.messages for c in held_convs]
         m, tok = load_base(chat_rec["hf"])
         loss_new = heldout_loss(m, tok, convs, config.chat.max_length)
-        m, tok = load_base(pin["base"])
+        m, tok = load_base(pin.base)
         loss_old = heldout_loss(m, tok, convs, config.chat.max_length)
         ratio = loss_new / loss_old if loss_new is not None and loss_old else None
         say(f"round {n}: held-out loss {_fmt(loss_old)} -> {_fmt(loss_new)} on {len(held_convs)} conversation(s)"
