@@ -174,8 +174,8 @@ def load_version(spec: str) -> str:
     return file_version(Path(spec.removeprefix("llama.cpp:")))
 
 
-def test_a_rounds_pin_is_a_typed_record_and_older_state_files_still_read(tmp_path: Path) -> None:
-    from thresher.train.round import Pin, RoundState
+def test_a_rounds_stages_are_typed_records_and_older_state_files_still_read(tmp_path: Path) -> None:
+    from thresher.train.round import JudgeStage, Pin, RoundState, SftStage
 
     state = RoundState(tmp_path)
     pin = Pin(commit="c0ffee", base="hf/base", base_gguf=None, parent=None, serving="embedded",
@@ -188,3 +188,12 @@ def test_a_rounds_pin_is_a_typed_record_and_older_state_files_still_read(tmp_pat
     (tmp_path / "state.json").write_text(json.dumps({"stages": {"pinned": older}}))
     old = RoundState(tmp_path).pin()
     assert (old.serving_judge, old.serving_judge_id, old.base_gguf) == ("llama.cpp:/m.gguf", None, "/m.gguf")
+    judge = JudgeStage("judge-r1-x", before_auc=0.7, after_auc=0.8, gain=0.1, by_family={"all": 0.8})
+    state = RoundState(tmp_path)
+    state.mark("judge", judge)
+    state.data["stages"]["sft"] = {"spec": "hf:/x", "hf": "/x", "out": "/o", "examples": 3, "tokens_per_second": 9.0,
+                                   "final_loss": 1.5, "a_field_gone_since": 1}  # as a newer or older run wrote it
+    state.mark("data", {"approved": 3})  # writes the file, with the sft record above
+    again = RoundState(tmp_path)
+    assert again.get("judge") == judge and again.get("sft") == SftStage("hf:/x", "/x", "/o", 3, 9.0, 1.5)
+    assert again.get("data") == {"approved": 3}  # a stage without a type stays as written

@@ -14,7 +14,7 @@ from thresher.config import Settings
 from thresher.conversation import Record
 
 if TYPE_CHECKING:
-    from thresher.train.round import Pin, RoundConfig
+    from thresher.train.round import JudgeStage, Pin, RoundConfig, SftStage
 
 
 def pair_prompts(config: RoundConfig, train_convs: list[Record]) -> list[tuple[str | None, list[dict[str, str]]]]:
@@ -42,7 +42,8 @@ def pair_prompts(config: RoundConfig, train_convs: list[Record]) -> list[tuple[s
 
 
 def pairs_stage(settings: Settings, config: RoundConfig, repo: Any, commit: str | None, n: int, root: Path, pin: Pin,
-           train_convs: list[Record], sft_rec: dict, judge_rec: dict, say: Callable[[str], None]) -> dict[str, Any]:
+                train_convs: list[Record], sft_rec: SftStage, judge_rec: JudgeStage,
+                say: Callable[[str], None]) -> dict[str, Any]:
     """Preference pairs for this round: those the approved conversations carry and reviewers' corrections, then
     on-policy ones: the SFT model's replies judged by the better of this round's judge and the serving one (by
     their AUC on the same held-out rows), over the serving model's states."""
@@ -69,9 +70,9 @@ def pairs_stage(settings: Settings, config: RoundConfig, repo: Any, commit: str 
                                    if cid not in gone and "good" in d and "bad" in d])
     prompts = pair_prompts(config, train_convs)
     say(f"round {n}: sampling {config.pair_samples} replies to each of {len(prompts)} prompts for preference pairs")
-    policy = load_engine(sft_rec["spec"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+    policy = load_engine(sft_rec.spec, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     serving = load_engine(pin.serving, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
-    better = judge_rec.get("before_auc") is None or (judge_rec.get("after_auc") or 0) >= judge_rec["before_auc"]
+    better = judge_rec.before_auc is None or (judge_rec.after_auc or 0) >= judge_rec.before_auc
     if better:
         spec = f"head:{root / 'judge'}"
     elif pin.serving_judge_id:  # a promoted judge
@@ -93,7 +94,7 @@ def pairs_stage(settings: Settings, config: RoundConfig, repo: Any, commit: str 
 
 
 def dpo_stage(settings: Settings, config: RoundConfig, commit: str | None, n: int, root: Path, pin: Pin,
-               sft_rec: dict, pairs_rec: dict, judge_rec: dict, say: Callable[[str], None]) -> dict[str, Any]:
+               sft_rec: SftStage, pairs_rec: dict, judge_rec: JudgeStage, say: Callable[[str], None]) -> dict[str, Any]:
     """DPO on the pairs, from the SFT model (its own reference), exported as the round's candidate; skipped with
     too few pairs (the SFT model is then the candidate)."""
     from thresher.pairs import read_pairs
@@ -108,14 +109,14 @@ def dpo_stage(settings: Settings, config: RoundConfig, commit: str | None, n: in
     t = time.perf_counter()
     pairs = read_pairs(root / "pairs.jsonl")
     say(f"round {n}: preference training (DPO) on {len(pairs)} pairs")
-    model, tok = load_base(sft_rec["hf"])
+    model, tok = load_base(sft_rec.hf)
     result, trained = train_dpo(model, tok, pairs, root / "dpo", config.dpo, title=f"Round {n}: DPO loss")
     accuracy = json.loads((root / "dpo" / "train.json").read_text()).get("reward_accuracy")
     out = root / "dpo" / "export"
     info = {"name": f"thresher chat, round {n}", "kind": "chat", "round": n, "base": pin.base,
-            "parent": pin.parent, "data_commit": commit, "examples": sft_rec["examples"], "pairs": len(pairs),
-            "judge_version": judge_rec["version"], "licence": "apache-2.0",
-            "metrics": {"sft_final_loss": sft_rec["final_loss"], "dpo_final_loss": result.final_loss,
+            "parent": pin.parent, "data_commit": commit, "examples": sft_rec.examples, "pairs": len(pairs),
+            "judge_version": judge_rec.version, "licence": "apache-2.0",
+            "metrics": {"sft_final_loss": sft_rec.final_loss, "dpo_final_loss": result.final_loss,
                         "reward_accuracy": accuracy}}
     ex = export(trained, tok, out, Path(pin.base_gguf) if pin.base_gguf else None, info)
     return {"spec": f"llama.cpp:{ex.gguf}" if ex.gguf else f"hf:{ex.hf_dir}", "hf": str(ex.hf_dir),

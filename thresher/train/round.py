@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +122,65 @@ class Pin:
                    serving_judge_id=data.get("serving_judge_id"))
 
 
+def _typed(cls: type, data: dict[str, Any]) -> Any:
+    """A stage's record read back: the fields it has (a field added since takes its default)."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class JudgeStage:
+    """The round's judge: the head fitted on the serving model, measured against the serving judge."""
+
+    version: str
+    before_auc: float | None = None
+    after_auc: float | None = None
+    gain: float = 0.0
+    reviewer_agreement_before: float | None = None
+    reviewer_agreement_after: float | None = None
+    by_family: dict[str, Any] = field(default_factory=dict)
+    by_family_before: dict[str, Any] | None = None
+    rows_train: int = 0
+    rows_heldout: int = 0
+    from_verdicts: int = 0
+    calibrated_threshold: float | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class SftStage:
+    """The chat model fine-tuned on the approved conversations, exported: the round's first candidate."""
+
+    spec: str
+    hf: str
+    out: str
+    examples: int
+    tokens_per_second: float
+    final_loss: float | None
+    seconds: float = 0.0
+
+
+@dataclass
+class ChatStage:
+    """The round's candidate chat version as registered: the DPO model, or the SFT one without preference data."""
+
+    version: str
+    spec: str
+    hf: str
+    examples: int
+    tokens_per_second: float
+    final_loss: float | None
+    stage: str  # "dpo" or "sft"
+    pairs: int = 0
+    dpo_final_loss: float | None = None
+    reward_accuracy: float | None = None
+
+
+_TYPED = {"pinned": Pin, "judge": JudgeStage, "sft": SftStage, "chat": ChatStage}
+
+
 class RoundState:
-    """`rounds/<n>/state.json`: the stages done and what each produced."""
+    """`rounds/<n>/state.json`: the stages done and what each produced (typed where `_TYPED` says)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -134,14 +191,18 @@ class RoundState:
         return stage in self.data["stages"]
 
     def get(self, stage: str) -> Any:
-        return self.data["stages"].get(stage)
+        data = self.data["stages"].get(stage)
+        cls = _TYPED.get(stage)
+        if data is None or cls is None:
+            return data
+        return Pin.from_json(data) if cls is Pin else _typed(cls, data)
 
     def pin(self) -> Pin:
         """The "pinned" stage's record."""
-        return Pin.from_json(self.get("pinned"))
+        return self.get("pinned")
 
     def mark(self, stage: str, result: Any) -> None:
-        self.data["stages"][stage] = asdict(result) if isinstance(result, Pin) else result
+        self.data["stages"][stage] = asdict(result) if is_dataclass(result) else result
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=2, default=str))
         tmp.replace(self.file)
@@ -274,14 +335,14 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
         from thresher.train.export import add_evaluation
 
         result = _evaluate(settings, config, n, root, pin, chat_rec, held_convs, say)
-        card = Path(registry.get(chat_rec["version"]).path or "") / "README.md"
+        card = Path(registry.get(chat_rec.version).path or "") / "README.md"
         if card.is_file():
             add_evaluation(card, result)
         state.mark("evaluated", result)
     ev = state.get("evaluated")
 
     if not state.done("gated"):
-        metrics = {**ev, "judge_auc": judge_rec["after_auc"], "judge_gain": judge_rec["gain"], **_increases(ev)}
+        metrics = {**ev, "judge_auc": judge_rec.after_auc, "judge_gain": judge_rec.gain, **_increases(ev)}
         # The length-controlled win rate where there is one (a longer reply is not a better one)
         won = metrics["lc_win_rate"] if metrics.get("lc_win_rate") is not None else metrics.get("win_rate")
         # A loss over a handful of held-out conversations is noise: it is recorded, not gated on.
@@ -290,12 +351,12 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
                                 **{k: metrics.get(k) for k in ("loop_increase", "cutoff_increase")}}, config.gate)
         judge_gate = apply_gate({k: metrics.get(k) for k in ("judge_auc", "judge_gain")}, config.gate)
         for kind, rec, g in (("chat", chat_rec, chat_gate), ("judge", judge_rec, judge_gate)):
-            registry.update(rec["version"], metrics={**registry.get(rec["version"]).metrics, **metrics})
+            registry.update(rec.version, metrics={**registry.get(rec.version).metrics, **metrics})
             if g.passed:
-                registry.promote(rec["version"], f"round {n}: gate passed")
-                say(f"round {n}: promoted {rec['version']}")
+                registry.promote(rec.version, f"round {n}: gate passed")
+                say(f"round {n}: promoted {rec.version}")
             else:
-                registry.reject(rec["version"], "; ".join(g.reasons))
+                registry.reject(rec.version, "; ".join(g.reasons))
                 say(f"round {n}: kept the serving {kind} model ({'; '.join(g.reasons)})")
         state.mark("gated", {"chat": asdict(chat_gate), "judge": asdict(judge_gate)})
     gated = state.get("gated")
@@ -303,14 +364,14 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
     record = {
         "round": n, "commit": commit, "counts": state.get("data"),
         "base": pin.base, "parent": pin.parent,
-        "judge": {k: judge_rec.get(k) for k in (
+        "judge": {k: getattr(judge_rec, k) for k in (
             "version", "before_auc", "after_auc", "gain", "by_family", "by_family_before", "reviewer_agreement_before",
             "reviewer_agreement_after", "rows_train", "rows_heldout", "from_verdicts", "calibrated_threshold")},
-        "chat": {k: chat_rec.get(k) for k in ("version", "examples", "tokens_per_second", "final_loss", "stage",
+        "chat": {k: getattr(chat_rec, k) for k in ("version", "examples", "tokens_per_second", "final_loss", "stage",
                                               "pairs", "dpo_final_loss", "reward_accuracy")},
         "pairs": {k: pairs_rec.get(k) for k in ("pairs", "by_source", "prompts", "samples", "margin")},
         "evaluation": ev, "gate": gated,
-        "promoted": [v for v in (chat_rec["version"], judge_rec["version"])
+        "promoted": [v for v in (chat_rec.version, judge_rec.version)
                      if registry.get(v).status == PROMOTED],
         "seconds": round(earlier + time.perf_counter() - t0, 1),
     }
@@ -329,7 +390,7 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
 
 
 def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, repo: Any, commit: str | None, n: int,
-                 root: Path, pin: Pin, train_convs: list[Record], say: Callable[[str], None]) -> dict[str, Any]:
+                 root: Path, pin: Pin, train_convs: list[Record], say: Callable[[str], None]) -> JudgeStage:
     """Fit a new head on the serving model's states: shipped real conversations and the approved ones, spoiled,
     plus reviewers' verdicts and corrections; measured against the serving judge on the same held-out rows."""
     import random
@@ -368,17 +429,13 @@ def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, re
                           "calibrated_threshold": report.threshold, "judge_id": report.head.id},
                          path=str(root / "judge")))
     gain = (after_auc or 0.0) - (before_auc or 0.0)
-    return {"version": vid, "before_auc": before_auc, "after_auc": after_auc, "gain": gain,
-            "reviewer_agreement_before": (report.auc_before or {}).get("reviewers"),
-            "reviewer_agreement_after": report.auc_after.get("reviewers"),
-            "by_family": report.auc_after, "by_family_before": report.auc_before,
-            "rows_train": report.rows_train, "rows_heldout": report.rows_heldout,
-            "from_verdicts": report.from_verdicts, "calibrated_threshold": report.threshold,
-            "seconds": time.perf_counter() - t}
+    return JudgeStage(vid, before_auc, after_auc, gain, (report.auc_before or {}).get("reviewers"),
+                      report.auc_after.get("reviewers"), report.auc_after, report.auc_before, report.rows_train,
+                      report.rows_heldout, report.from_verdicts, report.threshold, time.perf_counter() - t)
 
 
 def _train_chat(settings: Settings, config: RoundConfig, commit: str | None, n: int, root: Path, pin: Pin,
-                train_convs: list[Record], judge_rec: dict, say: Callable[[str], None]) -> dict[str, Any]:
+                train_convs: list[Record], judge_rec: JudgeStage, say: Callable[[str], None]) -> SftStage:
     """SFT on the approved conversations (and replayed base instruction data), exported as the round's first
     candidate."""
     from thresher.train.data import load_conversations
@@ -400,31 +457,27 @@ def _train_chat(settings: Settings, config: RoundConfig, commit: str | None, n: 
     out = root / "chat" / "export"
     info = {"name": f"thresher chat, round {n} (SFT)", "kind": "chat", "round": n, "base": pin.base,
             "parent": pin.parent, "data_commit": commit, "examples": len(rows),
-            "judge_version": judge_rec["version"], "licence": "apache-2.0",
+            "judge_version": judge_rec.version, "licence": "apache-2.0",
             "metrics": {"final_loss": result.final_loss, "tokens_per_second": round(result.tokens_per_second, 1)}}
     ex = export(trained, tok, out, Path(pin.base_gguf) if pin.base_gguf else None, info)
     spec = f"llama.cpp:{ex.gguf}" if ex.gguf else f"hf:{ex.hf_dir}"
-    return {"spec": spec, "hf": str(ex.hf_dir), "out": str(out), "examples": len(rows),
-            "tokens_per_second": result.tokens_per_second, "final_loss": result.final_loss,
-            "seconds": time.perf_counter() - t}
+    return SftStage(spec, str(ex.hf_dir), str(out), len(rows), result.tokens_per_second, result.final_loss,
+                    time.perf_counter() - t)
 
 
-def _register_chat(registry: Registry, commit: str | None, n: int, root: Path, pin: Pin, sft_rec: dict,
-                   dpo_rec: dict | None, judge_rec: dict) -> dict[str, Any]:
+def _register_chat(registry: Registry, commit: str | None, n: int, root: Path, pin: Pin, sft_rec: SftStage,
+                   dpo_rec: dict | None, judge_rec: JudgeStage) -> ChatStage:
     """The round's candidate chat version: the DPO model, or the SFT one where there was no preference stage."""
-    final = dpo_rec if dpo_rec and "spec" in dpo_rec else sft_rec
-    out = Path(final["out"])
+    dpo = dpo_rec if dpo_rec and "spec" in dpo_rec else None
+    spec, hf, out = (dpo["spec"], dpo["hf"], Path(dpo["out"])) if dpo else (sft_rec.spec, sft_rec.hf, Path(sft_rec.out))
     vid = _version_id("chat", n, out)
-    metrics = {"final_loss": sft_rec["final_loss"]}
-    if final is dpo_rec:
-        metrics |= {"dpo_final_loss": dpo_rec["final_loss"], "reward_accuracy": dpo_rec["reward_accuracy"]}
-    registry.add(Version(vid, "chat", final["spec"], n, pin.parent, commit, judge_rec["version"], metrics,
-                         path=str(out)))
-    return {"version": vid, "spec": final["spec"], "hf": final["hf"], "examples": sft_rec["examples"],
-            "tokens_per_second": sft_rec["tokens_per_second"], "final_loss": sft_rec["final_loss"],
-            "stage": "dpo" if final is dpo_rec else "sft", "pairs": (dpo_rec or {}).get("pairs", 0),
-            "dpo_final_loss": (dpo_rec or {}).get("final_loss"),
-            "reward_accuracy": (dpo_rec or {}).get("reward_accuracy")}
+    metrics = {"final_loss": sft_rec.final_loss}
+    if dpo:
+        metrics |= {"dpo_final_loss": dpo["final_loss"], "reward_accuracy": dpo["reward_accuracy"]}
+    registry.add(Version(vid, "chat", spec, n, pin.parent, commit, judge_rec.version, metrics, path=str(out)))
+    return ChatStage(vid, spec, hf, sft_rec.examples, sft_rec.tokens_per_second, sft_rec.final_loss,
+                     "dpo" if dpo else "sft", (dpo_rec or {}).get("pairs", 0), (dpo_rec or {}).get("final_loss"),
+                     (dpo_rec or {}).get("reward_accuracy"))
 
 
 def eval_prompts(limit: int, sources: tuple[str, ...] = ("zaragoza", "chatterbot")) -> list[str]:
@@ -440,7 +493,7 @@ def eval_prompts(limit: int, sources: tuple[str, ...] = ("zaragoza", "chatterbot
         return [p["prompt"] for p in load_rows(str(sample_path().parent / "eval_prompts.json"))][:limit]
 
 
-def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: Pin, chat_rec: dict,
+def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: Pin, chat_rec: ChatStage,
               held_convs: list[Record], say: Callable[[str], None]) -> dict[str, Any]:
     """The candidate against the serving model on held-out real questions, sampled as users are served: by the
     frozen evaluation judge (length-controlled too), by rates that need no judge, and by the loss on held-out
@@ -453,7 +506,7 @@ def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: 
     prompts = eval_prompts(config.eval_prompts)
     params = ChatParams(temperature=settings.temperature, repetition_penalty=settings.repetition_penalty)
     say(f"round {n}: answering {len(prompts)} held-out questions with the new and the serving model")
-    new = load_engine(chat_rec["spec"], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+    new = load_engine(chat_rec.spec, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     new_replies = replies(new, prompts, config.eval_tokens, progress="new model", params=params)
     del new
     old = load_engine(pin.serving, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
@@ -479,7 +532,7 @@ def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: 
         from thresher.train.sft import heldout_loss, load_base
 
         convs = [c.messages for c in held_convs]
-        m, tok = load_base(chat_rec["hf"])
+        m, tok = load_base(chat_rec.hf)
         loss_new = heldout_loss(m, tok, convs, config.chat.max_length)
         m, tok = load_base(pin.base)
         loss_old = heldout_loss(m, tok, convs, config.chat.max_length)
