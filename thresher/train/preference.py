@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,9 +42,38 @@ def pair_prompts(config: RoundConfig, train_convs: list[Record]) -> list[tuple[s
     return picked[: config.pair_prompts]
 
 
+@dataclass
+class PairsStage:
+    """The round's preference pairs (in `pairs.jsonl` beside its state): how many, from what; or why none."""
+
+    pairs: int = 0
+    by_source: dict[str, int] = field(default_factory=dict)
+    prompts: int = 0
+    judge: str | None = None  # the judge that chose the on-policy pairs
+    samples: int = 0
+    margin: float | None = None
+    skipped: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class DpoStage:
+    """The DPO model exported as the round's candidate; or, with `skipped`, why there was none."""
+
+    spec: str | None = None
+    hf: str | None = None
+    out: str | None = None
+    pairs: int = 0
+    final_loss: float | None = None
+    reward_accuracy: float | None = None
+    tokens_per_second: float | None = None
+    skipped: str | None = None
+    seconds: float = 0.0
+
+
 def pairs_stage(settings: Settings, config: RoundConfig, repo: Any, commit: str | None, n: int, root: Path, pin: Pin,
                 train_convs: list[Record], sft_rec: SftStage, judge_rec: JudgeStage,
-                say: Callable[[str], None]) -> dict[str, Any]:
+                say: Callable[[str], None]) -> PairsStage:
     """Preference pairs for this round: those the approved conversations carry and reviewers' corrections, then
     on-policy ones: the SFT model's replies judged by the better of this round's judge and the serving one (by
     their AUC on the same held-out rows), over the serving model's states."""
@@ -57,7 +87,7 @@ def pairs_stage(settings: Settings, config: RoundConfig, repo: Any, commit: str 
 
     t = time.perf_counter()
     if config.dpo is None:
-        return {"pairs": 0, "skipped": "no preference stage in this round's configuration", "seconds": 0.0}
+        return PairsStage(skipped="no preference stage in this round's configuration")
     pairs = [p for c in train_convs for p in from_record(c)]
     if commit:  # reviewers' corrections: the corrected reply over the published one
         from thresher.train.data import rows_from_corrections
@@ -88,13 +118,12 @@ def pairs_stage(settings: Settings, config: RoundConfig, repo: Any, commit: str 
     judge_id = judge.judge_id
     del policy, serving, judge
     write_pairs(root / "pairs.jsonl", pairs)
-    return {"pairs": len(pairs), "by_source": dict(Counter(p.source for p in pairs)), "prompts": len(prompts),
-            "judge": judge_id,
-            "samples": config.pair_samples, "margin": config.pair_margin, "seconds": time.perf_counter() - t}
+    return PairsStage(len(pairs), dict(Counter(p.source for p in pairs)), len(prompts), judge_id,
+                      config.pair_samples, config.pair_margin, seconds=time.perf_counter() - t)
 
 
 def dpo_stage(settings: Settings, config: RoundConfig, commit: str | None, n: int, root: Path, pin: Pin,
-               sft_rec: SftStage, pairs_rec: dict, judge_rec: JudgeStage, say: Callable[[str], None]) -> dict[str, Any]:
+               sft_rec: SftStage, pairs_rec: PairsStage, judge_rec: JudgeStage, say: Callable[[str], None]) -> DpoStage:
     """DPO on the pairs, from the SFT model (its own reference), exported as the round's candidate; skipped with
     too few pairs (the SFT model is then the candidate)."""
     from thresher.pairs import read_pairs
@@ -102,10 +131,10 @@ def dpo_stage(settings: Settings, config: RoundConfig, commit: str | None, n: in
     from thresher.train.export import export
     from thresher.train.sft import load_base
 
-    if config.dpo is None or pairs_rec.get("pairs", 0) < config.min_pairs:
-        why = pairs_rec.get("skipped") or f"{pairs_rec.get('pairs', 0)} pairs, fewer than {config.min_pairs}"
+    if config.dpo is None or pairs_rec.pairs < config.min_pairs:
+        why = pairs_rec.skipped or f"{pairs_rec.pairs} pairs, fewer than {config.min_pairs}"
         say(f"round {n}: no preference training ({why})")
-        return {"skipped": why}
+        return DpoStage(skipped=why)
     t = time.perf_counter()
     pairs = read_pairs(root / "pairs.jsonl")
     say(f"round {n}: preference training (DPO) on {len(pairs)} pairs")
@@ -119,9 +148,8 @@ def dpo_stage(settings: Settings, config: RoundConfig, commit: str | None, n: in
             "metrics": {"sft_final_loss": sft_rec.final_loss, "dpo_final_loss": result.final_loss,
                         "reward_accuracy": accuracy}}
     ex = export(trained, tok, out, Path(pin.base_gguf) if pin.base_gguf else None, info)
-    return {"spec": f"llama.cpp:{ex.gguf}" if ex.gguf else f"hf:{ex.hf_dir}", "hf": str(ex.hf_dir),
-            "out": str(out), "pairs": len(pairs), "final_loss": result.final_loss, "reward_accuracy": accuracy,
-            "tokens_per_second": result.tokens_per_second, "seconds": time.perf_counter() - t}
+    return DpoStage(f"llama.cpp:{ex.gguf}" if ex.gguf else f"hf:{ex.hf_dir}", str(ex.hf_dir), str(out), len(pairs),
+                    result.final_loss, accuracy, result.tokens_per_second, seconds=time.perf_counter() - t)
 
 
 def publish_pairs(repo: Any, root: Path, n: int) -> list[str]:

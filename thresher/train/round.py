@@ -26,7 +26,7 @@ from thresher.evidence import auc_words, is_noise, win_rate_words
 from thresher.registry import PROMOTED, Registry, Version
 from thresher.train.dpo import DpoConfig
 from thresher.train.judge import JUDGE_HELDOUT_ROWS, JUDGE_TRAIN_ROWS
-from thresher.train.preference import dpo_stage, pairs_stage, publish_pairs
+from thresher.train.preference import DpoStage, PairsStage, dpo_stage, pairs_stage, publish_pairs
 from thresher.train.sft import TrainConfig, release_memory
 
 log = logging.getLogger("thresher.round")
@@ -176,7 +176,8 @@ class ChatStage:
     reward_accuracy: float | None = None
 
 
-_TYPED = {"pinned": Pin, "judge": JudgeStage, "sft": SftStage, "chat": ChatStage}
+_TYPED = {"pinned": Pin, "judge": JudgeStage, "sft": SftStage, "pairs": PairsStage, "dpo": DpoStage,
+          "chat": ChatStage}
 
 
 class RoundState:
@@ -369,7 +370,7 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
             "reviewer_agreement_after", "rows_train", "rows_heldout", "from_verdicts", "calibrated_threshold")},
         "chat": {k: getattr(chat_rec, k) for k in ("version", "examples", "tokens_per_second", "final_loss", "stage",
                                               "pairs", "dpo_final_loss", "reward_accuracy")},
-        "pairs": {k: pairs_rec.get(k) for k in ("pairs", "by_source", "prompts", "samples", "margin")},
+        "pairs": {k: getattr(pairs_rec, k) for k in ("pairs", "by_source", "prompts", "samples", "margin")},
         "evaluation": ev, "gate": gated,
         "promoted": [v for v in (chat_rec.version, judge_rec.version)
                      if registry.get(v).status == PROMOTED],
@@ -466,18 +467,19 @@ def _train_chat(settings: Settings, config: RoundConfig, commit: str | None, n: 
 
 
 def _register_chat(registry: Registry, commit: str | None, n: int, root: Path, pin: Pin, sft_rec: SftStage,
-                   dpo_rec: dict | None, judge_rec: JudgeStage) -> ChatStage:
+                   dpo_rec: DpoStage | None, judge_rec: JudgeStage) -> ChatStage:
     """The round's candidate chat version: the DPO model, or the SFT one where there was no preference stage."""
-    dpo = dpo_rec if dpo_rec and "spec" in dpo_rec else None
-    spec, hf, out = (dpo["spec"], dpo["hf"], Path(dpo["out"])) if dpo else (sft_rec.spec, sft_rec.hf, Path(sft_rec.out))
+    dpo = dpo_rec if dpo_rec is not None and dpo_rec.spec else None
+    spec, hf, out = ((dpo.spec, dpo.hf or "", Path(dpo.out or "")) if dpo and dpo.spec
+                     else (sft_rec.spec, sft_rec.hf, Path(sft_rec.out)))
     vid = _version_id("chat", n, out)
     metrics = {"final_loss": sft_rec.final_loss}
     if dpo:
-        metrics |= {"dpo_final_loss": dpo["final_loss"], "reward_accuracy": dpo["reward_accuracy"]}
+        metrics |= {"dpo_final_loss": dpo.final_loss, "reward_accuracy": dpo.reward_accuracy}
     registry.add(Version(vid, "chat", spec, n, pin.parent, commit, judge_rec.version, metrics, path=str(out)))
     return ChatStage(vid, spec, hf, sft_rec.examples, sft_rec.tokens_per_second, sft_rec.final_loss,
-                     "dpo" if dpo else "sft", (dpo_rec or {}).get("pairs", 0), (dpo_rec or {}).get("final_loss"),
-                     (dpo_rec or {}).get("reward_accuracy"))
+                     "dpo" if dpo else "sft", dpo.pairs if dpo else 0, dpo.final_loss if dpo else None,
+                     dpo.reward_accuracy if dpo else None)
 
 
 def eval_prompts(limit: int, sources: tuple[str, ...] = ("zaragoza", "chatterbot")) -> list[str]:
