@@ -149,11 +149,6 @@ class ChatService:
         cancel: threading.Event | None = None,
     ) -> Iterator[Chunk]:
         """The engine's reply to `prompt`, kept in `record` as it grows; see `reply`."""
-        return self._generate(record, prompt, params, cancel)
-
-    def _generate(
-        self, record: ReplyRecord, prompt: list[dict[str, str]], params: ChatParams, cancel: threading.Event | None,
-    ) -> Iterator[Chunk]:
         stream: Iterator[Chunk] | None = None
         try:
             stream = self.engine.stream_chat(prompt, params)

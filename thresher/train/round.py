@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -176,8 +177,10 @@ class ChatStage:
     reward_accuracy: float | None = None
 
 
-_TYPED = {"pinned": Pin, "judge": JudgeStage, "sft": SftStage, "pairs": PairsStage, "dpo": DpoStage,
-          "chat": ChatStage}
+# How each typed stage's record is read back
+_TYPED: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "pinned": Pin.from_json, **{stage: functools.partial(_typed, cls) for stage, cls in (
+        ("judge", JudgeStage), ("sft", SftStage), ("pairs", PairsStage), ("dpo", DpoStage), ("chat", ChatStage))}}
 
 
 class RoundState:
@@ -193,10 +196,8 @@ class RoundState:
 
     def get(self, stage: str) -> Any:
         data = self.data["stages"].get(stage)
-        cls = _TYPED.get(stage)
-        if data is None or cls is None:
-            return data
-        return Pin.from_json(data) if cls is Pin else _typed(cls, data)
+        read = _TYPED.get(stage)
+        return data if data is None or read is None else read(data)
 
     def pin(self) -> Pin:
         """The "pinned" stage's record."""
@@ -469,8 +470,8 @@ def _train_chat(settings: Settings, config: RoundConfig, commit: str | None, n: 
 def _register_chat(registry: Registry, commit: str | None, n: int, root: Path, pin: Pin, sft_rec: SftStage,
                    dpo_rec: DpoStage | None, judge_rec: JudgeStage) -> ChatStage:
     """The round's candidate chat version: the DPO model, or the SFT one where there was no preference stage."""
-    dpo = dpo_rec if dpo_rec is not None and dpo_rec.spec else None
-    spec, hf, out = ((dpo.spec, dpo.hf or "", Path(dpo.out or "")) if dpo and dpo.spec
+    dpo = dpo_rec if dpo_rec is not None and dpo_rec.spec else None  # None: skipped, the SFT model stands
+    spec, hf, out = ((dpo.spec, dpo.hf or "", Path(dpo.out or "")) if dpo
                      else (sft_rec.spec, sft_rec.hf, Path(sft_rec.out)))
     vid = _version_id("chat", n, out)
     metrics = {"final_loss": sft_rec.final_loss}
