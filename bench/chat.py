@@ -200,6 +200,15 @@ def run_direct(engine: Engine, prompt: str, max_tokens: int, rnd: int, idx: int)
     return Sample("direct", idx, rnd, ttft, decode, e2e, end - start, n, text)
 
 
+def read_event(data: str | bytes) -> tuple[str, int | None]:
+    """One streamed API event: the text it adds, and the completion tokens when it carries the usage."""
+    event = json.loads(data)
+    if "error" in event:
+        raise RuntimeError(f"API stream error: {event['error']}")
+    piece = "".join((choice.get("delta") or {}).get("content") or "" for choice in event.get("choices") or ())
+    return piece, event["usage"]["completion_tokens"] if event.get("usage") else None
+
+
 def run_api(client: httpx.Client, url: str, model: str, prompt: str, max_tokens: int, rnd: int, idx: int) -> Sample:
     body = {
         "model": model,
@@ -225,19 +234,14 @@ def run_api(client: httpx.Client, url: str, model: str, prompt: str, max_tokens:
             data = line[6:]
             if data == "[DONE]":
                 break
-            event = json.loads(data)
-            if "error" in event:
-                raise RuntimeError(f"API stream error: {event['error']}")
-            for choice in event.get("choices") or ():
-                piece = (choice.get("delta") or {}).get("content")
-                if piece:
-                    last = time.perf_counter()
-                    if first is None:
-                        first = last
-                    text += piece
-                    times.append(last)
-            if event.get("usage"):
-                n = event["usage"]["completion_tokens"]
+            piece, tokens = read_event(data)
+            if piece:
+                last = time.perf_counter()
+                if first is None:
+                    first = last
+                text += piece
+                times.append(last)
+            n = tokens if tokens is not None else n
     end = time.perf_counter()
     ttft, decode, e2e = rates(n, start, first, last, end)
     return Sample("api", idx, rnd, ttft, decode, e2e, end - start, n, text, times)
@@ -298,16 +302,11 @@ def parse_raw(pieces: list[tuple[float, bytes]], start: float, end: float, rnd: 
     for m in RawClient.EVENT.finditer(raw):
         if m.group(1) == b"[DONE]":
             break
-        event = json.loads(m.group(1))
-        if "error" in event:
-            raise RuntimeError(f"API stream error: {event['error']}")
-        for choice in event.get("choices") or ():
-            piece = (choice.get("delta") or {}).get("content")
-            if piece:
-                text += piece
-                times.append(pieces[bisect.bisect_left(ends, m.end())][0])
-        if event.get("usage"):
-            n = event["usage"]["completion_tokens"]
+        piece, tokens = read_event(m.group(1))
+        if piece:
+            text += piece
+            times.append(pieces[bisect.bisect_left(ends, m.end())][0])
+        n = tokens if tokens is not None else n
     first, last = (times[0], times[-1]) if times else (None, None)
     ttft, decode, e2e = rates(n, start, first, last, end)
     return Sample("api", idx, rnd, ttft, decode, e2e, end - start, n, text, times)
