@@ -157,14 +157,14 @@ def main() -> None:
             done[str(n)] = approved
             progress.write_text(json.dumps(done))
         record = run_round(settings, config, progress=lambda m: print("  " + m, flush=True))
-        ev = record["evaluation"]
-        row = {"round": n, "approved": approved, "pairs": record["pairs"].get("pairs"),
-               "win_rate": ev["win_rate"], "lc_win_rate": ev["lc_win_rate"], "prompts": ev["prompts"],
-               "replies_new": ev["replies_new"], "replies_serving": ev["replies_serving"],
-               "promoted": record["promoted"], "seconds": round(time.perf_counter() - t0)}
+        ev = record.evaluation
+        row = {"round": n, "approved": approved, "pairs": record.pairs.pairs, "win_rate": ev.win_rate,
+               "lc_win_rate": ev.lc_win_rate, "prompts": ev.prompts, "replies_new": ev.replies_new,
+               "replies_serving": ev.replies_serving, "promoted": record.promoted,
+               "seconds": round(time.perf_counter() - t0)}
         out["rounds"].append(row)
         print(f"round {n} done in {row['seconds']} s: LC win rate against the serving model "
-              f"{win_rate_words(ev['lc_win_rate'], ev['prompts'])}; promoted {record['promoted'] or 'nothing'}",
+              f"{win_rate_words(ev.lc_win_rate, ev.prompts)}; promoted {record.promoted or 'nothing'}",
               flush=True)
         if a.json:
             a.json.write_text(json.dumps(out, indent=2))

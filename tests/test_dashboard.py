@@ -22,7 +22,7 @@ from thresher.judge import Judgment
 from thresher.registry import Registry, Version
 from thresher.store import Publication, Review, Store
 from thresher.store.tables import PublicationRow
-from thresher.train.round import RoundState
+from thresher.train.state import RoundState
 
 TOKEN = "dashboard-admin-token-123"
 PNG = b"\x89PNG\r\n\x1a\n"

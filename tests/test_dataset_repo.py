@@ -29,6 +29,24 @@ def test_open_clones_an_empty_remote_and_writes_the_card(tmp_path: Path, remote:
     assert git(repo.path, "rev-list", "--count", "HEAD") == "1"
 
 
+def test_a_clone_killed_half_way_is_never_taken_for_the_clone(tmp_path: Path, remote: Path) -> None:
+    first = DatasetRepo(tmp_path / "first", str(remote)).open()
+    assert first.push()
+    # What a process killed mid-clone leaves: a repository half made, beside the clone's place
+    left = tmp_path / ".clone.making-x1" / "repo" / ".git"
+    left.mkdir(parents=True)
+    (left / "HEAD").write_text("ref: refs/heads/main\n")
+    repo = DatasetRepo(tmp_path / "clone", str(remote)).open()
+    assert git(repo.path, "fsck", "--full") == "" and git(repo.path, "rev-list", "--count", "HEAD") == "1"
+    assert not [p for p in tmp_path.iterdir() if ".making-" in p.name]  # the leftover cleared, and no new one
+    # A directory of other things where the clone goes is not adopted as the dataset
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(GitError, match="is not a git clone"):
+        DatasetRepo(tmp_path / "other", str(remote)).open()
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
 def test_write_commit_push_and_layout(tmp_path: Path, remote: Path) -> None:
     repo = DatasetRepo(tmp_path / "clone", str(remote)).open()
     rel = conversation_path("01ABC", datetime(2026, 3, 9, tzinfo=UTC))

@@ -175,7 +175,8 @@ def load_version(spec: str) -> str:
 
 
 def test_a_rounds_stages_are_typed_records_and_older_state_files_still_read(tmp_path: Path) -> None:
-    from thresher.train.round import JudgeStage, Pin, RoundState, SftStage
+    from thresher.evaluate import Gate, apply_gate
+    from thresher.train.state import DataStage, Evaluation, GateStage, JudgeStage, Pin, RoundState, SftStage
 
     state = RoundState(tmp_path)
     pin = Pin(commit="c0ffee", base="hf/base", base_gguf=None, parent=None, serving="embedded",
@@ -196,4 +197,17 @@ def test_a_rounds_stages_are_typed_records_and_older_state_files_still_read(tmp_
     state.mark("data", {"approved": 3})  # writes the file, with the sft record above
     again = RoundState(tmp_path)
     assert again.get("judge") == judge and again.get("sft") == SftStage("hf:/x", "/x", "/o", 3, 9.0, 1.5)
-    assert again.get("data") == {"approved": 3}  # a stage without a type stays as written
+    assert again.get("data") == DataStage(approved=3)
+    # The evaluation and the gate read back typed, from the JSON the dashboard reads too
+    ev = Evaluation(win_rate=0.55, lc_win_rate=0.52, prompts=60, replies_new={"loop_rate": 0.1, "cutoff_rate": 0.2},
+                    replies_serving={"loop_rate": 0.02, "cutoff_rate": 0.3}, heldout_conversations=4)
+    gate = GateStage(apply_gate({"win_rate": 0.52, **ev.increases()}, Gate()), apply_gate({"judge_auc": 0.4}, Gate()))
+    again.mark("evaluated", ev)
+    again.mark("gated", gate)
+    again.mark("by_hand", {"note": "x"})
+    last = RoundState(tmp_path)
+    assert last.get("evaluated") == ev and last.get("gated") == gate
+    assert ev.increases() == pytest.approx({"loop_increase": 0.08, "cutoff_increase": -0.1})
+    assert not gate.chat.passed and gate.chat.reasons == ["loop_increase 0.080 is not <= 0.05"]
+    assert not gate.judge.passed and gate.judge.reasons == ["judge_auc 0.400 is not >= 0.5"]
+    assert last.get("by_hand") == {"note": "x"} and last.raw("evaluated")["lc_win_rate"] == 0.52  # as written

@@ -165,15 +165,7 @@ class DatasetRepo:
         """Clone the remote (or start a repository) if there is no clone yet; make sure the card and the reviewing
         guide exist. Safe to call every time."""
         if not (self.path / ".git").exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.remote:
-                subprocess.run(["git", "clone", "-q", self.remote, str(self.path)], capture_output=True, text=True,
-                               check=False)
-            if not (self.path / ".git").exists():
-                self.path.mkdir(parents=True, exist_ok=True)
-                self.git("init", "-q", "-b", BRANCH)
-                if self.remote:
-                    self.git("remote", "add", "origin", self.remote)
+            self._create()
         with self.lock():
             if not self.git("config", "user.email", check=False):
                 # The publisher's own identity; reviewers commit under theirs.
@@ -194,6 +186,35 @@ class DatasetRepo:
                 self.git("add", "README.md", "REVIEWING.md")
                 self.git("commit", "-q", "-m", "Start the dataset: card and reviewing guide")
         return self
+
+    def _create(self) -> None:
+        """Clone the remote (or start a repository where there is none to clone) in a directory beside the clone's
+        place and move it there once whole: a process killed half-way through leaves no half-made repository
+        where the next run would take it for the clone, only a leftover that the next run clears."""
+        import shutil
+        import tempfile
+
+        parent, name = self.path.parent, self.path.name
+        parent.mkdir(parents=True, exist_ok=True)
+        for left in parent.glob(f".{name}.making-*"):
+            shutil.rmtree(left, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.making-", dir=parent))
+        made = tmp / "repo"
+        if self.remote:
+            subprocess.run(["git", "clone", "-q", self.remote, str(made)], capture_output=True, text=True, check=False)
+        if not (made / ".git").exists():
+            made.mkdir(exist_ok=True)
+            DatasetRepo(made).git("init", "-q", "-b", BRANCH)
+            if self.remote:
+                DatasetRepo(made).git("remote", "add", "origin", self.remote)
+        if self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()  # an empty directory made for it (by a user, or an older version)
+        try:
+            os.rename(made, self.path)
+        except OSError as e:
+            raise GitError(f"{self.path} exists and is not a git clone of the dataset: move it away ({e})") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def has_commits(self) -> bool:
         return bool(self.git("rev-parse", "--verify", "-q", "HEAD", check=False))

@@ -212,14 +212,14 @@ def _run_demo(data_dir: Path, quick: bool, say: Callable[[str], None], keep_serv
     say("one small training round (judge, chat model, export, evaluation, gate)")
     round_config = RoundConfig.tiny() if quick else RoundConfig.small()
     record = run_round(settings, round_config, progress=lambda m: say("  " + m))
-    ev, jr = record["evaluation"], record["judge"]
+    ev, jr = record.evaluation, record.judge
     summary = {
         "data_dir": str(data_dir), "remote": str(remote), "conversations": len(ids), "judged": judged,
         "published": len(report.published), "approved": verdicts["approve"], "rejected": verdicts["reject"],
-        "round": record["round"], "promoted": record["promoted"], "win_rate": ev["win_rate"],
-        "lc_win_rate": ev.get("lc_win_rate"), "pairs": (record.get("pairs") or {}).get("pairs") or 0,
-        "prompts": ev.get("prompts"), "judge_auc": [jr["before_auc"], jr["after_auc"]],
-        "judge_rows": jr.get("rows_heldout"), "relaxed_gate": round_config.gate == RoundConfig.tiny().gate,
+        "round": record.round, "promoted": record.promoted, "win_rate": ev.win_rate,
+        "lc_win_rate": ev.lc_win_rate, "pairs": record.pairs.pairs, "prompts": ev.prompts,
+        "judge_auc": [jr.before_auc, jr.after_auc], "judge_rows": jr.rows_heldout,
+        "relaxed_gate": round_config.gate == RoundConfig.tiny().gate,
         "threshold": settings.judge_threshold, "config": str(config_file),
         "seconds": round(time.perf_counter() - t0, 1), "dashboard": f"{url}/dashboard", "chat": url,
     }

@@ -15,6 +15,27 @@ from thresher.dataset_repo import DatasetRepo
 from thresher.store import Store
 
 
+def serving_lines(s: Settings) -> list[str]:
+    """What `thresher serve` turns on, and why each part that is off is off: said at start-up."""
+    base = f"http://{s.host}:{s.port}"
+    lines = [f"chat page {base}/   ·   OpenAI-compatible API {base}/v1"]
+    if s.reviewer_tokens:
+        lines.append(f"review page {base}/review ({len(s.reviewer_tokens)} reviewer token(s))")
+    else:
+        lines.append("review page off: no reviewer tokens (set reviewer_tokens to open /review)")
+    if s.admin_token:
+        lines.append(f"dashboard {base}/dashboard (sign in with the admin token)")
+    else:
+        lines.append(f"dashboard {base}/dashboard, from this machine only (no admin token set)")
+    if s.judge == "off":
+        lines.append("judging off (judge = off): nothing is rated or published")
+    else:
+        where = s.dataset_remote or f"the local clone {s.dataset_path} (no dataset_remote set)"
+        lines.append(f"judging ended conversations with {s.judge} at threshold {s.threshold():g}; publishing every "
+                     f"{s.publish_interval_seconds:g} s to {where}")
+    return lines
+
+
 class Deployment:
     """`store` and `engine`, when given (the server's tests hand in their own), are used as they are and left open
     by `close`."""

@@ -69,6 +69,18 @@ class PublishReport:
     pushed: bool = False
     pii: Counter[str] = field(default_factory=Counter)  # placeholders by type; never the values
 
+    def lines(self, where: Path, remote: str | None) -> list[str]:
+        """What `thresher publish` did, in words: `where` the dataset clone, `remote` the one it pushes to."""
+        out = [f"published {len(self.published)}, rejected {len(self.rejected)}, deferred {self.deferred}"]
+        out += [f"  rejected {cid}: {why}" for cid, why in self.rejected.items()]
+        if self.pii:
+            out.append("personal data replaced: " + ", ".join(f"{k} {v}" for k, v in sorted(self.pii.items())))
+        if self.commit:
+            out.append(f"commit {self.commit[:12]} in {where}")
+        if remote:
+            out.append("pushed" if self.pushed else "not pushed yet (the remote did not answer): will retry")
+        return out
+
 
 def _feedback(items: Sequence[Feedback]) -> list[dict[str, Any]]:
     """The owner's thumbs on replies of the published branch, with each reason scrubbed like the messages."""
@@ -225,6 +237,20 @@ class TakedownReport:
     pushed: bool
     history: list[str] = field(default_factory=list)  # earlier commits that still hold the file
 
+    def lines(self) -> list[str]:
+        """The takedown in words, with what it takes to erase the file from history too."""
+        out = [f"{self.conversation_id} is marked never-train and will not be published again."]
+        if not self.removed_path:
+            return out + ["it was not in the dataset's HEAD; a tombstone keeps it out of every build."]
+        out.append(f"removed {self.removed_path} from HEAD in commit {self.commit[:12] if self.commit else '-'}"
+                   + (" and pushed" if self.pushed else " (not pushed yet: run thresher publish to retry)"))
+        out.append(f"Git history still holds the file in {len(self.history)} earlier commit(s), and so does every "
+                   "clone and fork made before now. To erase it: in a fresh clone run\n"
+                   f"  git filter-repo --invert-paths --path {self.removed_path}\n"
+                   "then force-push every branch, ask the git host to purge cached views and pull requests, and ask "
+                   "the people who cloned the dataset to re-clone.")
+        return out
+
 
 def takedown(store: Store, repo: DatasetRepo, conv_id: str, reason: str) -> TakedownReport:
     """Remove a conversation from the dataset's HEAD with a tombstone commit and mark it never-train.
@@ -299,13 +325,13 @@ def rejudge_corrections(store: Store, repo: DatasetRepo, judge: Judge) -> int:
 
 def approved_since_last_round(data_dir: Path, approved_now: int) -> int:
     """Approved conversations beyond what the newest finished round trained on."""
-    from thresher.train.round import RoundState
+    from thresher.train.state import RoundState
 
     last = 0
     for state in sorted((data_dir / "rounds").glob("*/state.json"), key=lambda p: int(p.parent.name)):
         rs = RoundState(state.parent)
         if rs.done("published"):
-            last = (rs.get("data") or {}).get("approved", last)
+            last = rs.get("data").approved if rs.done("data") else last
     return approved_now - last
 
 
@@ -343,7 +369,7 @@ class RoundRunner:
 
 
 def _finished(state_file: Path) -> bool:
-    from thresher.train.round import RoundState
+    from thresher.train.state import RoundState
 
     try:
         return RoundState(state_file.parent).done("published")
@@ -453,6 +479,15 @@ class Worker:
             report.problems.append(f"{what} failed: {e} (retrying next time)")
             log.exception("%s failed", what)
         return None
+
+    def once(self, say: Callable[[str], None]) -> None:
+        """Every stage once (`thresher worker --once`, for cron), each line of the report said; a round it started
+        is waited for."""
+        for line in self.tick().lines(quiet=False):
+            say(line)
+        if self.rounds is not None and self.rounds.proc is not None:
+            say(f"the round's output goes to {self.rounds.log_path}")
+            self.rounds.proc.wait()
 
     def run(self, stop: Any, *, say: Callable[[str], None] | None = None, publish_first: bool = True,
             follow_seconds: float = 5.0) -> None:

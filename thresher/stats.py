@@ -23,6 +23,7 @@ from thresher.evidence import is_noise
 from thresher.registry import Registry, RegistryError, Version
 from thresher.review import quorum
 from thresher.store import CONSENT_REJECTIONS, Store
+from thresher.train.state import RoundState
 
 # Conversation statuses in the order a conversation passes through them, with what each means here.
 STATUSES = {
@@ -262,38 +263,53 @@ def read_rounds(root: Path, problems: list[str] | None = None) -> list[Round]:
     out = []
     dirs = sorted((p for p in root.glob("*") if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
     for d in dirs:
-        state = _read_json(d / "state.json", problems) or {}
-        record = _read_json(d / "round.json", problems) or {}
-        stages = state.get("stages") if isinstance(state.get("stages"), dict) else {}
-        if not stages and not record:
-            continue
-        pinned, data = stages.get("pinned") or {}, stages.get("data") or record.get("counts") or {}
-        judge, chat = stages.get("judge") or record.get("judge") or {}, stages.get("chat") or record.get("chat") or {}
-        ev = stages.get("evaluated") or record.get("evaluation") or {}
-        gated = stages.get("gated") or record.get("gate") or {}
-        r = Round(n=int(d.name), stages=list(stages) or ["published"], finished="published" in stages or bool(record),
-                  commit=pinned.get("commit", record.get("commit")), approved=data.get("approved"),
-                  chat_version=chat.get("version"), judge_version=judge.get("version"),
-                  win_rate=ev.get("win_rate"), lc_win_rate=ev.get("lc_win_rate"), prompts=ev.get("prompts"),
-                  loop_rate=(ev.get("replies_new") or {}).get("loop_rate"),
-                  cutoff_rate=(ev.get("replies_new") or {}).get("cutoff_rate"),
-                  serving_loop_rate=(ev.get("replies_serving") or {}).get("loop_rate"),
-                  serving_cutoff_rate=(ev.get("replies_serving") or {}).get("cutoff_rate"),
-                  mean_words=(ev.get("replies_new") or {}).get("mean_words"),
-                  serving_mean_words=(ev.get("replies_serving") or {}).get("mean_words"),
-                  pairs=chat.get("pairs"),
-                  loss_ratio=ev.get("loss_ratio"),
-                  judge_auc=judge.get("after_auc"), judge_gain=judge.get("gain"),
-                  promoted=list(record.get("promoted") or []),
-                  judge_families={k.removeprefix("family:"): v for k, v in (judge.get("by_family") or {}).items()
-                                  if k.startswith("family:") or k == "reviewers"})
-        for kind in ("chat", "judge"):
-            g = gated.get(kind)
-            if isinstance(g, dict):
-                setattr(r, f"{kind}_gate", bool(g.get("passed")))
-                r.reasons += [f"{kind}: {why}" for why in g.get("reasons") or []]
-        out.append(r)
+        r = _read_round(d, problems)
+        if r is not None:
+            out.append(r)
     return out
+
+
+def _read_round(d: Path, problems: list[str]) -> Round | None:
+    """One round's directory: its state's stages, or for a round copied from elsewhere its record
+    (`round.json`)."""
+    try:
+        state: RoundState | None = RoundState(d)
+    except (OSError, ValueError) as e:
+        problems.append(f"{d / 'state.json'} could not be read: {e}")
+        state = None
+    record = _read_json(d / "round.json", problems) or {}
+    stages = list(state.data["stages"]) if state else []
+    if not stages and not record:
+        return None
+
+    def stage(name: str, key: str | None = None) -> dict[str, Any]:
+        got = state.raw(name) if state else {}
+        return got or (record.get(key) if key and isinstance(record.get(key), dict) else None) or {}
+
+    pinned, data, judge, chat = stage("pinned"), stage("data", "counts"), stage("judge", "judge"), stage("chat", "chat")
+    ev, gated = stage("evaluated", "evaluation"), stage("gated", "gate")
+    r = Round(n=int(d.name), stages=stages or ["published"], finished="published" in stages or bool(record),
+              commit=pinned.get("commit", record.get("commit")), approved=data.get("approved"),
+              chat_version=chat.get("version"), judge_version=judge.get("version"),
+              win_rate=ev.get("win_rate"), lc_win_rate=ev.get("lc_win_rate"), prompts=ev.get("prompts"),
+              loop_rate=(ev.get("replies_new") or {}).get("loop_rate"),
+              cutoff_rate=(ev.get("replies_new") or {}).get("cutoff_rate"),
+              serving_loop_rate=(ev.get("replies_serving") or {}).get("loop_rate"),
+              serving_cutoff_rate=(ev.get("replies_serving") or {}).get("cutoff_rate"),
+              mean_words=(ev.get("replies_new") or {}).get("mean_words"),
+              serving_mean_words=(ev.get("replies_serving") or {}).get("mean_words"),
+              pairs=chat.get("pairs"),
+              loss_ratio=ev.get("loss_ratio"),
+              judge_auc=judge.get("after_auc"), judge_gain=judge.get("gain"),
+              promoted=list(record.get("promoted") or []),
+              judge_families={k.removeprefix("family:"): v for k, v in (judge.get("by_family") or {}).items()
+                              if k.startswith("family:") or k == "reviewers"})
+    for kind in ("chat", "judge"):
+        g = gated.get(kind)
+        if isinstance(g, dict):
+            setattr(r, f"{kind}_gate", bool(g.get("passed")))
+            r.reasons += [f"{kind}: {why}" for why in g.get("reasons") or []]
+    return r
 
 
 def lineage(version: Version, versions: list[Version]) -> list[str]:

@@ -6,6 +6,8 @@ progress bar); the commands live beside it by group: `serving`, `judging`, `data
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
@@ -44,6 +46,23 @@ def _settings(**overrides: Any) -> Any:
         raise typer.Exit(2) from None
 
 
+@contextlib.contextmanager
+def failing(*errors: type[Exception], code: int = 1) -> Iterator[None]:
+    """One of `errors` raised inside ends the command with its message and exit `code` (2: the input is wrong, 1:
+    the work failed)."""
+    try:
+        yield
+    except errors as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(code) from None
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """End the command with `message`: `raise fail("...")`."""
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"thresher {__version__}")
@@ -65,18 +84,14 @@ def _load_judge(s: Any, spec: str | None, threshold: float | None, rationale: st
     from thresher.reward import HeadError
 
     spec = spec or (s.model if s.judge == "off" else s.judge)
-    try:
-        with err.status(f"Loading judge {spec} …"):
-            serving = None
-            if spec in ("serving", "rating:serving"):
-                from thresher.engines import load
+    with failing(EngineError, HeadError), err.status(f"Loading judge {spec} …"):
+        serving = None
+        if spec in ("serving", "rating:serving"):
+            from thresher.engines import load
 
-                serving = load(s.model, n_ctx=s.n_ctx, n_threads=s.n_threads, n_parallel=1)  # judging only
-            return make_judge(spec, serving, threshold=s.judge_threshold if threshold is None else threshold,
-                              rationale=rationale or s.judge_rationale, n_ctx=s.n_ctx, n_threads=s.n_threads)
-    except (EngineError, HeadError) as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+            serving = load(s.model, n_ctx=s.n_ctx, n_threads=s.n_threads, n_parallel=1)  # judging only
+        return make_judge(spec, serving, threshold=s.judge_threshold if threshold is None else threshold,
+                          rationale=rationale or s.judge_rationale, n_ctx=s.n_ctx, n_threads=s.n_threads)
 
 
 def _progress() -> Any:
@@ -98,4 +113,4 @@ Threshold = Annotated[float | None, typer.Option(help="Acceptance threshold, 1-1
 
 # The commands, in the order `thresher --help` lists them (imported for their registration on `app`).
 from thresher.cli import serving, judging, dataset, training, models  # noqa: E402, F401, I001
-from thresher.cli.serving import serving_lines  # noqa: E402, F401
+

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from thresher.cli import _settings, app, err
+from thresher.cli import _settings, app, err, fail, failing
 from thresher.conversation import InvalidRecord, Record
 
 
@@ -30,22 +30,11 @@ def publish_cmd(
     from thresher.flywheel import publish
 
     s = _settings(data_dir=data_dir)
-    with Deployment(s) as d:
-        try:
-            report = publish(d.store, d.dataset(), threshold=s.threshold() if min_score is None else min_score,
-                             daily_cap=s.publish_daily_cap)
-        except GitError as e:
-            err.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(1) from None
-    typer.echo(f"published {len(report.published)}, rejected {len(report.rejected)}, deferred {report.deferred}")
-    for cid, why in report.rejected.items():
-        typer.echo(f"  rejected {cid}: {why}")
-    if report.pii:
-        typer.echo("personal data replaced: " + ", ".join(f"{k} {v}" for k, v in sorted(report.pii.items())))
-    if report.commit:
-        typer.echo(f"commit {report.commit[:12]} in {s.dataset_path}")
-    if s.dataset_remote:
-        typer.echo("pushed" if report.pushed else "not pushed yet (the remote did not answer): will retry")
+    with Deployment(s) as d, failing(GitError):
+        report = publish(d.store, d.dataset(), threshold=s.threshold() if min_score is None else min_score,
+                         daily_cap=s.publish_daily_cap)
+    for line in report.lines(s.dataset_path, s.dataset_remote):
+        typer.echo(line)
 
 
 @app.command("sync")
@@ -64,12 +53,8 @@ def sync_cmd(
     from thresher.review import sync
 
     s = _settings(data_dir=data_dir)
-    with Deployment(s) as d:
-        try:
-            report = sync(d.store, d.dataset(), min_approvals=s.quorum_approvals)
-        except GitError as e:
-            err.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(1) from None
+    with Deployment(s) as d, failing(GitError):
+        report = sync(d.store, d.dataset(), min_approvals=s.quorum_approvals)
     for path, why in report.problems:
         err.print(f"[yellow]{path}:[/yellow] {why} (skipped)")
     typer.echo(f"verdicts: {report.new} new, {report.updated} updated; corrections: {report.corrections} new")
@@ -97,11 +82,8 @@ def review_cmd(
     from thresher.review import InvalidVerdict, ReviewSession
 
     out = Console(highlight=False)
-    try:
+    with failing(GitError, InvalidVerdict, code=2):
         session = ReviewSession(repo_path, reviewer)
-    except (GitError, InvalidVerdict) as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
     out.print(f"{len(session.todo)} conversation(s) to review as [bold]{session.reviewer}[/bold]")
     choice = ""
     for i, path in enumerate(session.todo, 1):
@@ -133,8 +115,7 @@ def review_cmd(
                 if choice in ("a", "r"):
                     out.print(session.verdict(path, choice == "a", typer.prompt("Reason") if choice == "r" else ""))
             except (GitError, InvalidVerdict) as e:
-                err.print(f"[red]error:[/red] {e}")
-                raise typer.Exit(1) from None
+                raise fail(str(e), 1) from None
             break
         if choice == "q":
             break
@@ -178,28 +159,13 @@ def takedown_cmd(
     from thresher.flywheel import takedown
     from thresher.store import NotFound
 
-    with Deployment(_settings(data_dir=data_dir)) as d:
+    with Deployment(_settings(data_dir=data_dir)) as d, failing(ValueError, GitError):
         try:
             report = takedown(d.store, d.dataset(), conversation_id, reason)
         except NotFound:
-            err.print(f"[red]error:[/red] no conversation {conversation_id}")
-            raise typer.Exit(2) from None
-        except (ValueError, GitError) as e:
-            err.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(1) from None
-    typer.echo(f"{conversation_id} is marked never-train and will not be published again.")
-    if report.removed_path:
-        typer.echo(f"removed {report.removed_path} from HEAD in commit {report.commit[:12] if report.commit else '-'}"
-                   + (" and pushed" if report.pushed else " (not pushed yet: run thresher publish to retry)"))
-        typer.echo(
-            f"Git history still holds the file in {len(report.history)} earlier commit(s), and so does every clone "
-            "and fork made before now. To erase it: in a fresh clone run\n"
-            f"  git filter-repo --invert-paths --path {report.removed_path}\n"
-            "then force-push every branch, ask the git host to purge cached views and pull requests, and ask the "
-            "people who cloned the dataset to re-clone."
-        )
-    else:
-        typer.echo("it was not in the dataset's HEAD; a tombstone keeps it out of every build.")
+            raise fail(f"no conversation {conversation_id}") from None
+    for line in report.lines():
+        typer.echo(line)
 
 
 dataset_app = typer.Typer(help="The reviewed dataset.", no_args_is_help=True)
@@ -228,13 +194,9 @@ def dataset_build(
     s = _settings()
     path = repo_path or s.dataset_path
     if not (path / ".git").exists():
-        err.print(f"[red]error:[/red] {path} is not a clone of the dataset")
-        raise typer.Exit(2)
-    try:
+        raise fail(f"{path} is not a clone of the dataset")
+    with failing(GitError):
         m = build_dataset(DatasetRepo(path), at, out, s.quorum_approvals if min_approvals is None else min_approvals)
-    except GitError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
     typer.echo(f"commit {m.commit}: {m.approved} approved of {m.conversations} ({m.rejected} rejected, "
                f"{m.pending} pending, {m.taken_down} taken down)")
     typer.echo(f"wrote {out / 'data.jsonl'} (sha256 {m.sha256[:16]}…) and {out / 'manifest.json'}")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from thresher.cli import JudgeSpec, Threshold, _load_judge, _progress, _settings, app, err
+from thresher.cli import JudgeSpec, Threshold, _load_judge, _progress, _settings, app, err, fail, failing
 
 
 @app.command()
@@ -31,15 +31,12 @@ def judge(
     lines are reported with their line numbers and skipped. `thresher judge --pending` judges the store instead.
     """
     if (file is None) == (not pending):
-        err.print("[red]error:[/red] give a FILE to judge, or --pending (not both)")
-        raise typer.Exit(2)
+        raise fail("give a FILE to judge, or --pending (not both)")
     if rationale not in (None, "near", "always", "never"):
-        err.print("[red]error:[/red] --rationale must be near, always or never")
-        raise typer.Exit(2)
+        raise fail("--rationale must be near, always or never")
     s = _settings(data_dir=data_dir)
     if file is not None and not file.is_file():
-        err.print(f"[red]error:[/red] no such file: {file}")
-        raise typer.Exit(2)
+        raise fail(f"no such file: {file}")
     j = _load_judge(s, judge_spec, threshold, rationale)
 
     if pending:
@@ -99,19 +96,14 @@ def judge_eval(
     from thresher.train.sources import SourceError
 
     if (file is None) == (not source):
-        err.print("[red]error:[/red] give a labelled FILE, or --source to build one (not both)")
-        raise typer.Exit(2)
+        raise fail("give a labelled FILE, or --source to build one (not both)")
     if file is not None and not file.is_file():
-        err.print(f"[red]error:[/red] no such file: {file}")
-        raise typer.Exit(2)
+        raise fail(f"no such file: {file}")
     s = _settings()
     bad: list[tuple[int, str]] = []
     if source:
-        try:
+        with failing(SourceError, ValueError, OSError, code=2):
             lines = spoiled_set(source, limit, seed)
-        except (SourceError, ValueError, OSError) as e:
-            err.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(2) from None
         if write is not None:
             write.write_text("".join(json.dumps(obj, ensure_ascii=False) + "\n" for _, obj in lines),
                              encoding="utf-8")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from thresher.cli import _settings, app, err
+from thresher.cli import _settings, app, failing
 
 models_app = typer.Typer(help="Model versions: list, promote, roll back.", no_args_is_help=True)
 
@@ -55,11 +55,8 @@ def models_promote(
     """
     from thresher.registry import RegistryError
 
-    try:
+    with failing(RegistryError):
         v = _registry(data_dir).promote(version, "promoted by hand")
-    except RegistryError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
     typer.echo(f"promoted {v.id} ({v.kind}): {v.spec}")
 
 
@@ -74,9 +71,6 @@ def models_rollback(
     """
     from thresher.registry import RegistryError
 
-    try:
+    with failing(RegistryError):
         v = _registry(data_dir).rollback(kind)
-    except RegistryError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
     typer.echo(f"now serving {v.id}" if v else "now serving the configured model")

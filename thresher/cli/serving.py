@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from thresher.cli import _settings, app, err
+from thresher.cli import _settings, app, err, fail, failing
 
 
 @app.command()
@@ -31,17 +31,13 @@ def serve(
     """
     import uvicorn
 
-    from thresher.deployment import Deployment
+    from thresher.deployment import Deployment, serving_lines
     from thresher.engines import EngineError
     from thresher.server import create_app
 
     s = _settings(host=host, port=port, model=model, data_dir=data_dir, public=public)
-    try:
-        with err.status(f"Loading model {s.model} …"):
-            engine = Deployment(s).engine()  # with the settings' context, threads and parallelism
-    except EngineError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+    with failing(EngineError), err.status(f"Loading model {s.model} …"):
+        engine = Deployment(s).engine()  # with the settings' context, threads and parallelism
     err.print(
         f"Serving [bold]{s.model_name or engine.model_id}[/bold] ({engine.version}) at "
         f"[link]http://{s.host}:{s.port}[/link]  ·  data in {s.data_dir}  ·  "
@@ -58,27 +54,6 @@ def serve(
         log_level="info",
         access_log=not s.public,  # access lines carry client addresses; public mode keeps none
     )
-
-
-def serving_lines(s: Any) -> list[str]:
-    """What `thresher serve` turns on, and why each part that is off is off: said at start-up."""
-    base = f"http://{s.host}:{s.port}"
-    lines = [f"chat page {base}/   ·   OpenAI-compatible API {base}/v1"]
-    if s.reviewer_tokens:
-        lines.append(f"review page {base}/review ({len(s.reviewer_tokens)} reviewer token(s))")
-    else:
-        lines.append("review page off: no reviewer tokens (set reviewer_tokens to open /review)")
-    if s.admin_token:
-        lines.append(f"dashboard {base}/dashboard (sign in with the admin token)")
-    else:
-        lines.append(f"dashboard {base}/dashboard, from this machine only (no admin token set)")
-    if s.judge == "off":
-        lines.append("judging off (judge = off): nothing is rated or published")
-    else:
-        where = s.dataset_remote or f"the local clone {s.dataset_path} (no dataset_remote set)"
-        lines.append(f"judging ended conversations with {s.judge} at threshold {s.threshold():g}; publishing every "
-                     f"{s.publish_interval_seconds:g} s to {where}")
-    return lines
 
 
 @app.command()
@@ -129,20 +104,15 @@ def worker_cmd(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     s = _settings(data_dir=data_dir)
     if s.judge == "off":
-        err.print("[red]error:[/red] the worker judges conversations: set `judge` to 'serving' or an engine spec")
-        raise typer.Exit(2)
+        raise fail("the worker judges conversations: set `judge` to 'serving' or an engine spec")
     d = Deployment(s)
     # The worker only judges (on the engine's own judging context): one decoding sequence is all it needs.
     worker = d.worker(d.judge(d.engine(n_parallel=1) if s.judge == "serving" else None))
     try:
         if once:
-            for line in worker.tick().lines(quiet=False):
-                typer.echo(line)
-            if worker.rounds.proc is not None:
-                typer.echo(f"the round's output goes to {worker.rounds.log_path}")
-                worker.rounds.proc.wait()
-            return
-        worker.run(threading.Event(), say=typer.echo, follow_seconds=FOLLOW_SECONDS)
+            worker.once(say=typer.echo)
+        else:
+            worker.run(threading.Event(), say=typer.echo, follow_seconds=FOLLOW_SECONDS)
     except KeyboardInterrupt:
         typer.echo("stopped")
     finally:
@@ -172,11 +142,8 @@ def demo_cmd(
 
     from thresher.demo import run_demo, summary_lines
 
-    try:
+    with failing(FileExistsError, code=2):
         summary = run_demo(data_dir, quick, typer.echo, keep_serving=serve_after, port=port, verbose=verbose)
-    except FileExistsError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
     typer.echo("")
     for line in summary_lines(summary, serving=serve_after):
         typer.echo(line)

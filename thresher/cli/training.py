@@ -7,24 +7,12 @@ from typing import Annotated, Any
 
 import typer
 
-from thresher.cli import _settings, app, err
+from thresher.cli import _settings, app, fail, failing
 
 train_app = typer.Typer(help="Fine-tune the chat model and the judge (LoRA, on CPU or GPU).", no_args_is_help=True)
 
 
 app.add_typer(train_app, name="train")
-
-
-def _train_config(max_length: int, epochs: float, max_steps: int, lr: float, batch_size: int, lora_r: int,
-                  save_steps: int, grad_accum: int = 1) -> Any:
-    from thresher.train.sft import TrainConfig
-
-    if min(batch_size, grad_accum, lora_r, save_steps) < 1:
-        err.print("[red]error:[/red] --batch-size, --grad-accum, --lora-r and --save-steps must be at least 1")
-        raise typer.Exit(2)
-    return TrainConfig(max_length=max_length, epochs=epochs, max_steps=max_steps, learning_rate=lr,
-                       batch_size=batch_size, grad_accum=grad_accum, lora_r=lora_r, lora_alpha=2 * lora_r,
-                       save_steps=save_steps)
 
 
 def _base_spec(base: str | None) -> tuple[str, Path | None]:
@@ -34,19 +22,17 @@ def _base_spec(base: str | None) -> tuple[str, Path | None]:
     try:
         return local_weights(base or _settings().model)
     except EngineError as e:
-        err.print(f"[red]error:[/red] {e}: pass --base FILE.gguf, a model directory or a hub name")
-        raise typer.Exit(2) from None
+        raise fail(f"{e}: pass --base FILE.gguf, a model directory or a hub name") from None
 
 
 def _exported(result: Any, trained: Any, tok: Any, out: Path, gguf: Path | None, export: bool,
               card: dict[str, Any]) -> None:
     """Say where the adapter and its loss curve are; with `export`, merge and export the model and say where."""
+    from thresher.train.export import export_chat
+
     typer.echo(f"adapter: {result.adapter}; loss curve: {result.plot}")
     if export:
-        from thresher.train.export import export as export_model
-
-        ex = export_model(trained, tok, out / "export", gguf, {**card, "kind": "chat", "licence": "apache-2.0",
-                                                              "metrics": {"final_loss": result.final_loss}})
+        ex = export_chat(trained, tok, out, gguf, card, result.final_loss)
         typer.echo(f"exported: {ex.hf_dir}" + (f", {ex.gguf}" if ex.gguf else f" (no GGUF: {ex.note})"))
 
 
@@ -76,19 +62,18 @@ def train_sft(
     Run it again after a crash or Ctrl-C: it continues from the newest checkpoint in --out.
     """
     from thresher.train.data import DataError, load_conversations
-    from thresher.train.sft import TrainError, load_base, tokenise_all, train_lora
+    from thresher.train.sft import TrainConfig, TrainError, load_base, tokenise_all, train_lora
 
+    with failing(ValueError, code=2):
+        config = TrainConfig(max_length=max_length, epochs=epochs, max_steps=max_steps, learning_rate=lr,
+                             batch_size=batch_size, lora_r=lora_r, lora_alpha=2 * lora_r, save_steps=save_steps)
     spec, gguf = _base_spec(base)
-    try:
+    with failing(DataError, TrainError):
         convs = load_conversations(data, fmt)[:limit]
         model, tok = load_base(spec)
         rows = tokenise_all(tok, convs, max_length)
         typer.echo(f"{len(rows)} examples ({sum(len(r.input_ids) for r in rows)} tokens) from {data}; base {spec}")
-        result, trained = train_lora(model, tok, rows, out, _train_config(max_length, epochs, max_steps, lr,
-                                                                          batch_size, lora_r, save_steps))
-    except (DataError, TrainError) as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+        result, trained = train_lora(model, tok, rows, out, config)
     typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
                f"final loss {result.final_loss}")
     _exported(result, trained, tok, out, gguf, export, {"name": "thresher SFT", "base": spec, "examples": len(rows)})
@@ -123,16 +108,13 @@ def train_dpo_cmd(
     from thresher.train.sft import TrainError, load_base
 
     spec, gguf = _base_spec(base)
-    try:
+    with failing(PairError, TrainError):
         found = load_pairs(pairs)
         typer.echo(f"{len(found)} pairs from {pairs}; base {spec}")
         model, tok = load_base(spec)
         result, trained = train_dpo(model, tok, found, out, DpoConfig(beta=beta, max_length=max_length, epochs=epochs,
                                                                      max_steps=max_steps, learning_rate=lr,
                                                                      batch_size=batch_size))
-    except (PairError, TrainError) as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
     typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s; final loss {result.final_loss}")
     _exported(result, trained, tok, out, gguf, export, {"name": "thresher DPO", "base": spec, "pairs": len(found)})
 
@@ -171,16 +153,11 @@ def train_judge_cmd(
     from thresher.train.judge import JudgeTrainError, train_judge
     from thresher.train.sources import SourceError
 
-    try:
+    # a source or build that cannot be read: 2; training that fails: 1
+    with failing(SourceError, ValueError, OSError, code=2), failing(JudgeTrainError, EngineError):
         report = train_judge(_settings(), out, base=base, sources=source or (), builds=[Path(d) for d in data or []],
                              verdicts=verdicts, hidden=hidden, encoder=encoder, seed=seed, max_train=train_rows,
                              max_heldout=heldout_rows, say=typer.echo)
-    except (JudgeTrainError, EngineError) as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
-    except (SourceError, ValueError, OSError) as e:  # a source or build that cannot be read
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
 
     for line in report.lines(out):
         typer.echo(line)
@@ -203,10 +180,7 @@ def round_cmd(
 
     s = _settings(data_dir=data_dir)
     config = RoundConfig.tiny() if tiny else RoundConfig(gate=s.gate())
-    try:
+    with failing(RoundBusy):
         record = run_round(s, config, progress=typer.echo)
-    except RoundBusy as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
-    typer.echo(f"round {record['round']} done in {record['seconds']:.0f} s; promoted: "
-               f"{', '.join(record['promoted']) or 'nothing'}")
+    typer.echo(f"round {record.round} done in {record.seconds:.0f} s; promoted: "
+               f"{', '.join(record.promoted) or 'nothing'}")

@@ -17,7 +17,10 @@ import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from thresher.train.state import Evaluation
 
 log = logging.getLogger("thresher.train")
 
@@ -172,30 +175,37 @@ def model_card(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def add_evaluation(card: Path, ev: dict[str, Any]) -> None:
+def add_evaluation(card: Path, ev: Evaluation) -> None:
     """Append a round's evaluation (the candidate against the serving model) to a model card, once."""
     from thresher.evidence import win_rate_words
 
     text = card.read_text(encoding="utf-8")
     if "\n## Evaluation\n" in text:
         return
-    new, old = ev.get("replies_new") or {}, ev.get("replies_serving") or {}
+    new, old = ev.replies_new, ev.replies_serving
 
     def rate(name: str) -> str:
         return f"{old[name]:.0%} -> {new[name]:.0%}" if name in new and name in old else "-"
 
     lines = ["## Evaluation", "",
-             f"Against the model serving before it, on {ev.get('prompts', '-')} held-out real questions, judged by "
-             f"the frozen evaluation judge `{ev.get('eval_judge', '-')}` (not the judge this round trained):", "",
-             f"- length-controlled win rate: {win_rate_words(ev.get('lc_win_rate'), ev.get('prompts'))}",
-             f"- win rate: {win_rate_words(ev.get('win_rate'), ev.get('prompts'))}",
+             f"Against the model serving before it, on {ev.prompts} held-out real questions, judged by the frozen "
+             f"evaluation judge `{ev.eval_judge or '-'}` (not the judge this round trained):", "",
+             f"- length-controlled win rate: {win_rate_words(ev.lc_win_rate, ev.prompts)}",
+             f"- win rate: {win_rate_words(ev.win_rate, ev.prompts)}",
              f"- replies that loop (before -> this model): {rate('loop_rate')}; cut off at the reply length: "
              f"{rate('cutoff_rate')}",
              f"- mean reply length: {old.get('mean_words', 0):.0f} -> {new.get('mean_words', 0):.0f} words"]
-    if ev.get("loss_ratio") is not None:
-        lines.append(f"- loss on {ev.get('heldout_conversations')} held-out approved conversations: "
-                     f"{ev['loss_ratio']:.3f}x the serving model's")
+    if ev.loss_ratio is not None:
+        lines.append(f"- loss on {ev.heldout_conversations} held-out approved conversations: "
+                     f"{ev.loss_ratio:.3f}x the serving model's")
     card.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
+
+
+def export_chat(model: Any, tokenizer: Any, out: Path, base_gguf: Path | None, info: dict[str, Any],
+                final_loss: float | None) -> Exported:
+    """A chat model trained by hand (`thresher train sft|dpo`) exported to `out/export`, its card marked so."""
+    return export(model, tokenizer, out / "export", base_gguf, {**info, "kind": "chat", "licence": "apache-2.0",
+                                                                "metrics": {"final_loss": final_loss}})
 
 
 def export(model: Any, tokenizer: Any, out: Path, base_gguf: Path | None, info: dict[str, Any],

@@ -7,15 +7,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thresher.config import Settings
 from thresher.conversation import Record
+from thresher.train.state import DpoStage, JudgeStage, PairsStage, Pin, SftStage
 
 if TYPE_CHECKING:
-    from thresher.train.round import JudgeStage, Pin, RoundConfig, SftStage
+    from thresher.train.round import RoundConfig
 
 
 def pair_prompts(config: RoundConfig, train_convs: list[Record]) -> list[tuple[str | None, list[dict[str, str]]]]:
@@ -40,35 +40,6 @@ def pair_prompts(config: RoundConfig, train_convs: list[Record]) -> list[tuple[s
             extra = []
         picked += [(None, [{"role": "user", "content": q}]) for q in extra]
     return picked[: config.pair_prompts]
-
-
-@dataclass
-class PairsStage:
-    """The round's preference pairs (in `pairs.jsonl` beside its state): how many, from what; or why none."""
-
-    pairs: int = 0
-    by_source: dict[str, int] = field(default_factory=dict)
-    prompts: int = 0
-    judge: str | None = None  # the judge that chose the on-policy pairs
-    samples: int = 0
-    margin: float | None = None
-    skipped: str | None = None
-    seconds: float = 0.0
-
-
-@dataclass
-class DpoStage:
-    """The DPO model exported as the round's candidate; or, with `skipped`, why there was none."""
-
-    spec: str | None = None
-    hf: str | None = None
-    out: str | None = None
-    pairs: int = 0
-    final_loss: float | None = None
-    reward_accuracy: float | None = None
-    tokens_per_second: float | None = None
-    skipped: str | None = None
-    seconds: float = 0.0
 
 
 def pairs_stage(settings: Settings, config: RoundConfig, repo: Any, commit: str | None, n: int, root: Path, pin: Pin,

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
 import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,21 @@ from thresher.evidence import auc_words, is_noise, win_rate_words
 from thresher.registry import PROMOTED, Registry, Version
 from thresher.train.dpo import DpoConfig
 from thresher.train.judge import JUDGE_HELDOUT_ROWS, JUDGE_TRAIN_ROWS
-from thresher.train.preference import DpoStage, PairsStage, dpo_stage, pairs_stage, publish_pairs
+from thresher.train.preference import dpo_stage, pairs_stage, publish_pairs
 from thresher.train.sft import TrainConfig, release_memory
+from thresher.train.state import (
+    ChatStage,
+    DataStage,
+    DpoStage,
+    Evaluation,
+    GateStage,
+    JudgeStage,
+    Pin,
+    Published,
+    RoundRecord,
+    RoundState,
+    SftStage,
+)
 
 log = logging.getLogger("thresher.round")
 
@@ -101,115 +113,6 @@ def round_lock(data_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-@dataclass
-class Pin:
-    """What a round is pinned to when it starts (its first stage, "pinned"): the reviewed data's commit and the
-    models it starts from. Every later stage reads these, never the registry's current state, so a round resumed
-    after a crash (or a promotion meanwhile) trains and compares against the same things."""
-
-    commit: str | None  # the dataset commit whose reviewed data it trains on (None: an empty dataset)
-    base: str  # what the chat model's training loads (a promoted version's weights, or the configured model)
-    base_gguf: str | None  # the GGUF whose metadata an export reuses
-    parent: str | None  # the promoted chat version it starts from (None: the configured model)
-    serving: str  # the engine spec serving chat when it started
-    serving_judge: str  # ... and judging (the chat model's spec when no judge version is promoted)
-    serving_judge_id: str | None  # the promoted judge version, if any
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Pin:
-        return cls(commit=data.get("commit"), base=data["base"], base_gguf=data.get("base_gguf"),
-                   parent=data.get("parent"), serving=data["serving"],
-                   serving_judge=data.get("serving_judge") or data["serving"],
-                   serving_judge_id=data.get("serving_judge_id"))
-
-
-def _typed(cls: type, data: dict[str, Any]) -> Any:
-    """A stage's record read back: the fields it has (a field added since takes its default)."""
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
-
-
-@dataclass
-class JudgeStage:
-    """The round's judge: the head fitted on the serving model, measured against the serving judge."""
-
-    version: str
-    before_auc: float | None = None
-    after_auc: float | None = None
-    gain: float = 0.0
-    reviewer_agreement_before: float | None = None
-    reviewer_agreement_after: float | None = None
-    by_family: dict[str, Any] = field(default_factory=dict)
-    by_family_before: dict[str, Any] | None = None
-    rows_train: int = 0
-    rows_heldout: int = 0
-    from_verdicts: int = 0
-    calibrated_threshold: float | None = None
-    seconds: float = 0.0
-
-
-@dataclass
-class SftStage:
-    """The chat model fine-tuned on the approved conversations, exported: the round's first candidate."""
-
-    spec: str
-    hf: str
-    out: str
-    examples: int
-    tokens_per_second: float
-    final_loss: float | None
-    seconds: float = 0.0
-
-
-@dataclass
-class ChatStage:
-    """The round's candidate chat version as registered: the DPO model, or the SFT one without preference data."""
-
-    version: str
-    spec: str
-    hf: str
-    examples: int
-    tokens_per_second: float
-    final_loss: float | None
-    stage: str  # "dpo" or "sft"
-    pairs: int = 0
-    dpo_final_loss: float | None = None
-    reward_accuracy: float | None = None
-
-
-# How each typed stage's record is read back
-_TYPED: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "pinned": Pin.from_json, **{stage: functools.partial(_typed, cls) for stage, cls in (
-        ("judge", JudgeStage), ("sft", SftStage), ("pairs", PairsStage), ("dpo", DpoStage), ("chat", ChatStage))}}
-
-
-class RoundState:
-    """`rounds/<n>/state.json`: the stages done and what each produced (typed where `_TYPED` says)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.file = root / "state.json"
-        self.data: dict[str, Any] = json.loads(self.file.read_text()) if self.file.exists() else {"stages": {}}
-
-    def done(self, stage: str) -> bool:
-        return stage in self.data["stages"]
-
-    def get(self, stage: str) -> Any:
-        data = self.data["stages"].get(stage)
-        read = _TYPED.get(stage)
-        return data if data is None or read is None else read(data)
-
-    def pin(self) -> Pin:
-        """The "pinned" stage's record."""
-        return self.get("pinned")
-
-    def mark(self, stage: str, result: Any) -> None:
-        self.data["stages"][stage] = asdict(result) if is_dataclass(result) else result
-        tmp = self.file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, default=str))
-        tmp.replace(self.file)
-
-
 def resolve_base(settings: Settings, registry: Registry) -> tuple[str, Path | None, str | None, str]:
     """(what to load for training, the GGUF whose metadata an export reuses, the parent version id, the serving
     engine spec): the promoted chat version if there is one, else the configured model."""
@@ -246,7 +149,7 @@ def _version_id(kind: str, n: int, path: Path) -> str:
 
 
 def run_round(settings: Settings, config: RoundConfig | None = None,
-              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+              progress: Callable[[str], None] | None = None) -> RoundRecord:
     """Run (or continue) a round; returns its record, also written to `rounds/<n>.json` in the dataset."""
     config = config or RoundConfig()
     say = progress or (lambda msg: log.info("%s", msg))
@@ -266,7 +169,7 @@ def run_round(settings: Settings, config: RoundConfig | None = None,
 
 
 def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, root: Path, state: RoundState,
-         say: Callable[[str], None]) -> dict[str, Any]:
+         say: Callable[[str], None]) -> RoundRecord:
     from thresher.dataset_repo import DatasetRepo, dump
     from thresher.review import build_dataset
     from thresher.review import sync as sync_reviews
@@ -305,7 +208,7 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
         train, held = _split(approved, config.heldout_share)
         (root / "train.json").write_text(json.dumps([c.training_json() for c in train]))
         (root / "heldout.json").write_text(json.dumps([c.training_json() for c in held]))
-        state.mark("data", {"approved": len(approved), "train": len(train), "heldout": len(held)})
+        state.mark("data", DataStage(len(approved), len(train), len(held)))
     train_convs = [Record.from_json(c) for c in json.loads((root / "train.json").read_text())]
     held_convs = [Record.from_json(c) for c in json.loads((root / "heldout.json").read_text())]
 
@@ -344,11 +247,12 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
     ev = state.get("evaluated")
 
     if not state.done("gated"):
-        metrics = {**ev, "judge_auc": judge_rec.after_auc, "judge_gain": judge_rec.gain, **_increases(ev)}
+        metrics = {**asdict(ev), "judge_auc": judge_rec.after_auc, "judge_gain": judge_rec.gain,
+                   **ev.increases()}
         # The length-controlled win rate where there is one (a longer reply is not a better one)
-        won = metrics["lc_win_rate"] if metrics.get("lc_win_rate") is not None else metrics.get("win_rate")
+        won = ev.lc_win_rate if ev.lc_win_rate is not None else ev.win_rate
         # A loss over a handful of held-out conversations is noise: it is recorded, not gated on.
-        loss = None if is_noise(ev.get("heldout_conversations")) else metrics.get("loss_ratio")
+        loss = None if is_noise(ev.heldout_conversations) else ev.loss_ratio
         chat_gate = apply_gate({"win_rate": won, "loss_ratio": loss,
                                 **{k: metrics.get(k) for k in ("loop_increase", "cutoff_increase")}}, config.gate)
         judge_gate = apply_gate({k: metrics.get(k) for k in ("judge_auc", "judge_gain")}, config.gate)
@@ -360,33 +264,22 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
             else:
                 registry.reject(rec.version, "; ".join(g.reasons))
                 say(f"round {n}: kept the serving {kind} model ({'; '.join(g.reasons)})")
-        state.mark("gated", {"chat": asdict(chat_gate), "judge": asdict(judge_gate)})
-    gated = state.get("gated")
+        state.mark("gated", GateStage(chat_gate, judge_gate))
 
-    record = {
-        "round": n, "commit": commit, "counts": state.get("data"),
-        "base": pin.base, "parent": pin.parent,
-        "judge": {k: getattr(judge_rec, k) for k in (
-            "version", "before_auc", "after_auc", "gain", "by_family", "by_family_before", "reviewer_agreement_before",
-            "reviewer_agreement_after", "rows_train", "rows_heldout", "from_verdicts", "calibrated_threshold")},
-        "chat": {k: getattr(chat_rec, k) for k in ("version", "examples", "tokens_per_second", "final_loss", "stage",
-                                              "pairs", "dpo_final_loss", "reward_accuracy")},
-        "pairs": {k: getattr(pairs_rec, k) for k in ("pairs", "by_source", "prompts", "samples", "margin")},
-        "evaluation": ev, "gate": gated,
-        "promoted": [v for v in (chat_rec.version, judge_rec.version)
-                     if registry.get(v).status == PROMOTED],
-        "seconds": round(earlier + time.perf_counter() - t0, 1),
-    }
+    record = RoundRecord(n, commit, state.get("data"), pin.base, pin.parent, judge_rec, chat_rec, pairs_rec, ev,
+                         state.get("gated"), [v for v in (chat_rec.version, judge_rec.version)
+                                              if registry.get(v).status == PROMOTED],
+                         round(earlier + time.perf_counter() - t0, 1))
     if not state.done("published"):
         with repo.lock():
             path = f"rounds/{n}.json"
-            repo.write(path, record)
+            repo.write(path, record.to_json())
             paths = [path, *publish_pairs(repo, root, n)]
             repo.commit(paths, f"Round {n}: trained on {commit[:12] if commit else 'no reviewed data'}; promoted "
-                               f"{', '.join(record['promoted']) or 'nothing'}")
+                               f"{', '.join(record.promoted) or 'nothing'}")
             pushed = repo.push() if settings.dataset_remote else False
-        (root / "round.json").write_text(dump(record))
-        state.mark("published", {"pushed": pushed})
+        (root / "round.json").write_text(dump(record.to_json()))
+        state.mark("published", Published(pushed))
         say(f"round {n}: wrote rounds/{n}.json" + (" and pushed" if pushed else ""))
     return record
 
@@ -497,7 +390,7 @@ def eval_prompts(limit: int, sources: tuple[str, ...] = ("zaragoza", "chatterbot
 
 
 def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: Pin, chat_rec: ChatStage,
-              held_convs: list[Record], say: Callable[[str], None]) -> dict[str, Any]:
+              held_convs: list[Record], say: Callable[[str], None]) -> Evaluation:
     """The candidate against the serving model on held-out real questions, sampled as users are served: by the
     frozen evaluation judge (length-controlled too), by rates that need no judge, and by the loss on held-out
     approved conversations."""
@@ -543,22 +436,11 @@ def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: 
         say(f"round {n}: held-out loss {_fmt(loss_old)} -> {_fmt(loss_new)} on {len(held_convs)} conversation(s)"
             + (" (noise)" if is_noise(len(held_convs)) else ""))
     (root / "win_rate_examples.json").write_text(json.dumps(wr.examples, indent=2, ensure_ascii=False))
-    return {"win_rate": wr.win_rate, "lc_win_rate": lc, "prompts": wr.prompts, "ties": wr.ties,
-            "position_bias": wr.position_bias, "eval_judge": judge_id,
-            "judge_mean_new": sum(scores_new) / len(scores_new) if scores_new else None,
-            "judge_mean_serving": sum(scores_old) / len(scores_old) if scores_old else None,
-            "replies_new": rates_new, "replies_serving": rates_old,
-            "heldout_loss_new": loss_new, "heldout_loss_serving": loss_old, "loss_ratio": ratio,
-            "heldout_conversations": len(held_convs), "seconds": time.perf_counter() - t}
+    return Evaluation(wr.win_rate, lc, wr.prompts, wr.ties, wr.position_bias, judge_id,
+                      sum(scores_new) / len(scores_new) if scores_new else None,
+                      sum(scores_old) / len(scores_old) if scores_old else None, rates_new, rates_old,
+                      loss_new, loss_old, ratio, len(held_convs), time.perf_counter() - t)
 
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
-
-
-def _increases(ev: dict[str, Any]) -> dict[str, float]:
-    """How much more often the new model's replies loop or are cut off than the serving model's (records from
-    before these were measured have neither)."""
-    new, old = ev.get("replies_new") or {}, ev.get("replies_serving") or {}
-    return {f"{name}_increase": new[f"{name}_rate"] - old[f"{name}_rate"] for name in ("loop", "cutoff")
-            if f"{name}_rate" in new and f"{name}_rate" in old}

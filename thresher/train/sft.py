@@ -54,6 +54,11 @@ class TrainConfig:
     bf16: bool | None = None  # bfloat16 autocast; None: where the hardware has it (AMX / AVX512-BF16 CPUs, GPUs)
     threads: int | None = None
 
+    def __post_init__(self) -> None:
+        small = [name for name in ("batch_size", "grad_accum", "lora_r", "save_steps") if getattr(self, name) < 1]
+        if small:
+            raise ValueError(f"{', '.join(small)} must be at least 1")
+
 
 @dataclass
 class TrainResult:
