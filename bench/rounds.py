@@ -52,7 +52,7 @@ def bench_config() -> RoundConfig:
     return RoundConfig(chat=TrainConfig(max_length=512, epochs=1.0, batch_size=8, save_steps=10),
                        replay_limit=48, judge_train_rows=160, judge_heldout_rows=100,
                        dpo=DpoConfig(max_length=512, batch_size=4, save_steps=10),
-                       pair_prompts=32, pair_samples=4, pair_tokens=192, eval_prompts=60, eval_tokens=256)
+                       pair_prompts=96, pair_samples=4, pair_tokens=192, eval_prompts=60, eval_tokens=256)
 
 
 def simulate_users(settings: Settings, registry: Registry, questions: list[str], tokens: int, say) -> int:
