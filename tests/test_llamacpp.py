@@ -228,6 +228,37 @@ def test_judging_calls_are_sliced_between_chat_steps(embedded_engine) -> None:
 
 
 @pytest.mark.slow
+def test_the_judges_state_is_the_one_read_whole_in_embedding_mode(embedded_engine) -> None:
+    """`last_hidden` reads a prompt with embeddings off and switches them on for its last two tokens only (in
+    embedding mode llama.cpp outputs, and so runs the output layer for, every token); the state it gives is the one
+    read whole in embedding mode, which heads were trained on, for short and long prompts alike."""
+    import llama_cpp
+
+    engine = embedded_engine
+    wait_for(lambda: idle(engine))
+
+    def whole(tokens: list[int]):
+        ctx, width = engine.llm._ctx.ctx, engine.llm.n_embd()
+        yield
+        llama_cpp.llama_set_embeddings(ctx, True)
+        try:
+            engine.llm.reset()
+            engine.llm._ctx.kv_cache_clear()
+            engine.llm.eval(tokens)
+            return np.ctypeslib.as_array(llama_cpp.llama_get_embeddings_ith(ctx, -1), shape=(width,)).copy()
+        finally:
+            llama_cpp.llama_set_embeddings(ctx, False)
+            engine.llm.reset()
+            engine.llm._ctx.kv_cache_clear()
+
+    convs = [[ask("Why is the sky blue?")[0], {"role": "assistant", "content": "Because air scatters blue light."}],
+             ask("Hi"), ask(" ".join(["The baker kneaded the dough while the dragon watched."] * 60))]
+    got = engine.last_hidden(convs)
+    for conv, state in zip(convs, got, strict=True):
+        np.testing.assert_allclose(state, engine._sched.call(whole(engine._prompt(conv, "")[0])), rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
 def test_logprobs_line_up_with_the_text(embedded_engine) -> None:
     chunks = list(embedded_engine.stream_chat(ask(PROMPTS[5]), ChatParams(max_tokens=30, temperature=0.0,
                                                                              logprobs=3)))

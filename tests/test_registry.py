@@ -161,3 +161,17 @@ def test_the_gate_passes_only_when_every_measured_check_passes() -> None:
     assert not apply_gate({"judge_auc": 0.58, "judge_gain": 0.1}, gate).passed
     nothing = apply_gate({}, gate)
     assert not nothing.passed and nothing.reasons == ["nothing was measured"]
+
+
+def test_a_candidate_whose_replies_shrank_is_not_promoted_on_its_win_rate() -> None:
+    """The round's third candidate in bench/rounds.py won 0.53 (length-controlled) against the serving model with
+    replies of 54 words against 95: the gate holds a reply length within 25% of the serving model's."""
+    from thresher.train.state import Evaluation
+
+    ev = Evaluation(win_rate=0.58, lc_win_rate=0.53, prompts=60,
+                    replies_new={"loop_rate": 0.10, "cutoff_rate": 0.05, "mean_words": 54.0},
+                    replies_serving={"loop_rate": 0.15, "cutoff_rate": 0.07, "mean_words": 95.0})
+    shrank = apply_gate({"win_rate": ev.lc_win_rate, **ev.increases()}, Gate())
+    assert not shrank.passed and shrank.reasons == ["length_change 0.432 is not <= 0.25"]
+    ev.replies_new["mean_words"] = 80.0  # 16% shorter
+    assert apply_gate({"win_rate": ev.lc_win_rate, **ev.increases()}, Gate()).passed

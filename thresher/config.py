@@ -104,7 +104,11 @@ class Settings(BaseSettings):
         "repeated, n-grams recurring) is at most this much above the serving model's ..."
     )
     gate_max_cutoff_increase: float = Field(
-        0.05, ge=0, le=1, description="... and likewise the share cut off at the reply length."
+        0.05, ge=0, le=1, description="... and likewise the share cut off at the reply length ..."
+    )
+    gate_max_length_change: float = Field(
+        0.25, gt=0, description="... and its mean reply length is within this share of the serving model's (0.25: "
+        "between 0.75x and 1.25x)."
     )
     gate_min_judge_auc: float = Field(
         0.5, ge=0, le=1, description="A round's judge is promoted only if its AUC on held-out labelled rows is at "
@@ -265,7 +269,8 @@ class Settings(BaseSettings):
         from thresher.evaluate import Gate
 
         return Gate(self.gate_min_win_rate, self.gate_max_loss_ratio, self.gate_min_judge_auc,
-                    self.gate_min_judge_gain, self.gate_max_loop_increase, self.gate_max_cutoff_increase)
+                    self.gate_min_judge_gain, self.gate_max_loop_increase, self.gate_max_cutoff_increase,
+                    self.gate_max_length_change)
 
     @property
     def db_url(self) -> str:

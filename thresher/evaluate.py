@@ -309,6 +309,9 @@ class Gate:
     # the new model's share of looping / cut-off replies minus the serving model's, on the same prompts
     max_loop_increase: float = 0.05
     max_cutoff_increase: float = 0.05
+    # |new mean reply length / serving's - 1|: DPO on a few dozen pairs can teach "shorter" as readily as "better"
+    # (measured: a round's candidate at 0.57x the serving model's length, promoted on its win rate alone)
+    max_length_change: float = 0.25
 
 
 @dataclass
@@ -328,6 +331,7 @@ def apply_gate(metrics: dict[str, float | None], gate: Gate) -> GateResult:
         ("judge_gain", metrics.get("judge_gain"), gate.min_judge_gain, ">="),
         ("loop_increase", metrics.get("loop_increase"), gate.max_loop_increase, "<="),
         ("cutoff_increase", metrics.get("cutoff_increase"), gate.max_cutoff_increase, "<="),
+        ("length_change", metrics.get("length_change"), gate.max_length_change, "<="),
     ]
     checks, reasons = {}, []
     for name, value, limit, op in specs:

@@ -113,4 +113,3 @@ Threshold = Annotated[float | None, typer.Option(help="Acceptance threshold, 1-1
 
 # The commands, in the order `thresher --help` lists them (imported for their registration on `app`).
 from thresher.cli import serving, judging, dataset, training, models  # noqa: E402, F401, I001
-

@@ -96,7 +96,7 @@ class RoundConfig:
                    dpo=DpoConfig(max_length=256, max_steps=2, batch_size=2, save_steps=1), pair_prompts=6,
                    pair_samples=3, pair_tokens=64, pair_margin=0.0, pair_max_length_ratio=10.0, min_pairs=1,
                    gate=Gate(min_win_rate=0.0, max_loss_ratio=10.0, min_judge_auc=0.0, min_judge_gain=-1.0,
-                             max_loop_increase=1.0, max_cutoff_increase=1.0))
+                             max_loop_increase=1.0, max_cutoff_increase=1.0, max_length_change=10.0))
 
 
 @contextlib.contextmanager
@@ -254,7 +254,8 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
         # A loss over a handful of held-out conversations is noise: it is recorded, not gated on.
         loss = None if is_noise(ev.heldout_conversations) else ev.loss_ratio
         chat_gate = apply_gate({"win_rate": won, "loss_ratio": loss,
-                                **{k: metrics.get(k) for k in ("loop_increase", "cutoff_increase")}}, config.gate)
+                                **{k: metrics.get(k) for k in ("loop_increase", "cutoff_increase", "length_change")}},
+                               config.gate)
         judge_gate = apply_gate({k: metrics.get(k) for k in ("judge_auc", "judge_gain")}, config.gate)
         for kind, rec, g in (("chat", chat_rec, chat_gate), ("judge", judge_rec, judge_gate)):
             registry.update(rec.version, metrics={**registry.get(rec.version).metrics, **metrics})

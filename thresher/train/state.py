@@ -154,11 +154,15 @@ class Evaluation:
     seconds: float = 0.0
 
     def increases(self) -> dict[str, float]:
-        """How much more often the new model's replies loop or are cut off than the serving model's (records from
-        before these were measured have neither)."""
+        """How much more often the new model's replies loop or are cut off than the serving model's, and how far
+        its mean length is from the serving model's (|new / serving - 1|); records from before these were measured
+        have none."""
         new, old = self.replies_new, self.replies_serving
-        return {f"{name}_increase": new[f"{name}_rate"] - old[f"{name}_rate"] for name in ("loop", "cutoff")
-                if f"{name}_rate" in new and f"{name}_rate" in old}
+        out = {f"{name}_increase": new[f"{name}_rate"] - old[f"{name}_rate"] for name in ("loop", "cutoff")
+               if f"{name}_rate" in new and f"{name}_rate" in old}
+        if new.get("mean_words") is not None and old.get("mean_words"):
+            out["length_change"] = abs(new["mean_words"] / old["mean_words"] - 1)
+        return out
 
 
 @dataclass
