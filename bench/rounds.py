@@ -60,6 +60,7 @@ def simulate_users(settings: Settings, registry: Registry, questions: list[str],
     from thresher.flywheel import judge_pending, publish
     from thresher.judge import make_judge
     from thresher.review import sync, write_verdict
+    from thresher.reward import default_head_path
     from thresher.store import Store
 
     current = registry.current("chat")
@@ -75,9 +76,12 @@ def simulate_users(settings: Settings, registry: Registry, questions: list[str],
                                          publish_allowed=True, source="simulated", model_version=engine.version,
                                          client_hash=f"simulated-user-{i}"))
         store.end(conv.id, "simulated")
+    # As the server judges: a promoted judge version, else the head shipped for the embedded model, which stays on
+    # the embedded model's own states when a promoted chat model has no head (follow.ModelFollower)
     judge_cur = registry.current("judge")
-    judge = make_judge(judge_cur.spec if judge_cur else settings.judge, engine, rationale="never",
-                       n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+    spec = judge_cur.spec if judge_cur else f"head:{default_head_path()}" if settings.model == "embedded" else \
+        settings.judge
+    judge = make_judge(spec, engine, rationale="never", n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     judge_pending(store, judge)
     repo = DatasetRepo(settings.dataset_path, settings.dataset_remote).open(settings.licence)
     report = publish(store, repo, threshold=judge.threshold, daily_cap=10**6)

@@ -211,3 +211,20 @@ def test_a_rounds_stages_are_typed_records_and_older_state_files_still_read(tmp_
     assert not gate.chat.passed and gate.chat.reasons == ["loop_increase 0.080 is not <= 0.05"]
     assert not gate.judge.passed and gate.judge.reasons == ["judge_auc 0.400 is not >= 0.5"]
     assert last.get("by_hand") == {"note": "x"} and last.raw("evaluated")["lc_win_rate"] == 0.52  # as written
+
+
+def test_a_round_measures_its_judge_against_the_one_the_server_judges_with(tmp_path: Path) -> None:
+    """After a chat model without a head of its own is promoted, the server goes on judging with the head shipped
+    for the embedded model, over the embedded model's states; a round compares its new judge with that head (it
+    compared with the promoted model's rubric rating, found nothing to compare, and promoted a 160-row judge)."""
+    from thresher.config import Settings
+    from thresher.reward import default_head_path
+    from thresher.train.preference import serving_judge
+    from thresher.train.state import Pin
+
+    after_promotion = Pin(commit="c", base="/m/r2/hf", base_gguf=None, parent="chat-r2", serving="llama.cpp:/r2.gguf",
+                          serving_judge="llama.cpp:/r2.gguf", serving_judge_id=None)
+    assert serving_judge(Settings(data_dir=tmp_path), after_promotion) == f"head:{default_head_path()}"
+    promoted_judge = Pin(**{**vars(after_promotion), "serving_judge": "head:/j3", "serving_judge_id": "judge-r3"})
+    assert serving_judge(Settings(data_dir=tmp_path), promoted_judge) == "head:/j3"
+    assert serving_judge(Settings(data_dir=tmp_path, model="hf:some/model"), after_promotion) == "serving"

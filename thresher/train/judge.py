@@ -156,8 +156,10 @@ def train_head_judge(engine: Any, engine_spec: str, out: Path, sources: Sequence
                      per_good: int = 2, max_train: int | None = JUDGE_TRAIN_ROWS,
                      max_heldout: int | None = JUDGE_HELDOUT_ROWS,
                      encoder: bool = True, hidden: bool = True, before: Head | None = None,
-                     say: Callable[[str], None] = log.info) -> JudgeTraining:
-    """Build rows, read their features, fit the head, measure it on held-out topics, and save it in `out`."""
+                     before_engine: Any = None, say: Callable[[str], None] = log.info) -> JudgeTraining:
+    """Build rows, read their features, fit the head, measure it on held-out topics, and save it in `out`;
+    `before`, the judge it would replace, is measured on the same rows, over `before_engine`'s states where it
+    reads another model than `engine` (a head stays on the model it was trained for)."""
     t0 = time.perf_counter()
     if len(sources) < 4:
         raise JudgeTrainError(f"too few good conversations to train a judge ({len(sources)}; at least 4)")
@@ -206,7 +208,9 @@ def train_head_judge(engine: Any, engine_spec: str, out: Path, sources: Sequence
     auc_before = None
     if before is not None:
         try:
-            f_before = f_test
+            f_before = f_test if before_engine is None else _features(
+                before_engine if before.use.get("hidden") else None, test_rows, encoder, "reading them for the "
+                "earlier judge")
             if encoder and before.prototypes is not None and before.prototypes != head.prototypes:
                 from thresher.reward import encoder_features  # the earlier head reads closeness to its own wordings
 

@@ -42,6 +42,17 @@ def pair_prompts(config: RoundConfig, train_convs: list[Record]) -> list[tuple[s
     return picked[: config.pair_prompts]
 
 
+def serving_judge(settings: Settings, pin: Pin) -> str:
+    """The judge the server judges with while the round runs: the promoted judge version; else, for the embedded
+    model, the head shipped for it, over the embedded model's own states even when a promoted chat model serves
+    (`follow.ModelFollower` keeps it so); else the serving chat model itself."""
+    from thresher.reward import default_head_path
+
+    if pin.serving_judge_id:
+        return pin.serving_judge
+    return f"head:{default_head_path()}" if settings.model == "embedded" else "serving"
+
+
 def pairs_stage(settings: Settings, config: RoundConfig, repo: Any, commit: str | None, n: int, root: Path, pin: Pin,
                 train_convs: list[Record], sft_rec: SftStage, judge_rec: JudgeStage,
                 say: Callable[[str], None]) -> PairsStage:
@@ -54,7 +65,6 @@ def pairs_stage(settings: Settings, config: RoundConfig, repo: Any, commit: str 
     from thresher.engines import load as load_engine
     from thresher.judge import make_judge
     from thresher.pairs import from_corrections, from_record, on_policy, write_pairs
-    from thresher.reward import default_head_path
 
     t = time.perf_counter()
     if config.dpo is None:
@@ -74,12 +84,7 @@ def pairs_stage(settings: Settings, config: RoundConfig, repo: Any, commit: str 
     policy = load_engine(sft_rec.spec, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     serving = load_engine(pin.serving, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     better = judge_rec.before_auc is None or (judge_rec.after_auc or 0) >= judge_rec.before_auc
-    if better:
-        spec = f"head:{root / 'judge'}"
-    elif pin.serving_judge_id:  # a promoted judge
-        spec = pin.serving_judge
-    else:  # what the server judges with: the head shipped for the embedded model (over its own states)
-        spec = f"head:{default_head_path()}" if settings.model == "embedded" else "serving"
+    spec = f"head:{root / 'judge'}" if better else serving_judge(settings, pin)
     judge = make_judge(spec, serving, rationale="never", n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     say(f"round {n}: pairs judged by {'this round' if better else 'the serving'} judge "
         f"({judge.judge_id.split('@')[0]})")

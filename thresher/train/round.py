@@ -26,7 +26,7 @@ from thresher.evidence import auc_words, is_noise, win_rate_words
 from thresher.registry import PROMOTED, Registry, Version
 from thresher.train.dpo import DpoConfig
 from thresher.train.judge import JUDGE_HELDOUT_ROWS, JUDGE_TRAIN_ROWS
-from thresher.train.preference import dpo_stage, pairs_stage, publish_pairs
+from thresher.train.preference import dpo_stage, pairs_stage, publish_pairs, serving_judge
 from thresher.train.sft import TrainConfig, release_memory
 from thresher.train.state import (
     ChatStage,
@@ -306,14 +306,15 @@ def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, re
     good += [Source(c.id, c.messages, "approved") for c in train_convs]
     verdicts = reviewer_rows(repo, commit, settings.quorum_approvals) if commit else []
     engine = load_engine(pin.serving, n_ctx=settings.n_ctx, n_threads=settings.n_threads, n_parallel=1)
-    same = pin.serving_judge == pin.serving
-    current = make_judge("serving" if same else pin.serving_judge, engine, n_ctx=settings.n_ctx,
-                         n_threads=settings.n_threads)
+    # Measured against what the server judges with (a head stays on the model it was trained for: after a chat
+    # model without a head of its own is promoted, the shipped head goes on judging over the embedded model)
+    current = make_judge(serving_judge(settings, pin), engine, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     before = current.head if isinstance(current, HeadJudge) else None
+    own = getattr(current, "engine", None)
     say(f"round {n}: training the judge's head on {len(good)} good conversations and {len(verdicts)} verdicts")
     report = train_head_judge(engine, pin.serving, root / "judge", good, verdicts, seed=config.seed,
                               max_train=config.judge_train_rows, max_heldout=config.judge_heldout_rows,
-                              before=before, say=say)
+                              before=before, before_engine=own if own is not engine else None, say=say)
     after_auc = report.auc_after["all"]
     before_auc = report.auc_before["all"] if report.auc_before else None
     was = "no judge to compare" if before_auc is None else f"{before_auc:.3f}"
