@@ -253,9 +253,7 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
         won = ev.lc_win_rate if ev.lc_win_rate is not None else ev.win_rate
         # A loss over a handful of held-out conversations is noise: it is recorded, not gated on.
         loss = None if is_noise(ev.heldout_conversations) else ev.loss_ratio
-        chat_gate = apply_gate({"win_rate": won, "loss_ratio": loss,
-                                **{k: metrics.get(k) for k in ("loop_increase", "cutoff_increase", "length_change")}},
-                               config.gate)
+        chat_gate = apply_gate({"win_rate": won, "loss_ratio": loss, **ev.increases()}, config.gate)
         judge_gate = apply_gate({k: metrics.get(k) for k in ("judge_auc", "judge_gain")}, config.gate)
         for kind, rec, g in (("chat", chat_rec, chat_gate), ("judge", judge_rec, judge_gate)):
             registry.update(rec.version, metrics={**registry.get(rec.version).metrics, **metrics})

@@ -28,7 +28,8 @@ class Pin:
     base_gguf: str | None  # the GGUF whose metadata an export reuses
     parent: str | None  # the promoted chat version it starts from (None: the configured model)
     serving: str  # the engine spec serving chat when it started
-    serving_judge: str  # ... and judging (the chat model's spec when no judge version is promoted)
+    serving_judge: str  # the promoted judge version's spec (without one the chat model's, unused: then the round
+    # judges as the server does, `preference.serving_judge`)
     serving_judge_id: str | None  # the promoted judge version, if any
 
     @classmethod
