@@ -25,6 +25,7 @@ from thresher.pairs import (
     REGENERATION,
     Pair,
     PairError,
+    balance_lengths,
     from_record,
     on_policy,
     read_pairs,
@@ -170,6 +171,22 @@ def test_on_policy_pairs_take_the_best_clean_reply_over_the_worst() -> None:
     assert on_policy(engine, LengthJudge(), prompts, n=4, max_tokens=64, min_margin=1.0) == []  # none within 1.5x
     cut = on_policy(engine, LengthJudge(), prompts, n=4, max_tokens=3, min_margin=0.5, max_length_ratio=10)
     assert all(p.chosen.strip() in ("Short.", "A good answer.") for p in cut)  # cut-off replies are never chosen
+
+
+def test_a_pair_set_is_length_balanced_by_dropping_the_most_shortened_chosen_replies() -> None:
+    def pair(chosen_words: int, rejected_words: int, tag: str) -> Pair:
+        return Pair([{"role": "user", "content": tag}], " ".join(["c"] * chosen_words),
+                    " ".join(["r"] * rejected_words), ON_POLICY, tag)
+
+    # Chosen 4x, 2x and 1.25x shorter, one chosen 2x longer: geometric mean ratio (1/4 * 1/2 * 4/5 * 2)^(1/4) < 1/1.1
+    pairs = [pair(10, 40, "a"), pair(20, 40, "b"), pair(40, 50, "c"), pair(40, 20, "d")]
+    kept = balance_lengths(pairs, 1.1)
+    assert [p.conversation for p in kept] == ["b", "c", "d"]  # the 4x one dropped, and the order kept
+    assert [p.conversation for p in balance_lengths(pairs, 5.0)] == ["a", "b", "c", "d"]  # balanced enough
+    # Only chosen-shorter pairs are ever dropped: a set with none such stays as it is, however long its chosen side
+    longer = [pair(30, 10, "x"), pair(12, 10, "y")]
+    assert balance_lengths(longer, 1.0) == longer
+    assert balance_lengths([pair(5, 50, "z")], 1.1) == [] and balance_lengths([], 1.1) == []
 
 
 def test_the_repetition_penalty_makes_recent_tokens_less_likely() -> None:

@@ -174,6 +174,40 @@ def load_version(spec: str) -> str:
     return file_version(Path(spec.removeprefix("llama.cpp:")))
 
 
+def test_with_few_approved_conversations_preference_training_starts_from_the_serving_model(tmp_path: Path) -> None:
+    """No SFT below `sft_min_approved`: the pairs are the serving model's own replies and DPO starts from its
+    weights; with too few pairs for DPO as well, the round falls back to SFT so there is still a candidate."""
+    from dataclasses import replace
+
+    from thresher.train.round import RoundConfig, run_round
+
+    remote = bare_remote(tmp_path / "remote.git")
+    settings = Settings(data_dir=tmp_path / "data", dataset_remote=str(remote), judge="off")
+    store = Store(settings.db_url)
+    store.migrate()
+    ids = [judged(store, q, a, 9.0) for q, a in QA]
+    repo = DatasetRepo(settings.dataset_path, str(remote)).open()
+    publish(store, repo, threshold=8.0)
+    for conv_id in ids:
+        write_verdict(repo, conv_id, "approve", "correct and clear", reviewer="ada")
+    store.close()
+    said: list[str] = []
+    record = run_round(settings, replace(RoundConfig.tiny(), sft_min_approved=100), progress=said.append)
+    state = json.loads((settings.data_dir / "rounds" / "1" / "state.json").read_text())["stages"]
+    assert state["sft"]["skipped"] == f"{state['data']['train']} approved conversations, fewer than 100"
+    assert state["sft"]["spec"] == "embedded" and not (settings.data_dir / "rounds" / "1" / "chat").exists()
+    assert any("no SFT" in m for m in said) and any("sampling" in m for m in said)
+    assert record.chat.stage == "dpo" and record.chat.examples == 0 and state["dpo"]["pairs"] > 0
+    assert "/rounds/1/dpo/export" in record.chat.spec
+    # Round 2, from the promoted DPO model, finds no pair it may train on: SFT after all
+    record = run_round(settings, replace(RoundConfig.tiny(), sft_min_approved=100, min_pairs=10**6),
+                       progress=said.append)
+    state = json.loads((settings.data_dir / "rounds" / "2" / "state.json").read_text())["stages"]
+    assert state["sft"]["skipped"] is None and state["dpo"]["skipped"] and record.chat.stage == "sft"
+    assert record.chat.examples > 0 and "/rounds/2/chat/export" in record.chat.spec
+    assert any("SFT on the approved conversations after all" in m for m in said)
+
+
 def test_a_rounds_stages_are_typed_records_and_older_state_files_still_read(tmp_path: Path) -> None:
     from thresher.evaluate import Gate, apply_gate
     from thresher.train.state import DataStage, Evaluation, GateStage, JudgeStage, Pin, RoundState, SftStage

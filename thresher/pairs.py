@@ -128,6 +128,26 @@ def on_policy(engine: Any, judge: Any, prompts: Sequence[tuple[str | None, list[
     return out
 
 
+def balance_lengths(pairs: Sequence[Pair], ratio: float) -> list[Pair]:
+    """The pairs less those whose chosen reply is shortest against its rejected one, dropped one by one until the
+    chosen replies are at most `ratio` times shorter than the rejected ones on average (geometric mean of the
+    word-count ratios). Each pair may be fair while the set is not: when the clean, finished reply is chosen and
+    the long one cut off is rejected, prompt after prompt, DPO learns "shorter" (replies shrank 102 -> 81 -> 31
+    words over three rounds of bench/rounds.py). Pairs with a longer chosen side are never dropped."""
+    import math
+
+    def log_ratio(p: Pair) -> float:
+        return math.log(max(1, len(p.chosen.split())) / max(1, len(p.rejected.split())))
+
+    kept = sorted(pairs, key=log_ratio)  # the chosen side's most shortened first
+    total = sum(log_ratio(p) for p in kept)
+    floor = -math.log(ratio)
+    while kept and total / len(kept) < floor and log_ratio(kept[0]) < 0:
+        total -= log_ratio(kept.pop(0))
+    order = {id(p): i for i, p in enumerate(pairs)}
+    return sorted(kept, key=lambda p: order[id(p)])
+
+
 def record_pairs(versions: dict[int, list[Any]], clean: Callable[[str], str] = lambda t: t) -> list[dict[str, Any]]:
     """The pairs a conversation's file carries, from its replies' versions by place (`Store.reply_versions`): a
     thumbed-up version over a thumbed-down one, the kept version over one thumbed down (`feedback`), and the kept

@@ -57,14 +57,15 @@ def pairs_stage(settings: Settings, config: RoundConfig, repo: Any, commit: str 
                 train_convs: list[Record], sft_rec: SftStage, judge_rec: JudgeStage,
                 say: Callable[[str], None]) -> PairsStage:
     """Preference pairs for this round: those the approved conversations carry and reviewers' corrections, then
-    on-policy ones: the SFT model's replies judged by the better of this round's judge and the serving one (by
-    their AUC on the same held-out rows), over the serving model's states."""
+    on-policy ones: the SFT model's replies (the serving model's where the round had no SFT) judged by the better
+    of this round's judge and the serving one (by their AUC on the same held-out rows), over the serving model's
+    states, length-balanced across the set (`pairs.balance_lengths`)."""
     from collections import Counter
 
     from thresher.engines import ChatParams
     from thresher.engines import load as load_engine
     from thresher.judge import make_judge
-    from thresher.pairs import from_corrections, from_record, on_policy, write_pairs
+    from thresher.pairs import balance_lengths, from_corrections, from_record, on_policy, write_pairs
 
     t = time.perf_counter()
     if config.dpo is None:
@@ -89,8 +90,15 @@ def pairs_stage(settings: Settings, config: RoundConfig, repo: Any, commit: str 
     say(f"round {n}: pairs judged by {'this round' if better else 'the serving'} judge "
         f"({judge.judge_id.split('@')[0]})")
     params = ChatParams(temperature=max(settings.temperature, 0.7), repetition_penalty=settings.repetition_penalty)
-    pairs += on_policy(policy, judge, prompts, config.pair_samples, config.pair_tokens, params, config.pair_margin,
-                       config.pair_max_length_ratio, say=lambda m: say(f"round {n}: {m}"))
+    sampled = on_policy(policy, judge, prompts, config.pair_samples, config.pair_tokens, params, config.pair_margin,
+                        config.pair_max_length_ratio, say=lambda m: say(f"round {n}: {m}"))
+    if config.pair_length_balance:
+        balanced = balance_lengths(sampled, config.pair_length_balance)
+        if len(balanced) < len(sampled):
+            say(f"round {n}: dropped {len(sampled) - len(balanced)} on-policy pairs whose chosen reply was much "
+                f"shorter, so the chosen side is on average at most {config.pair_length_balance}x shorter")
+        sampled = balanced
+    pairs += sampled
     judge_id = judge.judge_id
     del policy, serving, judge
     write_pairs(root / "pairs.jsonl", pairs)
@@ -100,8 +108,8 @@ def pairs_stage(settings: Settings, config: RoundConfig, repo: Any, commit: str 
 
 def dpo_stage(settings: Settings, config: RoundConfig, commit: str | None, n: int, root: Path, pin: Pin,
                sft_rec: SftStage, pairs_rec: PairsStage, judge_rec: JudgeStage, say: Callable[[str], None]) -> DpoStage:
-    """DPO on the pairs, from the SFT model (its own reference), exported as the round's candidate; skipped with
-    too few pairs (the SFT model is then the candidate)."""
+    """DPO on the pairs, from the SFT model (its own reference; the serving model where the round had no SFT),
+    exported as the round's candidate; skipped with too few pairs (the SFT model is then the candidate)."""
     from thresher.pairs import read_pairs
     from thresher.train.dpo import train_dpo
     from thresher.train.export import export

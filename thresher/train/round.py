@@ -74,6 +74,14 @@ class RoundConfig:
     pair_margin: float = 1.5  # the judge's score difference a pair needs
     pair_max_length_ratio: float = 1.5  # the rejected reply's length within this factor of the chosen one's
     min_pairs: int = 8  # fewer: no preference stage this round
+    # With a preference stage and fewer approved training conversations than this, no SFT: DPO starts from the
+    # serving model. bench/rounds.py, 9-32 approved a round: SFT on them (with replay) and then DPO shortened the
+    # replies round on round (102 -> 81 -> 31 words) and won 0.54 length-controlled against the base; DPO alone
+    # from the base on the same kind of pairs kept 0.87x the length and won 0.67.
+    sft_min_approved: int = 100
+    # Drop the pairs whose chosen reply is shortest against its rejected one until the chosen replies are on
+    # average (geometric mean) at most this much shorter: a set whose chosen side is shorter teaches "shorter"
+    pair_length_balance: float | None = 1.1
     eval_prompts: int = 60  # real held-out questions (`thresher.train.sources.prompts(split="eval")`)
     eval_tokens: int = 256
     gate: Gate = field(default_factory=Gate)
@@ -89,12 +97,14 @@ class RoundConfig:
 
     @classmethod
     def tiny(cls) -> RoundConfig:
-        """A few steps on a few examples, with the gate's limits relaxed so the whole path runs (tests, --quick)."""
+        """A few steps on a few examples, with the gate's limits relaxed so the whole path runs (tests, --quick):
+        SFT on a handful of conversations, then DPO on whatever pairs there are."""
         return cls(chat=TrainConfig(max_length=256, max_steps=2, batch_size=4, save_steps=1),
                    replay_limit=8, judge_sources=("sample",), judge_source_limit=40, judge_train_rows=60,
                    judge_heldout_rows=40, eval_prompts=2, eval_tokens=24,
                    dpo=DpoConfig(max_length=256, max_steps=2, batch_size=2, save_steps=1), pair_prompts=6,
                    pair_samples=3, pair_tokens=64, pair_margin=0.0, pair_max_length_ratio=10.0, min_pairs=1,
+                   sft_min_approved=0, pair_length_balance=None,
                    gate=Gate(min_win_rate=0.0, max_loss_ratio=10.0, min_judge_auc=0.0, min_judge_gain=-1.0,
                              max_loop_increase=1.0, max_cutoff_increase=1.0, max_length_change=10.0))
 
@@ -218,8 +228,14 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
     judge_rec = state.get("judge")
 
     if not state.done("sft"):
-        state.mark("sft", _train_chat(settings, config, commit, n, root, pin, train_convs, judge_rec, say))
-        release_memory()
+        few = config.dpo is not None and len(train_convs) < config.sft_min_approved
+        if few:  # too few to fine-tune on: their prompts and pairs feed preference training from the serving model
+            why = f"{len(train_convs)} approved conversations, fewer than {config.sft_min_approved}"
+            say(f"round {n}: no SFT ({why}); preference training starts from the serving model")
+            state.mark("sft", SftStage(pin.serving, pin.base, "", 0, 0.0, None, skipped=why))
+        else:
+            state.mark("sft", _train_chat(settings, config, commit, n, root, pin, train_convs, judge_rec, say))
+            release_memory()
     sft_rec = state.get("sft")
 
     if not state.done("pairs"):
@@ -230,6 +246,12 @@ def _run(settings: Settings, config: RoundConfig, registry: Registry, n: int, ro
 
     if not state.done("dpo"):
         state.mark("dpo", dpo_stage(settings, config, commit, n, root, pin, sft_rec, pairs_rec, judge_rec, say))
+        release_memory()
+    if sft_rec.skipped and not state.get("dpo").spec and not state.done("chat"):
+        # Nothing was trained from the serving model (too few pairs): the round falls back to SFT after all
+        say(f"round {n}: no preference training, so SFT on the approved conversations after all")
+        sft_rec = _train_chat(settings, config, commit, n, root, pin, train_convs, judge_rec, say)
+        state.mark("sft", sft_rec)
         release_memory()
 
     if not state.done("chat"):

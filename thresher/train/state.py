@@ -67,7 +67,9 @@ class JudgeStage:
 
 @dataclass
 class SftStage:
-    """The chat model fine-tuned on the approved conversations, exported: the round's first candidate."""
+    """The chat model fine-tuned on the approved conversations, exported: the round's first candidate; or, with
+    `skipped`, why there was no SFT (then `spec` and `hf` are the serving model's, which preference training
+    starts from)."""
 
     spec: str
     hf: str
@@ -76,6 +78,7 @@ class SftStage:
     tokens_per_second: float
     final_loss: float | None
     seconds: float = 0.0
+    skipped: str | None = None
 
 
 @dataclass
