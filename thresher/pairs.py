@@ -136,16 +136,14 @@ def balance_lengths(pairs: Sequence[Pair], ratio: float) -> list[Pair]:
     words over three rounds of bench/rounds.py). Pairs with a longer chosen side are never dropped."""
     import math
 
-    def log_ratio(p: Pair) -> float:
-        return math.log(max(1, len(p.chosen.split())) / max(1, len(p.rejected.split())))
-
-    kept = sorted(pairs, key=log_ratio)  # the chosen side's most shortened first
-    total = sum(log_ratio(p) for p in kept)
-    floor = -math.log(ratio)
-    while kept and total / len(kept) < floor and log_ratio(kept[0]) < 0:
-        total -= log_ratio(kept.pop(0))
-    order = {id(p): i for i, p in enumerate(pairs)}
-    return sorted(kept, key=lambda p: order[id(p)])
+    logs = [math.log(max(1, len(p.chosen.split())) / max(1, len(p.rejected.split()))) for p in pairs]
+    total, left, dropped = sum(logs), len(logs), set()
+    for i in sorted(range(len(logs)), key=logs.__getitem__):  # the chosen side's most shortened first
+        if total / left >= -math.log(ratio) or logs[i] >= 0:
+            break
+        total, left = total - logs[i], left - 1
+        dropped.add(i)
+    return [p for i, p in enumerate(pairs) if i not in dropped]
 
 
 def record_pairs(versions: dict[int, list[Any]], clean: Callable[[str], str] = lambda t: t) -> list[dict[str, Any]]:
