@@ -38,13 +38,8 @@ def _env(data_dir: Path, remote: Path) -> dict[str, str]:
                   "TOKENIZERS_PARALLELISM": "false"}
 
 
-@pytest.fixture(scope="module")
-def finished_round(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
-    """Publish and approve a few conversations, start `thresher round --tiny`, kill it (SIGKILL) once the chat
-    model has written a checkpoint, run it again to the end. Returns (data dir, remote, the second run's output)."""
-    root = tmp_path_factory.mktemp("round")
-    data_dir, remote = root / "data", bare_remote(root / "remote.git")
-    settings = Settings(data_dir=data_dir, dataset_remote=str(remote), judge="off")
+def approved_dataset(settings: Settings, remote: Path) -> None:
+    """The QA conversations judged, published and approved by a reviewer, in the settings' store and dataset."""
     store = Store(settings.db_url)
     store.migrate()
     ids = [judged(store, q, a, 9.0) for q, a in QA]
@@ -53,6 +48,15 @@ def finished_round(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     for conv_id in ids:
         write_verdict(repo, conv_id, "approve", "correct and clear", reviewer="ada")
     store.close()
+
+
+@pytest.fixture(scope="module")
+def finished_round(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """Publish and approve a few conversations, start `thresher round --tiny`, kill it (SIGKILL) once the chat
+    model has written a checkpoint, run it again to the end. Returns (data dir, remote, the second run's output)."""
+    root = tmp_path_factory.mktemp("round")
+    data_dir, remote = root / "data", bare_remote(root / "remote.git")
+    approved_dataset(Settings(data_dir=data_dir, dataset_remote=str(remote), judge="off"), remote)
 
     cmd = [sys.executable, "-m", "thresher", "round", "--tiny"]
     first = subprocess.Popen(cmd, env=_env(data_dir, remote), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -183,14 +187,7 @@ def test_with_few_approved_conversations_preference_training_starts_from_the_ser
 
     remote = bare_remote(tmp_path / "remote.git")
     settings = Settings(data_dir=tmp_path / "data", dataset_remote=str(remote), judge="off")
-    store = Store(settings.db_url)
-    store.migrate()
-    ids = [judged(store, q, a, 9.0) for q, a in QA]
-    repo = DatasetRepo(settings.dataset_path, str(remote)).open()
-    publish(store, repo, threshold=8.0)
-    for conv_id in ids:
-        write_verdict(repo, conv_id, "approve", "correct and clear", reviewer="ada")
-    store.close()
+    approved_dataset(settings, remote)
     said: list[str] = []
     record = run_round(settings, replace(RoundConfig.tiny(), sft_min_approved=100), progress=said.append)
     state = json.loads((settings.data_dir / "rounds" / "1" / "state.json").read_text())["stages"]
