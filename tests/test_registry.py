@@ -175,3 +175,23 @@ def test_a_candidate_whose_replies_shrank_is_not_promoted_on_its_win_rate() -> N
     assert not shrank.passed and shrank.reasons == ["length_change 0.432 is not <= 0.25"]
     ev.replies_new["mean_words"] = 80.0  # 16% shorter
     assert apply_gate({"win_rate": ev.lc_win_rate, **ev.increases()}, Gate()).passed
+
+
+def test_a_promoted_models_successor_is_held_to_the_base_models_length_and_loops_too() -> None:
+    """bench/rounds.py: round 1 kept 0.91x the base's length, round 2 0.80x of round 1's, each within 25% of the
+    serving model's, and the replies were left at 0.72x the base's: the gate compares with the base as well."""
+    from thresher.train.state import Evaluation
+
+    ev = Evaluation(lc_win_rate=0.56, prompts=60,
+                    replies_new={"loop_rate": 0.08, "cutoff_rate": 0.03, "mean_words": 74.0},
+                    replies_serving={"loop_rate": 0.17, "cutoff_rate": 0.12, "mean_words": 93.0},
+                    replies_base={"loop_rate": 0.02, "cutoff_rate": 0.25, "mean_words": 102.0})
+    assert ev.increases() == pytest.approx({
+        "loop_increase": -0.09, "cutoff_increase": -0.09, "length_change": 1 - 74 / 93,
+        "base_loop_increase": 0.06, "base_cutoff_increase": -0.22, "base_length_change": 1 - 74 / 102})
+    drifted = apply_gate({"win_rate": ev.lc_win_rate, **ev.increases()}, Gate())
+    assert not drifted.passed and drifted.reasons == ["base_loop_increase 0.060 is not <= 0.05",
+                                                      "base_length_change 0.275 is not <= 0.25"]
+    assert drifted.checks["length_change"]["passed"] and drifted.checks["loop_increase"]["passed"]
+    first = Evaluation(lc_win_rate=0.56, prompts=60, replies_new=ev.replies_new, replies_serving=ev.replies_base)
+    assert not any(k.startswith("base_") for k in first.increases())  # round 1: the serving model is the base

@@ -244,6 +244,30 @@ def test_a_rounds_stages_are_typed_records_and_older_state_files_still_read(tmp_
     assert last.get("by_hand") == {"note": "x"} and last.raw("evaluated")["lc_win_rate"] == 0.52  # as written
 
 
+def test_the_base_models_reply_rates_are_measured_once_and_kept_for_later_rounds(tmp_path: Path) -> None:
+    from thresher.config import Settings
+    from thresher.engines import ChatParams
+    from thresher.train.round import RoundConfig, _base_rates
+    from thresher.train.state import Pin
+
+    settings, config = Settings(data_dir=tmp_path), RoundConfig.tiny()
+    params = ChatParams(temperature=settings.temperature)
+    first = Pin(commit=None, base="/m", base_gguf=None, parent=None, serving="embedded", serving_judge="embedded",
+                serving_judge_id=None)
+    served = {"loop_rate": 0.1, "cutoff_rate": 0.2, "empty_rate": 0.0, "off_language_rate": 0.0, "mean_words": 30.0}
+    prompts = ["What is the capital of France?", "Name a primary colour."]
+    assert _base_rates(settings, config, tmp_path, first, prompts, params, served) == {}  # the serving model's
+    later = Pin(**{**vars(first), "parent": "chat-r1", "serving": "llama.cpp:/r1.gguf"})
+    assert _base_rates(settings, config, tmp_path, later, prompts, params, {}) == served  # kept, not measured again
+    kept = json.loads((tmp_path / "base_rates.json").read_text())
+    other = _base_rates(settings, config, tmp_path, later, prompts[:1], params, {})  # other prompts: measured now
+    assert set(other) == set(served) and 0 < other["mean_words"] <= config.eval_tokens
+    assert len(json.loads((tmp_path / "base_rates.json").read_text())) == len(kept) + 1
+    (tmp_path / "base_rates.json").write_text("{torn")
+    assert _base_rates(settings, config, tmp_path, first, prompts, params, served) == {}
+    assert list(json.loads((tmp_path / "base_rates.json").read_text()).values()) == [served]
+
+
 def test_a_round_measures_its_judge_against_the_one_the_server_judges_with(tmp_path: Path) -> None:
     """After a chat model without a head of its own is promoted, the server goes on judging with the head shipped
     for the embedded model, over the embedded model's states; a round compares its new judge with that head (it

@@ -312,6 +312,8 @@ class Gate:
     # |new mean reply length / serving's - 1|: DPO on a few dozen pairs can teach "shorter" as readily as "better"
     # (measured: a round's candidate at 0.57x the serving model's length, promoted on its win rate alone)
     max_length_change: float = 0.25
+    # The three limits above hold against the base (configured) model too, once a promoted model serves: measured,
+    # two rounds each within 25% of the serving model's length left replies at 0.72x the base's.
 
 
 @dataclass
@@ -332,6 +334,10 @@ def apply_gate(metrics: dict[str, float | None], gate: Gate) -> GateResult:
         ("loop_increase", metrics.get("loop_increase"), gate.max_loop_increase, "<="),
         ("cutoff_increase", metrics.get("cutoff_increase"), gate.max_cutoff_increase, "<="),
         ("length_change", metrics.get("length_change"), gate.max_length_change, "<="),
+        # the same limits against the base model, where the serving model is a promoted one
+        ("base_loop_increase", metrics.get("base_loop_increase"), gate.max_loop_increase, "<="),
+        ("base_cutoff_increase", metrics.get("base_cutoff_increase"), gate.max_cutoff_increase, "<="),
+        ("base_length_change", metrics.get("base_length_change"), gate.max_length_change, "<="),
     ]
     checks, reasons = {}, []
     for name, value, limit, op in specs:

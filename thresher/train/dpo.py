@@ -32,6 +32,11 @@ class DpoConfig:
     # training pairs only).
     epochs: float = 3.0
     max_steps: int = -1
+    # The chosen replies' own language-model loss beside the preference loss, at this weight (0: DPO alone), as
+    # iterative RPO does: DPO alone lowers the chosen replies' likelihood with the rejected ones', and over two
+    # rounds from the embedded model its replies shrank to 0.72x the base's length (bench/rounds.py); the chosen
+    # replies are the model's own samples, so this term holds their length and wording.
+    sft_weight: float = 1.0
     learning_rate: float = 2e-4
     batch_size: int = 4
     grad_accum: int = 1
@@ -77,6 +82,8 @@ def train_dpo(model: Any, tokenizer: Any, pairs: Sequence[Pair], out: Path, conf
             seed=config.seed,
             data_seed=config.seed,
             beta=config.beta,
+            loss_type=["sigmoid", "sft"] if config.sft_weight else ["sigmoid"],
+            loss_weights=[1.0, config.sft_weight] if config.sft_weight else None,
             max_length=config.max_length,
             bf16=bf16_available(),
             gradient_checkpointing=False,

@@ -123,12 +123,13 @@ def round_lock(data_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def resolve_base(settings: Settings, registry: Registry) -> tuple[str, Path | None, str | None, str]:
+def resolve_base(settings: Settings, registry: Registry | None) -> tuple[str, Path | None, str | None, str]:
     """(what to load for training, the GGUF whose metadata an export reuses, the parent version id, the serving
-    engine spec): the promoted chat version if there is one, else the configured model."""
+    engine spec): the promoted chat version if there is one (none without a registry), else the configured
+    model."""
     from thresher.engines import EngineError, local_weights
 
-    current = registry.current("chat")
+    current = registry.current("chat") if registry is not None else None
     if current is not None:
         path = Path(current.path or "")
         gguf = path / "model.gguf"
@@ -432,9 +433,10 @@ def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: 
     del old
     new_answers, old_answers = [r.text for r in new_replies], [r.text for r in old_replies]
     rates_new, rates_old = reply_rates(prompts, new_replies), reply_rates(prompts, old_replies)
-    say(f"round {n}: loops {rates_old['loop_rate']:.0%} -> {rates_new['loop_rate']:.0%}, cut off "
-        f"{rates_old['cutoff_rate']:.0%} -> {rates_new['cutoff_rate']:.0%}, mean length "
-        f"{rates_old['mean_words']:.0f} -> {rates_new['mean_words']:.0f} words (serving -> new)")
+    say(f"round {n}: {_rates_words(rates_old, rates_new)} (serving -> new)")
+    rates_base = _base_rates(settings, config, root.parent, pin, prompts, params, rates_old)
+    if rates_base:
+        say(f"round {n}: {_rates_words(rates_base, rates_new)} (base -> new)")
     judge = FrozenJudge.from_spec(settings.eval_judge, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     wr = judge.win_rate(prompts, new_answers, old_answers)
     lc = length_controlled([e["p_new"] for e in wr.examples], [len(e["new"].split()) for e in wr.examples],
@@ -460,8 +462,44 @@ def _evaluate(settings: Settings, config: RoundConfig, n: int, root: Path, pin: 
     (root / "win_rate_examples.json").write_text(json.dumps(wr.examples, indent=2, ensure_ascii=False))
     return Evaluation(wr.win_rate, lc, wr.prompts, wr.ties, wr.position_bias, judge_id,
                       sum(scores_new) / len(scores_new) if scores_new else None,
-                      sum(scores_old) / len(scores_old) if scores_old else None, rates_new, rates_old,
+                      sum(scores_old) / len(scores_old) if scores_old else None, rates_new, rates_old, rates_base,
                       loss_new, loss_old, ratio, len(held_convs), time.perf_counter() - t)
+
+
+def _rates_words(old: dict[str, float], new: dict[str, float]) -> str:
+    return (f"loops {old['loop_rate']:.0%} -> {new['loop_rate']:.0%}, cut off {old['cutoff_rate']:.0%} -> "
+            f"{new['cutoff_rate']:.0%}, mean length {old['mean_words']:.0f} -> {new['mean_words']:.0f} words")
+
+
+def _base_rates(settings: Settings, config: RoundConfig, rounds: Path, pin: Pin, prompts: list[str], params: Any,
+                serving: dict[str, float]) -> dict[str, float]:
+    """The configured model's reply rates on the evaluation prompts, for a round whose serving model is a promoted
+    one ({} where the serving model is the base: `serving` are its figures, kept for later rounds). Kept in
+    `rounds/base_rates.json` under what they depend on (model, prompts, reply length, sampling), so the base
+    answers the prompts once, not every round."""
+    from thresher.engines import load as load_engine
+    from thresher.evaluate import replies, reply_rates
+
+    key = hashlib.sha256(json.dumps([settings.model, prompts, config.eval_tokens, settings.temperature,
+                                     settings.repetition_penalty]).encode()).hexdigest()[:16]
+    file = rounds / "base_rates.json"
+    try:
+        kept = json.loads(file.read_text()) if file.exists() else {}
+    except ValueError:
+        kept = {}  # a torn or hand-spoiled file: measured again, and written whole below
+    if pin.parent is None:
+        rates, out = serving, {}
+    elif isinstance(kept.get(key), dict):
+        return kept[key]
+    else:
+        base = load_engine(resolve_base(settings, None)[3], n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+        rates = out = reply_rates(prompts, replies(base, prompts, config.eval_tokens, progress="base model",
+                                                   params=params))
+        del base
+    tmp = file.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**(kept if isinstance(kept, dict) else {}), key: rates}, indent=2))
+    tmp.replace(file)
+    return out
 
 
 def _fmt(x: float | None) -> str:

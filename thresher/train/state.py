@@ -151,6 +151,10 @@ class Evaluation:
     judge_mean_serving: float | None = None
     replies_new: dict[str, float] = field(default_factory=dict)
     replies_serving: dict[str, float] = field(default_factory=dict)
+    # The configured (base) model's rates on the same prompts, where the serving model is a promoted one: the gate
+    # holds a candidate to the base too, or a drift each round lets through (0.9x the length, then 0.9x of that)
+    # compounds. Empty where the serving model is the base (its figures are `replies_serving`'s).
+    replies_base: dict[str, float] = field(default_factory=dict)
     heldout_loss_new: float | None = None
     heldout_loss_serving: float | None = None
     loss_ratio: float | None = None
@@ -159,14 +163,18 @@ class Evaluation:
 
     def increases(self) -> dict[str, float]:
         """How much more often the new model's replies loop or are cut off than the serving model's, and how far
-        its mean length is from the serving model's (|new / serving - 1|); records from before these were measured
-        have none."""
-        new, old = self.replies_new, self.replies_serving
-        out = {f"{name}_increase": new[f"{name}_rate"] - old[f"{name}_rate"] for name in ("loop", "cutoff")
-               if f"{name}_rate" in new and f"{name}_rate" in old}
-        if new.get("mean_words") is not None and old.get("mean_words"):
-            out["length_change"] = abs(new["mean_words"] / old["mean_words"] - 1)
-        return out
+        its mean length is from the serving model's (|new / serving - 1|); the same against the base model as
+        `base_…` where it was measured apart; records from before these were measured have none."""
+        return _increases(self.replies_new, self.replies_serving) | {
+            f"base_{k}": v for k, v in _increases(self.replies_new, self.replies_base).items()}
+
+
+def _increases(new: dict[str, float], old: dict[str, float]) -> dict[str, float]:
+    out = {f"{name}_increase": new[f"{name}_rate"] - old[f"{name}_rate"] for name in ("loop", "cutoff")
+           if f"{name}_rate" in new and f"{name}_rate" in old}
+    if new.get("mean_words") is not None and old.get("mean_words"):
+        out["length_change"] = abs(new["mean_words"] / old["mean_words"] - 1)
+    return out
 
 
 @dataclass
