@@ -60,8 +60,8 @@ def simulate_users(settings: Settings, registry: Registry, questions: list[str],
     from thresher.flywheel import judge_pending, publish
     from thresher.judge import make_judge
     from thresher.review import sync, write_verdict
-    from thresher.reward import default_head_path
     from thresher.store import Store
+    from thresher.train.preference import serving_judge
 
     current = registry.current("chat")
     spec = current.spec if current else settings.model
@@ -76,12 +76,11 @@ def simulate_users(settings: Settings, registry: Registry, questions: list[str],
                                          publish_allowed=True, source="simulated", model_version=engine.version,
                                          client_hash=f"simulated-user-{i}"))
         store.end(conv.id, "simulated")
-    # As the server judges: a promoted judge version, else the head shipped for the embedded model, which stays on
-    # the embedded model's own states when a promoted chat model has no head (follow.ModelFollower)
+    # As the server judges (`preference.serving_judge`): a promoted judge version, else the `judge` setting, which
+    # for the embedded model is its shipped head, over its own states even when a promoted chat model serves
     judge_cur = registry.current("judge")
-    spec = judge_cur.spec if judge_cur else f"head:{default_head_path()}" if settings.model == "embedded" else \
-        settings.judge
-    judge = make_judge(spec, engine, rationale="never", n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+    judge = make_judge(serving_judge(settings, judge_cur.spec if judge_cur else None), engine, rationale="never",
+                       n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     judge_pending(store, judge)
     repo = DatasetRepo(settings.dataset_path, settings.dataset_remote).open(settings.licence)
     report = publish(store, repo, threshold=judge.threshold, daily_cap=10**6)

@@ -279,7 +279,9 @@ def test_a_round_measures_its_judge_against_the_one_the_server_judges_with(tmp_p
 
     after_promotion = Pin(commit="c", base="/m/r2/hf", base_gguf=None, parent="chat-r2", serving="llama.cpp:/r2.gguf",
                           serving_judge="llama.cpp:/r2.gguf", serving_judge_id=None)
-    assert serving_judge(Settings(data_dir=tmp_path), after_promotion) == f"head:{default_head_path()}"
+    assert serving_judge(Settings(data_dir=tmp_path), after_promotion.promoted_judge) == f"head:{default_head_path()}"
     promoted_judge = Pin(**{**vars(after_promotion), "serving_judge": "head:/j3", "serving_judge_id": "judge-r3"})
-    assert serving_judge(Settings(data_dir=tmp_path), promoted_judge) == "head:/j3"
-    assert serving_judge(Settings(data_dir=tmp_path, model="hf:some/model"), after_promotion) == "serving"
+    assert serving_judge(Settings(data_dir=tmp_path), promoted_judge.promoted_judge) == "head:/j3"
+    assert serving_judge(Settings(data_dir=tmp_path, model="hf:some/model"), None) == "serving"
+    # a judge named in the settings is what the server judges with (`follow.judge_from_settings`), so the round too
+    assert serving_judge(Settings(data_dir=tmp_path, model="hf:some/model", judge="head:/mine"), None) == "head:/mine"

@@ -42,14 +42,17 @@ def pair_prompts(config: RoundConfig, train_convs: list[Record]) -> list[tuple[s
     return picked[: config.pair_prompts]
 
 
-def serving_judge(settings: Settings, pin: Pin) -> str:
-    """The judge the server judges with while the round runs: the promoted judge version; else, for the embedded
-    model, the head shipped for it, over the embedded model's own states even when a promoted chat model serves
-    (`follow.ModelFollower` keeps it so); else the serving chat model itself."""
+def serving_judge(settings: Settings, promoted: str | None) -> str:
+    """The judge spec the server judges with (`follow`): the promoted judge version's spec (`promoted`); else the
+    `judge` setting where it names a judge; else, for the embedded model, the head shipped for it, over the
+    embedded model's own states even when a promoted chat model serves (`follow.ModelFollower` keeps it so); else
+    the serving chat model itself."""
     from thresher.reward import default_head_path
 
-    if pin.serving_judge_id:
-        return pin.serving_judge
+    if promoted:
+        return promoted
+    if settings.judge not in ("serving", "off"):
+        return settings.judge
     return f"head:{default_head_path()}" if settings.model == "embedded" else "serving"
 
 
@@ -85,7 +88,7 @@ def pairs_stage(settings: Settings, config: RoundConfig, repo: Any, commit: str 
     policy = load_engine(sft_rec.spec, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     serving = load_engine(pin.serving, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     better = judge_rec.before_auc is None or (judge_rec.after_auc or 0) >= judge_rec.before_auc
-    spec = f"head:{root / 'judge'}" if better else serving_judge(settings, pin)
+    spec = f"head:{root / 'judge'}" if better else serving_judge(settings, pin.promoted_judge)
     judge = make_judge(spec, serving, rationale="never", n_ctx=settings.n_ctx, n_threads=settings.n_threads)
     say(f"round {n}: pairs judged by {'this round' if better else 'the serving'} judge "
         f"({judge.judge_id.split('@')[0]})")

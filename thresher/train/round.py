@@ -329,7 +329,8 @@ def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, re
     engine = load_engine(pin.serving, n_ctx=settings.n_ctx, n_threads=settings.n_threads, n_parallel=1)
     # Measured against what the server judges with (a head stays on the model it was trained for: after a chat
     # model without a head of its own is promoted, the shipped head goes on judging over the embedded model)
-    current = make_judge(serving_judge(settings, pin), engine, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+    current = make_judge(serving_judge(settings, pin.promoted_judge), engine, n_ctx=settings.n_ctx,
+                         n_threads=settings.n_threads)
     before = current.head if isinstance(current, HeadJudge) else None
     own = getattr(current, "engine", None)
     say(f"round {n}: training the judge's head on {len(good)} good conversations and {len(verdicts)} verdicts")

@@ -32,6 +32,11 @@ class Pin:
     # judges as the server does, `preference.serving_judge`)
     serving_judge_id: str | None  # the promoted judge version, if any
 
+    @property
+    def promoted_judge(self) -> str | None:
+        """The promoted judge version's spec, if one was promoted when the round started."""
+        return self.serving_judge if self.serving_judge_id else None
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Pin:
         return cls(commit=data.get("commit"), base=data["base"], base_gguf=data.get("base_gguf"),
