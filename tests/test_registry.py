@@ -177,9 +177,10 @@ def test_a_candidate_whose_replies_shrank_is_not_promoted_on_its_win_rate() -> N
     assert apply_gate({"win_rate": ev.lc_win_rate, **ev.increases()}, Gate()).passed
 
 
-def test_a_promoted_models_successor_is_held_to_the_base_models_length_and_loops_too() -> None:
+def test_a_promoted_models_successor_is_held_to_the_base_models_length_and_loops_too(tmp_path: Path) -> None:
     """bench/rounds.py: round 1 kept 0.91x the base's length, round 2 0.80x of round 1's, each within 25% of the
     serving model's, and the replies were left at 0.72x the base's: the gate compares with the base as well."""
+    from thresher.train.export import add_evaluation
     from thresher.train.state import Evaluation
 
     ev = Evaluation(lc_win_rate=0.56, prompts=60,
@@ -195,3 +196,13 @@ def test_a_promoted_models_successor_is_held_to_the_base_models_length_and_loops
     assert drifted.checks["length_change"]["passed"] and drifted.checks["loop_increase"]["passed"]
     first = Evaluation(lc_win_rate=0.56, prompts=60, replies_new=ev.replies_new, replies_serving=ev.replies_base)
     assert not any(k.startswith("base_") for k in first.increases())  # round 1: the serving model is the base
+    card = tmp_path / "README.md"
+    card.write_text("# chat-r2\n")
+    add_evaluation(card, ev)
+    add_evaluation(card, ev)  # once
+    text = card.read_text()
+    assert text.count("## Evaluation") == 1 and "(noise" not in text
+    assert "- against the base model: loops 2% -> 8%, cut off 25% -> 3%, mean length 102 -> 74 words" in text
+    card.write_text("# chat-r1\n")
+    add_evaluation(card, first)
+    assert "against the base model" not in card.read_text()

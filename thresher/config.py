@@ -108,7 +108,8 @@ class Settings(BaseSettings):
     )
     gate_max_length_change: float = Field(
         0.25, gt=0, description="... and its mean reply length is within this share of the serving model's (0.25: "
-        "between 0.75x and 1.25x)."
+        "between 0.75x and 1.25x). Once a promoted model serves, these three limits hold against the configured "
+        "(base) model's replies too, so drift does not compound round on round."
     )
     gate_min_judge_auc: float = Field(
         0.5, ge=0, le=1, description="A round's judge is promoted only if its AUC on held-out labelled rows is at "

@@ -195,6 +195,11 @@ def add_evaluation(card: Path, ev: Evaluation) -> None:
              f"- replies that loop (before -> this model): {rate('loop_rate')}; cut off at the reply length: "
              f"{rate('cutoff_rate')}",
              f"- mean reply length: {old.get('mean_words', 0):.0f} -> {new.get('mean_words', 0):.0f} words"]
+    base = ev.replies_base
+    if {"loop_rate", "cutoff_rate", "mean_words"} <= base.keys() & new.keys():
+        lines.append(f"- against the base model: loops {base['loop_rate']:.0%} -> {new['loop_rate']:.0%}, cut off "
+                     f"{base['cutoff_rate']:.0%} -> {new['cutoff_rate']:.0%}, mean length "
+                     f"{base['mean_words']:.0f} -> {new['mean_words']:.0f} words")
     if ev.loss_ratio is not None:
         lines.append(f"- loss on {ev.heldout_conversations} held-out approved conversations: "
                      f"{ev.loss_ratio:.3f}x the serving model's")
