@@ -90,3 +90,26 @@ def test_corrections_are_pairs_of_the_corrected_over_the_published(tmp_path: Pat
     assert [(r.label, r.messages[-1]["content"], r.origin) for r in rows] == [
         ("good", "4", "correction"), ("bad", "5", "correction")]
     assert git(repo.path, "log", "--format=%s").splitlines()[0] == "Correct c1"
+
+
+@pytest.mark.slow
+def test_the_earlier_judge_is_measured_over_its_own_models_states_on_the_same_rows(tmp_path: Path,
+                                                                                   embedded_engine) -> None:
+    """A round compares its new head with the one the server judges with, which may read another model's states
+    (`before_engine`): only those are read again; the text and encoder figures are the held-out rows' own. Over a
+    second instance of the same model the earlier head's figures are those over the round's engine."""
+    from thresher.engines import load
+    from thresher.judge import head_for
+    from thresher.train.judge import train_head_judge
+    from thresher.train.sources import load as load_sources
+
+    good = load_sources(["sample"])[:40]
+    before = head_for(embedded_engine)
+    common = {"max_train": 24, "max_heldout": 24, "before": before}
+    same = train_head_judge(embedded_engine, "embedded", tmp_path / "a", good, **common)
+    other = load("embedded", n_ctx=2048)
+    # the same folder: the round's engine's states come from the first run's cache, the other engine's are read
+    apart = train_head_judge(embedded_engine, "embedded", tmp_path / "a", good, before_engine=other, **common)
+    assert same.auc_before is not None and same.auc_before["all"] is not None
+    assert apart.auc_before == pytest.approx(same.auc_before)
+    assert apart.auc_after == pytest.approx(same.auc_after)

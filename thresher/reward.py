@@ -187,36 +187,40 @@ def features(conversations: Sequence[Sequence[dict[str, str]]], engine: Any = No
              batch: int = 16, progress: Any = None, cache: HiddenCache | None = None,
              prototypes: Prototypes | None = None) -> Features:
     """Signals for every conversation; the encoder's closeness figures if asked (to `prototypes`, by default
-    today's training wordings); hidden states if an engine is given (in batches of `batch`, calling `progress(n)`
-    after each; from and into `cache` when given)."""
+    today's training wordings); hidden states if an engine is given (`hidden_states`)."""
     sig = np.array([signals(m) for m in conversations], dtype=np.float64).reshape(len(conversations), -1)
     enc = encoder_features(conversations, prototypes) if encoder and conversations else None
-    hid = None
-    cut: list[bool] = []
-    if engine is not None:
-        rows: list[np.ndarray] = []
-        for start in range(0, len(conversations), batch):
-            chunk = conversations[start:start + batch]
-            short = [shorten_for_head(engine, m) for m in chunk]
-            cut += [c for _, c in short]
-            prompts = [head_prompt(m) for m, _ in short]
-            keys = [HiddenCache.key(engine.version, p) for p in prompts] if cache is not None else []
-            todo = [i for i in range(len(prompts)) if cache is None or keys[i] not in cache.rows]
-            fresh = engine.last_hidden([prompts[i] for i in todo]) if todo else None
-            got = dict(zip(todo, fresh, strict=True)) if fresh is not None else {}
-            for i in range(len(prompts)):
-                if i in got:
-                    rows.append(got[i])
-                    if cache is not None:
-                        cache.put(keys[i], got[i])
-                else:
-                    rows.append(cache.rows[keys[i]])  # type: ignore[union-attr]
-            if progress is not None:
-                progress(len(chunk))
-        if cache is not None:
-            cache.save()
-        hid = np.vstack(rows) if rows else None
+    hid, cut = hidden_states(conversations, engine, batch, progress, cache) if engine is not None else (None, [])
     return Features(sig, enc, hid, cut)
+
+
+def hidden_states(conversations: Sequence[Sequence[dict[str, str]]], engine: Any, batch: int = 16,
+                  progress: Any = None, cache: HiddenCache | None = None) -> tuple[np.ndarray | None, list[bool]]:
+    """The engine's last hidden state over each conversation's head prompt (shortened to fit: the second item says
+    which were), in batches of `batch`, calling `progress(n)` after each; from and into `cache` when given."""
+    rows: list[np.ndarray] = []
+    cut: list[bool] = []
+    for start in range(0, len(conversations), batch):
+        chunk = conversations[start:start + batch]
+        short = [shorten_for_head(engine, m) for m in chunk]
+        cut += [c for _, c in short]
+        prompts = [head_prompt(m) for m, _ in short]
+        keys = [HiddenCache.key(engine.version, p) for p in prompts] if cache is not None else []
+        todo = [i for i in range(len(prompts)) if cache is None or keys[i] not in cache.rows]
+        fresh = engine.last_hidden([prompts[i] for i in todo]) if todo else None
+        got = dict(zip(todo, fresh, strict=True)) if fresh is not None else {}
+        for i in range(len(prompts)):
+            if i in got:
+                rows.append(got[i])
+                if cache is not None:
+                    cache.put(keys[i], got[i])
+            else:
+                rows.append(cache.rows[keys[i]])  # type: ignore[union-attr]
+        if progress is not None:
+            progress(len(chunk))
+    if cache is not None:
+        cache.save()
+    return (np.vstack(rows) if rows else None), cut
 
 
 PCA_DIMS = 16  # the hidden state's leading directions the head reads (all 576 overfit the topics it saw)

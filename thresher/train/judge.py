@@ -208,9 +208,16 @@ def train_head_judge(engine: Any, engine_spec: str, out: Path, sources: Sequence
     auc_before = None
     if before is not None:
         try:
-            f_before = f_test if before_engine is None else _features(
-                before_engine if before.use.get("hidden") else None, test_rows, encoder, "reading them for the "
-                "earlier judge")
+            f_before = f_test
+            if before_engine is not None and before.use.get("hidden"):  # its own model's states; the rest as read
+                from tqdm import tqdm
+
+                from thresher.reward import hidden_states
+
+                with tqdm(total=len(test_rows), desc="reading them for the earlier judge", unit="conv",
+                          mininterval=5) as bar:
+                    hid, cut = hidden_states([r.messages for r in test_rows], before_engine, progress=bar.update)
+                f_before = replace(f_test, hidden=hid, cut=cut)
             if encoder and before.prototypes is not None and before.prototypes != head.prototypes:
                 from thresher.reward import encoder_features  # the earlier head reads closeness to its own wordings
 
