@@ -442,7 +442,6 @@ def test_an_edit_that_breaks_the_record_is_refused_and_a_pushed_one_is_not_judge
     assert [j.judge_id for j in store.judgments(ids[0])] == ["judge@1"]
 
 
-
 def test_a_review_session_is_what_the_command_does(store: Store, tmp_path: Path, remote: Path) -> None:
     """The library side of `thresher review`: what is left to review, the records, a verdict pushed, a broken edit
     undone and refused, a good one committed as a correction, and the counts."""
@@ -474,6 +473,41 @@ def test_a_review_session_is_what_the_command_does(store: Store, tmp_path: Path,
     assert ReviewSession(ada.path).todo == [second]  # only what ada has not judged yet
     with pytest.raises(GitError, match="not a git clone"):
         ReviewSession(tmp_path / "nowhere")
+
+
+def test_the_review_loop_asks_until_it_gets_an_answer_and_undoes_a_broken_edit(store: Store, tmp_path: Path,
+                                                                               remote: Path) -> None:
+    """`ReviewSession.run`, as `thresher review` drives it with the terminal: an answer it does not know is asked
+    again; an edit that breaks the record is undone and asked about again; a good edit is committed, the corrected
+    conversation shown, and then judged; quit stops before the rest."""
+    from thresher.review import ReviewSession
+
+    published(store, tmp_path, remote, n=3)
+    session = ReviewSession(clone(tmp_path, remote, "ada", "ada@example.org").path)
+    first, second, third = session.todo
+    answers = iter(["x", "e", "e", "a", "r", "too vague", "q"])
+    edits = iter([lambda rec: rec.update(messages=[]), lambda rec: rec["messages"][1].update(content="Mended.")])
+    shown: list[tuple[str, str]] = []
+    said: list[str] = []
+    asked: list[str] = []
+
+    def ask(question: str, default: str | None) -> str:
+        asked.append(question)
+        return next(answers)
+
+    def edit(file: Path) -> None:
+        rec = json.loads(file.read_text())
+        next(edits)(rec)
+        file.write_text(json.dumps(rec))
+
+    summary = session.run(lambda path, where: shown.append((path, where)), ask, edit, said.append)
+    assert summary == "approved 1, rejected 1, skipped 0, corrected 1"
+    # the first again after its correction; the third shown, then quit
+    assert shown == [(first, "1/3"), (first, "1/3"), (second, "2/3"), (third, "3/3")]
+    assert said[0] == "answer a, r, s, e or q" and said[1].startswith("edit not kept: ")
+    assert said[2].startswith("correction committed (") and said[3:] == ["approved, pushed", "rejected, pushed"]
+    assert asked.count("Reason") == 1 and session.record(first).messages[1]["content"] == "Mended."
+
 
 def test_the_chat_models_data_and_the_judges_rows_follow_one_verdict_policy(store: Store, tmp_path: Path,
                                                                            remote: Path) -> None:

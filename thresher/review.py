@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -284,6 +284,40 @@ class ReviewSession:
 
     def summary(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in self.counts.items())
+
+    def run(self, show: Callable[[str, str], None], ask: Callable[[str, str | None], str],
+            edit: Callable[[Path], None], say: Callable[[str], None]) -> str:
+        """The review, one conversation at a time, oldest first: `show(path, "i/n")` it, then `ask` for approve,
+        reject (and a reason), skip, edit or quit until the answer is one of those. An edit opens the file in
+        `edit`, commits the change as a correction, shows the corrected conversation and asks again; an edit that
+        breaks the record is undone and said so. Returns the summary. Raises GitError or InvalidVerdict from a
+        verdict that cannot be written."""
+        for i, path in enumerate(self.todo, 1):
+            where = f"{i}/{len(self.todo)}"
+            show(path, where)
+            while True:
+                choice = ask("[a]pprove, [r]eject, [s]kip, [e]dit, [q]uit", "s").strip().lower()[:1]
+                if choice == "q":
+                    return self.summary()
+                if choice == "s":
+                    self.skip()
+                    break
+                if choice in ("a", "r"):
+                    say(self.verdict(path, choice == "a", ask("Reason", None) if choice == "r" else ""))
+                    break
+                if choice != "e":
+                    say("answer a, r, s, e or q")
+                    continue
+                edit(self.file(path))
+                try:
+                    sha = self.correct(path)
+                except InvalidVerdict as e:
+                    say(f"edit not kept: {e}")
+                    continue
+                if sha:
+                    say(f"correction committed ({sha[:12]})")
+                    show(path, where)
+        return self.summary()
 
 
 # -- corrections and sync into the store ---------------------------------------------------------------------------

@@ -85,43 +85,17 @@ def review_cmd(
     with failing(GitError, InvalidVerdict, code=2):
         session = ReviewSession(repo_path, reviewer)
     out.print(f"{len(session.todo)} conversation(s) to review as [bold]{session.reviewer}[/bold]")
-    choice = ""
-    for i, path in enumerate(session.todo, 1):
-        show = True
-        while True:
-            if show:
-                try:
-                    _show_conversation(out, session.record(path), f"{i}/{len(session.todo)}")
-                except InvalidRecord as e:  # someone pushed an edit that broke it: it can still be judged
-                    out.rule(f"{i}/{len(session.todo)}  {path}")
-                    err.print(f"[yellow]this file no longer holds a conversation record:[/yellow] {e}")
-                show = False
-            choice = typer.prompt("[a]pprove, [r]eject, [s]kip, [e]dit, [q]uit", default="s").strip().lower()[:1]
-            if choice not in ("a", "r", "s", "e", "q"):
-                err.print("answer a, r, s, e or q")
-                continue
-            try:
-                if choice == "e":
-                    click.edit(filename=str(session.file(path)))
-                    try:
-                        sha = session.correct(path)
-                    except InvalidVerdict as e:
-                        err.print(f"[yellow]edit not kept:[/yellow] {e}")
-                        continue
-                    if sha:
-                        out.print(f"correction committed ({sha[:12]})")
-                        show = True  # show the corrected conversation, then ask for a verdict
-                    continue
-                if choice in ("a", "r"):
-                    out.print(session.verdict(path, choice == "a", typer.prompt("Reason") if choice == "r" else ""))
-            except (GitError, InvalidVerdict) as e:
-                raise fail(str(e), 1) from None
-            break
-        if choice == "q":
-            break
-        if choice == "s":
-            session.skip()
-    out.print(session.summary())
+
+    def show(path: str, where: str) -> None:
+        try:
+            _show_conversation(out, session.record(path), where)
+        except InvalidRecord as e:  # someone pushed an edit that broke it: it can still be judged
+            out.rule(f"{where}  {path}")
+            err.print(f"[yellow]this file no longer holds a conversation record:[/yellow] {e}")
+
+    with failing(GitError, InvalidVerdict):
+        out.print(session.run(show, lambda q, default: typer.prompt(q, default=default),
+                              lambda file: click.edit(filename=str(file)), out.print))
 
 
 def _show_conversation(out: Any, rec: Record, where: str) -> None:
