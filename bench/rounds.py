@@ -14,11 +14,13 @@ Each round, in one fresh data dir (`--data-dir`, or a temporary one):
 Printed per round: published/approved, pairs, the round's own evaluation (candidate against the serving model) and
 whether it was promoted. At the end, the promoted model against the BASE on the held-out questions (the evaluation
 side of the split, never asked by the simulated users): length-controlled win rate by the frozen judge, loop and
-cut-off rates, mean length. Goals (issue 14): LC win rate >= 0.60, loop and cut-off rates below the base's, mean
-length within +-25% of the base's. Figures over fewer than 30 prompts are noise and printed so.
+cut-off rates, mean length; then the same on the rest of the evaluation side, the questions no round's gate
+chose on (`against_base_unseen` in the JSON). Goals (issue 14): LC win rate >= 0.60, loop and cut-off rates below
+the base's, mean length within +-25% of the base's. Figures over fewer than 30 prompts are noise and printed so.
 
 Run:
     python bench/rounds.py [--rounds 3] [--users 48] [--eval-prompts 60] [--data-dir DIR] [--json PATH]
+    python bench/rounds.py --data-dir DIR --json PATH --only-against-base   # only the comparisons, after a run
 About 15 minutes a round on an idle 2-core machine with `--users 32`. Killed, the same command with the same
 `--data-dir` continues where it stopped (rounds resume by stage; simulated users are not asked twice).
 """
@@ -100,12 +102,11 @@ def simulate_users(settings: Settings, registry: Registry, questions: list[str],
     return approved
 
 
-def against_base(settings: Settings, registry: Registry, n_prompts: int, tokens: int) -> dict:
-    """The promoted chat model against the base on the held-out questions."""
+def against_base(settings: Settings, registry: Registry, qs: list[str], tokens: int) -> dict:
+    """The promoted chat model against the base on the held-out questions `qs`."""
     current = registry.current("chat")
     if current is None:
         return {"promoted": None}
-    qs = eval_prompts(n_prompts)
     params = ChatParams(temperature=settings.temperature, repetition_penalty=settings.repetition_penalty)
     new = replies(load(current.spec, n_ctx=settings.n_ctx, n_threads=settings.n_threads), qs, tokens,
                   progress="promoted model", params=params)
@@ -129,6 +130,8 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path)
     ap.add_argument("--threads", type=int)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--only-against-base", action="store_true",
+                    help="run no round: compare the data dir's promoted model with the base (after a finished run)")
     a = ap.parse_args()
     import subprocess
 
@@ -148,7 +151,9 @@ def main() -> None:
     out = {"rounds": [], "data_dir": str(data_dir)}
     progress = data_dir / "bench-rounds.json"  # which rounds' users were simulated: a killed run continues
     done = json.loads(progress.read_text()) if progress.exists() else {}
-    for n in range(1, a.rounds + 1):
+    if a.only_against_base and a.json and a.json.exists():
+        out = json.loads(a.json.read_text())
+    for n in range(1, 0 if a.only_against_base else a.rounds + 1):
         t0 = time.perf_counter()
         print(f"round {n}:", flush=True)
         if str(n) in done:
@@ -171,21 +176,34 @@ def main() -> None:
               flush=True)
         if a.json:
             a.json.write_text(json.dumps(out, indent=2))
-    final = against_base(settings, registry, a.eval_prompts, config.eval_tokens)
-    out["against_base"] = final
-    if final.get("promoted"):
-        p, b = final["replies_promoted"], final["replies_base"]
-        ratio = p["mean_words"] / b["mean_words"] if b["mean_words"] else None
-        print(f"promoted {final['promoted']} against the base on {final['prompts']} held-out real questions:")
-        print(f"  LC win rate {win_rate_words(final['lc_win_rate'], final['prompts'])} (goal >= 0.60); raw "
-              f"{final['win_rate']:.3f}")
-        print(f"  loops {b['loop_rate']:.0%} -> {p['loop_rate']:.0%}, cut off {b['cutoff_rate']:.0%} -> "
-              f"{p['cutoff_rate']:.0%} (goal: both lower); mean words {b['mean_words']:.0f} -> {p['mean_words']:.0f}"
-              + (f" ({ratio:.2f}x, goal 0.75-1.25x)" if ratio else ""))
-    else:
+    # The rounds' gates chose on the first --eval-prompts questions; the rest of the evaluation side no gate saw
+    held = eval_prompts(10_000)
+    for key, qs, what in (("against_base", held[:a.eval_prompts], "the held-out questions the gates saw"),
+                          ("against_base_unseen", held[a.eval_prompts:], "held-out questions no gate saw")):
+        if not qs:
+            continue
+        if a.only_against_base and key in out:  # measured before, by this run
+            report(out[key], what)
+            continue
+        final = against_base(settings, registry, qs, config.eval_tokens)
+        out[key] = final
+        report(final, what)
+        if a.json:
+            a.json.write_text(json.dumps(out, indent=2))
+
+
+def report(final: dict, what: str) -> None:
+    if not final.get("promoted"):
         print("no round promoted a chat model: the base still serves")
-    if a.json:
-        a.json.write_text(json.dumps(out, indent=2))
+        return
+    p, b = final["replies_promoted"], final["replies_base"]
+    ratio = p["mean_words"] / b["mean_words"] if b["mean_words"] else None
+    print(f"promoted {final['promoted']} against the base on {final['prompts']} {what}:")
+    print(f"  LC win rate {win_rate_words(final['lc_win_rate'], final['prompts'], 'the base')} (goal >= 0.60); raw "
+          f"{final['win_rate']:.3f}")
+    print(f"  loops {b['loop_rate']:.0%} -> {p['loop_rate']:.0%}, cut off {b['cutoff_rate']:.0%} -> "
+          f"{p['cutoff_rate']:.0%} (goal: both lower); mean words {b['mean_words']:.0f} -> {p['mean_words']:.0f}"
+          + (f" ({ratio:.2f}x, goal 0.75-1.25x)" if ratio else ""), flush=True)
 
 
 if __name__ == "__main__":

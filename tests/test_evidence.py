@@ -22,6 +22,7 @@ def test_many_prompts_can_say_better_or_nothing() -> None:
     assert win_rate_words(0.62, 400).endswith("better than the serving model")
     assert "no clear difference" in win_rate_words(0.52, 40)
     assert win_rate_words(None, 0) == "not measured"
+    assert win_rate_words(0.30, 400, than="the base").endswith("worse than the base")
 
 
 def test_an_auc_on_six_rows_is_noise() -> None:

@@ -23,8 +23,9 @@ def wilson(rate: float, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def win_rate_words(rate: float | None, prompts: int | None) -> str:
-    """'0.502 over 2 prompts: noise (95 % interval 0.09-0.91), no evidence either way' and the like."""
+def win_rate_words(rate: float | None, prompts: int | None, than: str = "the serving model") -> str:
+    """'0.502 over 2 prompts: noise (95 % interval 0.09-0.91), no evidence either way' and the like; `than` names
+    the model the win rate is against."""
     if rate is None or not prompts:
         return "not measured"
     lo, hi = wilson(rate, prompts)
@@ -32,9 +33,9 @@ def win_rate_words(rate: float | None, prompts: int | None) -> str:
     if prompts < MIN_ROWS:
         return f"{said}: noise (95 % interval {lo:.2f}-{hi:.2f}), no evidence either way"
     if lo <= 0.5 <= hi:
-        return f"{said} (95 % interval {lo:.2f}-{hi:.2f}): no clear difference from the serving model"
+        return f"{said} (95 % interval {lo:.2f}-{hi:.2f}): no clear difference from {than}"
     better = "better" if lo > 0.5 else "worse"
-    return f"{said} (95 % interval {lo:.2f}-{hi:.2f}): {better} than the serving model"
+    return f"{said} (95 % interval {lo:.2f}-{hi:.2f}): {better} than {than}"
 
 
 def auc_words(auc: float | None, rows: int | None) -> str:
