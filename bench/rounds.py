@@ -22,7 +22,8 @@ Run:
     python bench/rounds.py [--rounds 3] [--users 48] [--eval-prompts 60] [--data-dir DIR] [--json PATH]
     python bench/rounds.py --data-dir DIR --json PATH --only-against-base   # only the comparisons, after a run
 About 15 minutes a round on an idle 2-core machine with `--users 32`. Killed, the same command with the same
-`--data-dir` continues where it stopped (rounds resume by stage; simulated users are not asked twice).
+`--data-dir` continues where it stopped (rounds resume by stage; simulated users are not asked twice; a round
+that ran to its end is reported from its state, not run again).
 """
 
 from __future__ import annotations
@@ -121,6 +122,24 @@ def against_base(settings: Settings, registry: Registry, qs: list[str], tokens: 
             "eval_judge": judge.judge_id}
 
 
+def finished_round(data_dir: Path, n: int, done: dict) -> dict | None:
+    """Round n's row from its state, when this run simulated its users and the round ran to its end."""
+    from thresher.train.state import RoundState
+
+    if str(n) not in done or not (data_dir / "rounds" / str(n) / "state.json").exists():
+        return None
+    state = RoundState(data_dir / "rounds" / str(n))
+    if not state.done("published"):
+        return None
+    ev, gated = state.raw("evaluated"), state.raw("gated")
+    promoted = [state.raw(kind).get("version") for kind in ("chat", "judge")
+                if gated.get(kind, {}).get("passed")]
+    return {"round": n, "approved": done[str(n)], "pairs": state.raw("pairs").get("pairs"),
+            "win_rate": ev.get("win_rate"), "lc_win_rate": ev.get("lc_win_rate"), "prompts": ev.get("prompts"),
+            "replies_new": ev.get("replies_new"), "replies_serving": ev.get("replies_serving"),
+            "promoted": [v for v in promoted if v], "seconds": None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -156,6 +175,13 @@ def main() -> None:
     for n in range(1, 0 if a.only_against_base else a.rounds + 1):
         t0 = time.perf_counter()
         print(f"round {n}:", flush=True)
+        finished = finished_round(data_dir, n, done)
+        if finished:  # the whole round ran before: report it, do not start another
+            out["rounds"].append(finished)
+            print(f"  (finished before: LC win rate against the serving model "
+                  f"{win_rate_words(finished['lc_win_rate'], finished['prompts'])}; promoted "
+                  f"{finished['promoted'] or 'nothing'})", flush=True)
+            continue
         if str(n) in done:
             approved = done[str(n)]
             print(f"  (continuing: its {approved} approved conversations were simulated before)", flush=True)
