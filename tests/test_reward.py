@@ -176,6 +176,24 @@ def test_numpy_encoder_matches_transformers() -> None:
     assert sims[0, 1] > 0.6 > 0.2 > sims[0, 2]  # a question is close to its answer, not to another subject
 
 
+
+def test_the_encoder_computes_in_float32_and_a_texts_vector_does_not_depend_on_its_batch() -> None:
+    from thresher.encoder import Encoder
+
+    enc = Encoder()
+    rng = random.Random(0)
+    words = "the of a question answer paris france capital river water heat energy house roof".split()
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 180))) for _ in range(40)]
+    together = enc.encode(texts)  # shortest first, in batches of similar length
+    apart = np.vstack([enc.encode([t]) for t in texts])
+    assert np.abs(together - apart).max() < 1e-5
+    # every layer in float32 (a float64 scalar once turned the rest of the network into float64, 3x slower)
+    assert enc._forward(np.array([[101, 2054, 102]]), np.ones((1, 3), dtype=np.float32)).dtype == np.float32
+    assert np.allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    # small batches come out the same as large ones
+    assert np.abs(enc.encode(texts, batch=3, budget=64) - together).max() < 1e-5
+
+
 @pytest.mark.slow
 def test_the_shipped_head_ranks_real_answers_above_their_spoiled_copies(embedded_engine) -> None:
     """Real questions and answers from topics the shipped head never trained on, each spoiled

@@ -10,6 +10,7 @@ on the same topic shares words, not meaning).
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -46,19 +47,36 @@ class Encoder:
         raw = load_file(str(path / "model.safetensors"))
         self.w = {k.removeprefix("bert."): v.astype(np.float32) for k, v in raw.items()}
         self.layers = 1 + max(int(k.split(".")[2]) for k in self.w if k.startswith("encoder.layer."))
+        for i in range(self.layers):  # query, key and value as one product
+            p = f"encoder.layer.{i}.attention.self"
+            for part in ("weight", "bias"):
+                self.w[f"{p}.qkv.{part}"] = np.concatenate([self.w[f"{p}.{n}.{part}"] for n in ("query", "key",
+                                                                                                  "value")])
         self.heads = 12
         self.tok = Tokenizer.from_file(str(path / "tokenizer.json"))
         self.tok.enable_truncation(MAX_TOKENS)
         self.tok.no_padding()
 
-    def encode(self, texts: Sequence[str], batch: int = 32) -> np.ndarray:
-        """Unit vectors, one row per text."""
+    def encode(self, texts: Sequence[str], batch: int = 64, budget: int = 2048) -> np.ndarray:
+        """Unit vectors, one row per text. Texts are read shortest first, in batches of at most `batch` texts and
+        `budget` tokens with the padding, and at most a quarter padding (a batch is as wide as its longest text:
+        a 5-token text beside a 250-token one costs as much as it)."""
         encs = self.tok.encode_batch([t or " " for t in texts])
         out = np.zeros((len(texts), self.w["embeddings.word_embeddings.weight"].shape[1]), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(encs[i].ids))
-        for start in range(0, len(order), batch):
-            idx = order[start:start + batch]
-            width = max(len(encs[i].ids) for i in idx)
+        batches: list[list[int]] = []
+        real = 0  # tokens in the batch being filled, without padding
+        for i in order:
+            n = len(encs[i].ids)
+            padded = n * (len(batches[-1]) + 1) if batches else 0
+            if batches and len(batches[-1]) < batch and padded <= budget and padded <= 1.25 * (real + n):
+                batches[-1].append(i)
+                real += n
+            else:
+                batches.append([i])
+                real = n
+        for idx in batches:
+            width = len(encs[idx[-1]].ids)
             ids = np.zeros((len(idx), width), dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.float32)
             for r, i in enumerate(idx):
@@ -75,7 +93,9 @@ class Encoder:
     def _dense(self, x: np.ndarray, name: str) -> np.ndarray:
         w = self.w[f"{name}.weight"]
         # as one 2-D product: numpy multiplies a 3-D stack by a matrix some twenty times slower
-        return (x.reshape(-1, x.shape[-1]) @ w.T).reshape(*x.shape[:-1], w.shape[0]) + self.w[f"{name}.bias"]
+        y = x.reshape(-1, x.shape[-1]) @ w.T
+        y += self.w[f"{name}.bias"]
+        return y.reshape(*x.shape[:-1], w.shape[0])
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         w = self.w
@@ -92,19 +112,32 @@ class Encoder:
             def heads(y: np.ndarray) -> np.ndarray:
                 return y.reshape(n, t, self.heads, hd).transpose(0, 2, 1, 3)
 
-            q = heads(self._dense(x, f"{p}.attention.self.query"))
-            k = heads(self._dense(x, f"{p}.attention.self.key"))
-            v = heads(self._dense(x, f"{p}.attention.self.value"))
-            att = np.einsum("bhqd,bhkd->bhqk", q, k, optimize=True) / np.sqrt(hd) + bias
+            qkv = self._dense(x, f"{p}.attention.self.qkv")
+            q, k, v = (heads(qkv[..., j * d:(j + 1) * d]) for j in range(3))
+            att = np.einsum("bhqd,bhkd->bhqk", q, k, optimize=True) * (1.0 / math.sqrt(hd)) + bias  # float32 throughout
             att = np.exp(att - att.max(-1, keepdims=True))
             att /= att.sum(-1, keepdims=True)
             ctx = np.einsum("bhqk,bhkd->bqhd", att, v, optimize=True).reshape(n, t, d)
             x = self._ln(x + self._dense(ctx, f"{p}.attention.output.dense"), f"{p}.attention.output.LayerNorm")
             h = self._dense(x, f"{p}.intermediate.dense")
-            h = 0.5 * h * (1.0 + np.tanh(0.7978845608 * (h + 0.044715 * h * h * h)))  # GELU
+            h *= _gelu_factor(h)
             x = self._ln(x + self._dense(h, f"{p}.output.dense"), f"{p}.output.LayerNorm")
         pooled = (x * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
         return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-9)
+
+
+def _gelu_factor(h: np.ndarray) -> np.ndarray:
+    """0.5 (1 + tanh(0.79788 (h + 0.044715 h^3))), the tanh GELU's factor, computed in one buffer: the whole layer
+    output is large, and numpy's temporaries for the plain formula cost more than the tanh."""
+    g = h * h
+    g *= 0.044715
+    g += 1.0
+    g *= h
+    g *= 0.7978845608
+    np.tanh(g, out=g)
+    g += 1.0
+    g *= 0.5
+    return g
 
 
 @cache
