@@ -21,9 +21,9 @@ the base's, mean length within +-25% of the base's. Figures over fewer than 30 p
 Run:
     python bench/rounds.py [--rounds 3] [--users 48] [--eval-prompts 60] [--data-dir DIR] [--json PATH]
     python bench/rounds.py --data-dir DIR --json PATH --only-against-base   # only the comparisons, after a run
-About 15 minutes a round on an idle 2-core machine with `--users 32`. Killed, the same command with the same
-`--data-dir` continues where it stopped (rounds resume by stage; simulated users are not asked twice; a round
-that ran to its end is reported from its state, not run again).
+About 20-35 minutes a round on an idle 2-core machine with `--users 32` (peak memory 8.6 GB). Killed, the same
+command with the same `--data-dir` continues where it stopped (rounds resume by stage; simulated users are not
+asked twice; a round that ran to its end is reported from its state, not run again).
 """
 
 from __future__ import annotations
