@@ -122,22 +122,24 @@ def against_base(settings: Settings, registry: Registry, qs: list[str], tokens: 
             "eval_judge": judge.judge_id}
 
 
-def finished_round(data_dir: Path, n: int, done: dict) -> dict | None:
-    """Round n's row from its state, when this run simulated its users and the round ran to its end."""
+def round_row(n: int, approved: int, record: dict, seconds: float | None) -> dict:
+    """A round's row of the bench's JSON, from its record as the dataset publishes it (`RoundRecord.to_json`)."""
+    ev = record["evaluation"]
+    return {"round": n, "approved": approved, "pairs": record["pairs"]["pairs"], "win_rate": ev["win_rate"],
+            "lc_win_rate": ev["lc_win_rate"], "prompts": ev["prompts"], "replies_new": ev["replies_new"],
+            "replies_serving": ev["replies_serving"], "promoted": record["promoted"], "seconds": seconds}
+
+
+def finished_round(settings: Settings, n: int, done: dict) -> dict | None:
+    """Round n's row, read from the record it published, when this run simulated its users and the round ran to
+    its end."""
     from thresher.train.state import RoundState
 
-    if str(n) not in done or not (data_dir / "rounds" / str(n) / "state.json").exists():
+    root = settings.data_dir / "rounds" / str(n)
+    if str(n) not in done or not (root / "state.json").exists() or not RoundState(root).done("published"):
         return None
-    state = RoundState(data_dir / "rounds" / str(n))
-    if not state.done("published"):
-        return None
-    ev, gated = state.raw("evaluated"), state.raw("gated")
-    promoted = [state.raw(kind).get("version") for kind in ("chat", "judge")
-                if gated.get(kind, {}).get("passed")]
-    return {"round": n, "approved": done[str(n)], "pairs": state.raw("pairs").get("pairs"),
-            "win_rate": ev.get("win_rate"), "lc_win_rate": ev.get("lc_win_rate"), "prompts": ev.get("prompts"),
-            "replies_new": ev.get("replies_new"), "replies_serving": ev.get("replies_serving"),
-            "promoted": [v for v in promoted if v], "seconds": None}
+    record = json.loads((settings.dataset_path / "rounds" / f"{n}.json").read_text())
+    return round_row(n, done[str(n)], record, None)
 
 
 def main() -> None:
@@ -172,10 +174,10 @@ def main() -> None:
     done = json.loads(progress.read_text()) if progress.exists() else {}
     if a.only_against_base and a.json and a.json.exists():
         out = json.loads(a.json.read_text())
-    for n in range(1, 0 if a.only_against_base else a.rounds + 1):
+    for n in range(1, (0 if a.only_against_base else a.rounds) + 1):
         t0 = time.perf_counter()
         print(f"round {n}:", flush=True)
-        finished = finished_round(data_dir, n, done)
+        finished = finished_round(settings, n, done)
         if finished:  # the whole round ran before: report it, do not start another
             out["rounds"].append(finished)
             print(f"  (finished before: LC win rate against the serving model "
@@ -192,10 +194,7 @@ def main() -> None:
             progress.write_text(json.dumps(done))
         record = run_round(settings, config, progress=lambda m: print("  " + m, flush=True))
         ev = record.evaluation
-        row = {"round": n, "approved": approved, "pairs": record.pairs.pairs, "win_rate": ev.win_rate,
-               "lc_win_rate": ev.lc_win_rate, "prompts": ev.prompts, "replies_new": ev.replies_new,
-               "replies_serving": ev.replies_serving, "promoted": record.promoted,
-               "seconds": round(time.perf_counter() - t0)}
+        row = round_row(n, approved, record.to_json(), round(time.perf_counter() - t0))
         out["rounds"].append(row)
         print(f"round {n} done in {row['seconds']} s: LC win rate against the serving model "
               f"{win_rate_words(ev.lc_win_rate, ev.prompts)}; promoted {record.promoted or 'nothing'}",
@@ -214,6 +213,8 @@ def main() -> None:
         final = against_base(settings, registry, qs, config.eval_tokens)
         out[key] = final
         report(final, what)
+        if not final.get("promoted"):  # nothing to compare on the other questions either
+            break
         if a.json:
             a.json.write_text(json.dumps(out, indent=2))
 

@@ -176,7 +176,6 @@ def test_numpy_encoder_matches_transformers() -> None:
     assert sims[0, 1] > 0.6 > 0.2 > sims[0, 2]  # a question is close to its answer, not to another subject
 
 
-
 def test_the_encoder_computes_in_float32_and_a_texts_vector_does_not_depend_on_its_batch() -> None:
     from thresher.encoder import Encoder
 
