@@ -160,7 +160,7 @@ def test_placeholders_survive_in_help() -> None:
 
 
 def test_serve_says_what_is_on_and_why_the_rest_is_off(settings) -> None:
-    from thresher.deployment import serving_lines
+    from thresher.server import serving_lines
 
     off = "\n".join(serving_lines(settings))
     assert "review page off: no reviewer tokens" in off and "from this machine only (no admin token" in off

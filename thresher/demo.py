@@ -1,11 +1,11 @@
 """`thresher demo`: the whole loop on this machine, with simulated people.
 
-In a fresh data dir: the real server starts on 127.0.0.1 with the embedded model; SIMULATED users (prompts written
-for this demo) chat with it through the real OpenAI-compatible API, say yes to publishing and end their
-conversations; the judge rates them; the best are scrubbed and published to a local bare git repository; a
-SIMULATED reviewer, whose policy is printed, approves or rejects them in git; the verdicts are synced back; and one
-small training round runs and is gated. Everything simulated is labelled so: the reviewer's name, each verdict's
-reason, and the `simulated` flag the users send.
+In a fresh data dir: the real server (`thresher serve`, in a child process) starts on 127.0.0.1 with the embedded
+model; SIMULATED users (prompts written for this demo) chat with it through the real OpenAI-compatible API, say yes
+to publishing and end their conversations; the judge rates them; the best are scrubbed and published to a local
+bare git repository; a SIMULATED reviewer, whose policy is printed, approves or rejects them in git; the verdicts
+are synced back; and one small training round runs and is gated. Everything simulated is labelled so: the
+reviewer's name, each verdict's reason, and the `simulated` flag the users send.
 """
 
 from __future__ import annotations
@@ -130,13 +130,11 @@ def run_demo(data_dir: Path, quick: bool, say: Callable[[str], None], keep_servi
 def _run_demo(data_dir: Path, quick: bool, say: Callable[[str], None], keep_serving: bool,
               port: int | None) -> dict[str, Any]:
     import httpx
-    import uvicorn
 
     from thresher.dataset_repo import DatasetRepo
+    from thresher.deployment import Deployment
     from thresher.flywheel import Worker
-    from thresher.follow import judge_from_settings
     from thresher.review import write_verdict
-    from thresher.server import create_app
     from thresher.store import Store
     from thresher.train.round import RoundConfig, run_round
 
@@ -152,83 +150,120 @@ def _run_demo(data_dir: Path, quick: bool, say: Callable[[str], None], keep_serv
                         judge_interval_seconds=3600)
     config_file = write_config(settings, data_dir / "thresher.toml")
     say(f"demo data dir: {data_dir}; the public dataset is the local bare repository {remote}")
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    import threading
+    server = start_server(settings)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        say(f"server up at {url}; {config.users} SIMULATED users start chatting through the API")
+        ids = []
+        with httpx.Client(base_url=url, timeout=300) as client:
+            model = client.get("/v1/models").json()["data"][0]["id"]
+            for i, turns in enumerate(SIMULATED_USERS[: config.users]):
+                messages: list[dict[str, str]] = []
+                conv_id = None
+                for text in turns:
+                    messages.append({"role": "user", "content": text})
+                    r = client.post("/v1/chat/completions", json={
+                        "model": model, "messages": messages, "max_tokens": config.reply_tokens,
+                        "temperature": 0.3, "seed": i, "thresher_publish": True, "user": f"simulated-user-{i}"})
+                    r.raise_for_status()
+                    conv_id = r.headers["x-thresher-conversation"]
+                    reply = r.json()["choices"][0]["message"]["content"]
+                    messages.append({"role": "assistant", "content": reply})
+                client.post(f"/v1/conversations/{conv_id}/end").raise_for_status()
+                ids.append(conv_id)
+                say(f"  simulated user {i + 1}: {turns[0]!r} -> {messages[-1]['content'][:60]!r}")
 
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("the demo server did not start")
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    say(f"server up at {url}; {config.users} SIMULATED users start chatting through the API")
-    ids = []
-    with httpx.Client(base_url=url, timeout=300) as client:
-        model = client.get("/v1/models").json()["data"][0]["id"]
-        for i, turns in enumerate(SIMULATED_USERS[: config.users]):
-            messages: list[dict[str, str]] = []
-            conv_id = None
-            for text in turns:
-                messages.append({"role": "user", "content": text})
-                r = client.post("/v1/chat/completions", json={
-                    "model": model, "messages": messages, "max_tokens": config.reply_tokens, "temperature": 0.3,
-                    "seed": i, "thresher_publish": True, "user": f"simulated-user-{i}"})
-                r.raise_for_status()
-                conv_id = r.headers["x-thresher-conversation"]
-                messages.append({"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]})
-            client.post(f"/v1/conversations/{conv_id}/end").raise_for_status()
-            ids.append(conv_id)
-            say(f"  simulated user {i + 1}: {turns[0]!r} -> {messages[-1]['content'][:60]!r}")
+        store = Store(settings.db_url)
+        # The loop's stages one at a time (the server's own loop waits an hour between turns here), with the
+        # simulated reviewer between publishing and reading the verdicts back; the demo runs its round itself. It
+        # judges as the server would ("serving": the chat model judges), with its own copy of the model.
+        deployment = Deployment(settings, store=store)
+        worker = Worker(settings, store, deployment.judge(deployment.engine(n_parallel=1)),
+                        repo=DatasetRepo(settings.dataset_path, str(remote)))
+        repo = worker.repo
+        judged = worker.judge_ended()
+        say(f"judged {judged} conversation(s)")
+        report = worker.publish()
+        say(f"published {len(report.published)} to {remote}; rejected {len(report.rejected)}")
 
-    store = Store(settings.db_url)
-    # The loop's stages one at a time (the server's own loop waits an hour between turns here), with the
-    # simulated reviewer between publishing and reading the verdicts back; the demo runs its round itself.
-    worker = Worker(settings, store, judge_from_settings(settings, app.state.rt.engine),
-                    repo=DatasetRepo(settings.dataset_path, str(remote)))
-    repo = worker.repo
-    judged = worker.judge_ended()
-    say(f"judged {judged} conversation(s)")
-    report = worker.publish()
-    say(f"published {len(report.published)} to {remote}; rejected {len(report.rejected)}")
+        say("the SIMULATED reviewer's policy: " + REVIEWER_POLICY.format(min_score=config.review_min_score,
+                                                                         min_words=config.review_min_words))
+        verdicts = {"approve": 0, "reject": 0}
+        for conv_id in report.published:
+            history = store.judgments(conv_id)
+            j = history[-1] if history else None
+            conv = store.get(conv_id)
+            verdict, reason = review_policy(j.score if j else None, j.flags if j else [],
+                                            [m.to_openai() for m in conv.messages], config)
+            write_verdict(repo, conv_id, verdict, reason, reviewer=REVIEWER)
+            verdicts[verdict] += 1
+        synced, _, _ = worker.read_reviews()
+        say(f"simulated reviewer: {verdicts['approve']} approved, {verdicts['reject']} rejected; synced "
+            f"({synced.approved} approved in the store)")
+        store.close()
 
-    say("the SIMULATED reviewer's policy: " + REVIEWER_POLICY.format(min_score=config.review_min_score,
-                                                                     min_words=config.review_min_words))
-    verdicts = {"approve": 0, "reject": 0}
-    for conv_id in report.published:
-        history = store.judgments(conv_id)
-        j = history[-1] if history else None
-        conv = store.get(conv_id)
-        verdict, reason = review_policy(j.score if j else None, j.flags if j else [],
-                                        [m.to_openai() for m in conv.messages], config)
-        write_verdict(repo, conv_id, verdict, reason, reviewer=REVIEWER)
-        verdicts[verdict] += 1
-    synced, _, _ = worker.read_reviews()
-    say(f"simulated reviewer: {verdicts['approve']} approved, {verdicts['reject']} rejected; synced "
-        f"({synced.approved} approved in the store)")
-    store.close()
-
-    say("one small training round (judge, chat model, export, evaluation, gate)")
-    round_config = RoundConfig.tiny() if quick else RoundConfig.small()
-    record = run_round(settings, round_config, progress=lambda m: say("  " + m))
-    ev, jr = record.evaluation, record.judge
-    summary = {
-        "data_dir": str(data_dir), "remote": str(remote), "conversations": len(ids), "judged": judged,
-        "published": len(report.published), "approved": verdicts["approve"], "rejected": verdicts["reject"],
-        "round": record.round, "promoted": record.promoted, "win_rate": ev.win_rate,
-        "lc_win_rate": ev.lc_win_rate, "pairs": record.pairs.pairs, "prompts": ev.prompts,
-        "judge_auc": [jr.before_auc, jr.after_auc], "judge_rows": jr.rows_heldout,
-        "relaxed_gate": round_config.gate == RoundConfig.tiny().gate,
-        "threshold": settings.judge_threshold, "config": str(config_file),
-        "seconds": round(time.perf_counter() - t0, 1), "dashboard": f"{url}/dashboard", "chat": url,
-    }
-    if not keep_serving:
-        server.should_exit = True
-        thread.join(timeout=30)
-    else:
+        say("one small training round (judge, chat model, export, evaluation, gate)")
+        round_config = RoundConfig.tiny() if quick else RoundConfig.small()
+        record = run_round(settings, round_config, progress=lambda m: say("  " + m))
+        ev, jr = record.evaluation, record.judge
+        summary = {
+            "data_dir": str(data_dir), "remote": str(remote), "conversations": len(ids), "judged": judged,
+            "published": len(report.published), "approved": verdicts["approve"], "rejected": verdicts["reject"],
+            "round": record.round, "promoted": record.promoted, "win_rate": ev.win_rate,
+            "lc_win_rate": ev.lc_win_rate, "pairs": record.pairs.pairs, "prompts": ev.prompts,
+            "judge_auc": [jr.before_auc, jr.after_auc], "judge_rows": jr.rows_heldout,
+            "relaxed_gate": round_config.gate == RoundConfig.tiny().gate,
+            "threshold": settings.judge_threshold, "config": str(config_file),
+            "seconds": round(time.perf_counter() - t0, 1), "dashboard": f"{url}/dashboard", "chat": url,
+        }
+    except BaseException:  # nothing is left serving after a failure or Ctrl-C
+        stop_server(server)
+        raise
+    if keep_serving:
         summary["server"] = server
+    else:
+        stop_server(server)
     return summary
+
+
+def start_server(settings: Settings, timeout: float = 300) -> subprocess.Popen[bytes]:
+    """`thresher serve` with `settings`, in a child process writing to this one's standard output and error, once
+    its /healthz answers. RuntimeError when it exits or does not answer within `timeout` seconds."""
+    import httpx
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THRESHER_")} | settings.as_env()
+    server = subprocess.Popen([sys.executable, "-m", "thresher", "serve"], env=env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the demo server exited with status {server.returncode} (its output is above, "
+                               "or in the demo's log)")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://{settings.host}:{settings.port}/healthz", timeout=5).is_success:
+                return server
+        time.sleep(0.2)
+    stop_server(server)
+    raise RuntimeError(f"the demo server did not answer within {timeout:g} s")
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    """Stop a server from `start_server`: asked first (it finishes what it is doing), then killed after 30 s."""
+    if server.poll() is None:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def serve_until_stopped(summary: dict[str, Any]) -> None:
+    """`thresher demo` without --exit: the demo's server keeps serving until it exits or Ctrl-C stops it."""
+    server = summary["server"]
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        stop_server(server)
 
 
 def _free_port() -> int:

@@ -7,33 +7,13 @@ training round take them from here rather than opening each by hand.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
 from thresher.config import Settings
 from thresher.dataset_repo import DatasetRepo
 from thresher.store import Store
-
-
-def serving_lines(s: Settings) -> list[str]:
-    """What `thresher serve` turns on, and why each part that is off is off: said at start-up."""
-    base = f"http://{s.host}:{s.port}"
-    lines = [f"chat page {base}/   ·   OpenAI-compatible API {base}/v1"]
-    if s.reviewer_tokens:
-        lines.append(f"review page {base}/review ({len(s.reviewer_tokens)} reviewer token(s))")
-    else:
-        lines.append("review page off: no reviewer tokens (set reviewer_tokens to open /review)")
-    if s.admin_token:
-        lines.append(f"dashboard {base}/dashboard (sign in with the admin token)")
-    else:
-        lines.append(f"dashboard {base}/dashboard, from this machine only (no admin token set)")
-    if s.judge == "off":
-        lines.append("judging off (judge = off): nothing is rated or published")
-    else:
-        where = s.dataset_remote or f"the local clone {s.dataset_path} (no dataset_remote set)"
-        lines.append(f"judging ended conversations with {s.judge} at threshold {s.threshold():g}; publishing every "
-                     f"{s.publish_interval_seconds:g} s to {where}")
-    return lines
 
 
 class Deployment:
@@ -84,6 +64,20 @@ class Deployment:
 
         return judge_from_settings(self.settings, serving)
 
+    def judge_as(self, spec: str | None = None, *, threshold: float | None = None, rationale: str | None = None
+                 ) -> Any:
+        """The judge `spec` names (a judge directory, an engine spec, rating:SPEC, or "serving"; by default the
+        `judge` setting, or the model when that is "off"), at `threshold` and with `rationale` unless the settings'
+        are to be used: what `thresher judge` and `judge-eval` judge with. "serving" reads the model's engine with
+        one decoding sequence (it only judges)."""
+        from thresher.judge import make_judge
+
+        s = self.settings
+        spec = spec or (s.model if s.judge == "off" else s.judge)
+        serving = self.engine(n_parallel=1) if spec in ("serving", "rating:serving") else None
+        return make_judge(spec, serving, threshold=s.judge_threshold if threshold is None else threshold,
+                          rationale=rationale or s.judge_rationale, n_ctx=s.n_ctx, n_threads=s.n_threads)
+
     def worker(self, judge: Any, *, follow: bool | None = None, rounds: bool = True, serving: Any = None) -> Any:
         """The flywheel's loop over this deployment: `judge` judges, the registry is followed when `follow` (by
         default the `follow_registry` setting), switching `serving`'s chat model too when given (the server's
@@ -98,6 +92,22 @@ class Deployment:
         runner = RoundRunner(s.data_dir, s.round_min_new_approved, env={**os.environ, **s.as_env()}) if rounds \
             else None
         return Worker(s, self.store, judge, follower=follower, repo=self.dataset(open=False), rounds=runner)
+
+    def run_worker(self, *, once: bool = False, say: Callable[[str], None] = print) -> None:
+        """`thresher worker`: the loop without the web server, every stage once or until Ctrl-C. Where the judge is
+        "serving" it judges on the model's own engine with one decoding sequence (it only judges)."""
+        import threading
+
+        from thresher.follow import FOLLOW_SECONDS
+
+        worker = self.worker(self.judge(self.engine(n_parallel=1) if self.settings.judge == "serving" else None))
+        try:
+            if once:
+                worker.once(say=say)
+            else:
+                worker.run(threading.Event(), say=say, follow_seconds=FOLLOW_SECONDS)
+        except KeyboardInterrupt:
+            say("stopped")
 
     def close(self) -> None:
         if "store" in self.__dict__:

@@ -8,6 +8,7 @@ check passes its configured limit, and says which failed."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -357,6 +358,25 @@ def apply_gate(metrics: dict[str, float | None], gate: Gate) -> GateResult:
 # -- a judge against labels (`thresher judge-eval`) ---------------------------------------------------------------
 
 
+def labelled_rows(file: Path | None, sources: Sequence[str], *, limit: int | None = None, seed: int = 0,
+                  write: Path | None = None, bad: list[tuple[int, str]] | None = None) -> list[tuple[int, dict]]:
+    """What `thresher judge-eval` measures on: the labelled JSONL `file` (its bad lines into `bad`), or a set built
+    from `sources` by `spoiled_set` (also written to `write` when given). ValueError when both or neither are
+    given or the file is missing; the sources' own errors as `spoiled_set` raises them."""
+    from thresher.judge import read_jsonl
+
+    if (file is None) == (not sources):
+        raise ValueError("give a labelled FILE, or --source to build one (not both)")
+    if file is not None:
+        if not file.is_file():
+            raise ValueError(f"no such file: {file}")
+        return list(read_jsonl(file, [] if bad is None else bad))
+    lines = spoiled_set(sources, limit, seed)
+    if write is not None:
+        write.write_text("".join(json.dumps(obj, ensure_ascii=False) + "\n" for _, obj in lines), encoding="utf-8")
+    return lines
+
+
 def spoiled_set(names: Sequence[str], limit: int | None = None, seed: int = 0) -> list[tuple[int, dict[str, Any]]]:
     """A labelled set built from real good conversations (`thresher.train.sources` names or files): each kept as
     a good row and spoiled in every failure family with wordings training never used. (line number, row) pairs,
@@ -437,7 +457,7 @@ class JudgeEvaluation:
 def evaluate_judge(lines: Sequence[tuple[int, dict[str, Any]]], judge: Any, threshold: float | None, plot: Path,
                    bad: list[tuple[int, str]], progress: Any = None) -> JudgeEvaluation:
     """Score the rows that carry no `score` with `judge` (16 at a time, through `judge_many` where it has one,
-    calling `progress(n)` after each batch), and measure. `threshold`: None takes the judge's own. Rows whose
+    calling `progress(done, total)` after each batch), and measure. `threshold`: None takes the judge's own. Rows whose
     messages are not a conversation go to `bad` as (line, why). A conversation flagged for text aimed at the
     evaluator counts as not accepted, whatever its score."""
     from thresher.conversation import InvalidConversation, messages_from_openai
@@ -461,7 +481,7 @@ def evaluate_judge(lines: Sequence[tuple[int, dict[str, Any]]], judge: Any, thre
         for (n, _), res in zip(chunk, results, strict=True):
             scored[n] = (res.score, res.flags)
         if progress is not None:
-            progress(len(chunk))
+            progress(start + len(chunk), len(valid))
     rows: list[dict[str, Any]] = []
     for n, obj in lines:
         if obj.get("score") is not None:

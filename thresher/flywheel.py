@@ -33,9 +33,12 @@ def judge_pending(
     limit: int | None = None,
     on_judged: Callable[[str, object], None] | None = None,
     batch: int = 16,
+    progress: Callable[[int, int], None] | None = None,
 ) -> int:
-    """Judge ended, not-opted-out conversations this judge version has not judged yet; returns how many."""
+    """Judge ended, not-opted-out conversations this judge version has not judged yet; returns how many.
+    `on_judged(id, judgment)` and `progress(done, total)` are called after each."""
     done = 0
+    total = len(store.pending_judgment(judge.judge_id, judge.rubric_hash, limit or 1_000_000)) if progress else 0
     failed: set[str] = set()  # engine failures are stored and retried on the next run, not again in this one
     while limit is None or done < limit:
         todo = store.pending_judgment(judge.judge_id, judge.rubric_hash,
@@ -57,6 +60,8 @@ def judge_pending(
                      "-" if judgment.score is None else f"{judgment.score:.2f}")
             if on_judged is not None:
                 on_judged(conv.id, judgment)
+            if progress is not None:
+                progress(done, total)
     return done
 
 

@@ -277,6 +277,12 @@ class FileResult:
     already: int = 0  # found in the output from an earlier run
     bad_lines: list[tuple[int, str]] = field(default_factory=list)
 
+    def lines(self, out: Path | None) -> list[str]:
+        """What `thresher judge FILE` says when it is done: each bad line, then the counts."""
+        return [f"line {n}: {why} (skipped)" for n, why in self.bad_lines] + [
+            f"judged {self.judged}, skipped {len(self.bad_lines)} bad line(s)"
+            + (f", {self.already} already in {out}" if self.already else "")]
+
 
 def read_jsonl(path: Path, bad: list[tuple[int, str]]) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each good line; a bad line goes into `bad` with its number and why."""
@@ -296,15 +302,19 @@ def read_jsonl(path: Path, bad: list[tuple[int, str]]) -> Iterator[tuple[int, di
 
 
 def judge_jsonl(judge: Judge, src: Path, out: TextIO, done: set[str] | None = None,
-                on_line: Callable[[], None] | None = None) -> FileResult:
+                progress: Callable[[int, int], None] | None = None) -> FileResult:
     """Judge each `{"id": ..., "messages": [...]}` line of `src`, writing `id`, `score`, `accepted`, `rationale`,
-    `flags` and `status` lines to `out`. Ids in `done` are skipped (resuming an earlier run)."""
+    `flags` and `status` lines to `out`. Ids in `done` are skipped (resuming an earlier run). `progress(done,
+    total)` is called as lines are read."""
     from thresher.conversation import InvalidConversation, messages_from_openai
 
     result = FileResult()
-    for n, obj in read_jsonl(src, result.bad_lines):
-        if on_line is not None:
-            on_line()
+    if progress is not None:
+        with open(src, encoding="utf-8") as f:
+            total = sum(1 for line in f if line.strip())
+    for seen, (n, obj) in enumerate(read_jsonl(src, result.bad_lines), 1):
+        if progress is not None:
+            progress(seen, total)
         cid = obj.get("id")
         if not isinstance(cid, str | int) or isinstance(cid, bool):
             result.bad_lines.append((n, "missing 'id' (a string or number)"))
@@ -346,16 +356,17 @@ def judged_ids(out: Path) -> set[str]:
     return done
 
 
-def judge_file(judge: Judge, src: Path, out: Path | None, on_line: Callable[[], None] | None = None) -> FileResult:
+def judge_file(judge: Judge, src: Path, out: Path | None,
+               progress: Callable[[int, int], None] | None = None) -> FileResult:
     """`thresher judge FILE`: judge a JSONL file into `out` (appended to, resuming: ids already there are skipped)
     or to standard output."""
     import sys
 
     done = judged_ids(out) if out is not None else set()
     if out is None:
-        return judge_jsonl(judge, src, sys.stdout, done, on_line)
+        return judge_jsonl(judge, src, sys.stdout, done, progress)
     with open(out, "a", encoding="utf-8") as sink:
-        return judge_jsonl(judge, src, sink, done, on_line)
+        return judge_jsonl(judge, src, sink, done, progress)
 
 
 # ------------------------------------------------------------------------------------------- choosing a judge

@@ -233,6 +233,26 @@ def commit_correction(repo: DatasetRepo, path: str, push: bool = True) -> str | 
     return commit.sha if commit else None
 
 
+def show_record(out: Any, rec: Record, where: str) -> None:
+    """One published conversation for a reviewer, on the rich console `out`: score, the judge's rationale and
+    flags, then the messages with the user's thumbs on them."""
+    from rich.panel import Panel
+    from rich.text import Text
+
+    thumbs = {f["message"]: f for f in rec.feedback if isinstance(f, dict) and
+              isinstance(f.get("message"), int) and f.get("rating") in ("up", "down")}
+    out.rule(f"{where}  {rec.id}  score {'-' if rec.score is None else f'{rec.score:.2f}'}")
+    if rec.rationale:
+        out.print(Text(f"judge: {rec.rationale}", style="italic"))
+    if rec.flags:
+        out.print(Text("flags: " + ", ".join(map(str, rec.flags)), style="yellow"))
+    for i, m in enumerate(rec.messages):
+        f = thumbs.get(i)
+        note = None if f is None else f"user: thumbs {f['rating']}" + (f" ({f['reason']})" if f.get("reason") else "")
+        out.print(Panel(Text(m["content"]), title=m["role"], title_align="left",
+                        subtitle=None if note is None else Text(note), subtitle_align="right"))
+
+
 class ReviewSession:
     """One reviewer's pass over their clone of the dataset, as `thresher review` runs it: what is left for them to
     review (oldest first), each conversation's record, and what they can do to one: approve or reject it (a verdict
@@ -357,6 +377,13 @@ class SyncReport:
     corrections: int = 0  # newly recorded edits (each leaves its conversation to be judged again)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, why) skipped
 
+    def lines(self, min_approvals: int) -> list[str]:
+        """What `thresher sync` says it read (the files it skipped are in `problems`)."""
+        return [
+            f"verdicts: {self.new} new, {self.updated} updated; corrections: {self.corrections} new",
+            f"published conversations: {self.approved} approved, {self.rejected} rejected, {self.pending} pending "
+            f"(quorum {min_approvals})"]
+
 
 def sync(store: Store, repo: DatasetRepo, min_approvals: int = 1) -> SyncReport:
     """Pull the remote, read every verdict and every edit of a published conversation into the store, and count
@@ -409,6 +436,12 @@ class Manifest:
 
     def to_json(self) -> str:
         return dump(asdict(self))
+
+    def lines(self, out: Path) -> list[str]:
+        """What `thresher dataset build` says about what it wrote to `out`."""
+        return [f"commit {self.commit}: {self.approved} approved of {self.conversations} ({self.rejected} rejected, "
+                f"{self.pending} pending, {self.taken_down} taken down)",
+                f"wrote {out / 'data.jsonl'} (sha256 {self.sha256[:16]}…) and {out / 'manifest.json'}"]
 
 
 @dataclass

@@ -533,9 +533,10 @@ def tables(f: Figures) -> list[Any]:
     return out
 
 
-def status(store: Store, settings: Any) -> tuple[list[str], Figures, list[tuple[Any, Judgment]]]:
-    """`thresher status`: summary lines (conversations, judgments, the dataset, the threshold in force), the
-    dashboard's figures, and the newest judged conversations not curated yet with their last judgment."""
+def status(store: Store, settings: Any) -> list[Any]:
+    """`thresher status`, its parts in order: summary lines (conversations, judgments, the dataset, the threshold
+    in force), the dashboard's figures as rich tables, and lines for the newest judged conversations not curated
+    yet with their last judgment."""
     counts = store.counts()
     judgment_stats = store.judgment_stats()
     lines = ["conversations: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")]
@@ -553,5 +554,10 @@ def status(store: Store, settings: Any) -> tuple[list[str], Figures, list[tuple[
         lines.append(f"mean score: {judgment_stats['mean_score']:.2f}")
     figures = collect(store, settings.data_dir, settings.threshold(), settings.quorum_approvals)
     lines.append(f"publishing: {figures.threshold_note()} (judge_threshold = {settings.judge_threshold})")
-    recent = [(conv, store.judgments(conv.id)[-1]) for conv in store.list(status=Status.JUDGED, limit=5)]
-    return lines, figures, recent
+    recent = store.list(status=Status.JUDGED, limit=5)
+    waiting = ["Judged, not curated yet (newest):"] if recent else []
+    for conv in recent:
+        last = store.judgments(conv.id)[-1]
+        waiting.append(f"  {conv.id}  score {'-' if last.score is None else f'{last.score:.2f}'}  {last.status}  "
+                       + " ".join(last.flags))
+    return lines + tables(figures) + waiting

@@ -79,26 +79,23 @@ def main(
 
 
 def _load_judge(s: Any, spec: str | None, threshold: float | None, rationale: str | None) -> Any:
+    from thresher.deployment import Deployment
     from thresher.engines import EngineError
-    from thresher.judge import make_judge
     from thresher.reward import HeadError
 
-    spec = spec or (s.model if s.judge == "off" else s.judge)
-    with failing(EngineError, HeadError), err.status(f"Loading judge {spec} …"):
-        serving = None
-        if spec in ("serving", "rating:serving"):
-            from thresher.engines import load
-
-            serving = load(s.model, n_ctx=s.n_ctx, n_threads=s.n_threads, n_parallel=1)  # judging only
-        return make_judge(spec, serving, threshold=s.judge_threshold if threshold is None else threshold,
-                          rationale=rationale or s.judge_rationale, n_ctx=s.n_ctx, n_threads=s.n_threads)
+    with failing(EngineError, HeadError), err.status(f"Loading judge {spec or s.judge} …"):
+        return Deployment(s).judge_as(spec, threshold=threshold, rationale=rationale)
 
 
-def _progress() -> Any:
+@contextlib.contextmanager
+def _progress(description: str = "judging") -> Iterator[Any]:
+    """A progress bar on standard error, moved by the `progress(done, total)` it yields."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=err, transient=False)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 JudgeSpec = Annotated[str | None, typer.Option("--judge", help="A judge directory written by `thresher train "

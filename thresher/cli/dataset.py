@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from thresher.cli import _settings, app, err, fail, failing
-from thresher.conversation import InvalidRecord, Record
+from thresher.conversation import InvalidRecord
 
 
 @app.command("publish")
@@ -56,10 +56,9 @@ def sync_cmd(
     with Deployment(s) as d, failing(GitError):
         report = sync(d.store, d.dataset(), min_approvals=s.quorum_approvals)
     for path, why in report.problems:
-        err.print(f"[yellow]{path}:[/yellow] {why} (skipped)")
-    typer.echo(f"verdicts: {report.new} new, {report.updated} updated; corrections: {report.corrections} new")
-    typer.echo(f"published conversations: {report.approved} approved, {report.rejected} rejected, "
-               f"{report.pending} pending (quorum {s.quorum_approvals})")
+        err.print(f"[yellow]{path}:[/yellow] {why} (skipped)", highlight=False)
+    for line in report.lines(s.quorum_approvals):
+        typer.echo(line)
 
 
 @app.command("review")
@@ -79,7 +78,7 @@ def review_cmd(
     import click
 
     from thresher.dataset_repo import GitError
-    from thresher.review import InvalidVerdict, ReviewSession
+    from thresher.review import InvalidVerdict, ReviewSession, show_record
 
     out = Console(highlight=False)
     with failing(GitError, InvalidVerdict, code=2):
@@ -88,7 +87,7 @@ def review_cmd(
 
     def show(path: str, where: str) -> None:
         try:
-            _show_conversation(out, session.record(path), where)
+            show_record(out, session.record(path), where)
         except InvalidRecord as e:  # someone pushed an edit that broke it: it can still be judged
             out.rule(f"{where}  {path}")
             err.print(f"[yellow]this file no longer holds a conversation record:[/yellow] {e}")
@@ -96,26 +95,6 @@ def review_cmd(
     with failing(GitError, InvalidVerdict):
         out.print(session.run(show, lambda q, default: typer.prompt(q, default=default),
                               lambda file: click.edit(filename=str(file)), out.print))
-
-
-def _show_conversation(out: Any, rec: Record, where: str) -> None:
-    """One published conversation for a reviewer: score, the judge's rationale and flags, then the messages with
-    the user's thumbs on them."""
-    from rich.panel import Panel
-    from rich.text import Text
-
-    thumbs = {f["message"]: f for f in rec.feedback if isinstance(f, dict) and
-              isinstance(f.get("message"), int) and f.get("rating") in ("up", "down")}
-    out.rule(f"{where}  {rec.id}  score {'-' if rec.score is None else f'{rec.score:.2f}'}")
-    if rec.rationale:
-        out.print(Text(f"judge: {rec.rationale}", style="italic"))
-    if rec.flags:
-        out.print(Text("flags: " + ", ".join(map(str, rec.flags)), style="yellow"))
-    for i, m in enumerate(rec.messages):
-        f = thumbs.get(i)
-        note = None if f is None else f"user: thumbs {f['rating']}" + (f" ({f['reason']})" if f.get("reason") else "")
-        out.print(Panel(Text(m["content"]), title=m["role"], title_align="left",
-                        subtitle=None if note is None else Text(note), subtitle_align="right"))
 
 
 @app.command("takedown")
@@ -171,6 +150,5 @@ def dataset_build(
         raise fail(f"{path} is not a clone of the dataset")
     with failing(GitError):
         m = build_dataset(DatasetRepo(path), at, out, s.quorum_approvals if min_approvals is None else min_approvals)
-    typer.echo(f"commit {m.commit}: {m.approved} approved of {m.conversations} ({m.rejected} rejected, "
-               f"{m.pending} pending, {m.taken_down} taken down)")
-    typer.echo(f"wrote {out / 'data.jsonl'} (sha256 {m.sha256[:16]}…) and {out / 'manifest.json'}")
+    for line in m.lines(out):
+        typer.echo(line)

@@ -43,25 +43,16 @@ def judge(
         from thresher.deployment import Deployment
         from thresher.flywheel import judge_pending
 
-        with Deployment(s) as d, _progress() as bar:
-            task = bar.add_task("judging", total=len(d.store.pending_judgment(j.judge_id, j.rubric_hash,
-                                                                               limit=1_000_000)))
-            n = judge_pending(d.store, j, on_judged=lambda *_: bar.advance(task))
+        with Deployment(s) as d, _progress() as progress:
+            n = judge_pending(d.store, j, progress=progress)
         err.print(f"judged {n} conversation(s) with {j.judge_id}")
         return
-
     from thresher.judge import judge_file
 
-    assert file is not None
-    with open(file, encoding="utf-8") as f:
-        total = sum(1 for line in f if line.strip())
-    with _progress() as bar:
-        task = bar.add_task("judging", total=total)
-        result = judge_file(j, file, out, on_line=lambda: bar.advance(task))
-    for n, why in result.bad_lines:
-        err.print(f"[yellow]line {n}:[/yellow] {why} (skipped)")
-    err.print(f"judged {result.judged}, skipped {len(result.bad_lines)} bad line(s)"
-              + (f", {result.already} already in {out}" if result.already else ""))
+    with _progress() as progress:
+        result = judge_file(j, file, out, progress)
+    for line in result.lines(out):
+        err.print(line, highlight=False, markup=False)
 
 
 @app.command("judge-eval")
@@ -90,34 +81,19 @@ def judge_eval(
     Lines that already carry a `score` (output of `thresher judge`) are not judged again. A conversation flagged
     for text aimed at the evaluator counts as not accepted, whatever its score.
     """
-
-    from thresher.evaluate import evaluate_judge, spoiled_set
-    from thresher.judge import read_jsonl
+    from thresher.evaluate import evaluate_judge, labelled_rows
     from thresher.train.sources import SourceError
 
-    if (file is None) == (not source):
-        raise fail("give a labelled FILE, or --source to build one (not both)")
-    if file is not None and not file.is_file():
-        raise fail(f"no such file: {file}")
-    s = _settings()
-    bad: list[tuple[int, str]] = []
-    if source:
-        with failing(SourceError, ValueError, OSError, code=2):
-            lines = spoiled_set(source, limit, seed)
-        if write is not None:
-            write.write_text("".join(json.dumps(obj, ensure_ascii=False) + "\n" for _, obj in lines),
-                             encoding="utf-8")
-            err.print(f"wrote {len(lines)} labelled rows to {write}")
-    else:
-        assert file is not None
-        lines = list(read_jsonl(file, bad))
+    s, bad = _settings(), []
+    with failing(SourceError, ValueError, OSError, code=2):
+        lines = labelled_rows(file, source or (), limit=limit, seed=seed, write=write, bad=bad)
+    if write is not None:
+        err.print(f"wrote {len(lines)} labelled rows to {write}")
     need = sum(obj.get("score") is None for _, obj in lines)
     j = _load_judge(s, judge_spec, threshold, "never") if need else None
-    thr = threshold if threshold is not None else (j.threshold if j else s.threshold())
-    with _progress() as bar:
-        task = bar.add_task("judging", total=need)
-        result = evaluate_judge(lines, j, thr, plot or (file.with_suffix(".png") if file else Path("judge-eval.png")),
-                                bad, progress=lambda n: bar.advance(task, n))
+    with _progress() as progress:
+        result = evaluate_judge(lines, j, threshold if threshold is not None or j else s.threshold(),
+                                plot or (file.with_suffix(".png") if file else Path("judge-eval.png")), bad, progress)
     for n, why in bad:
         err.print(f"[yellow]line {n}:[/yellow] {why} (skipped)")
     for line in result.lines():

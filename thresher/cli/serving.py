@@ -29,31 +29,14 @@ def serve(
     `--model openai:http://127.0.0.1:8001/v1#my-model`. Every setting can also come from thresher.toml or a
     THRESHER_* variable (see the README).
     """
-    import uvicorn
-
-    from thresher.deployment import Deployment, serving_lines
+    from thresher.deployment import Deployment
     from thresher.engines import EngineError
-    from thresher.server import create_app
+    from thresher.server import serve as serve_app
 
     s = _settings(host=host, port=port, model=model, data_dir=data_dir, public=public)
     with failing(EngineError), err.status(f"Loading model {s.model} …"):
         engine = Deployment(s).engine()  # with the settings' context, threads and parallelism
-    err.print(
-        f"Serving [bold]{s.model_name or engine.model_id}[/bold] ({engine.version}) at "
-        f"[link]http://{s.host}:{s.port}[/link]  ·  data in {s.data_dir}  ·  "
-        f"{'public' if s.public else 'local'} mode"
-    )
-    for line in serving_lines(s):
-        err.print("  " + line, highlight=False)
-    uvicorn.run(
-        create_app(s, engine=engine),
-        host=s.host,
-        port=s.port,
-        proxy_headers=True,
-        forwarded_allow_ips=s.trusted_proxies,
-        log_level="info",
-        access_log=not s.public,  # access lines carry client addresses; public mode keeps none
-    )
+    serve_app(s, engine, say=lambda line: err.print(line, highlight=False, markup=False))
 
 
 @app.command()
@@ -70,17 +53,10 @@ def status(
 
     s = _settings(data_dir=data_dir)
     with Deployment(s) as d:
-        lines, figures, recent = stats.status(d.store, s)
-    for line in lines:
-        typer.echo(line)
+        parts = stats.status(d.store, s)
     out = Console()
-    for part in stats.tables(figures):
-        out.print(part)
-    if recent:
-        out.print("Judged, not curated yet (newest):")
-    for conv, last in recent:
-        score = "-" if last.score is None else f"{last.score:.2f}"
-        typer.echo(f"  {conv.id}  score {score}  {last.status}  {' '.join(last.flags)}")
+    for part in parts:
+        typer.echo(part) if isinstance(part, str) else out.print(part)
 
 
 @app.command("worker")
@@ -96,27 +72,15 @@ def worker_cmd(
     the rest. Every stage is resumable: all state is in the store and the dataset repository.
     """
     import logging
-    import threading
 
     from thresher.deployment import Deployment
-    from thresher.follow import FOLLOW_SECONDS
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     s = _settings(data_dir=data_dir)
     if s.judge == "off":
         raise fail("the worker judges conversations: set `judge` to 'serving' or an engine spec")
-    d = Deployment(s)
-    # The worker only judges (on the engine's own judging context): one decoding sequence is all it needs.
-    worker = d.worker(d.judge(d.engine(n_parallel=1) if s.judge == "serving" else None))
-    try:
-        if once:
-            worker.once(say=typer.echo)
-        else:
-            worker.run(threading.Event(), say=typer.echo, follow_seconds=FOLLOW_SECONDS)
-    except KeyboardInterrupt:
-        typer.echo("stopped")
-    finally:
-        d.close()
+    with Deployment(s) as d:
+        d.run_worker(once=once, say=typer.echo)
 
 
 @app.command("demo")
@@ -138,9 +102,7 @@ def demo_cmd(
     judged, published to a local bare git repository, reviewed by a simulated reviewer (its policy is printed), and
     one small round trains and is gated.
     """
-    import time
-
-    from thresher.demo import run_demo, summary_lines
+    from thresher.demo import run_demo, serve_until_stopped, summary_lines
 
     with failing(FileExistsError, code=2):
         summary = run_demo(data_dir, quick, typer.echo, keep_serving=serve_after, port=port, verbose=verbose)
@@ -148,8 +110,4 @@ def demo_cmd(
     for line in summary_lines(summary, serving=serve_after):
         typer.echo(line)
     if serve_after:
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            summary["server"].should_exit = True
+        serve_until_stopped(summary)

@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from thresher.cli import _settings, app, fail, failing
+from thresher.cli import _settings, app, failing
 
 train_app = typer.Typer(help="Fine-tune the chat model and the judge (LoRA, on CPU or GPU).", no_args_is_help=True)
 
 
 app.add_typer(train_app, name="train")
-
-
-def _base_spec(base: str | None) -> tuple[str, Path | None]:
-    """What to train from: --base, or the configured model (the embedded GGUF by default)."""
-    from thresher.engines import EngineError, local_weights
-
-    try:
-        return local_weights(base or _settings().model)
-    except EngineError as e:
-        raise fail(f"{e}: pass --base FILE.gguf, a model directory or a hub name") from None
-
-
-def _exported(result: Any, trained: Any, tok: Any, out: Path, gguf: Path | None, export: bool,
-              card: dict[str, Any]) -> None:
-    """Say where the adapter and its loss curve are; with `export`, merge and export the model and say where."""
-    from thresher.train.export import export_chat
-
-    typer.echo(f"adapter: {result.adapter}; loss curve: {result.plot}")
-    if export:
-        ex = export_chat(trained, tok, out, gguf, card, result.final_loss)
-        typer.echo(f"exported: {ex.hf_dir}" + (f", {ex.gguf}" if ex.gguf else f" (no GGUF: {ex.note})"))
 
 
 @train_app.command("sft")
@@ -61,22 +40,17 @@ def train_sft(
 
     Run it again after a crash or Ctrl-C: it continues from the newest checkpoint in --out.
     """
-    from thresher.train.data import DataError, load_conversations
-    from thresher.train.sft import TrainConfig, TrainError, load_base, tokenise_all, train_lora
+    from thresher.train.by_hand import base_weights, sft_by_hand
+    from thresher.train.data import DataError
+    from thresher.train.sft import TrainConfig, TrainError
 
     with failing(ValueError, code=2):
         config = TrainConfig(max_length=max_length, epochs=epochs, max_steps=max_steps, learning_rate=lr,
                              batch_size=batch_size, lora_r=lora_r, lora_alpha=2 * lora_r, save_steps=save_steps)
-    spec, gguf = _base_spec(base)
+    with failing(TrainError, code=2):  # no such base
+        spec, gguf = base_weights(base, _settings().model)
     with failing(DataError, TrainError):
-        convs = load_conversations(data, fmt)[:limit]
-        model, tok = load_base(spec)
-        rows = tokenise_all(tok, convs, max_length)
-        typer.echo(f"{len(rows)} examples ({sum(len(r.input_ids) for r in rows)} tokens) from {data}; base {spec}")
-        result, trained = train_lora(model, tok, rows, out, config)
-    typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
-               f"final loss {result.final_loss}")
-    _exported(result, trained, tok, out, gguf, export, {"name": "thresher SFT", "base": spec, "examples": len(rows)})
+        sft_by_hand(data, fmt, spec, out, config, gguf=gguf, limit=limit, export=export, say=typer.echo)
 
 
 @train_app.command("dpo")
@@ -103,20 +77,17 @@ def train_dpo_cmd(
 
     Run it again after a crash or Ctrl-C: it continues from the newest checkpoint in --out.
     """
-    from thresher.pairs import PairError, load_pairs
-    from thresher.train.dpo import DpoConfig, train_dpo
-    from thresher.train.sft import TrainError, load_base
+    from thresher.pairs import PairError
+    from thresher.train.by_hand import base_weights, dpo_by_hand
+    from thresher.train.dpo import DpoConfig
+    from thresher.train.sft import TrainError
 
-    spec, gguf = _base_spec(base)
+    config = DpoConfig(beta=beta, max_length=max_length, epochs=epochs, max_steps=max_steps, learning_rate=lr,
+                       batch_size=batch_size)
+    with failing(TrainError, code=2):  # no such base
+        spec, gguf = base_weights(base, _settings().model)
     with failing(PairError, TrainError):
-        found = load_pairs(pairs)
-        typer.echo(f"{len(found)} pairs from {pairs}; base {spec}")
-        model, tok = load_base(spec)
-        result, trained = train_dpo(model, tok, found, out, DpoConfig(beta=beta, max_length=max_length, epochs=epochs,
-                                                                     max_steps=max_steps, learning_rate=lr,
-                                                                     batch_size=batch_size))
-    typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s; final loss {result.final_loss}")
-    _exported(result, trained, tok, out, gguf, export, {"name": "thresher DPO", "base": spec, "pairs": len(found)})
+        dpo_by_hand(pairs, spec, out, config, gguf=gguf, export=export, say=typer.echo)
 
 
 @train_app.command("judge")

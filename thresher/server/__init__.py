@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -140,3 +140,38 @@ def create_app(settings: Settings, engine: Engine | None = None, store: Store | 
     app.add_middleware(SameOrigin)
     app.add_middleware(SecurityHeaders)  # added last, so outermost: refusals carry the headers too
     return app
+
+
+def serve(settings: Settings, engine: Engine, say: Callable[[str], None] = print) -> None:
+    """`thresher serve`: say what is served and what is on, then serve `engine`'s model until stopped."""
+    import uvicorn
+
+    s = settings
+    say(f"Serving {s.model_name or engine.model_id} ({engine.version}) at http://{s.host}:{s.port}  ·  data in "
+        f"{s.data_dir}  ·  {'public' if s.public else 'local'} mode")
+    for line in serving_lines(s):
+        say("  " + line)
+    uvicorn.run(create_app(s, engine=engine), host=s.host, port=s.port, proxy_headers=True,
+                forwarded_allow_ips=s.trusted_proxies, log_level="info",
+                access_log=not s.public)  # access lines carry client addresses; public mode keeps none
+
+
+def serving_lines(s: Settings) -> list[str]:
+    """What `thresher serve` turns on, and why each part that is off is off: said at start-up."""
+    base = f"http://{s.host}:{s.port}"
+    lines = [f"chat page {base}/   ·   OpenAI-compatible API {base}/v1"]
+    if s.reviewer_tokens:
+        lines.append(f"review page {base}/review ({len(s.reviewer_tokens)} reviewer token(s))")
+    else:
+        lines.append("review page off: no reviewer tokens (set reviewer_tokens to open /review)")
+    if s.admin_token:
+        lines.append(f"dashboard {base}/dashboard (sign in with the admin token)")
+    else:
+        lines.append(f"dashboard {base}/dashboard, from this machine only (no admin token set)")
+    if s.judge == "off":
+        lines.append("judging off (judge = off): nothing is rated or published")
+    else:
+        where = s.dataset_remote or f"the local clone {s.dataset_path} (no dataset_remote set)"
+        lines.append(f"judging ended conversations with {s.judge} at threshold {s.threshold():g}; publishing every "
+                     f"{s.publish_interval_seconds:g} s to {where}")
+    return lines

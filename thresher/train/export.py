@@ -206,13 +206,6 @@ def add_evaluation(card: Path, ev: Evaluation) -> None:
     card.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
 
 
-def export_chat(model: Any, tokenizer: Any, out: Path, base_gguf: Path | None, info: dict[str, Any],
-                final_loss: float | None) -> Exported:
-    """A chat model trained by hand (`thresher train sft|dpo`) exported to `out/export`, its card marked so."""
-    return export(model, tokenizer, out / "export", base_gguf, {**info, "kind": "chat", "licence": "apache-2.0",
-                                                                "metrics": {"final_loss": final_loss}})
-
-
 def export(model: Any, tokenizer: Any, out: Path, base_gguf: Path | None, info: dict[str, Any],
            quantise: str = "Q8_0") -> Exported:
     """Merge, save HF safetensors + tokenizer under `out/hf`, a GGUF at `out/model.gguf` (when the base's GGUF
