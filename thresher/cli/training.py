@@ -113,7 +113,7 @@ def train_judge_cmd(
     """Train to train: fit the judge's head on real good conversations, copies of them spoiled in every failure
     family, and reviewers' verdicts.
 
-    Example: `thresher train judge --out thresher-data/train/judge` (about 25 minutes on 2 CPU cores), then
+    Example: `thresher train judge --out thresher-data/train/judge` (about 20 minutes on 2 CPU cores), then
     `thresher judge chats.jsonl --judge thresher-data/train/judge`
 
     Prints AUC on held-out rows (whole topics and spoiling wordings training never saw) overall and by failure
