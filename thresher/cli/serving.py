@@ -56,7 +56,10 @@ def status(
         parts = stats.status(d.store, s)
     out = Console()
     for part in parts:
-        typer.echo(part) if isinstance(part, str) else out.print(part)
+        if isinstance(part, str):
+            typer.echo(part)
+        else:
+            out.print(part)
 
 
 @app.command("worker")
