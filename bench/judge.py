@@ -4,10 +4,12 @@ Three ways of judging the same labelled conversations with the same engine objec
 chunks of 8 (the order flipping every chunk) so drift in machine speed hits all alike, each warmed up first:
 
 * head: thresher's default judge (`make_judge("serving", engine)`: the head shipped for the embedded model, or the
-  one given with --judge): one forward pass over a short prompt per conversation, the final hidden state read,
-  plus the text signals and the sentence encoder's figures; timed around `judge_many` on the chunk;
-* raw: llama.cpp evaluating exactly the token sequences the head reads (`Llama.eval`, KV cache cleared before
-  each), nothing else: the ceiling for a one-pass judge on this engine;
+  one given with --judge): one forward pass over a short prompt per conversation through the layers the head reads
+  (the shipped head: the first 10 of 30), that state read, plus the text signals and the sentence encoder's
+  figures; timed around `judge_many` on the chunk;
+* raw: llama.cpp evaluating exactly the token sequences the head reads, with the weights it reads them with (the
+  first layers, when it reads those), `Llama.eval` with the KV cache cleared before each, nothing else: the
+  ceiling for a one-pass judge on this engine;
 * reasoning: a judge that writes its explanation first (as MT-Bench's judge does) and then `Rating: [[N]]`
   (greedy, at most --reason-tokens tokens), parsed with thresher's `parse_rating`; no rating scores 1.
 
@@ -102,10 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(judge, "judge_many"):
         console.print(f"[red]{args.model} has no head judge[/]: train one with `thresher train judge`")
         return 2
+    head_engine = judge.engine or engine  # a head over its own model (the first layers) reads another engine
     rows = rows_from(args)
     labels = [r["label"] for r in rows]
     kinds = Counter(r["degradation"] for r in rows)
-    seqs = [engine._prompt(head_prompt(shorten_for_head(engine, r["messages"])[0]))[0] for r in rows]
+    seqs = [head_engine._prompt(head_prompt(shorten_for_head(head_engine, r["messages"])[0]))[0] for r in rows]
     console.print(f"[bold]thresher judge bench[/]  {engine.model_id} ({engine.version}); judge {judge.judge_id}; "
                   f"cpus={os.cpu_count()}; {len(rows)} rows ({kinds['none']} good): "
                   + ", ".join(f"{k} {v}" for k, v in kinds.items() if k != "none")
@@ -113,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def raw(chunk: list[int]) -> None:
         for i in chunk:
-            engine.llm.reset()
-            engine.llm._ctx.kv_cache_clear()
-            engine.llm.eval(seqs[i])
+            head_engine.llm.reset()
+            head_engine.llm._ctx.kv_cache_clear()
+            head_engine.llm.eval(seqs[i])
 
     def head(chunk: list[int]) -> list[float]:
         return [j.score for j in judge.judge_many([rows[i]["messages"] for i in chunk])]

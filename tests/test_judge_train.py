@@ -99,7 +99,7 @@ def test_the_earlier_judge_is_measured_over_its_own_models_states_on_the_same_ro
     (`before_engine`): only those are read again; the text and encoder figures are the held-out rows' own. Over a
     second instance of the same model the earlier head's figures are those over the round's engine."""
     from thresher.engines import load
-    from thresher.judge import head_for
+    from thresher.judge import head_engine, head_for
     from thresher.train.judge import train_head_judge
     from thresher.train.sources import load as load_sources
 
@@ -107,7 +107,7 @@ def test_the_earlier_judge_is_measured_over_its_own_models_states_on_the_same_ro
     before = head_for(embedded_engine)
     common = {"max_train": 24, "max_heldout": 24, "before": before}
     same = train_head_judge(embedded_engine, "embedded", tmp_path / "a", good, **common)
-    other = load("embedded", n_ctx=2048)
+    other = head_engine(before, load("embedded", n_ctx=2048))  # what the earlier head reads, on a second instance
     # the same folder: the round's engine's states come from the first run's cache, the other engine's are read
     apart = train_head_judge(embedded_engine, "embedded", tmp_path / "a", good, before_engine=other, **common)
     assert same.auc_before is not None and same.auc_before["all"] is not None

@@ -376,13 +376,43 @@ DEFAULT_THRESHOLD = 8.0  # for the rating judge, which has no calibration of its
 
 def head_for(engine: Engine) -> Any:
     """The head shipped for this engine's exact weights (the embedded model), or None."""
+    return shipped_head(getattr(engine, "version", None)) if hasattr(engine, "last_hidden") else None
+
+
+def shipped_head(version: str | None) -> Any:
+    """The head shipped with thresher for the model of this version (read at all its layers or its first), or
+    None."""
+    from thresher.engines.layers import base_version
     from thresher.reward import Head, default_head_path
 
     path = default_head_path()
-    if not path.is_file() or not hasattr(engine, "last_hidden"):
+    if not path.is_file() or version is None:
         return None
     head = Head.load(path)
-    return head if head.engine_version == getattr(engine, "version", None) else None
+    return head if base_version(head.engine_version) == version else None
+
+
+def head_engine(head: Any, serving: Engine | None, n_ctx: int = 2048, n_threads: int | None = None) -> Any:
+    """The engine whose states a head reads: none for text signals alone; the serving engine when the weights are
+    the same (not loaded twice), or its first layers beside it, run on its thread; else the head's model, or its
+    first layers, loaded for judging only."""
+    from thresher.engines import load
+    from thresher.engines.layers import base_version, layers_of, load_first_layers
+
+    if not head.use.get("hidden"):
+        return serving
+    if getattr(serving, "version", None) == head.engine_version:
+        return serving
+    whole = getattr(serving, "owner", serving)  # the model beside its first layers
+    version = getattr(whole, "version", None)
+    if version == head.engine_version:
+        return whole
+    k = layers_of(head.engine_version)
+    if k is None:
+        return load(head.engine_spec, n_ctx=n_ctx, n_threads=n_threads, n_parallel=1)
+    if version == base_version(head.engine_version) and hasattr(whole, "first_layers"):
+        return whole.first_layers(k)
+    return load_first_layers(head.engine_spec, k, n_ctx=n_ctx, n_threads=n_threads)
 
 
 def is_head(spec: str) -> bool:
@@ -401,7 +431,8 @@ def make_judge(spec: str, serving: Engine | None = None, *, threshold: float | s
     - `serving`: the serving engine itself; with the head shipped for it (the embedded model) when there is one,
       else it rates with the rubric prompt;
     - a head (a directory written by `thresher train judge`): that head over the engine it was trained on (the
-      serving engine when the weights are the same, so the model is not loaded twice);
+      serving engine when the weights are the same, so the model is not loaded twice, or the first layers of the
+      model, loaded beside it: `head_engine`);
     - any other engine spec: that engine, with its shipped head if there is one, else the rubric prompt;
     - `rating:SPEC`: the rubric prompt on that engine (or on the serving one, `rating:serving`), head or not.
     `threshold` "auto" takes the head's calibrated threshold (8 for the rubric prompt); a number overrides."""
@@ -411,12 +442,7 @@ def make_judge(spec: str, serving: Engine | None = None, *, threshold: float | s
     number = None if threshold == "auto" else float(threshold)
     if is_head(spec):
         head = Head.load(Path(spec.removeprefix("head:")))
-        if not head.use.get("hidden") or (serving is not None and getattr(serving, "version", None)
-                                          == head.engine_version):
-            engine = serving  # text signals alone need no model; the same weights are not loaded twice
-        else:
-            engine = load(head.engine_spec, n_ctx=n_ctx, n_threads=n_threads, n_parallel=1)  # judging only
-        return HeadJudge(engine, head, number, rationale)
+        return HeadJudge(head_engine(head, serving, n_ctx, n_threads), head, number, rationale)
     if spec.startswith("rating:"):  # the rubric prompt on this engine, even where a head exists
         target = spec.removeprefix("rating:")
         engine = serving if target == "serving" and serving is not None else load(target, n_ctx=n_ctx,
@@ -431,7 +457,7 @@ def make_judge(spec: str, serving: Engine | None = None, *, threshold: float | s
         engine = load(spec, n_ctx=n_ctx, n_threads=n_threads, n_parallel=1)  # a judge's own: one reply at a time
     head = head_for(engine)
     if head is not None:
-        return HeadJudge(engine, head, number, rationale)
+        return HeadJudge(head_engine(head, engine, n_ctx, n_threads), head, number, rationale)
     return Judge(engine, threshold=DEFAULT_THRESHOLD if number is None else number, rationale=rationale,
                  context_tokens=n_ctx)
 

@@ -108,12 +108,14 @@ def train_judge_cmd(
     hidden: Annotated[bool, typer.Option(help="Read the model's hidden state (off: text signals only, no "
                                               "model).")] = True,
     encoder: Annotated[bool, typer.Option(help="Use the small sentence encoder's relevance figures.")] = True,
+    layers: Annotated[int | None, typer.Option(help="Read the state after this many of the model's layers, 0: "
+                                                    "all [default: a third of a GGUF model's].")] = None,
     seed: Annotated[int, typer.Option(help="How rows are spoiled and split.")] = 0,
 ) -> None:
     """Train to train: fit the judge's head on real good conversations, copies of them spoiled in every failure
     family, and reviewers' verdicts.
 
-    Example: `thresher train judge --out thresher-data/train/judge` (about 20 minutes on 2 CPU cores), then
+    Example: `thresher train judge --out thresher-data/train/judge` (about 6 minutes on 2 CPU cores), then
     `thresher judge chats.jsonl --judge thresher-data/train/judge`
 
     Prints AUC on held-out rows (whole topics and spoiling wordings training never saw) overall and by failure
@@ -127,8 +129,8 @@ def train_judge_cmd(
     # a source or build that cannot be read: 2; training that fails: 1
     with failing(SourceError, ValueError, OSError, code=2), failing(JudgeTrainError, EngineError):
         report = train_judge(_settings(), out, base=base, sources=source or (), builds=[Path(d) for d in data or []],
-                             verdicts=verdicts, hidden=hidden, encoder=encoder, seed=seed, max_train=train_rows,
-                             max_heldout=heldout_rows, say=typer.echo)
+                             verdicts=verdicts, hidden=hidden, encoder=encoder, layers=layers, seed=seed,
+                             max_train=train_rows, max_heldout=heldout_rows, say=typer.echo)
 
     for line in report.lines(out):
         typer.echo(line)

