@@ -199,13 +199,16 @@ class LlamaCppEngine:
     def last_hidden(self, prompts: Sequence[Sequence[dict[str, str]]], prefix: str = "") -> np.ndarray:
         """The final hidden state (after the last norm) at the last token of each prompt, rendered with the chat
         template and the assistant's turn opened (then `prefix`): one row per prompt."""
+        return self._states(prompts, prefix, self.llm)
+
+    def _states(self, prompts: Sequence[Sequence[dict[str, str]]], prefix: str, llm: Llama) -> np.ndarray:
         seqs = [self._prompt(m, prefix)[0] for m in prompts]
         for s in seqs:
             if len(s) > self.n_ctx:
                 raise EngineError(f"the prompt has {len(s)} tokens; the context holds {self.n_ctx}")
         # One job per prompt: chat goes between two of them (and between slices of one).
-        return np.vstack([self._sched.call(self._hidden(s)) for s in seqs]) if seqs else np.zeros(
-            (0, self.llm.n_embd()), dtype=np.float32)
+        return np.vstack([self._sched.call(self._hidden(s, llm)) for s in seqs]) if seqs else np.zeros(
+            (0, llm.n_embd()), dtype=np.float32)
 
     def first_layers(self, k: int) -> FirstLayers | LlamaCppEngine:
         """This model's first `k` blocks, for reading a middle layer's state: their own weights (a copy of those
@@ -217,13 +220,12 @@ class LlamaCppEngine:
             return self  # all of them
         return FirstLayers(self, path, layered_version(self.version, k))
 
-    def _hidden(self, tokens: list[int], llm: Llama | None = None) -> Generator[None, int, np.ndarray]:
+    def _hidden(self, tokens: list[int], llm: Llama) -> Generator[None, int, np.ndarray]:
         # The Llama object's own context, with embeddings switched on for the last two tokens only: llama.cpp
         # outputs every token's state in embedding mode, and with it every token's logits (the output layer is a
         # fifth of this model's work per token), where the prompt before needs only its cache. Faster than a context
         # made in embedding mode with last-token pooling (measured: ~270 vs ~180 tokens/s). Read in pieces of two or
         # more, the last state is the one read whole.
-        llm = llm or self.llm
         ctx, width = llm._ctx.ctx, llm.n_embd()
         body = len(tokens) - 2 if len(tokens) >= 4 else 0
         quiet = logging.getLogger("llama-cpp-python")  # embedding mode's warning that it outputs all: silenced
@@ -318,13 +320,7 @@ class FirstLayers:
     def last_hidden(self, prompts: Sequence[Sequence[dict[str, str]]], prefix: str = "") -> np.ndarray:
         """The state after these blocks (and the model's last norm) at each prompt's last token: as
         `LlamaCppEngine.last_hidden`."""
-        seqs = [self._prompt(m, prefix)[0] for m in prompts]
-        for s in seqs:
-            if len(s) > self.n_ctx:
-                raise EngineError(f"the prompt has {len(s)} tokens; the context holds {self.n_ctx}")
-        if not seqs:
-            return np.zeros((0, self.llm.n_embd()), dtype=np.float32)
-        return np.vstack([self.owner._sched.call(self.owner._hidden(s, self.llm)) for s in seqs])
+        return self.owner._states(prompts, prefix, self.llm)
 
     def close(self) -> None:
         """Free the blocks' weights, on the scheduler thread (never under a call in flight), or here when the
