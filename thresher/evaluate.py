@@ -137,10 +137,12 @@ class FrozenJudge:
     @classmethod
     def shipped(cls, n_ctx: int = 2048, n_threads: int | None = None) -> FrozenJudge:
         from thresher.engines import load
+        from thresher.judge import head_engine
         from thresher.reward import Head, HeadJudge, default_head_path
 
-        return cls(HeadJudge(load("embedded", n_ctx=n_ctx, n_threads=n_threads), Head.load(default_head_path()),
-                             rationale="never"))
+        head = Head.load(default_head_path())
+        engine = head_engine(head, load("embedded", n_ctx=n_ctx, n_threads=n_threads), n_ctx, n_threads)
+        return cls(HeadJudge(engine, head, rationale="never"))
 
     @classmethod
     def from_spec(cls, spec: str, n_ctx: int = 2048, n_threads: int | None = None) -> FrozenJudge:

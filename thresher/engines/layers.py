@@ -10,12 +10,15 @@ weights are the serving model's, byte for byte. Made once per source file and `k
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from thresher.engines import EngineError
+
+log = logging.getLogger("thresher.engines")
 
 
 def block_count(file: Path) -> int:
@@ -72,6 +75,7 @@ def first_layers(file: Path, k: int, version: str) -> Path:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+    log.info("copied the first %d of %d layers of %s for the judge: %s", k, total, file.name, target)
     return target
 
 
