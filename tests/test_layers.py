@@ -53,6 +53,15 @@ def test_the_copy_is_made_once_and_all_layers_are_the_file_itself() -> None:
             first_layers(source, k, version)
 
 
+def test_a_cache_that_cannot_be_written_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    source = embedded_model_path()
+    with pytest.raises(EngineError, match="XDG_CACHE_HOME"):
+        first_layers(source, 5, file_version(source))
+
+
 def test_a_version_names_its_layers() -> None:
     v = layered_version("SmolLM2@abc", 10)
     assert v == "SmolLM2@abc/first10" and layers_of(v) == 10 and base_version(v) == "SmolLM2@abc"

@@ -49,11 +49,15 @@ def first_layers(file: Path, k: int, version: str) -> Path:
     target = cache_dir() / "gguf" / f"{version}.first{k}.gguf"
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".making-", suffix=".gguf")
+    except OSError as e:
+        raise EngineError(f"cannot write the copy of {file.name}'s first {k} layers in {target.parent} ({e}): set "
+                          "XDG_CACHE_HOME to a folder thresher may write to") from None
+    os.close(fd)
     reader = GGUFReader(file)
     arch = reader.fields["general.architecture"].contents()
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".making-", suffix=".gguf")
-    os.close(fd)
     try:
         writer = GGUFWriter(tmp, arch)  # writes general.architecture itself
         for name, field in reader.fields.items():
