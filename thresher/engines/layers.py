@@ -9,23 +9,20 @@ weights are the serving model's, byte for byte. Made once per source file and `k
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from thresher.engines import EngineError
 
-log = logging.getLogger("thresher.engines")
-
 
 def block_count(file: Path) -> int:
-    """How many transformer blocks a GGUF file holds."""
+    """How many transformer blocks a GGUF file holds (reading its header takes a second or two)."""
     from gguf import GGUFReader
 
-    reader = GGUFReader(file)
+    return _blocks(GGUFReader(file), file)
+
+
+def _blocks(reader: Any, file: Path) -> int:
     arch = reader.fields["general.architecture"].contents()
     field = reader.fields.get(f"{arch}.block_count")
     if field is None:
@@ -36,29 +33,23 @@ def block_count(file: Path) -> int:
 def first_layers(file: Path, k: int, version: str) -> Path:
     """The GGUF file of `file`'s first `k` blocks (`file` itself when k is all of them), made once in
     `cache_dir()/gguf/<version>.first<k>.gguf`, written whole or not at all. `version` names the source's exact
-    weights. Raises EngineError for a k the file cannot give."""
+    weights. Raises EngineError for a k the file cannot give, or a copy that cannot be written."""
     from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
-    from thresher.engines.llamacpp import cache_dir
+    from thresher.engines.llamacpp import cache_dir, made_once
 
-    total = block_count(file)
+    target = cache_dir() / "gguf" / f"{version}.first{k}.gguf"
+    if target.is_file():
+        return target  # made before, so k was one the file could give
+    reader = GGUFReader(file)
+    total = _blocks(reader, file)
     if not 1 <= k <= total:
         raise EngineError(f"{file.name} has {total} layers: cannot read the state after layer {k}")
     if k == total:
         return file
-    target = cache_dir() / "gguf" / f"{version}.first{k}.gguf"
-    if target.is_file():
-        return target
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".making-", suffix=".gguf")
-    except OSError as e:
-        raise EngineError(f"cannot write the copy of {file.name}'s first {k} layers in {target.parent} ({e}): set "
-                          "XDG_CACHE_HOME to a folder thresher may write to") from None
-    os.close(fd)
-    reader = GGUFReader(file)
     arch = reader.fields["general.architecture"].contents()
-    try:
+
+    def write(tmp: str) -> None:
         writer = GGUFWriter(tmp, arch)  # writes general.architecture itself
         for name, field in reader.fields.items():
             if name.startswith("GGUF.") or name == "general.architecture":
@@ -74,13 +65,12 @@ def first_layers(file: Path, k: int, version: str) -> Path:
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.chmod(tmp, 0o644)  # a cache others on the machine may read, as the file itself
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    log.info("copied the first %d of %d layers of %s for the judge: %s", k, total, file.name, target)
-    return target
+
+    try:
+        return made_once(target, write, f"a copy of the first {k} of {total} layers of {file.name} for the judge")
+    except OSError as e:
+        raise EngineError(f"cannot write the copy of {file.name}'s first {k} layers in {target.parent} ({e}): set "
+                          "XDG_CACHE_HOME to a folder thresher may write to") from None
 
 
 def layered_version(version: str, k: int | None) -> str:

@@ -66,19 +66,34 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "thresher"
 
 
+def made_once(target: Path, make: Callable[[str], None], what: str) -> Path:
+    """`target`, made by `make(tmp)` unless it is there already: written beside it and moved into place, so it is
+    whole or absent, and readable by others on the machine (a cache, as the file it derives from). Raises OSError
+    when it cannot be written."""
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".making-", suffix=target.suffix)
+    os.close(fd)
+    try:
+        make(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    log.info("made %s: %s", what, target)
+    return target
+
+
 def batch_copy(file: Path, version: str, file_type: int | None) -> Path | None:
     """The 8-bit copy of a GGUF file whose weights do not batch (its `general.file_type`), made once
     (`cache_dir()/gguf/<version>.Q8_0.gguf`, written whole or not at all); None when the file batches as it is.
     Raises OSError when the copy cannot be written."""
     if file_type not in UNBATCHED_FILE_TYPES:
         return None
-    target = cache_dir() / "gguf" / f"{version}.Q8_0.gguf"
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".making-", suffix=".gguf")
-    os.close(fd)
-    try:
+
+    def quantize(tmp: str) -> None:
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
         params.allow_requantize = True
@@ -87,13 +102,9 @@ def batch_copy(file: Path, version: str, file_type: int | None) -> Path | None:
             rc = llama_cpp.llama_model_quantize(str(file).encode(), tmp.encode(), params)
         if rc != 0:
             raise OSError(f"llama.cpp could not write an 8-bit copy of {file} (code {rc})")
-        os.chmod(tmp, 0o644)  # a cache others on the machine may read, as the file itself
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    log.info("made an 8-bit copy of %s for batched decoding: %s", file.name, target)
-    return target
+
+    return made_once(cache_dir() / "gguf" / f"{version}.Q8_0.gguf", quantize,
+                     f"an 8-bit copy of {file.name} for batched decoding")
 
 
 class LlamaCppEngine:
@@ -215,10 +226,11 @@ class LlamaCppEngine:
         blocks, thresher.engines.layers), run on this engine's scheduler thread, between chat steps."""
         from thresher.engines.layers import first_layers, layered_version
 
-        path = first_layers(Path(self.llm.model_path), k, self.version)
-        if path == Path(self.llm.model_path):
-            return self  # all of them
-        return FirstLayers(self, path, layered_version(self.version, k))
+        arch = self.llm.metadata.get("general.architecture", "")
+        if str(k) == self.llm.metadata.get(f"{arch}.block_count"):
+            return self  # all of them (read from the loaded model: reading the file's header again takes seconds)
+        return FirstLayers(self, first_layers(Path(self.llm.model_path), k, self.version),
+                           layered_version(self.version, k))
 
     def _hidden(self, tokens: list[int], llm: Llama) -> Generator[None, int, np.ndarray]:
         # The Llama object's own context, with embeddings switched on for the last two tokens only: llama.cpp

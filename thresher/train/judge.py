@@ -293,7 +293,7 @@ def train_judge(settings: Any, out: Path, *, base: str | None = None, sources: S
     from thresher.dataset_repo import DatasetRepo
     from thresher.engines import embedded_model_path
     from thresher.engines import load as load_engine
-    from thresher.judge import head_engine, shipped_head
+    from thresher.judge import shipped_head
     from thresher.train import sources as shipped
     from thresher.train.data import reviewer_rows
 
@@ -308,7 +308,7 @@ def train_judge(settings: Any, out: Path, *, base: str | None = None, sources: S
         good += sources_from_build(Path(build))
     rows = (reviewer_rows(DatasetRepo(settings.dataset_path), min_approvals=settings.quorum_approvals)
             if verdicts else [])
-    engine = before = before_engine = None
+    engine = before = None
     if hidden:
         if layers is None:
             layers = default_layers(spec)
@@ -319,11 +319,8 @@ def train_judge(settings: Any, out: Path, *, base: str | None = None, sources: S
         if layers and not hasattr(model, "first_layers"):
             raise JudgeTrainError(f"only a GGUF model can be read at a middle layer, not {spec}: use --layers 0")
         engine = model.first_layers(layers) if layers else model  # on the model's own thread: one for llama.cpp
-        before = shipped_head(model.version)  # the head shipped for this model, to compare with
-        if before is not None:
-            before_engine = (None if before.engine_version == engine.version  # the same states: read once
-                             else head_engine(before, model, settings.n_ctx, settings.n_threads))
+        before = shipped_head(model.version)  # to compare with, over the layers it reads (train_head_judge)
     say(f"{len(good)} good conversations from {', '.join(names)}" + (f" and {len(builds)} build(s)" if builds else "")
         + f"; {len(rows)} rows from reviewers' verdicts and corrections")
     return train_head_judge(engine, spec, out, good, rows, seed=seed, max_train=max_train, max_heldout=max_heldout,
-                            encoder=encoder, hidden=hidden, before=before, before_engine=before_engine, say=say)
+                            encoder=encoder, hidden=hidden, before=before, say=say)
