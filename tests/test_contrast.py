@@ -94,3 +94,18 @@ def test_swaps_take_the_answer_of_a_question_on_the_same_topic() -> None:
     src = _sources()
     for i, j in enumerate(nearest(src)):
         assert j != i and src[j].topic == src[i].topic
+
+
+def test_a_swap_never_takes_the_answer_to_the_same_question_asked_again() -> None:
+    def one(i: int, q: str, a: str) -> Source:
+        return Source(f"s{i}", [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "ai")
+
+    src = [one(0, "What is AI?", "AI is the field that builds machines which act intelligently."),
+           one(1, "what is ai", "Artificial intelligence: software that learns and reasons."),
+           one(2, "What is an AI chip used for?", "It runs the arithmetic of neural networks fast."),
+           one(3, "Are you an AI?", "Yes, I am a program.")]
+    related = nearest(src)
+    assert related[0] == related[1] == 2  # the same question reworded: its answer is no wrong answer
+    # a two-turn conversation already holds its first answer: a swap never hands it back (that is second_turn)
+    two = Source("t", src[0].messages + src[2].messages, "ai")
+    assert nearest([*src, two])[-1] != 0
