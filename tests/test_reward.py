@@ -203,7 +203,8 @@ def test_the_shipped_head_ranks_real_answers_above_their_spoiled_copies(embedded
     head = Head.load(default_head_path())
     held = [s for s in sources.load(["zaragoza", "chatterbot"]) if s.topic in set(head.info["heldout_topics"])]
     assert len(held) >= 12
-    rows = contrast_rows(random.Random(1).sample(held, min(40, len(held))), seed=5, heldout=True)  # over 12 the figure swings by 0.05
+    # 40 sources, 150-odd rows: over 12 the figure swings by about 0.05 from one retrained head to the next
+    rows = contrast_rows(random.Random(1).sample(held, min(40, len(held))), seed=5, heldout=True)
     judge = make_judge("serving", embedded_engine)
     assert isinstance(judge, HeadJudge) and judge.threshold == head.threshold
     scores = [j.score for j in judge.judge_many([r.messages for r in rows])]
