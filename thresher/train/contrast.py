@@ -231,9 +231,9 @@ def nearest(sources: Sequence[Source]) -> list[int]:
     "what is ai", "asimov" and "tell me about asimov") is not a different question, and its answer is no wrong
     answer: it is taken only where the topic has nothing else. An answer the conversation already holds (a
     two-turn conversation's first answer) is never taken: repeating it is the second_turn kind, not this one."""
-    words = [_words(_question(s.messages)) for s in sources]
-    content = [{w for w in _WORD.findall(_question(s.messages).lower()) if w not in STOPWORDS and len(w) > 1}
-               for s in sources]
+    questions = [_question(s.messages).lower() for s in sources]
+    words = [_words(q) for q in questions]
+    content = [{w for w in _WORD.findall(q) if w not in STOPWORDS and len(w) > 1} for q in questions]
     answers = [s.messages[_last_answer(s.messages)]["content"] for s in sources]
     said = [{m["content"] for m in s.messages if m["role"] == "assistant"} for s in sources]
     out = []
